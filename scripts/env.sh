@@ -1,0 +1,35 @@
+# Sourced by the project's scripts: installs (once per machine) and activates the libtorch that `tch` links.
+#
+# tch 0.24 pins libtorch 2.11.0; PyPI's torch==2.11.0 wheel carries it (CPU and CUDA 13 in one build).
+# The venv lives in a per-machine cache outside the repository so fresh clones (CI) reuse it.
+# DMA_CACHE overrides the cache folder; DMA_PYTHON the interpreter that creates the venv.
+# With DMA_FIXTURE_DEPS=1 it also installs what scripts/make_fixtures.py and the PyTorch benchmark need.
+
+DMA_TORCH_VERSION=2.11.0
+DMA_CACHE="${DMA_CACHE:-$HOME/.cache/dma}"
+DMA_VENV="$DMA_CACHE/venv-torch-$DMA_TORCH_VERSION"
+
+dma_log() { echo "[dma setup] $*" >&2; }
+
+if [ ! -f "$DMA_VENV/.complete" ]; then
+  dma_log "installing torch==$DMA_TORCH_VERSION into $DMA_VENV (once per machine, several GB)"
+  rm -rf "$DMA_VENV"
+  mkdir -p "$DMA_CACHE"
+  "${DMA_PYTHON:-python3}" -m venv "$DMA_VENV" || return 1
+  "$DMA_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$DMA_TORCH_VERSION" numpy || return 1
+  touch "$DMA_VENV/.complete"
+fi
+
+if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps" ]; then
+  dma_log "installing diffusers, transformers and safetensors for fixtures and benchmarks"
+  "$DMA_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    diffusers==0.42.1 transformers==5.23.0 safetensors==0.8.0 accelerate || return 1
+  touch "$DMA_VENV/.fixture-deps"
+fi
+
+# torch-sys asks `python3` where libtorch is, so the venv's interpreter must come first on PATH.
+export PATH="$DMA_VENV/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+DMA_TORCH_LIB="$("$DMA_VENV/bin/python3" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export DMA_TORCH_LIB
+export LD_LIBRARY_PATH="$DMA_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -1,0 +1,10 @@
+//! Diffusion Mental Averages: a text-to-image diffusion model's prototype of a concept, computed by aligning
+//! sampling trajectories in h-space (the UNet bottleneck).
+//!
+//! - `models`: the networks (UNet, CLIP text encoder, VAE, tokenizer), weight names as in diffusers.
+//! - `schedulers`: noise schedules and update rules, knowing nothing of the networks.
+//! - `pipelines`: loading a model folder and composing the parts (text to conditioning, sampling, decoding).
+//! - `method`: DMA itself, a per-step hook on the sampling loop.
+pub mod nn;
+pub mod weights;
+pub mod models;

@@ -1,0 +1,79 @@
+//! The few layers every model here is built from, loaded by checkpoint path like torch.nn modules.
+use crate::weights::WeightPath;
+use anyhow::Result;
+use tch::Tensor;
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(p: &WeightPath, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+        let weight = p.get("weight", &[out_dim, in_dim])?;
+        let bias = if bias { Some(p.get("bias", &[out_dim])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: i64,
+    pub padding: i64,
+}
+
+impl Conv2d {
+    /// A square-kernel convolution with bias, as every conv in SD's UNet, VAE and CLIP is.
+    pub fn load(p: &WeightPath, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Self> {
+        let weight = p.get("weight", &[out_ch, in_ch, kernel, kernel])?;
+        let bias = Some(p.get("bias", &[out_ch])?);
+        Ok(Self { weight, bias, stride, padding })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride; 2], [self.padding; 2], [1, 1], 1)
+    }
+}
+
+pub struct GroupNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub groups: i64,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(p: &WeightPath, groups: i64, channels: i64, eps: f64) -> Result<Self> {
+        anyhow::ensure!(
+            channels % groups == 0,
+            "{channels} channels cannot be split into {groups} normalisation groups (norm_num_groups in the config)"
+        );
+        Ok(Self { weight: p.get("weight", &[channels])?, bias: p.get("bias", &[channels])?, groups, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(p: &WeightPath, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self { weight: p.get("weight", &[dim])?, bias: p.get("bias", &[dim])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = self.weight.size()[0];
+        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
