@@ -6,5 +6,11 @@
 //! - `pipelines`: loading a model folder and composing the parts (text to conditioning, sampling, decoding).
 //! - `method`: DMA itself, a per-step hook on the sampling loop.
 pub mod nn;
+pub mod output;
 pub mod weights;
 pub mod models;
+pub mod files;
+pub mod method;
+pub mod pipelines;
+pub mod sampling;
+pub mod schedulers;

@@ -1,1 +1,8 @@
-fn main() {}
+mod cli;
+
+fn main() {
+    if let Err(error) = cli::main() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}

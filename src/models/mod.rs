@@ -1,0 +1,4 @@
+pub mod unet;
+pub mod tokenizer;
+pub mod clip_text;
+pub mod vae;

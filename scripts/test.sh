@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: sets up libtorch (once per machine), then runs every test in release mode (the model code
+# is too slow unoptimised). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+cargo test --release "$@"

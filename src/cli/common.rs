@@ -1,0 +1,89 @@
+//! Options shared by the subcommands: which model, on which device, in which precision; progress display.
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dma::pipelines::{ModelSource, StableDiffusion};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::path::PathBuf;
+use tch::{Device, Kind};
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A diffusers folder, a Hugging Face repo id in the local cache, or a single-file .safetensors checkpoint.
+    /// Without it, the small model embedded in the project.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16, bf16 (or f64, for checks).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// The embedded model's folder, shipped in the repository.
+pub fn embedded_model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join("embedded")
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> Result<ModelSource> {
+        match &self.model {
+            Some(spec) => ModelSource::resolve(spec),
+            None => {
+                let dir = embedded_model_dir();
+                if !dir.join("model_index.json").is_file() {
+                    bail!("no --model given and the embedded model is missing at {}", dir.display());
+                }
+                Ok(ModelSource::Folder(dir))
+            }
+        }
+    }
+
+    pub fn device(&self) -> Result<Device> {
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Device::Cuda(i),
+                _ => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+            },
+        };
+        if let Device::Cuda(i) = device {
+            let available = tch::Cuda::device_count() as usize;
+            if i >= available {
+                bail!("--device {}: {} CUDA device(s) available", self.device, available);
+            }
+        }
+        Ok(device)
+    }
+
+    pub fn kind(&self) -> Result<Kind> {
+        Ok(match self.dtype.as_str() {
+            "f32" => Kind::Float,
+            "f16" => Kind::Half,
+            "bf16" => Kind::BFloat16,
+            "f64" => Kind::Double,
+            other => bail!("--dtype {other}: expected f32, f16 or bf16"),
+        })
+    }
+
+    pub fn load(&self) -> Result<(ModelSource, StableDiffusion)> {
+        let source = self.source()?;
+        let model = StableDiffusion::load(&source, self.device()?, self.kind()?)
+            .with_context(|| format!("cannot load the model {}", source.path().display()))?;
+        Ok((source, model))
+    }
+}
+
+/// A progress bar with ETA on stderr, or nothing when quiet.
+pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} (ETA {eta})")
+            .expect("a valid template"),
+    );
+    bar
+}

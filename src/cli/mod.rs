@@ -1,0 +1,28 @@
+//! The `dma` command line: argument parsing and the glue from arguments to pipelines and output files.
+mod average;
+mod common;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dma", version, about = "Diffusion Mental Averages: what a text-to-image model thinks a concept looks like")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute the mental average (prototype) of a prompt by trajectory alignment in h-space.
+    Average(average::AverageArgs),
+    /// Draw plain samples with the same sampler (no alignment).
+    Sample(average::SampleArgs),
+}
+
+pub fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Average(args) => average::average(args),
+        Command::Sample(args) => average::sample(args),
+    }
+}

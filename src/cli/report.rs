@@ -1,0 +1,107 @@
+//! Writes a run's outputs: images (with the parameters in their text chunks), the final latents, and run.json
+//! with everything needed to reproduce the run.
+use super::common::ModelArgs;
+use anyhow::Result;
+use dma::files::{write_atomic, write_json};
+use dma::method::AlignSettings;
+use dma::output::images::{grid, png_bytes, square_grid};
+use dma::output::OutDir;
+use dma::pipelines::mental_average::{SamplingResult, SamplingSettings};
+use dma::pipelines::stable_diffusion::sha256_file;
+use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::weights::write_safetensors;
+use serde_json::json;
+use std::path::Path;
+use tch::Tensor;
+
+/// Widest grid written, in pixels: K = 1000 at 512 px would otherwise be a 16k-pixel image.
+const MAX_GRID_WIDTH: i64 = 4096;
+/// Steps shown in trajectory.png.
+const TRAJECTORY_COLUMNS: usize = 6;
+
+pub struct RunOutputs<'a> {
+    pub command: &'a str,
+    pub source: &'a ModelSource,
+    pub model: &'a StableDiffusion,
+    pub model_args: &'a ModelArgs,
+    pub settings: &'a SamplingSettings,
+    pub align: Option<&'a AlignSettings>,
+    pub init_latents: Option<&'a Path>,
+    pub save_latents: bool,
+    pub result: &'a SamplingResult,
+    /// Index of the prototype among the final latents (DMA runs only).
+    pub prototype: Option<i64>,
+    /// Loading, sampling and total wall time.
+    pub seconds: [f64; 3],
+    pub out: OutDir,
+}
+
+/// Decodes latents batch by batch into images [K,C,H,W] in [0,1] on the CPU.
+fn decode_all(model: &StableDiffusion, latents: &Tensor, batch: i64) -> Tensor {
+    Tensor::cat(&latents.split(batch, 0).iter().map(|l| model.decode(l)).collect::<Vec<_>>(), 0)
+}
+
+/// The trajectory figure: one row per recorded latent, its predicted clean image at evenly spaced steps.
+fn trajectory_image(model: &StableDiffusion, frames: &[(usize, i64, Tensor)]) -> Option<Tensor> {
+    if frames.is_empty() {
+        return None;
+    }
+    let columns = TRAJECTORY_COLUMNS.min(frames.len());
+    let picks: Vec<usize> = (0..columns).map(|i| i * (frames.len() - 1) / (columns - 1).max(1)).collect();
+    let decoded: Vec<Tensor> = picks.iter().map(|&i| model.decode(&frames[i].2)).collect();
+    // Row-major: latent r at step column c.
+    let stacked = Tensor::stack(&decoded, 1).flatten(0, 1);
+    Some(grid(&stacked, columns as i64, MAX_GRID_WIDTH))
+}
+
+pub fn write_outputs(o: RunOutputs) -> Result<()> {
+    let weight_files: Vec<_> = o
+        .model
+        .info
+        .weight_files
+        .iter()
+        .map(|f| Ok(json!({ "path": f.display().to_string(), "sha256": sha256_file(f)? })))
+        .collect::<Result<_>>()?;
+    let parameters = json!({ "sampling": o.settings, "alignment": o.align });
+    let text = [
+        ("Software", format!("dma {}", env!("CARGO_PKG_VERSION"))),
+        ("prompt", o.settings.prompt.clone()),
+        ("model", o.source.path().display().to_string()),
+        ("parameters", parameters.to_string()),
+    ];
+    let images = decode_all(o.model, &o.result.latents, o.settings.batch);
+    let mut written = vec!["grid.png"];
+    write_atomic(&o.out.file("grid.png"), &png_bytes(&square_grid(&images, MAX_GRID_WIDTH), &text)?)?;
+    if let Some(index) = o.prototype {
+        write_atomic(&o.out.file("prototype.png"), &png_bytes(&images.get(index), &text)?)?;
+        written.push("prototype.png");
+    }
+    if let Some(figure) = trajectory_image(o.model, &o.result.trajectory) {
+        write_atomic(&o.out.file("trajectory.png"), &png_bytes(&figure, &text)?)?;
+        written.push("trajectory.png");
+    }
+    if o.save_latents {
+        write_safetensors(&o.out.file("latents.safetensors"), &[("latents", &o.result.latents)])?;
+        written.push("latents.safetensors");
+    }
+    let record = json!({
+        "command": o.command,
+        "dma_version": env!("CARGO_PKG_VERSION"),
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "model": { "source": o.source.path().display().to_string(), "weight_files": weight_files },
+        "device": o.model_args.device,
+        "dtype": o.model_args.dtype,
+        "latents": o.result.latents.size()[0],
+        "init_latents": o.init_latents.map(|p| p.display().to_string()),
+        "sampling": o.settings,
+        "alignment": o.align,
+        "prototype_index": o.prototype,
+        "timings_seconds": { "load": o.seconds[0], "sampling": o.seconds[1], "total": o.seconds[2] },
+        "steps": o.result.log,
+        "outputs": written,
+    });
+    write_json(&o.out.file("run.json"), &record)?;
+    let folder = o.out.finish()?;
+    eprintln!("wrote {}", folder.display());
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Progressive trajectory alignment: at each of the first `align_steps` steps, pull every latent's h toward the
+//! mean h of all latents, then let the sampler take its step from the aligned latents.
+use super::adam::Adam;
+use super::hspace::{distance_to, spread, HBranch, HSpace};
+use crate::sampling::StepHooks;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlignSettings {
+    /// Steps aligned, counted from the first (the paper's t_stop, read as a count; NOTES §1).
+    pub align_steps: usize,
+    /// Adam iterations per aligned step, at most.
+    pub iters: usize,
+    pub lr: f64,
+    /// A latent stops when its loss improved by less than this fraction over the last `window` iterations
+    /// (0 runs every iteration, as the paper does).
+    pub tol: f64,
+    pub window: usize,
+    pub branch: HBranch,
+}
+
+impl AlignSettings {
+    /// The paper's settings: 10 of 20 steps aligned, 300 Adam iterations at lr 2e-2. Early stopping is ours
+    /// (most of the work happens in the first iterations; NOTES §4): stop a latent whose loss improved by
+    /// less than 1% over 20 iterations.
+    pub fn paper(branch: HBranch) -> Self {
+        Self { align_steps: 10, iters: 300, lr: 2e-2, tol: 0.01, window: 20, branch }
+    }
+
+    pub fn validate(&self, steps: usize) -> Result<()> {
+        if self.align_steps > steps {
+            bail!("--align-steps {} is more than --steps {steps}", self.align_steps);
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.tol >= 0.0 && self.tol.is_finite()) {
+            bail!("--tol must be zero or positive, got {}", self.tol);
+        }
+        if self.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What one aligned step did, for run.json and the tests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub timestep: i64,
+    /// Mean squared distance of h to the step's target before and after the optimisation.
+    pub loss_before: f64,
+    pub loss_after: f64,
+    /// Spread of h across latents (mean squared distance to their own mean) before and after.
+    pub spread_before: f64,
+    pub spread_after: f64,
+    pub iterations_mean: f64,
+    pub iterations_max: usize,
+    pub seconds: f64,
+}
+
+pub struct Alignment<'a> {
+    pub hspace: HSpace<'a>,
+    pub settings: AlignSettings,
+    pub log: Vec<StepLog>,
+    /// Told how many Adam iterations (of `iters` per batch) were done or skipped, for progress bars.
+    pub progress: &'a dyn Fn(u64),
+}
+
+impl<'a> Alignment<'a> {
+    pub fn new(hspace: HSpace<'a>, settings: AlignSettings, progress: &'a dyn Fn(u64)) -> Self {
+        Self { hspace, settings, log: Vec::new(), progress }
+    }
+
+    /// Optimises each latent of `x` toward `target` with Adam; returns the new latents and each one's iteration count.
+    fn align_batch(&mut self, x: &Tensor, target: &Tensor, timestep: i64) -> (Tensor, Vec<usize>) {
+        let s = &self.settings;
+        let n = x.size()[0] as usize;
+        let mut out = x.copy();
+        let mut iterations = vec![0usize; n];
+        // The latents still being optimised: their rows in `out`, their values, their Adam state and loss history.
+        let mut rows: Vec<i64> = (0..n as i64).collect();
+        let mut work = x.copy();
+        let mut adam = Adam::new(&work, s.lr);
+        let mut history: Vec<Vec<f64>> = vec![Vec::new(); n];
+        for iter in 0..s.iters {
+            let leaf = work.detach().set_requires_grad(true);
+            let losses = distance_to(&self.hspace.h(&leaf, timestep), target);
+            let grad = Tensor::run_backward(&[losses.sum(losses.kind())], &[&leaf], false, false).pop().unwrap();
+            work = tch::no_grad(|| adam.update(&leaf.detach(), &grad));
+            let losses = Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double)).unwrap();
+            let mut keep = Vec::with_capacity(rows.len());
+            for (j, (&row, loss)) in rows.iter().zip(losses).enumerate() {
+                let h = &mut history[row as usize];
+                h.push(loss);
+                iterations[row as usize] = iter + 1;
+                let stalled = s.tol > 0.0 && h.len() > s.window && {
+                    let past = h[h.len() - 1 - s.window];
+                    past - loss < s.tol * past
+                };
+                if !stalled {
+                    keep.push(j as i64);
+                }
+            }
+            (self.progress)(1);
+            if keep.len() < rows.len() {
+                // Write the stopped latents back and drop them from the working set.
+                let all_rows = Tensor::from_slice(&rows).to_device(out.device());
+                out = out.index_copy(0, &all_rows, &work);
+                let keep_t = Tensor::from_slice(&keep).to_device(out.device());
+                work = work.index_select(0, &keep_t);
+                adam.keep_rows(&keep_t);
+                rows = keep.iter().map(|&j| rows[j as usize]).collect();
+                if rows.is_empty() {
+                    (self.progress)((s.iters - iter - 1) as u64);
+                    break;
+                }
+            }
+        }
+        if !rows.is_empty() {
+            out = out.index_copy(0, &Tensor::from_slice(&rows).to_device(out.device()), &work);
+        }
+        (out, iterations)
+    }
+}
+
+impl StepHooks for Alignment<'_> {
+    fn before_step(&mut self, index: usize, timestep: i64, latents: Tensor) -> Result<Tensor> {
+        if index >= self.settings.align_steps {
+            return Ok(latents);
+        }
+        let start = Instant::now();
+        let h = self.hspace.h_all(&latents, timestep);
+        // The target is the mean over all K latents, held fixed for the whole step.
+        let target = h.mean_dim(0, true, h.kind());
+        let loss_before = distance_to(&h, &target).mean(h.kind()).double_value(&[]);
+        let spread_before = spread(&h);
+        let mut aligned = Vec::new();
+        let mut iterations = Vec::new();
+        for chunk in latents.split(self.hspace.batch, 0) {
+            let (x, its) = self.align_batch(&chunk, &target, timestep);
+            aligned.push(x);
+            iterations.extend(its);
+        }
+        let aligned = Tensor::cat(&aligned, 0);
+        let h_after = self.hspace.h_all(&aligned, timestep);
+        let loss_after = distance_to(&h_after, &target).mean(h.kind()).double_value(&[]);
+        for (name, value) in [("loss", loss_after), ("latent", aligned.abs().max().double_value(&[]))] {
+            if !value.is_finite() {
+                bail!("step {index} (timestep {timestep}): the alignment produced a non-finite {name}");
+            }
+        }
+        self.log.push(StepLog {
+            step: index,
+            timestep,
+            loss_before,
+            loss_after,
+            spread_before,
+            spread_after: spread(&h_after),
+            iterations_mean: iterations.iter().sum::<usize>() as f64 / iterations.len() as f64,
+            iterations_max: iterations.iter().copied().max().unwrap_or(0),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        Ok(aligned)
+    }
+}

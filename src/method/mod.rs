@@ -1,0 +1,7 @@
+//! Diffusion Mental Averages: progressive trajectory alignment in h-space, as hooks on a sampling loop.
+pub mod adam;
+pub mod alignment;
+pub mod hspace;
+
+pub use alignment::{AlignSettings, Alignment, StepLog};
+pub use hspace::{HBranch, HSpace};

@@ -1,0 +1,105 @@
+//! diffusers' UNet2DConditionModel for Stable Diffusion 1.x and 2.x, declared as its lists of blocks.
+//!
+//! h-space, where DMA aligns trajectories, is the output of `mid_block`. `encode_h` runs only what h depends on
+//! (conv_in, the time embedding, the down blocks, the mid block), so alignment never pays for the up path.
+mod blocks;
+pub mod config;
+mod embeddings;
+mod resnet;
+mod transformer;
+
+use crate::nn::{Conv2d, GroupNorm};
+use crate::weights::WeightPath;
+use anyhow::Result;
+use blocks::{DownBlock, MidBlock, UpBlock};
+pub use config::UNetConfig;
+use embeddings::{timestep_features, TimestepEmbedding};
+use tch::Tensor;
+
+pub struct UNet2DConditionModel {
+    pub config: UNetConfig,
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: MidBlock,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+/// The UNet's outputs: the noise (or v) prediction and h, the mid-block output.
+pub struct UNetOutput {
+    pub sample: Tensor,
+    pub h: Tensor,
+}
+
+impl UNet2DConditionModel {
+    /// Loads from the checkpoint root (keys such as `down_blocks.0.resnets.0.conv1.weight`).
+    pub fn load(p: &WeightPath, config: &UNetConfig) -> Result<Self> {
+        let cfg = config;
+        let ch = &cfg.block_out_channels;
+        let conv_in = Conv2d::load(&p.sub("conv_in"), cfg.in_channels, ch[0], cfg.conv_in_kernel, 1, (cfg.conv_in_kernel - 1) / 2)?;
+        let time_embedding = TimestepEmbedding::load(&p.sub("time_embedding"), ch[0], cfg.time_embed_dim())?;
+        let mut down_blocks = Vec::with_capacity(ch.len());
+        let mut in_ch = ch[0];
+        for i in 0..ch.len() {
+            down_blocks.push(DownBlock::load(&p.sub("down_blocks").sub(i), cfg, i, in_ch)?);
+            in_ch = ch[i];
+        }
+        let mid_block = MidBlock::load(&p.sub("mid_block"), cfg)?;
+        let mut up_blocks = Vec::with_capacity(ch.len());
+        let mut prev_ch = ch[ch.len() - 1];
+        for i in 0..ch.len() {
+            up_blocks.push(UpBlock::load(&p.sub("up_blocks").sub(i), cfg, i, prev_ch)?);
+            prev_ch = ch[ch.len() - 1 - i];
+        }
+        Ok(Self {
+            config: cfg.clone(),
+            conv_in,
+            time_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&p.sub("conv_norm_out"), cfg.norm_num_groups, ch[0], cfg.norm_eps)?,
+            conv_out: Conv2d::load(&p.sub("conv_out"), ch[0], cfg.out_channels, cfg.conv_out_kernel, 1, (cfg.conv_out_kernel - 1) / 2)?,
+        })
+    }
+
+    /// The time embedding for timesteps given as a scalar or one per sample.
+    fn embed_time(&self, timesteps: &Tensor, batch: i64, like: &Tensor) -> Tensor {
+        let t = timesteps.to_device(like.device()).expand([batch], false);
+        let features = timestep_features(&t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift);
+        self.time_embedding.forward(&features.to_kind(like.kind()))
+    }
+
+    /// conv_in, down blocks and mid block: returns h and the skips the up path needs.
+    fn down_path(&self, sample: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Tensor {
+        let mut x = self.conv_in.forward(sample);
+        skips.push(x.shallow_clone());
+        for block in &self.down_blocks {
+            x = block.forward(x, temb, context, skips);
+        }
+        self.mid_block.forward(&x, temb, context)
+    }
+
+    /// The full forward pass: the noise prediction for `sample` [B,C,H,W] at `timesteps` (scalar or [B]) given the
+    /// text context [B,L,D], together with h.
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> UNetOutput {
+        let temb = self.embed_time(timesteps, sample.size()[0], sample);
+        let mut skips = Vec::new();
+        let h = self.down_path(sample, &temb, context, &mut skips);
+        let mut x = h.shallow_clone();
+        for block in &self.up_blocks {
+            x = block.forward(x, &temb, context, &mut skips);
+        }
+        let out = self.conv_out.forward(&self.conv_norm_out.forward(&x).silu());
+        UNetOutput { sample: out, h }
+    }
+
+    /// h alone, without the up path: what the alignment loss needs, at about half the cost of `forward`.
+    pub fn encode_h(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+        let temb = self.embed_time(timesteps, sample.size()[0], sample);
+        // The skips are dropped at once; with autograd they are freed as soon as nothing refers to them.
+        self.down_path(sample, &temb, context, &mut Vec::new())
+    }
+}

@@ -1,0 +1,95 @@
+//! The whole computation behind `dma average` and `dma sample`: prompts to contexts, noise to latents through
+//! guided DDIM (with DMA's alignment hooked in when asked), latents to images. No files, no UI.
+use super::StableDiffusion;
+use crate::method::hspace::{distance_to, HSpace};
+use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
+use crate::sampling::{sample, GuidedDenoiser, StepHooks, TrajectoryRecorder};
+use crate::schedulers::ddim::DdimScheduler;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SamplingSettings {
+    pub prompt: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    /// Latents per UNet call.
+    pub batch: i64,
+}
+
+/// K seeded Gaussian latents, drawn on the CPU so a seed gives the same noise on every device.
+pub fn seeded_latents(model: &StableDiffusion, count: i64, seed: u64) -> Tensor {
+    let [c, h, w] = model.latent_shape();
+    tch::manual_seed(seed as i64);
+    Tensor::randn([count, c, h, w], (Kind::Float, Device::Cpu))
+}
+
+/// Checks latents given by the user against the model's latent shape.
+pub fn check_latents(model: &StableDiffusion, latents: &Tensor, what: &str) -> Result<()> {
+    let [c, h, w] = model.latent_shape();
+    let size = latents.size();
+    if size.len() != 4 || size[0] == 0 || size[1] != c {
+        bail!("{what}: latents have shape {size:?}; this model needs [K, {c}, H, W] with K > 0 (e.g. [K, {c}, {h}, {w}])");
+    }
+    Ok(())
+}
+
+pub struct SamplingResult {
+    pub latents: Tensor,
+    /// Predicted clean samples of the first few latents after every step.
+    pub trajectory: Vec<(usize, i64, Tensor)>,
+    pub log: Vec<StepLog>,
+}
+
+/// Counts finished sampling steps for a progress display.
+struct StepCounter<'a>(&'a dyn Fn(u64));
+
+impl StepHooks for StepCounter<'_> {
+    fn after_step(&mut self, _: usize, _: i64, _: &Tensor, _: &Tensor) -> Result<()> {
+        (self.0)(1);
+        Ok(())
+    }
+}
+
+/// Runs guided DDIM from `init` (f32, [K,C,H,W]), aligning the first `align.align_steps` steps when given
+/// (`None` is plain sampling). `progress` is told of every Adam iteration and every sampling step.
+pub fn run(
+    model: &StableDiffusion,
+    settings: &SamplingSettings,
+    init: &Tensor,
+    align: Option<&AlignSettings>,
+    trajectory_latents: i64,
+    progress: &dyn Fn(u64),
+) -> Result<SamplingResult> {
+    if settings.batch <= 0 {
+        bail!("--batch must be at least 1, got {}", settings.batch);
+    }
+    let scheduler = DdimScheduler::new(&model.scheduler, settings.steps)?;
+    let cond = model.encode_prompt(&settings.prompt)?;
+    let uncond = model.encode_prompt("")?;
+    let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
+    let mut denoise = |x: &Tensor, t: i64| Ok(denoiser.predict(x, t));
+    let latents = init.to_device(model.device).to_kind(model.latent_kind());
+    let recorder = TrajectoryRecorder { latents: trajectory_latents, frames: Vec::new() };
+    // Plain sampling is alignment of zero steps: the hook then returns every latent untouched.
+    let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
+    align.validate(settings.steps)?;
+    let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
+    let alignment = Alignment::new(HSpace { unet: &model.unet, context, batch: settings.batch }, align, progress);
+    let mut hooks = ((alignment, recorder), StepCounter(progress));
+    let latents = sample(&scheduler, latents, &mut denoise, &mut hooks)?;
+    let ((alignment, recorder), _) = hooks;
+    Ok(SamplingResult { latents, trajectory: recorder.frames, log: alignment.log })
+}
+
+/// The index of the latent whose h (at the last timestep, from `branch`) is nearest the mean h of all latents.
+pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, branch: HBranch, latents: &Tensor) -> Result<i64> {
+    let scheduler = DdimScheduler::new(&model.scheduler, settings.steps)?;
+    let last = *scheduler.timesteps().last().expect("at least one step");
+    let context = model.encode_prompt(if branch == HBranch::Cond { &settings.prompt } else { "" })?;
+    let hspace = HSpace { unet: &model.unet, context, batch: settings.batch };
+    let h = hspace.h_all(latents, last);
+    Ok(distance_to(&h, &h.mean_dim(0, true, h.kind())).argmin(0, false).int64_value(&[]))
+}

@@ -1,0 +1,7 @@
+//! Composing models into something that turns prompts into images; loading them from disk.
+pub mod mental_average;
+pub mod source;
+pub mod stable_diffusion;
+
+pub use source::ModelSource;
+pub use stable_diffusion::StableDiffusion;

@@ -1,0 +1,116 @@
+//! A Stable Diffusion model as the method sees it: prompt -> text context, UNet, scheduler config, latents -> image.
+//! It composes the parts and holds no sampling logic.
+use super::source::{component_weight_files, ModelSource};
+use crate::files::read_json;
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::schedulers::ddim::DdimConfig;
+use crate::weights::Weights;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler: DdimConfig,
+    pub info: ModelInfo,
+    pub device: Device,
+    pub kind: Kind,
+}
+
+/// What a run records about the model it used.
+#[derive(Serialize, Clone, Debug)]
+pub struct ModelInfo {
+    pub source: String,
+    pub weight_files: Vec<PathBuf>,
+}
+
+/// One component folder's weights, loaded and checked against the model built from them.
+fn load_component<M>(dir: &Path, stem: &str, device: Device, kind: Kind, build: impl FnOnce(&Weights) -> Result<M>) -> Result<(M, Vec<PathBuf>)> {
+    let files = component_weight_files(dir, stem)?;
+    let weights = Weights::from_files(&files, device, kind)?;
+    let model = build(&weights)?;
+    weights.check_all_used("")?;
+    Ok((model, files))
+}
+
+impl StableDiffusion {
+    pub fn load(source: &ModelSource, device: Device, kind: Kind) -> Result<Self> {
+        match source {
+            ModelSource::Folder(dir) => Self::load_folder(dir, device, kind),
+            ModelSource::SingleFile(file) => anyhow::bail!("{}: single-file checkpoints: loader not yet built", file.display()),
+        }
+    }
+
+    /// Loads a diffusers folder; every component is required.
+    pub fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let component = |name: &str| {
+            let path = dir.join(name);
+            anyhow::ensure!(path.is_dir(), "{}: the model has no `{name}` folder (is this a diffusers Stable Diffusion folder?)", dir.display());
+            Ok(path)
+        };
+        let tokenizer = ClipTokenizer::from_folder(&component("tokenizer")?)?;
+        let text_dir = component("text_encoder")?;
+        let text_config: ClipTextConfig = read_json(&text_dir.join("config.json"))?;
+        let (text_encoder, text_files) =
+            load_component(&text_dir, "model", device, kind, |w| ClipTextModel::load(&w.root(), &text_config))?;
+        let unet_dir = component("unet")?;
+        let unet_config = UNetConfig::from_file(&unet_dir.join("config.json"))?;
+        let (unet, unet_files) = load_component(&unet_dir, "diffusion_pytorch_model", device, kind, |w| {
+            UNet2DConditionModel::load(&w.root(), &unet_config)
+        })?;
+        let vae_dir = component("vae")?;
+        let vae_config: VaeConfig = read_json(&vae_dir.join("config.json"))?;
+        let (vae, vae_files) =
+            load_component(&vae_dir, "diffusion_pytorch_model", device, kind, |w| AutoencoderKL::load(&w.root(), &vae_config))?;
+        let scheduler: DdimConfig = read_json(&component("scheduler")?.join("scheduler_config.json"))?;
+        let weight_files = [text_files, unet_files, vae_files].concat();
+        let info = ModelInfo { source: dir.display().to_string(), weight_files };
+        Ok(Self { tokenizer, text_encoder, unet, vae, scheduler, info, device, kind })
+    }
+
+    /// The text encoder's last hidden state for `prompt`, [1, L, D].
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor> {
+        let ids = self.tokenizer.encode(prompt);
+        let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device);
+        Ok(tch::no_grad(|| self.text_encoder.forward(&ids)))
+    }
+
+    /// The dtype latents are kept and optimised in: f32 even when the model runs in half precision (Adam's small
+    /// steps would vanish in f16 rounding), f64 when the model does (for checks).
+    pub fn latent_kind(&self) -> Kind {
+        if self.kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        }
+    }
+
+    /// The latent shape [C, H, W] for images of the model's native size.
+    pub fn latent_shape(&self) -> [i64; 3] {
+        let size = self.unet.config.sample_size.unwrap_or(64);
+        [self.unet.config.in_channels, size, size]
+    }
+
+    /// Latents [B,C,H,W] to images in [0,1], [B,3,H',W'], in f32 on the CPU.
+    pub fn decode(&self, latents: &Tensor) -> Tensor {
+        tch::no_grad(|| self.vae.images_from_latents(&latents.to_device(self.device).to_kind(self.kind)))
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+    }
+}
+
+/// A model file's SHA-256, so a run names exactly which weights it used.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}

@@ -1,0 +1,6 @@
+//! Sampling loops, k-diffusion style: a plain function of (denoiser, latents, schedule) with per-step hooks.
+pub mod ddim;
+pub mod guidance;
+
+pub use ddim::{sample, NoHooks, StepHooks, TrajectoryRecorder};
+pub use guidance::GuidedDenoiser;

@@ -1,0 +1,26 @@
+//! Shared by the integration tests: the committed fixtures and their diffusers reference outputs.
+#![allow(dead_code)]
+use dma::weights::read_safetensors;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::Tensor;
+
+/// A tiny diffusers pipeline folder under tests/fixtures (`tiny-sd1`, `tiny-sd2`).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+}
+
+/// The reference tensors diffusers produced for a fixture (reference.safetensors).
+pub fn references(name: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&fixture(name).join("reference.safetensors")).unwrap().into_iter().collect()
+}
+
+/// reference.json of a fixture.
+pub fn reference_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+}
