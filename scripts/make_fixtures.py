@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the small, committed test fixtures that the Rust loaders are checked against.
 
-How to run (from the repository root; needs only CPU, about a minute on 2 cores, no network):
+How to run (from the repository root; CPU only, about 30 s on 2 cores, no network):
 
     DMA_FIXTURE_DEPS=1 source scripts/env.sh && python3 scripts/make_fixtures.py
 
@@ -9,7 +9,7 @@ It is deterministic (fixed seeds, float32 on CPU) and rewrites, from scratch:
 
 * tests/fixtures/clip_tokenizer_cases.json
     CLIP's full 49408-token vocabulary, built from assets/clip/bpe_simple_vocab_16e6.txt.gz (open_clip's BPE
-    file, MIT, see assets/clip/LICENSE), loaded into transformers' CLIPTokenizer; ~30 varied prompts with their
+    file, MIT, see assets/clip/LICENSE), loaded into transformers' CLIPTokenizer; 27 varied prompts with their
     ids padded to 77 (what Stable Diffusion pipelines feed the text encoder).
 
 * tests/fixtures/tiny-sd1/ and tests/fixtures/tiny-sd2/
@@ -17,7 +17,8 @@ It is deterministic (fixed seeds, float32 on CPU) and rewrites, from scratch:
     tokenizer/, scheduler/; no safety checker or feature extractor), SD 1.x and SD 2.x flavoured:
       - UNet2DConditionModel: 3 levels (CrossAttnDown, CrossAttnDown, Down / Up, CrossAttnUp, CrossAttnUp),
         block_out_channels (8, 16, 16), 2 layers per block, cross_attention_dim 32, norm_num_groups 8,
-        sample_size 16. SD1: attention_head_dim 2 (= 2 heads), conv proj_in/proj_out.
+        sample_size 16 (channels kept this small so each fixture folder stays near 1.5 MB).
+        SD1: attention_head_dim 2 (= 2 heads), conv proj_in/proj_out.
         SD2: attention_head_dim (2, 4, 4) (= heads per block), linear proj_in/proj_out, upcast_attention.
       - CLIPTextModel: width 32, 2 layers, 4 heads, MLP 64, 77 positions; quick_gelu (SD1) / gelu (SD2).
       - tokenizer: CLIP's vocabulary reduced to the first 1000 merges (1514 tokens; bos 1512, eos 1513),
@@ -26,9 +27,12 @@ It is deterministic (fixed seeds, float32 on CPU) and rewrites, from scratch:
         decodes to 32x32).
       - DDIMScheduler with SD's settings; prediction_type epsilon (SD1) / v_prediction (SD2).
     Weights are random, then perturbed with a seeded generator (norm weights and biases made non-trivial) and
-    rounded to values exactly representable in float16 (so the float16 single-file checkpoint below holds
-    exactly the same weights as the float32 diffusers folder). text_encoder/model.safetensors uses the
-    `text_model.`-prefixed key names that real SD repositories ship (transformers >= 5.6 saves them without it).
+    rounded to values exactly representable in float16, so every copy holds exactly the same values whatever
+    its stored dtype. Stored dtypes (see FLOAT16_COMPONENTS): tiny-sd1 has a float16 unet and float32 vae and
+    text_encoder, tiny-sd2 is all float16; a loader must upcast to float32. text_encoder/model.safetensors uses
+    the `text_model.`-prefixed key names that real SD repositories ship (transformers >= 5.6 saves them without
+    it). The tokenizer folder has vocab.json + merges.txt + tokenizer_config.json + special_tokens_map.json like
+    the SD hub repositories, and no tokenizer.json.
     Each folder also holds:
       - reference.safetensors + reference.json: reference outputs computed with diffusers/transformers in float32
         on CPU from the pipeline re-loaded from the folder (tokenizer ids, text embeddings, one UNet call with its
@@ -40,12 +44,13 @@ It is deterministic (fixed seeds, float32 on CPU) and rewrites, from scratch:
         fused attn.in_proj_weight) with, as in real SD 2.x checkpoints, one more (unused, random) resblock than the
         diffusers text encoder has, plus text_projection and logit_scale. The conversion is written here from
         the two layouts' definitions and validated by loading the file back with diffusers' own single-file
-        loader (from_single_file) and checking every weight is bit-identical.
+        loader (StableDiffusionPipeline.from_single_file, offline, config = the folder) and checking every weight
+        is bit-identical, plus a control: doubling a few tensors in a copy must change exactly the weights they
+        map to.
 """
 
 import gzip
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -192,7 +197,7 @@ def make_tokenizer_cases(out_path):
         ids = encode(tok, text)
         assert len(ids) == MAX_LEN and ids[0] == 49406
         n_tokens = len(tok(text).input_ids)
-        cases.append({"text": text, "ids": ids, "n_tokens_unpadded": n_tokens})
+        cases.append({"text": text, "n_tokens_unpadded": n_tokens, "ids": ids})
     long_case = cases[-1]
     assert long_case["n_tokens_unpadded"] > MAX_LEN and long_case["ids"][-1] == 49407
     doc = {
@@ -211,9 +216,12 @@ def make_tokenizer_cases(out_path):
         "pad_token": tok.pad_token,
         "cases": cases,
     }
+    # One case per line keeps the file short and diffable.
+    header = json.dumps({k: v for k, v in doc.items() if k != "cases"}, ensure_ascii=False, indent=1)
+    body = ",\n".join("  " + json.dumps(c, ensure_ascii=False) for c in cases)
     with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+        f.write(header[:-2] + ',\n "cases": [\n' + body + "\n ]\n}\n")
+    assert json.load(open(out_path, encoding="utf-8")) == doc
     log(f"wrote {out_path.relative_to(ROOT)} ({len(cases)} cases)")
 
 
@@ -223,6 +231,9 @@ def make_tokenizer_cases(out_path):
 
 UNET_BLOCKS = (8, 16, 16)
 VAE_BLOCKS = (8, 16)
+# Which diffusers-folder components are stored as float16 (the rest float32), to keep the folders small while
+# covering both dtypes. The single-file ldm.safetensors is always float16.
+FLOAT16_COMPONENTS = {"sd1": ("unet",), "sd2": ("unet", "vae", "text_encoder")}
 
 
 def perturb_(module, generator, scale=0.02):
@@ -330,6 +341,14 @@ def save_pipeline(flavour, folder):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    originals = {
+        "unet": {k: v.clone() for k, v in unet.state_dict().items()},
+        "vae": {k: v.clone() for k, v in vae.state_dict().items()},
+        "text_encoder": {k: v.clone() for k, v in text_encoder.state_dict().items()},
+    }
+    # Stored dtypes (values are float16-representable either way, so nothing changes numerically).
+    for name in FLOAT16_COMPONENTS[flavour]:
+        getattr(pipe, name).to(torch.float16)
     if folder.exists():
         shutil.rmtree(folder)
     pipe.save_pretrained(str(folder), safe_serialization=True)
@@ -349,27 +368,38 @@ def save_pipeline(flavour, folder):
     te = {k if k.startswith("text_model.") else "text_model." + k: v.contiguous() for k, v in te.items()}
     save_file(te, str(te_file), metadata={"format": "pt"})
 
-    return {"unet": unet.state_dict(), "vae": vae.state_dict(), "text_encoder": text_encoder.state_dict()}
+    return originals
 
 
 def load_pipeline(folder):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder), safety_checker=None, requires_safety_checker=False, local_files_only=True
+        str(folder),
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+        dtype=torch.float32,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def assert_same_weights(name, expected, model):
+def differing_weights(name, expected, model):
+    """Keys whose values differ (the key sets and shapes must match)."""
     got = model.state_dict()
     exp = {k: v for k, v in expected.items() if not k.endswith("position_ids")}
     got = {k: v for k, v in got.items() if not k.endswith("position_ids")}
     assert set(exp) == set(got), (name, sorted(set(exp) ^ set(got))[:10])
     for k, v in exp.items():
-        g = got[k]
-        assert g.shape == v.shape and torch.equal(g.float(), v.float()), (name, k)
+        assert got[k].shape == v.shape, (name, k, got[k].shape, v.shape)
+        assert got[k].device.type == "cpu", (name, k, "not loaded")
+    return {k for k, v in exp.items() if not torch.equal(got[k].float(), v.float())}
+
+
+def assert_same_weights(name, expected, model):
+    diff = differing_weights(name, expected, model)
+    assert not diff, (name, sorted(diff)[:10])
 
 
 def stats(t):
@@ -462,6 +492,7 @@ def make_references(flavour, folder, pipe):
     # CFG must make a visible difference, otherwise a missing guidance term would go unnoticed.
     saturated = ((ref["pipeline_image"] == 0) | (ref["pipeline_image"] == 1)).float().mean().item()
     assert saturated < 0.5, f"pipeline_image is mostly clamped ({saturated:.0%})"
+    log(f"  {flavour} pipeline_image: {saturated:.1%} of pixels clamped to 0 or 1")
 
     save_file(ref, str(folder / "reference.safetensors"), metadata={"format": "pt"})
     meta = {
@@ -686,48 +717,83 @@ def write_ldm(flavour, folder, pipe, originals):
     path = folder / "ldm.safetensors"
     save_file(tensors, str(path), metadata={"format": "pt"})
     log(f"wrote {path.relative_to(ROOT)} ({len(tensors)} tensors, float16)")
-    return path
+    return path, {k: src for k, (src, _) in mapped.items()}
 
 
-def validate_ldm(flavour, path, folder, originals):
-    """Load the single file back with diffusers' own single-file loader and compare every weight."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+def load_single_file(path, folder):
+    """diffusers' own single-file loader, offline, with the folder's configs."""
+    from diffusers import StableDiffusionPipeline
 
-    results = {}
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=str(folder),
-            local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
-            torch_dtype=torch.float32,
-        )
-        models = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder}
-        how = "StableDiffusionPipeline.from_single_file"
-    except Exception as e:  # fall back to the per-model loaders
-        log(f"  {flavour}: StableDiffusionPipeline.from_single_file failed ({type(e).__name__}: {e}); per model")
-        models = {
-            "unet": UNet2DConditionModel.from_single_file(
-                str(path), config=str(folder), subfolder="unet", local_files_only=True, torch_dtype=torch.float32
-            ),
-            "vae": AutoencoderKL.from_single_file(
-                str(path), config=str(folder), subfolder="vae", local_files_only=True, torch_dtype=torch.float32
-            ),
-        }
-        how = "per-model from_single_file"
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(path),
+        config=str(folder),
+        local_files_only=True,
+        safety_checker=None,
+        requires_safety_checker=False,
+        dtype=torch.float32,
+    )
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder}
+
+
+# LDM keys altered in the negative control (one per sub-model, chosen where a mapping error would be likely:
+# an upsampler after a transformer, the reversed VAE decoder levels, a VAE attention 1x1 conv, fused qkv).
+TAMPER_KEYS = {
+    "sd1": [
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "first_stage_model.decoder.up.0.block.1.conv1.weight",
+        "first_stage_model.encoder.mid.attn_1.q.weight",
+        "cond_stage_model.transformer.text_model.encoder.layers.1.self_attn.k_proj.weight",
+    ],
+    "sd2": [
+        "model.diffusion_model.input_blocks.4.1.proj_in.weight",
+        "first_stage_model.decoder.up.1.upsample.conv.weight",
+        "first_stage_model.decoder.mid.attn_1.proj_out.weight",
+        "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight",
+    ],
+}
+
+
+def validate_ldm(flavour, path, folder, originals, sources):
+    """Load the single file back with diffusers' single-file loader and check every weight is bit-identical;
+    then, as a control that the check is not vacuous, double a few tensors in a copy of the file and check that
+    exactly the diffusers weights they map to come back different."""
+    from safetensors.torch import load_file, save_file
+
+    models = load_single_file(path, folder)
     for name, model in models.items():
         assert_same_weights(f"{flavour} ldm {name}", originals[name], model)
-        results[name] = how
-    log(f"  {flavour}: ldm.safetensors validated with diffusers ({how}): {', '.join(results)} bit-identical")
-    return results
+    del models
+
+    tensors = load_file(str(path))
+    expected = {"unet": set(), "vae": set(), "text_encoder": set()}
+    for key in TAMPER_KEYS[flavour]:
+        tensors[key] = tensors[key] * 2
+        part = {"model": "unet", "first_stage_model": "vae", "cond_stage_model": "text_encoder"}[key.split(".")[0]]
+        expected[part].update(k.removeprefix("text_model.") for k in sources[key].split("+"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tampered = Path(tmp) / "ldm.safetensors"
+        save_file(tensors, str(tampered), metadata={"format": "pt"})
+        models = load_single_file(tampered, folder)
+        for name, model in models.items():
+            diff = differing_weights(f"{flavour} tampered ldm {name}", originals[name], model)
+            assert diff == expected[name], (name, diff, expected[name])
+    log(
+        f"  {flavour}: ldm.safetensors validated with StableDiffusionPipeline.from_single_file: unet, vae and "
+        "text_encoder bit-identical; tampering control passed"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def main():
+    import diffusers
+    import transformers
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
     assert BPE_PATH.exists(), f"missing {BPE_PATH}"
     FIXTURES.mkdir(parents=True, exist_ok=True)
     make_tokenizer_cases(FIXTURES / "clip_tokenizer_cases.json")
@@ -739,8 +805,8 @@ def main():
         for name in ("unet", "vae", "text_encoder"):
             assert_same_weights(f"{flavour} reloaded {name}", originals[name], getattr(pipe, name))
         make_references(flavour, folder, pipe)
-        path = write_ldm(flavour, folder, pipe, originals)
-        validate_ldm(flavour, path, folder, originals)
+        path, sources = write_ldm(flavour, folder, pipe, originals)
+        validate_ldm(flavour, path, folder, originals, sources)
     total = 0
     for p in sorted(FIXTURES.rglob("*")):
         if p.is_file():

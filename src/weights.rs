@@ -60,7 +60,7 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Writes tensors to a safetensors file through a temporary file and a rename, so no half-written file is left.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let tmp = crate::files::temp_file_in(dir)?;
     let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (*n, t.to_device(Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&named, tmp.path()).with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;

@@ -1,5 +1,6 @@
 //! CLIP's text encoder as transformers' `CLIPTextModel`: token and position embeddings, pre-norm transformer layers
 //! with causal self-attention, a final layer norm. Its last hidden state is SD's text conditioning.
+use crate::files::read_json;
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::WeightPath;
 use anyhow::{bail, ensure, Context, Result};
@@ -41,19 +42,18 @@ impl Default for ClipTextConfig {
 impl ClipTextConfig {
     /// Reads a text encoder's config.json, or the `text_config` of a full CLIP model's config.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let mut json: serde_json::Value = read_json(path)?;
         if let Some(text_config) = json.get_mut("text_config") {
             json = text_config.take();
         }
         let cfg: Self =
             serde_json::from_value(json).with_context(|| format!("{} is not a CLIP text config", path.display()))?;
-        cfg.validate().with_context(|| format!("{} describes an unsupported text encoder", path.display()))?;
+        cfg.checked_activation().with_context(|| format!("{} describes an unsupported text encoder", path.display()))?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<Activation> {
+    /// Checks what the model relies on; gives the activation the config names.
+    fn checked_activation(&self) -> Result<Activation> {
         ensure!(
             self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
             "hidden_size {} does not split into {} attention heads",
@@ -215,7 +215,7 @@ impl ClipTextModel {
     /// Loads from the checkpoint root: keys under `text_model.` as transformers saves them, or without that prefix.
     /// Weights take `p`'s device and kind.
     pub fn load(p: &WeightPath, cfg: &ClipTextConfig) -> Result<Self> {
-        let act = cfg.validate()?;
+        let act = cfg.checked_activation()?;
         let p = if p.contains("embeddings.token_embedding.weight") { p.clone() } else { p.sub("text_model") };
         Ok(Self {
             embeddings: Embeddings::load(&p.sub("embeddings"), cfg)?,

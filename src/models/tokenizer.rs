@@ -4,12 +4,14 @@
 //! 1. special tokens (`<|startoftext|>`, `<|endoftext|>`, the pad token...) are cut out of the raw text;
 //! 2. the rest is cleaned: runs of whitespace become one space, then lowercase. The NFC normalisation that
 //!    transformers applies first is skipped (no Unicode tables here): text with decomposed accents (e + U+0301)
-//!    tokenizes differently from its composed form. The older slow tokenizer's ftfy/html clean-up is skipped too;
+//!    tokenizes differently from its composed form. (The ftfy/html clean-up of the old slow tokenizer is not part
+//!    of transformers' tokenizer any more);
 //! 3. tokens added later (Textual Inversion) are cut out of the cleaned text;
-//! 4. CLIP's regex splits words, numbers (one digit each) and punctuation runs; each piece is mapped byte by byte
-//!    to printable characters and merged by BPE, with `</w>` on the piece's last symbol.
+//! 4. CLIP's regex splits words, numbers (one digit each) and punctuation runs (GPT-2's regex then splits again);
+//!    each piece is mapped byte by byte to printable characters and merged by BPE, with `</w>` on its last symbol.
 //!
 //! The merges work on token ids: every merge result is itself in the vocabulary, as `tokenizers` requires.
+use crate::files::read_json;
 use anyhow::{bail, ensure, Context, Result};
 use regex::Regex;
 use serde_json::Value;
@@ -22,6 +24,11 @@ const OPENAI_BPE_GZ: &[u8] = include_bytes!("../../assets/clip/bpe_simple_vocab_
 
 const PIECE_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// GPT-2's split, which transformers' byte-level step applies again to each piece (less its whitespace
+/// alternatives: pieces hold none). It only changes the special-token names that reach BPE as text
+/// ("<|ENDOFTEXT|>" lowercased becomes "<|", "endoftext", "|>").
+const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+";
 
 /// Used when tokenizer_config.json gives no `model_max_length` (CLIP's context length).
 const DEFAULT_MAX_LENGTH: usize = 77;
@@ -36,6 +43,13 @@ struct AddedToken {
     matched: String,
 }
 
+impl AddedToken {
+    fn new(content: String, id: i64, normalized: bool) -> Self {
+        let matched = if normalized { clean(&content) } else { content.clone() };
+        Self { content, id, normalized, matched }
+    }
+}
+
 pub struct ClipTokenizer {
     vocab: HashMap<String, i64>,
     /// (left id, right id) -> (rank, id of the merged token).
@@ -45,6 +59,7 @@ pub struct ClipTokenizer {
     special_split: Option<Regex>,
     normalized_split: Option<Regex>,
     pieces: Regex,
+    byte_level_pieces: Regex,
     byte_chars: [char; 256],
     bos: i64,
     eos: i64,
@@ -52,13 +67,6 @@ pub struct ClipTokenizer {
     /// Symbols outside the vocabulary become this token (tiny test vocabularies lack most bytes).
     unk: i64,
     max_length: usize,
-}
-
-impl AddedToken {
-    fn new(content: String, id: i64, normalized: bool) -> Self {
-        let matched = if normalized { clean(&content) } else { content.clone() };
-        Self { content, id, normalized, matched }
-    }
 }
 
 /// The `tokenizers` normalizer of CLIPTokenizer, less NFC: runs of whitespace become one space, then lowercase
@@ -90,8 +98,9 @@ fn byte_chars() -> [char; 256] {
         let code = if printable(b) {
             b
         } else {
+            let code = next;
             next += 1;
-            next - 1
+            code
         };
         out[b as usize] = char::from_u32(code).expect("codes below 0x200 are valid chars");
     }
@@ -105,11 +114,6 @@ fn token_content(v: &Value) -> Option<String> {
         Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
         _ => None,
     }
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 fn read_vocab(v: &Value, source: &str) -> Result<HashMap<String, i64>> {
@@ -226,12 +230,12 @@ impl ClipTokenizer {
     /// tokens and `model_max_length`.
     pub fn from_folder(dir: &Path) -> Result<Self> {
         let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.exists() { Some(read_json(&config_path)?) } else { None };
+        let config = if config_path.exists() { Some(read_json::<Value>(&config_path)?) } else { None };
         let tokenizer_json = dir.join("tokenizer.json");
         let mut added = Vec::new();
         let (vocab, merges, source) = if tokenizer_json.exists() {
             let source = tokenizer_json.display().to_string();
-            let json = read_json(&tokenizer_json)?;
+            let json = read_json::<Value>(&tokenizer_json)?;
             let model = json.get("model").with_context(|| format!("{source}: no `model` section"))?;
             let vocab = read_vocab(model.get("vocab").unwrap_or(&Value::Null), &source)?;
             let merges = parse_merges_json(model.get("merges").unwrap_or(&Value::Null), &source)?;
@@ -243,7 +247,7 @@ impl ClipTokenizer {
             let vocab_path = dir.join("vocab.json");
             let merges_path = dir.join("merges.txt");
             let source = vocab_path.display().to_string();
-            let vocab = read_vocab(&read_json(&vocab_path)?, &source)?;
+            let vocab = read_vocab(&read_json::<Value>(&vocab_path)?, &source)?;
             let merges_text = std::fs::read_to_string(&merges_path)
                 .with_context(|| format!("cannot read {}", merges_path.display()))?;
             let merges = parse_merges_txt(&merges_text, &merges_path.display().to_string())?;
@@ -257,7 +261,7 @@ impl ClipTokenizer {
 
         // special_tokens_map.json overrides tokenizer_config.json, as in transformers.
         let map_path = dir.join("special_tokens_map.json");
-        let map = if map_path.exists() { Some(read_json(&map_path)?) } else { None };
+        let map = if map_path.exists() { Some(read_json::<Value>(&map_path)?) } else { None };
         let mut names = SpecialNames::clip_defaults();
         for cfg in [config.as_ref(), map.as_ref()].into_iter().flatten() {
             for (key, slot) in [
@@ -319,6 +323,7 @@ impl ClipTokenizer {
             special_split: None,
             normalized_split: None,
             pieces: Regex::new(PIECE_PATTERN).expect("CLIP's pattern is valid"),
+            byte_level_pieces: Regex::new(BYTE_LEVEL_PATTERN).expect("GPT-2's pattern is valid"),
             byte_chars: byte_chars(),
             max_length,
         };
@@ -386,7 +391,9 @@ impl ClipTokenizer {
                     ids.push(added_id(part, true));
                 } else {
                     for piece in self.pieces.find_iter(part) {
-                        self.bpe(piece.as_str(), &mut ids);
+                        for piece in self.byte_level_pieces.find_iter(piece.as_str()) {
+                            self.bpe(piece.as_str(), &mut ids);
+                        }
                     }
                 }
             }
@@ -498,7 +505,8 @@ mod tests {
         std::fs::write(dir.join(name), text).unwrap();
     }
 
-    const TINY_VOCAB: &str = r#"{"!": 0, "h": 1, "i</w>": 2, "hi</w>": 3, "!</w>": 4, "<|startoftext|>": 5, "<|endoftext|>": 6}"#;
+    const TINY_VOCAB: &str =
+        r#"{"!": 0, "h": 1, "i</w>": 2, "hi</w>": 3, "!</w>": 4, "<|startoftext|>": 5, "<|endoftext|>": 6}"#;
 
     #[test]
     fn folder_with_vocab_and_merges() {
@@ -545,6 +553,6 @@ mod tests {
         assert!(format!("{err:#}").contains("not in the vocabulary"), "{err:#}");
         write(dir.path(), "vocab.json", "{");
         let err = ClipTokenizer::from_folder(dir.path()).err().unwrap();
-        assert!(format!("{err:#}").contains("vocab.json is not valid JSON"), "{err:#}");
+        assert!(format!("{err:#}").contains("vocab.json is not valid"), "{err:#}");
     }
 }

@@ -76,7 +76,10 @@ impl VaeConfig {
             );
         }
         for (i, t) in self.down_block_types.iter().enumerate() {
-            ensure!(t == "DownEncoderBlock2D", "down_block_types[{i}] = `{t}` is not supported (only DownEncoderBlock2D)");
+            ensure!(
+                t == "DownEncoderBlock2D",
+                "down_block_types[{i}] = `{t}` is not supported (only DownEncoderBlock2D)"
+            );
         }
         for (i, t) in self.up_block_types.iter().enumerate() {
             ensure!(t == "UpDecoderBlock2D", "up_block_types[{i}] = `{t}` is not supported (only UpDecoderBlock2D)");
@@ -134,8 +137,11 @@ struct VaeAttention {
 impl VaeAttention {
     fn load(p: &WeightPath, channels: i64, groups: i64) -> Result<Self> {
         // Hub copies of SD 1.x VAEs predate diffusers' rename of these layers; diffusers renames them on load.
-        let [q, k, v, out] =
-            if p.contains("query.weight") { ["query", "key", "value", "proj_attn"] } else { ["to_q", "to_k", "to_v", "to_out.0"] };
+        let [q, k, v, out] = if p.contains("query.weight") {
+            ["query", "key", "value", "proj_attn"]
+        } else {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        };
         let linear = |name: &str| Linear::load(&p.sub(name), channels, channels, true);
         Ok(Self {
             group_norm: GroupNorm::load(&p.sub("group_norm"), groups, channels, EPS)?,
@@ -237,7 +243,9 @@ impl Encoder {
             let bp = p.sub("down_blocks").sub(i);
             let in_ch = if i == 0 { ch[0] } else { ch[i - 1] };
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| VaeResnetBlock::load(&bp.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups))
+                .map(|j| {
+                    VaeResnetBlock::load(&bp.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups)
+                })
                 .collect::<Result<_>>()?;
             let downsampler = if i + 1 < ch.len() {
                 Some(Conv2d::load(&bp.sub("downsamplers.0.conv"), out_ch, out_ch, 3, 2, 0)?)
@@ -282,7 +290,9 @@ impl Decoder {
             let in_ch = if i == 0 { reversed[0] } else { reversed[i - 1] };
             // One resnet more than the encoder's blocks, as in diffusers.
             let resnets = (0..=cfg.layers_per_block)
-                .map(|j| VaeResnetBlock::load(&bp.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups))
+                .map(|j| {
+                    VaeResnetBlock::load(&bp.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups)
+                })
                 .collect::<Result<_>>()?;
             let upsampler = if i + 1 < reversed.len() {
                 Some(Conv2d::load(&bp.sub("upsamplers.0.conv"), out_ch, out_ch, 3, 1, 1)?)
@@ -327,8 +337,16 @@ impl AutoencoderKL {
         Ok(Self {
             encoder: Encoder::load(&p.sub("encoder"), cfg)?,
             decoder: Decoder::load(&p.sub("decoder"), cfg)?,
-            quant_conv: if cfg.use_quant_conv { Some(Conv2d::load(&p.sub("quant_conv"), 2 * z, 2 * z, 1, 1, 0)?) } else { None },
-            post_quant_conv: if cfg.use_post_quant_conv { Some(Conv2d::load(&p.sub("post_quant_conv"), z, z, 1, 1, 0)?) } else { None },
+            quant_conv: if cfg.use_quant_conv {
+                Some(Conv2d::load(&p.sub("quant_conv"), 2 * z, 2 * z, 1, 1, 0)?)
+            } else {
+                None
+            },
+            post_quant_conv: if cfg.use_post_quant_conv {
+                Some(Conv2d::load(&p.sub("post_quant_conv"), z, z, 1, 1, 0)?)
+            } else {
+                None
+            },
             latent_channels: z,
             scaling_factor: cfg.scaling_factor,
             shift_factor: cfg.shift_factor.unwrap_or(0.0),

@@ -15,7 +15,8 @@ impl ModelSource {
     /// Resolves what the user gave to `--model`: an existing path, or else a repo id such as
     /// `stable-diffusion-v1-5/stable-diffusion-v1-5` looked up offline in the Hugging Face cache.
     pub fn resolve(spec: &str) -> Result<Self> {
-        let path = Path::new(spec);
+        // Absolute, so run.json names the model unambiguously.
+        let path = &std::fs::canonicalize(spec).unwrap_or_else(|_| PathBuf::from(spec));
         if path.is_dir() {
             return Ok(Self::Folder(path.to_path_buf()));
         }

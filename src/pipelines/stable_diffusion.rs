@@ -17,7 +17,8 @@ pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
-    pub vae: AutoencoderKL,
+    /// None for a model that diffuses in pixel space (the embedded model): its decoder is the identity.
+    pub vae: Option<AutoencoderKL>,
     pub scheduler: DdimConfig,
     pub info: ModelInfo,
     pub device: Device,
@@ -57,7 +58,7 @@ impl StableDiffusion {
         };
         let tokenizer = ClipTokenizer::from_folder(&component("tokenizer")?)?;
         let text_dir = component("text_encoder")?;
-        let text_config: ClipTextConfig = read_json(&text_dir.join("config.json"))?;
+        let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
         let (text_encoder, text_files) =
             load_component(&text_dir, "model", device, kind, |w| ClipTextModel::load(&w.root(), &text_config))?;
         let unet_dir = component("unet")?;
@@ -65,11 +66,17 @@ impl StableDiffusion {
         let (unet, unet_files) = load_component(&unet_dir, "diffusion_pytorch_model", device, kind, |w| {
             UNet2DConditionModel::load(&w.root(), &unet_config)
         })?;
-        let vae_dir = component("vae")?;
-        let vae_config: VaeConfig = read_json(&vae_dir.join("config.json"))?;
-        let (vae, vae_files) =
-            load_component(&vae_dir, "diffusion_pytorch_model", device, kind, |w| AutoencoderKL::load(&w.root(), &vae_config))?;
-        let scheduler: DdimConfig = read_json(&component("scheduler")?.join("scheduler_config.json"))?;
+        let (vae, vae_files) = if has_vae(dir)? {
+            let vae_dir = component("vae")?;
+            let vae_config = VaeConfig::from_file(&vae_dir.join("config.json"))?;
+            let (vae, files) = load_component(&vae_dir, "diffusion_pytorch_model", device, kind, |w| {
+                AutoencoderKL::load(&w.root(), &vae_config)
+            })?;
+            (Some(vae), files)
+        } else {
+            (None, Vec::new())
+        };
+        let scheduler = DdimConfig::from_file(&component("scheduler")?.join("scheduler_config.json"))?;
         let weight_files = [text_files, unet_files, vae_files].concat();
         let info = ModelInfo { source: dir.display().to_string(), weight_files };
         Ok(Self { tokenizer, text_encoder, unet, vae, scheduler, info, device, kind })
@@ -98,12 +105,27 @@ impl StableDiffusion {
         [self.unet.config.in_channels, size, size]
     }
 
-    /// Latents [B,C,H,W] to images in [0,1], [B,3,H',W'], in f32 on the CPU.
+    /// Latents [B,C,H,W] to images in [0,1], [B,C',H',W'], in f32 on the CPU. A pixel-space model's latents are
+    /// images in [-1,1].
     pub fn decode(&self, latents: &Tensor) -> Tensor {
-        tch::no_grad(|| self.vae.images_from_latents(&latents.to_device(self.device).to_kind(self.kind)))
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
+        let latents = latents.to_device(self.device).to_kind(self.kind);
+        let images = match &self.vae {
+            Some(vae) => tch::no_grad(|| vae.images_from_latents(&latents)),
+            None => (latents / 2.0 + 0.5).clamp(0.0, 1.0),
+        };
+        images.to_kind(Kind::Float).to_device(Device::Cpu)
     }
+}
+
+/// Whether a diffusers folder has a VAE: model_index.json lists one with a null entry for pixel-space models;
+/// without model_index.json, a VAE is required.
+fn has_vae(dir: &Path) -> Result<bool> {
+    let index = dir.join("model_index.json");
+    if !index.is_file() {
+        return Ok(true);
+    }
+    let json: serde_json::Value = read_json(&index)?;
+    Ok(json.get("vae").is_some_and(|v| v.as_array().is_some_and(|a| a.iter().any(|x| !x.is_null()))))
 }
 
 /// A model file's SHA-256, so a run names exactly which weights it used.

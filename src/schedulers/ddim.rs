@@ -133,9 +133,13 @@ impl DdimConfig {
                 (0..steps).map(|i| (start + i as f64 * delta).round_ties_even() as i64 - 1).collect()
             }
             TimestepSpacing::Linspace => {
-                // numpy's linspace(0, n_train - 1, steps).round(): i * step, the last value exactly the end.
+                // numpy's linspace(0, n_train - 1, steps).round(): i * step, and the last of several exactly the
+                // end (a single step is [0]).
+                if steps == 1 {
+                    return vec![0];
+                }
                 let end = (n_train - 1) as f64;
-                let step = if steps > 1 { end / (steps - 1) as f64 } else { 0.0 };
+                let step = end / (steps - 1) as f64;
                 (0..steps)
                     .rev()
                     .map(|i| if i == steps - 1 { end } else { i as f64 * step }.round_ties_even() as i64)
@@ -256,10 +260,9 @@ impl DdimScheduler {
             PredictionType::Sample => {
                 (model_output.shallow_clone(), (sample - model_output * sqrt_alpha_t) / sqrt_beta_t)
             }
-            PredictionType::VPrediction => (
-                sample * sqrt_alpha_t - model_output * sqrt_beta_t,
-                model_output * sqrt_alpha_t + sample * sqrt_beta_t,
-            ),
+            PredictionType::VPrediction => {
+                (sample * sqrt_alpha_t - model_output * sqrt_beta_t, model_output * sqrt_alpha_t + sample * sqrt_beta_t)
+            }
         };
         let pred_original_sample = match self.clip_sample_range {
             Some(r) => pred_original_sample.clamp(-r, r),
@@ -274,7 +277,8 @@ impl DdimScheduler {
     /// The forward process: `original` noised to `timestep` (img2img starts, training targets). As in diffusers, the
     /// coefficients are taken in the sample's dtype and on its device.
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: i64) -> Tensor {
-        let alpha = Tensor::from(self.alpha_cumprod_f32(timestep)).to_device(original.device()).to_kind(original.kind());
+        let alpha =
+            Tensor::from(self.alpha_cumprod_f32(timestep)).to_device(original.device()).to_kind(original.kind());
         original * alpha.sqrt() + noise * (alpha.neg() + 1.0).sqrt()
     }
 }

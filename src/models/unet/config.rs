@@ -112,6 +112,20 @@ pub struct UNetConfigFile {
     pub resnet_time_scale_shift: Option<String>,
     #[serde(default)]
     pub time_embedding_type: Option<String>,
+    #[serde(default)]
+    pub time_embedding_dim: Option<i64>,
+    #[serde(default)]
+    pub time_embedding_act_fn: Option<String>,
+    #[serde(default)]
+    pub attention_type: Option<String>,
+    #[serde(default)]
+    pub cross_attention_norm: Option<String>,
+    #[serde(default)]
+    pub resnet_skip_time_act: bool,
+    #[serde(default = "default_scale")]
+    pub resnet_out_scale_factor: f64,
+    #[serde(default = "default_scale")]
+    pub downsample_padding: f64,
 }
 
 /// The kinds of blocks this UNet is built from; the config's names map onto them.
@@ -172,6 +186,13 @@ impl UNetConfig {
         refuse(matches!(f.only_cross_attention, serde_json::Value::Bool(true) | serde_json::Value::Array(_)), "only_cross_attention")?;
         refuse(f.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default"), "resnet_time_scale_shift")?;
         refuse(f.time_embedding_type.as_deref().is_some_and(|s| s != "positional"), "time_embedding_type")?;
+        refuse(f.time_embedding_dim.is_some(), "time_embedding_dim")?;
+        refuse(f.time_embedding_act_fn.is_some(), "time_embedding_act_fn")?;
+        refuse(f.attention_type.as_deref().is_some_and(|s| s != "default"), "attention_type other than default")?;
+        refuse(f.cross_attention_norm.is_some(), "cross_attention_norm")?;
+        refuse(f.resnet_skip_time_act, "resnet_skip_time_act")?;
+        refuse(f.resnet_out_scale_factor != 1.0, "resnet_out_scale_factor other than 1")?;
+        refuse(f.downsample_padding != 1.0, "downsample_padding other than 1")?;
         refuse(f.act_fn != "silu", "act_fn other than silu")?;
         refuse(f.mid_block_scale_factor != 1.0, "mid_block_scale_factor other than 1")?;
         if f.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {

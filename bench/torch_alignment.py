@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""PyTorch/diffusers counterpart of examples/bench_alignment.rs: the same modes, inputs and JSON line.
+
+    python3 bench/torch_alignment.py --unet DIR [--modes enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd]
+        [--batch 1] [--reps 3] [--warmup 1] [--threads N] [--skip-check]
+
+Modes (weights frozen, as in the Rust crate: gradients go to the latent only):
+- enc_fwd: the encoder half of diffusers' UNet2DConditionModel.forward (time embedding, conv_in, down_blocks,
+  mid_block), run by hand as diffusers' forward runs it, under no_grad;
+- enc_fwd_bwd: the alignment iteration: that h, loss = sum over latents of the mean squared distance to a fixed
+  random target, gradient with respect to the latent;
+- full_fwd: unet(...) under no_grad;
+- full_fwd_bwd: unet(...) with autograd, h read by a forward hook on mid_block, the same loss, gradient to the latent.
+
+The inputs are drawn in the same order from the same libtorch CPU generator as the Rust example, so the check
+values (loss, mean |h|, mean |grad|) of the two should agree to float precision.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+MODES = ("enc_fwd", "enc_fwd_bwd", "full_fwd", "full_fwd_bwd")
+
+
+def proc_status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def encode_h(unet, sample, timestep, context):
+    """diffusers' UNet2DConditionModel.forward up to and including mid_block (SD 1.x/2.x: no class, addition or
+    adapter embeddings, no attention masks)."""
+    t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
+    emb = unet.time_embedding(t_emb, None)
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    x = unet.conv_in(sample)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            x, _ = block(
+                hidden_states=x,
+                temb=emb,
+                encoder_hidden_states=context,
+                attention_mask=None,
+                cross_attention_kwargs=None,
+                encoder_attention_mask=None,
+            )
+        else:
+            x, _ = block(hidden_states=x, temb=emb)
+    return unet.mid_block(
+        x, emb, encoder_hidden_states=context, attention_mask=None, cross_attention_kwargs=None, encoder_attention_mask=None
+    )
+
+
+def distance_to(h, target):
+    """dma::method::hspace::distance_to: mean squared distance of each h to target, one value per latent."""
+    return (h - target).square().flatten(1).mean(1)
+
+
+class Bench:
+    def __init__(self, unet, latent, timestep, context, target):
+        self.unet, self.latent, self.timestep, self.context, self.target = unet, latent, timestep, context, target
+        self.captured = None
+        unet.mid_block.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.captured = output
+
+    def full_h(self, sample):
+        self.captured = None
+        out = self.unet(sample, self.timestep, encoder_hidden_states=self.context, return_dict=False)[0]
+        h, self.captured = self.captured, None
+        return out, h
+
+    def run(self, mode):
+        """One repetition; everything it allocates is freed before it returns (as in the Rust example)."""
+        if mode == "enc_fwd":
+            with torch.no_grad():
+                h = encode_h(self.unet, self.latent, self.timestep, self.context)
+            return {"h_abs_mean": h.abs().mean(dtype=torch.float64).item()}
+        if mode == "full_fwd":
+            with torch.no_grad():
+                out, h = self.full_h(self.latent)
+            return {
+                "h_abs_mean": h.abs().mean(dtype=torch.float64).item(),
+                "sample_abs_mean": out.abs().mean(dtype=torch.float64).item(),
+            }
+        leaf = self.latent.detach().requires_grad_(True)
+        if mode == "enc_fwd_bwd":
+            h = encode_h(self.unet, leaf, self.timestep, self.context)
+        else:
+            _out, h = self.full_h(leaf)
+        loss = distance_to(h, self.target).sum()
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return {"loss": loss.item(), "grad_abs_mean": grad.abs().mean(dtype=torch.float64).item()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--unet", required=True)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timestep", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's own choice)")
+    ap.add_argument("--skip-check", action="store_true")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            ap.error(f"unknown mode {m!r} (expected one of {', '.join(MODES)})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = {"intra_op": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
+
+    from diffusers import UNet2DConditionModel
+
+    start = time.perf_counter()
+    unet = UNet2DConditionModel.from_pretrained(args.unet, torch_dtype=torch.float32).eval()
+    unet.requires_grad_(False)
+    load_s = time.perf_counter() - start
+    load_peak = proc_status_bytes("VmHWM")
+
+    torch.manual_seed(args.seed)
+    b = args.batch
+    latent = torch.randn(b, 4, 64, 64)
+    context = torch.randn(b, 77, 768)
+    target = torch.randn(1, unet.config.block_out_channels[-1], 8, 8)
+    timestep = torch.tensor(args.timestep)
+    bench = Bench(unet, latent, timestep, context, target)
+
+    h_diff = None
+    if not args.skip_check:
+        with torch.no_grad():
+            h_enc = encode_h(unet, latent, timestep, context)
+            _, h_full = bench.full_h(latent)
+            h_diff = (h_enc - h_full).abs().max().item()
+        del h_enc, h_full
+
+    rss_before = proc_status_bytes("VmRSS")
+    reset = reset_peak_rss()
+
+    checks = {}
+    for _ in range(args.warmup):
+        for m in modes:
+            checks[m] = bench.run(m)
+    times = {m: [] for m in modes}
+    for _ in range(args.reps):
+        for m in modes:
+            t0 = time.perf_counter()
+            stats = bench.run(m)
+            times[m].append(time.perf_counter() - t0)
+            checks.setdefault(m, stats)
+    peak = proc_status_bytes("VmHWM")
+
+    out = {
+        "impl": "pytorch",
+        "batch": b,
+        "threads": threads,
+        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
+        "load_s": load_s,
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "times": times,
+        "median": {m: statistics.median(t) if t else None for m, t in times.items()},
+        "rss": {
+            "load_peak_bytes": load_peak,
+            "before_bytes": rss_before,
+            "peak_bytes": peak if reset else None,
+            "peak_reset": reset,
+        },
+        "h_encode_vs_full_max_abs_diff": h_diff,
+        "check": checks,
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+//! Times one DMA alignment iteration (encoder-only forward to h, backward to the latent) and what it would cost
+//! without the encoder-only path (full UNet forward, h read from it), on a UNet folder in diffusers format.
+//!
+//! Prints one JSON line: seconds per repetition of each mode, their medians, peak RSS and a few values of h and of
+//! the gradient (the same seeded inputs as bench/torch_alignment.py, so the two can be compared number for number).
+//!
+//! ```text
+//! cargo build --release --example bench_alignment
+//! target/release/examples/bench_alignment --unet ~/.cache/dma/bench/sd15-random-unet \
+//!     [--modes enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd] [--batch 1] [--reps 3] [--warmup 1] [--threads N]
+//! target/release/examples/bench_alignment --info      # thread counts only, no model
+//! ```
+//!
+//! Modes:
+//! - `enc_fwd`: `encode_h` without autograd;
+//! - `enc_fwd_bwd`: the alignment iteration: `encode_h`, loss = sum over latents of `distance_to(h, target)`,
+//!   gradient with respect to the latent;
+//! - `full_fwd`: the full UNet forward without autograd;
+//! - `full_fwd_bwd`: the full forward with autograd, the same loss on its h, gradient to the latent.
+//!
+//! Memory: VmHWM is reset (`/proc/self/clear_refs`, 5) once the model and the inputs are in memory, so
+//! `rss.peak_bytes` is the peak while the modes ran (weights included), not the transient peak of loading.
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use dma::method::hspace::distance_to;
+use dma::models::unet::{UNet2DConditionModel, UNetConfig};
+use dma::pipelines::source::component_weight_files;
+use dma::weights::Weights;
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+const MODES: [&str; 4] = ["enc_fwd", "enc_fwd_bwd", "full_fwd", "full_fwd_bwd"];
+
+#[derive(Parser)]
+#[command(about = "Times DMA's alignment iteration on a diffusers UNet folder")]
+struct Args {
+    /// The UNet folder (config.json + diffusion_pytorch_model.safetensors).
+    #[arg(long)]
+    unet: Option<PathBuf>,
+    /// Comma-separated modes, run interleaved: enc_fwd, enc_fwd_bwd, full_fwd, full_fwd_bwd.
+    #[arg(long, value_delimiter = ',', default_value = "enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd")]
+    modes: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    batch: i64,
+    /// Timed repetitions of each mode.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Untimed repetitions of each mode first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    #[arg(long, default_value_t = 500)]
+    timestep: i64,
+    /// Intra-op threads (default: libtorch's own choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Print the thread counts and exit.
+    #[arg(long)]
+    info: bool,
+    /// Skip the check that encode_h equals the full forward's h (memory runs: it would allocate before the peak
+    /// is measured).
+    #[arg(long)]
+    skip_check: bool,
+}
+
+/// A field of /proc/self/status in bytes (VmRSS, VmHWM).
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+struct Inputs {
+    latent: Tensor,
+    timestep: Tensor,
+    context: Tensor,
+    target: Tensor,
+}
+
+/// Runs one repetition of `mode`; returns a few scalars of the result (for the cross-check with PyTorch).
+/// Everything the repetition allocates is dropped before it returns, so a caller's timing includes freeing it.
+fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String, Value> {
+    let mut stats = Map::new();
+    let mut put = |k: &str, t: &Tensor| {
+        stats.insert(k.into(), json!(t.double_value(&[])));
+    };
+    match mode {
+        "enc_fwd" => {
+            let h = tch::no_grad(|| unet.encode_h(&inp.latent, &inp.timestep, &inp.context));
+            put("h_abs_mean", &h.abs().mean(Kind::Double));
+        }
+        "full_fwd" => {
+            let out = tch::no_grad(|| unet.forward(&inp.latent, &inp.timestep, &inp.context));
+            put("h_abs_mean", &out.h.abs().mean(Kind::Double));
+            put("sample_abs_mean", &out.sample.abs().mean(Kind::Double));
+        }
+        "enc_fwd_bwd" | "full_fwd_bwd" => {
+            let leaf = inp.latent.detach().set_requires_grad(true);
+            let (losses, _keep) = if mode == "enc_fwd_bwd" {
+                (distance_to(&unet.encode_h(&leaf, &inp.timestep, &inp.context), &inp.target), None)
+            } else {
+                let out = unet.forward(&leaf, &inp.timestep, &inp.context);
+                (distance_to(&out.h, &inp.target), Some(out))
+            };
+            let loss = losses.sum(Kind::Float);
+            let grad = Tensor::run_backward(&[&loss], &[&leaf], false, false).pop().unwrap();
+            put("loss", &loss.detach());
+            put("grad_abs_mean", &grad.abs().mean(Kind::Double));
+        }
+        other => panic!("unknown mode {other}"),
+    }
+    stats
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let threads = json!({"intra_op": tch::get_num_threads(), "interop": tch::get_num_interop_threads()});
+    if args.info {
+        println!("{}", json!({"impl": "rust", "threads": threads}));
+        return Ok(());
+    }
+    for m in &args.modes {
+        if !MODES.contains(&m.as_str()) {
+            bail!("unknown mode `{m}` (expected one of {})", MODES.join(", "));
+        }
+    }
+    let dir = args.unet.context("--unet DIR is required")?;
+
+    let start = Instant::now();
+    let config = UNetConfig::from_file(&dir.join("config.json"))?;
+    let files = component_weight_files(&dir, "diffusion_pytorch_model")?;
+    let weights = Weights::from_files(&files, Device::Cpu, Kind::Float)?;
+    let unet = UNet2DConditionModel::load(&weights.root(), &config)?;
+    weights.check_all_used("")?;
+    drop(weights); // the model's tensors share storage with the loaded ones
+    let load_s = start.elapsed().as_secs_f64();
+    let load_peak = proc_status_bytes("VmHWM");
+
+    // The same draws, in the same order, as bench/torch_alignment.py (same libtorch CPU generator).
+    tch::manual_seed(args.seed);
+    let b = args.batch;
+    let latent = Tensor::randn([b, 4, 64, 64], (Kind::Float, Device::Cpu));
+    let context = Tensor::randn([b, 77, 768], (Kind::Float, Device::Cpu));
+    let last = *config.block_out_channels.last().unwrap();
+    let target = Tensor::randn([1, last, 8, 8], (Kind::Float, Device::Cpu));
+    let inp = Inputs { latent, timestep: Tensor::from(args.timestep), context, target };
+
+    // Consistency of the two paths to h (once, before anything is timed or measured).
+    let h_diff = (!args.skip_check).then(|| {
+        tch::no_grad(|| {
+            let h_enc = unet.encode_h(&inp.latent, &inp.timestep, &inp.context);
+            let h_full = unet.forward(&inp.latent, &inp.timestep, &inp.context).h;
+            (h_enc - h_full).abs().max().double_value(&[])
+        })
+    });
+
+    let rss_before = proc_status_bytes("VmRSS");
+    let reset = reset_peak_rss();
+
+    let mut checks: Map<String, Value> = Map::new();
+    for _ in 0..args.warmup {
+        for m in &args.modes {
+            checks.insert(m.clone(), Value::Object(run_mode(&unet, m, &inp)));
+        }
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); args.modes.len()];
+    for _ in 0..args.reps {
+        for (i, m) in args.modes.iter().enumerate() {
+            let t0 = Instant::now();
+            let stats = run_mode(&unet, m, &inp);
+            times[i].push(t0.elapsed().as_secs_f64());
+            checks.entry(m.clone()).or_insert(Value::Object(stats));
+        }
+    }
+    let peak = proc_status_bytes("VmHWM");
+
+    let mut times_json = Map::new();
+    let mut medians = Map::new();
+    for (m, t) in args.modes.iter().zip(&times) {
+        times_json.insert(m.clone(), json!(t));
+        medians.insert(m.clone(), json!(median(t)));
+    }
+    let out = json!({
+        "impl": "rust",
+        "batch": b,
+        "threads": threads,
+        "load_s": load_s,
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "times": times_json,
+        "median": medians,
+        "rss": {
+            "load_peak_bytes": load_peak,
+            "before_bytes": rss_before,
+            "peak_bytes": if reset { peak } else { None },
+            "peak_reset": reset,
+        },
+        "h_encode_vs_full_max_abs_diff": h_diff,
+        "check": checks,
+    });
+    println!("{out}");
+    Ok(())
+}
