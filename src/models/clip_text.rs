@@ -48,7 +48,8 @@ impl ClipTextConfig {
         }
         let cfg: Self =
             serde_json::from_value(json).with_context(|| format!("{} is not a CLIP text config", path.display()))?;
-        cfg.checked_activation().with_context(|| format!("{} describes an unsupported text encoder", path.display()))?;
+        cfg.checked_activation()
+            .with_context(|| format!("{} describes an unsupported text encoder", path.display()))?;
         Ok(cfg)
     }
 

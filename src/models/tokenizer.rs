@@ -11,6 +11,7 @@
 //!    each piece is mapped byte by byte to printable characters and merged by BPE, with `</w>` on its last symbol.
 //!
 //! The merges work on token ids: every merge result is itself in the vocabulary, as `tokenizers` requires.
+use unicode_normalization::UnicodeNormalization;
 use crate::files::read_json;
 use anyhow::{bail, ensure, Context, Result};
 use regex::Regex;
@@ -69,12 +70,12 @@ pub struct ClipTokenizer {
     max_length: usize,
 }
 
-/// The `tokenizers` normalizer of CLIPTokenizer, less NFC: runs of whitespace become one space, then lowercase
+/// The `tokenizers` normalizer of CLIPTokenizer: NFC, runs of whitespace become one space, then lowercase
 /// char by char (not `str::to_lowercase`, whose final-sigma rule `tokenizers` does not apply).
 fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
-    for c in text.chars() {
+    for c in text.nfc() {
         if c.is_whitespace() {
             if !in_space {
                 out.push(' ');
