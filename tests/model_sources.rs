@@ -1,0 +1,46 @@
+//! Resolving --model: a folder, or a Hugging Face repo id found offline in the local cache.
+mod common;
+use common::fixture;
+use dma::pipelines::ModelSource;
+use std::process::Command;
+
+/// A fake HF cache holding the tiny SD 1 fixture as `tiny-org/tiny-sd1` at revision `0123abc`.
+fn fake_hf_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub").join("models--tiny-org--tiny-sd1");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "0123abc").unwrap();
+    std::os::unix::fs::symlink(fixture("tiny-sd1"), repo.join("snapshots").join("0123abc")).unwrap();
+    home
+}
+
+#[test]
+fn a_repo_id_runs_from_the_local_cache() {
+    let home = fake_hf_home();
+    let out = home.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .env("HF_HOME", home.path())
+        .env_remove("HF_HUB_CACHE")
+        .args(["sample", "--model", "tiny-org/tiny-sd1", "--prompt", "a dog", "--num", "2", "--steps", "2", "--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert!(run["model"]["source"].as_str().unwrap().contains("snapshots/0123abc"));
+}
+
+#[test]
+fn a_repo_id_missing_from_the_cache_says_where_it_looked() {
+    let home = fake_hf_home();
+    std::env::set_var("HF_HUB_CACHE", home.path().join("hub"));
+    let err = ModelSource::resolve("someone/not-there").unwrap_err().to_string();
+    assert!(err.contains("models--someone--not-there") && err.contains("Hugging Face cache"), "{err}");
+}
+
+#[test]
+fn a_folder_resolves_to_its_absolute_path() {
+    let source = ModelSource::resolve(fixture("tiny-sd1").to_str().unwrap()).unwrap();
+    assert!(matches!(source, ModelSource::Folder(ref p) if p.is_absolute()));
+}
