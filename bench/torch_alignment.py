@@ -110,6 +110,27 @@ class Bench:
         return {"loss": loss.item(), "grad_abs_mean": grad.abs().mean(dtype=torch.float64).item()}
 
 
+def serve(bench, ready):
+    """The lockstep protocol: one JSON line per mode name read from stdin."""
+    import sys
+
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        mode = line.strip()
+        if mode == "quit":
+            break
+        if mode == "rss":
+            reply = {"rss_bytes": proc_status_bytes("VmRSS"), "hwm_bytes": proc_status_bytes("VmHWM")}
+        elif mode in MODES:
+            c0, t0 = time.process_time(), time.perf_counter()
+            stats = bench.run(mode)
+            wall = time.perf_counter() - t0
+            reply = {"mode": mode, "wall": wall, "cpu": time.process_time() - c0, "check": stats}
+        else:
+            reply = {"error": f"unknown mode {mode!r}"}
+        print(json.dumps(reply), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--unet", required=True)
@@ -121,6 +142,12 @@ def main():
     ap.add_argument("--timestep", type=int, default=500)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's own choice)")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="print a JSON ready line, then run one repetition per mode name read from stdin (lockstep with the Rust "
+        "example, driven by bench/compare_alignment.py)",
+    )
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
@@ -153,6 +180,11 @@ def main():
             _, h_full = bench.full_h(latent)
             h_diff = (h_enc - h_full).abs().max().item()
         del h_enc, h_full
+
+    if args.serve:
+        return serve(bench, {"impl": "pytorch", "ready": True, "batch": b, "threads": threads, "load_s": load_s,
+                             "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
+                             "h_encode_vs_full_max_abs_diff": h_diff})
 
     rss_before = proc_status_bytes("VmRSS")
     reset = reset_peak_rss()

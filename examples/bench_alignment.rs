@@ -60,6 +60,11 @@ struct Args {
     /// Print the thread counts and exit.
     #[arg(long)]
     info: bool,
+    /// Serve: once loaded, print a JSON "ready" line, then run one repetition per mode name read from stdin and
+    /// answer each with a JSON line (wall and CPU seconds), until EOF or `quit`. bench/compare_alignment.py drives
+    /// a Rust and a PyTorch server in lockstep, so each pair of repetitions sees the same machine load.
+    #[arg(long)]
+    serve: bool,
     /// Skip the check that encode_h equals the full forward's h (memory runs: it would allocate before the peak
     /// is measured).
     #[arg(long)]
@@ -72,6 +77,17 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// CPU seconds of the whole process (all threads) from /proc/self/stat (utime + stime, at 100 ticks a second).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces); utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after the name.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Resets VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
@@ -119,6 +135,31 @@ fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String
         other => panic!("unknown mode {other}"),
     }
     stats
+}
+
+/// The lockstep protocol of `--serve` (see bench/compare_alignment.py).
+fn serve(unet: &UNet2DConditionModel, inp: &Inputs, ready: Value) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{ready}")?;
+    stdout.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let mode = line?.trim().to_string();
+        let reply = match mode.as_str() {
+            "quit" => break,
+            "rss" => json!({"rss_bytes": proc_status_bytes("VmRSS"), "hwm_bytes": proc_status_bytes("VmHWM")}),
+            m if MODES.contains(&m) => {
+                let (c0, t0) = (cpu_seconds(), Instant::now());
+                let stats = run_mode(unet, m, inp);
+                let wall = t0.elapsed().as_secs_f64();
+                json!({"mode": m, "wall": wall, "cpu": cpu_seconds() - c0, "check": stats})
+            }
+            other => json!({"error": format!("unknown mode `{other}`")}),
+        };
+        writeln!(stdout, "{reply}")?;
+        stdout.flush()?;
+    }
+    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -181,6 +222,11 @@ fn main() -> Result<()> {
 
     let rss_before = proc_status_bytes("VmRSS");
     let reset = reset_peak_rss();
+
+    if args.serve {
+        return serve(&unet, &inp, json!({"impl": "rust", "ready": true, "batch": b, "threads": threads, "load_s": load_s,
+            "h_encode_vs_full_max_abs_diff": h_diff}));
+    }
 
     let mut checks: Map<String, Value> = Map::new();
     for _ in 0..args.warmup {

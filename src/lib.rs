@@ -6,6 +6,7 @@
 //! - `pipelines`: loading a model folder and composing the parts (text to conditioning, sampling, decoding).
 //! - `method`: DMA itself, a per-step hook on the sampling loop.
 pub mod nn;
+pub mod optim;
 pub mod output;
 pub mod weights;
 pub mod models;
@@ -13,4 +14,6 @@ pub mod files;
 pub mod method;
 pub mod pipelines;
 pub mod sampling;
+pub mod training;
 pub mod schedulers;
+pub mod data;

@@ -2,16 +2,33 @@
 //!
 //! Model structs mirror the checkpoint's key names: a block asks its `WeightPath` for `"conv1.weight"` with the
 //! shape its config implies, and a missing key or a wrong shape is an error naming the file, the key and both
-//! shapes. Weights never require gradients: DMA differentiates with respect to latents only.
+//! shapes.
+//!
+//! Loaded weights are frozen: they never require gradients (DMA differentiates with respect to latents only).
+//! For training, the same model code builds from `Weights::trainable` (every weight a leaf requiring gradients)
+//! or `Weights::initialise` (missing weights are created with PyTorch's default initialisation), so a model
+//! has one definition whether it is loaded, trained or created.
 use anyhow::{bail, Context, Result};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// How `WeightPath::get` hands out tensors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Detached copies in the model's dtype: inference.
+    Frozen,
+    /// The stored leaf tensors themselves, requiring gradients: training.
+    Trainable,
+    /// Like `Trainable`, creating missing weights with a seeded default initialisation.
+    Initialise,
+}
+
 /// All tensors of one model component (e.g. a UNet), by checkpoint key.
 pub struct Weights {
-    tensors: HashMap<String, Tensor>,
+    tensors: RefCell<HashMap<String, Tensor>>,
+    mode: Mode,
     /// Where the tensors came from, for error messages.
     source: String,
     device: Device,
@@ -79,7 +96,31 @@ impl Weights {
     }
 
     pub fn from_tensors(tensors: HashMap<String, Tensor>, source: String, device: Device, kind: Kind) -> Self {
-        Self { tensors, source, device, kind, used: RefCell::new(BTreeSet::new()) }
+        Self { tensors: RefCell::new(tensors), mode: Mode::Frozen, source, device, kind, used: RefCell::new(BTreeSet::new()) }
+    }
+
+    /// Weights to train, starting from `tensors` (e.g. a checkpoint): each becomes a leaf on `device` in `kind`
+    /// that requires gradients, and models built from them share these very tensors.
+    pub fn trainable(tensors: HashMap<String, Tensor>, source: String, device: Device, kind: Kind) -> Self {
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, t)| (k, t.to_device(device).to_kind(kind).detach().set_requires_grad(true)))
+            .collect();
+        Self { mode: Mode::Trainable, ..Self::from_tensors(tensors, source, device, kind) }
+    }
+
+    /// Fresh weights to train: every weight a model asks for is created on first use, initialised like PyTorch's
+    /// layers (norms 1 and 0, biases 0, embeddings N(0, 0.02), other weights U(±1/sqrt(fan_in))). Seed the global
+    /// RNG first for a reproducible start.
+    pub fn initialise(source: String, device: Device, kind: Kind) -> Self {
+        Self { mode: Mode::Initialise, ..Self::from_tensors(HashMap::new(), source, device, kind) }
+    }
+
+    /// Every tensor by key, sorted: a trainable model's parameters, or what to save.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut all: Vec<(String, Tensor)> = self.tensors.borrow().iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     pub fn root(&self) -> WeightPath<'_> {
@@ -102,8 +143,8 @@ impl Weights {
     /// smaller model than the checkpoint, which would otherwise run silently with parts missing.
     pub fn check_all_used(&self, prefix: &str) -> Result<()> {
         let used = self.used.borrow();
-        let mut unused: Vec<&String> =
-            self.tensors.keys().filter(|k| k.starts_with(prefix) && !used.contains(*k)).collect();
+        let tensors = self.tensors.borrow();
+        let mut unused: Vec<&String> = tensors.keys().filter(|k| k.starts_with(prefix) && !used.contains(*k)).collect();
         if unused.is_empty() {
             return Ok(());
         }
@@ -115,6 +156,27 @@ impl Weights {
             unused.len(),
             shown.join(", ")
         )
+    }
+}
+
+/// PyTorch's default initialisation, chosen by the key's name and the tensor's rank.
+fn initial_value(key: &str, shape: &[i64], device: Device, kind: Kind) -> Tensor {
+    let options = (kind, device);
+    let is_embedding = key.ends_with("embedding.weight") || key.ends_with("class_embedding");
+    if key.ends_with("logit_scale") {
+        // CLIP's initial temperature, 1/0.07.
+        Tensor::full(shape, (1.0f64 / 0.07).ln(), options)
+    } else if is_embedding {
+        Tensor::randn(shape, options) * 0.02
+    } else if key.ends_with(".bias") {
+        Tensor::zeros(shape, options)
+    } else if shape.len() == 1 {
+        // Every 1-D `.weight` in these models is a GroupNorm or LayerNorm scale.
+        Tensor::ones(shape, options)
+    } else {
+        let fan_in: i64 = shape[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        Tensor::rand(shape, options) * (2.0 * bound) - bound
     }
 }
 
@@ -140,27 +202,29 @@ impl<'a> WeightPath<'a> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.weights.tensors.contains_key(&self.key(name))
+        self.weights.tensors.borrow().contains_key(&self.key(name))
     }
 
-    /// The tensor at `name`, which must have exactly `shape`; converted to the model's device and float kind.
+    /// The tensor at `name`, which must have exactly `shape`: a frozen copy in the model's device and kind, or,
+    /// for training, the trainable tensor itself (created now if initialising).
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         let key = self.key(name);
-        let tensor = self
-            .weights
-            .tensors
-            .get(&key)
-            .with_context(|| format!("{}: weight `{key}` is missing", self.weights.source))?;
-        if tensor.size() != shape {
-            bail!(
-                "{}: weight `{key}` has shape {:?} but the config implies {:?}",
-                self.weights.source,
-                tensor.size(),
-                shape
-            );
+        let w = self.weights;
+        if w.mode == Mode::Initialise && !w.tensors.borrow().contains_key(&key) {
+            let fresh = initial_value(&key, shape, w.device, w.kind).set_requires_grad(true);
+            w.tensors.borrow_mut().insert(key.clone(), fresh);
         }
-        self.weights.used.borrow_mut().insert(key);
-        Ok(tensor.to_device(self.weights.device).to_kind(self.weights.kind).detach())
+        let tensors = w.tensors.borrow();
+        let tensor = tensors.get(&key).with_context(|| format!("{}: weight `{key}` is missing", w.source))?;
+        if tensor.size() != shape {
+            bail!("{}: weight `{key}` has shape {:?} but the config implies {:?}", w.source, tensor.size(), shape);
+        }
+        let out = match w.mode {
+            Mode::Frozen => tensor.to_device(w.device).to_kind(w.kind).detach(),
+            Mode::Trainable | Mode::Initialise => tensor.shallow_clone(),
+        };
+        w.used.borrow_mut().insert(key);
+        Ok(out)
     }
 
     pub fn device(&self) -> Device {

@@ -1,6 +1,6 @@
 //! Progressive trajectory alignment: at each of the first `align_steps` steps, pull every latent's h toward the
 //! mean h of all latents, then let the sampler take its step from the aligned latents.
-use super::adam::Adam;
+use crate::optim::Adam;
 use super::hspace::{distance_to, spread, HBranch, HSpace};
 use crate::sampling::StepHooks;
 use anyhow::{bail, Result};

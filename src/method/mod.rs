@@ -1,5 +1,4 @@
 //! Diffusion Mental Averages: progressive trajectory alignment in h-space, as hooks on a sampling loop.
-pub mod adam;
 pub mod alignment;
 pub mod hspace;
 

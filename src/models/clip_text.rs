@@ -54,7 +54,7 @@ impl ClipTextConfig {
     }
 
     /// Checks what the model relies on; gives the activation the config names.
-    fn checked_activation(&self) -> Result<Activation> {
+    pub(crate) fn checked_activation(&self) -> Result<Activation> {
         ensure!(
             self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
             "hidden_size {} does not split into {} attention heads",
@@ -66,7 +66,7 @@ impl ClipTextConfig {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Activation {
+pub(crate) enum Activation {
     /// x * sigmoid(1.702 x): OpenAI's CLIP, SD 1.x.
     QuickGelu,
     /// The exact (erf) GELU: OpenCLIP, SD 2.x.
@@ -130,12 +130,12 @@ impl Attention {
         })
     }
 
-    /// Causal self-attention: a token sees itself and the tokens before it.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// Self-attention; causal (a token sees itself and the tokens before it) for text, full for image patches.
+    fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
         let (b, l, d) = x.size3().expect("hidden states are [batch, length, width]");
         let split = |t: Tensor| t.view([b, l, self.heads, d / self.heads]).transpose(1, 2);
         let (q, k, v) = (split(self.q_proj.forward(x)), split(self.k_proj.forward(x)), split(self.v_proj.forward(x)));
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false);
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
         self.out_proj.forward(&out.transpose(1, 2).reshape([b, l, d]))
     }
 }
@@ -178,28 +178,29 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x));
+    fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
+        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x), causal);
         &x + self.mlp.forward(&self.layer_norm2.forward(&x))
     }
 }
 
-struct Encoder {
+/// The layer stack, shared with CLIP's vision tower (`clip_vision`), whose layers are the same but not causal.
+pub(crate) struct Encoder {
     layers: Vec<EncoderLayer>,
 }
 
 impl Encoder {
-    fn load(p: &WeightPath, cfg: &ClipTextConfig, act: Activation) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, cfg: &ClipTextConfig, act: Activation) -> Result<Self> {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::load(&p.sub("layers").sub(i), cfg, act))
             .collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
         let mut x = x.shallow_clone();
         for layer in &self.layers {
-            x = layer.forward(&x);
+            x = layer.forward(&x, causal);
         }
         x
     }
@@ -244,7 +245,7 @@ impl ClipTextModel {
         let positions = self.embeddings.position_embedding.size()[0];
         assert!(len <= positions, "{len} tokens exceed the text encoder's {positions} positions");
         let x = token_embeds + self.embeddings.position_embedding.narrow(0, 0, len).unsqueeze(0);
-        self.final_layer_norm.forward(&self.encoder.forward(&x))
+        self.final_layer_norm.forward(&self.encoder.forward(&x, true))
     }
 
     /// The hidden state at each sequence's end token [B, D], as transformers' `pooler_output`: the first position

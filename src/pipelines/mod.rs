@@ -1,5 +1,6 @@
 //! Composing models into something that turns prompts into images; loading them from disk.
 pub mod mental_average;
+pub mod single_file;
 pub mod source;
 pub mod stable_diffusion;
 

@@ -3,7 +3,7 @@
 use super::source::{component_weight_files, ModelSource};
 use crate::files::read_json;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
-use crate::models::tokenizer::ClipTokenizer;
+use crate::models::tokenizer::Tokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::schedulers::ddim::DdimConfig;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 pub struct StableDiffusion {
-    pub tokenizer: ClipTokenizer,
+    pub tokenizer: Tokenizer,
     pub text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
     /// None for a model that diffuses in pixel space (the embedded model): its decoder is the identity.
@@ -45,7 +45,7 @@ impl StableDiffusion {
     pub fn load(source: &ModelSource, device: Device, kind: Kind) -> Result<Self> {
         match source {
             ModelSource::Folder(dir) => Self::load_folder(dir, device, kind),
-            ModelSource::SingleFile(file) => anyhow::bail!("{}: single-file checkpoints: loader not yet built", file.display()),
+            ModelSource::SingleFile(file) => super::single_file::load(file, device, kind),
         }
     }
 
@@ -56,7 +56,7 @@ impl StableDiffusion {
             anyhow::ensure!(path.is_dir(), "{}: the model has no `{name}` folder (is this a diffusers Stable Diffusion folder?)", dir.display());
             Ok(path)
         };
-        let tokenizer = ClipTokenizer::from_folder(&component("tokenizer")?)?;
+        let tokenizer = Tokenizer::from_folder(&component("tokenizer")?)?;
         let text_dir = component("text_encoder")?;
         let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
         let (text_encoder, text_files) =
@@ -84,7 +84,7 @@ impl StableDiffusion {
 
     /// The text encoder's last hidden state for `prompt`, [1, L, D].
     pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor> {
-        let ids = self.tokenizer.encode(prompt);
+        let ids = self.tokenizer.encode(prompt)?;
         let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device);
         Ok(tch::no_grad(|| self.text_encoder.forward(&ids)))
     }

@@ -239,6 +239,11 @@ impl DdimScheduler {
         }
     }
 
+    /// alpha-bar for every training timestep, [num_train_timesteps] f32: what training noises samples with.
+    pub fn alphas_cumprod(&self) -> Tensor {
+        Tensor::from_slice(&self.alphas_cumprod)
+    }
+
     /// The fraction of signal variance left at `timestep` (alpha-bar). Panics outside the training schedule.
     pub fn alpha_cumprod(&self, timestep: i64) -> f64 {
         self.alpha_cumprod_f32(timestep) as f64

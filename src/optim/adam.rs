@@ -1,5 +1,5 @@
-//! Adam on a batch of independent latents. Adam is elementwise, so one state over the batch is exactly one
-//! optimizer per latent; rows can be dropped from the state when their latent stops.
+//! Adam on one tensor (torch.optim.Adam's update). Adam is elementwise, so on a batch of independent latents one
+//! state is exactly one optimizer per latent, and rows can be dropped from the state when their latent stops.
 use tch::Tensor;
 
 pub struct Adam {
@@ -18,7 +18,7 @@ impl Adam {
         Self { lr, m: like.zeros_like(), v: like.zeros_like(), step: 0 }
     }
 
-    /// Returns `x` moved one Adam step against `grad` (torch.optim.Adam's update, no weight decay).
+    /// Returns `x` moved one Adam step against `grad` (no weight decay).
     pub fn update(&mut self, x: &Tensor, grad: &Tensor) -> Tensor {
         self.step += 1;
         self.m = &self.m * BETA1 + grad * (1.0 - BETA1);

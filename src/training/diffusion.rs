@@ -1,0 +1,174 @@
+//! Training a text-conditioned diffusion model (CLIP text encoder + UNet, jointly, from scratch) with the
+//! noise-prediction loss, resumable from checkpoints: every step's randomness comes from (seed, step), so a
+//! resumed run continues exactly as an uninterrupted one would.
+use super::checkpoint::{self, with_prefix};
+use super::ema::Ema;
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::optim::AdamW;
+use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
+use crate::weights::{write_safetensors, Weights};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainSettings {
+    pub steps: usize,
+    pub batch: i64,
+    pub lr: f64,
+    /// Linear warm-up of the learning rate over these many steps, then cosine decay to 10% at `steps`.
+    pub warmup: usize,
+    pub weight_decay: f64,
+    /// Fraction of captions replaced by the empty prompt, so the model also learns the unconditional branch CFG needs.
+    pub uncond_prob: f64,
+    pub ema_decay: f64,
+    pub seed: u64,
+    pub checkpoint_every: usize,
+}
+
+impl TrainSettings {
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let progress = (step - self.warmup) as f64 / (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+    }
+}
+
+/// What a checkpoint records besides tensors.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    step: usize,
+    settings: TrainSettings,
+}
+
+pub struct DiffusionTrainer {
+    pub settings: TrainSettings,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    text_weights: Weights,
+    unet_weights: Weights,
+    /// Text encoder parameters under `text_encoder.`, UNet parameters under `unet.`.
+    params: Vec<(String, Tensor)>,
+    optimizer: AdamW,
+    ema: Ema,
+    alphas_cumprod: Tensor,
+    pub step: usize,
+    device: Device,
+}
+
+fn prefixed(prefix: &str, weights: &Weights) -> Vec<(String, Tensor)> {
+    weights.named_tensors().into_iter().map(|(k, t)| (format!("{prefix}.{k}"), t)).collect()
+}
+
+impl DiffusionTrainer {
+    /// Builds the model described by `model_dir`'s configs, from the checkpoint in `train_dir` when there is one
+    /// (refusing one made with other settings), else freshly initialised from the seed.
+    pub fn new(model_dir: &Path, train_dir: &Path, settings: TrainSettings, device: Device) -> Result<Self> {
+        let text_config = ClipTextConfig::from_file(&model_dir.join("text_encoder/config.json"))?;
+        let unet_config = UNetConfig::from_file(&model_dir.join("unet/config.json"))?;
+        let scheduler = DdimScheduler::new(&DdimConfig::from_file(&model_dir.join("scheduler/scheduler_config.json"))?, 1)?;
+        let alphas_cumprod = scheduler.alphas_cumprod().to_device(device);
+        let saved = checkpoint::load::<Record>(train_dir)?;
+        let (text_weights, unet_weights, step) = match &saved {
+            Some((tensors, record)) => {
+                if record.settings != settings {
+                    bail!(
+                        "{}: the checkpoint was made with other settings ({:?}); resume with the same ones or use a new folder",
+                        train_dir.display(),
+                        record.settings
+                    );
+                }
+                let source = train_dir.display().to_string();
+                (
+                    Weights::trainable(with_prefix(tensors, "text_encoder"), source.clone(), device, Kind::Float),
+                    Weights::trainable(with_prefix(tensors, "unet"), source, device, Kind::Float),
+                    record.step,
+                )
+            }
+            None => {
+                tch::manual_seed(settings.seed as i64);
+                (
+                    Weights::initialise("new text encoder".into(), device, Kind::Float),
+                    Weights::initialise("new UNet".into(), device, Kind::Float),
+                    0,
+                )
+            }
+        };
+        let text_encoder = ClipTextModel::load(&text_weights.root(), &text_config)?;
+        let unet = UNet2DConditionModel::load(&unet_weights.root(), &unet_config)?;
+        text_weights.check_all_used("")?;
+        unet_weights.check_all_used("")?;
+        let mut params = prefixed("text_encoder", &text_weights);
+        params.extend(prefixed("unet", &unet_weights));
+        let shared = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        let mut optimizer = AdamW::new(shared, settings.lr, settings.weight_decay);
+        let mut ema = Ema::new(&params, settings.ema_decay);
+        if let Some((tensors, _)) = &saved {
+            optimizer.load_state(tensors, step as i32)?;
+            for (name, avg) in &mut ema.tensors {
+                *avg = tensors
+                    .get(&format!("ema.{name}"))
+                    .ok_or_else(|| anyhow::anyhow!("{}: the checkpoint lacks ema.{name}", train_dir.display()))?
+                    .to_device(device);
+            }
+        }
+        Ok(Self { settings, text_encoder, unet, text_weights, unet_weights, params, optimizer, ema, alphas_cumprod, step, device })
+    }
+
+    /// One optimisation step on images [B,C,H,W] in [-1,1] and their tokenised captions [B,L]. Returns the loss.
+    pub fn train_step(&mut self, images: &Tensor, ids: &Tensor) -> f64 {
+        let s = &self.settings;
+        tch::manual_seed((s.seed ^ 0x5eed_0000) as i64 + self.step as i64);
+        let (b, device) = (images.size()[0], self.device);
+        let images = images.to_device(device);
+        let timesteps = Tensor::randint(self.alphas_cumprod.size()[0], [b], (Kind::Int64, device));
+        let noise = images.randn_like();
+        let a = self.alphas_cumprod.index_select(0, &timesteps).view([b, 1, 1, 1]);
+        let noisy = &images * a.sqrt() + &noise * (a.neg() + 1.0).sqrt();
+        let context = self.text_encoder.forward(&ids.to_device(device));
+        let prediction = self.unet.forward(&noisy, &timesteps, &context).sample;
+        let loss = (prediction - noise).square().mean(Kind::Float);
+        self.optimizer.zero_grad();
+        loss.backward();
+        self.optimizer.clip_grad_norm(1.0);
+        self.optimizer.set_lr(s.lr_at(self.step));
+        self.optimizer.step();
+        self.ema.update(&self.params, self.step);
+        self.step += 1;
+        loss.double_value(&[])
+    }
+
+    pub fn save_checkpoint(&self, train_dir: &Path) -> Result<()> {
+        let (adam, _) = self.optimizer.state();
+        let ema = self.ema.tensors.iter().map(|(n, t)| (format!("ema.{n}"), t.shallow_clone()));
+        let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).chain(ema).chain(adam).collect();
+        checkpoint::save(train_dir, &tensors, &Record { step: self.step, settings: self.settings.clone() })
+    }
+
+    /// Writes the averaged (EMA) weights into the model folder in diffusers layout, as f16 to keep the shipped
+    /// model small (the loader converts to the run's dtype).
+    pub fn export(&self, model_dir: &Path) -> Result<()> {
+        let averaged: HashMap<&str, &Tensor> = self.ema.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (prefix, weights, file) in [
+            ("text_encoder", &self.text_weights, "text_encoder/model.safetensors"),
+            ("unet", &self.unet_weights, "unet/diffusion_pytorch_model.safetensors"),
+        ] {
+            let tensors: Vec<(String, Tensor)> = weights
+                .named_tensors()
+                .into_iter()
+                .map(|(k, _)| {
+                    let avg = averaged[format!("{prefix}.{k}").as_str()];
+                    (k, avg.to_kind(Kind::Half))
+                })
+                .collect();
+            let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            write_safetensors(&model_dir.join(file), &named)?;
+        }
+        Ok(())
+    }
+}

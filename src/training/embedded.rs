@@ -1,0 +1,70 @@
+//! The embedded model's recipe: a miniature Stable Diffusion in pixel space (32x32 grayscale, no VAE), with the
+//! same UNet and CLIP text encoder code as Stable Diffusion, configured small.
+use serde_json::{json, Value};
+
+/// h-space is the mid block's output: 128 channels at 8x8.
+pub fn unet_config() -> Value {
+    json!({
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": 32,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": [32, 64, 128],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "cross_attention_dim": 64,
+        "attention_head_dim": 4,
+        "norm_num_groups": 8,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0
+    })
+}
+
+pub fn text_encoder_config(vocab_size: usize, max_length: usize, bos: i64, eos: i64, pad: i64) -> Value {
+    json!({
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": max_length,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad
+    })
+}
+
+/// DDPM's linear schedule, which suits images in pixel space; DDIM samples from it.
+pub fn scheduler_config() -> Value {
+    json!({
+        "_class_name": "DDIMScheduler",
+        "num_train_timesteps": 1000,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "clip_sample": true,
+        "clip_sample_range": 1.0,
+        "set_alpha_to_one": false,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading"
+    })
+}
+
+/// A pipeline without a VAE: the decoder is the identity.
+pub fn model_index() -> Value {
+    json!({
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": [null, null]
+    })
+}
