@@ -14,19 +14,21 @@ It is deterministic (fixed seeds, float32 on CPU) and rewrites, from scratch:
       `text_projection.weight`, `visual_projection.weight`, `logit_scale`, float32), plus the two
       `*.embeddings.position_ids` int64 buffers that OpenAI's model.safetensors on the Hub still carry (transformers
       no longer saves them, and ignores them when loading).
-      Text: the tiny-sd1 vocabulary (1514 tokens), width 32, 2 layers, 4 heads, MLP 64, 77 positions, quick_gelu.
-      Vision: 32x32 RGB images, 8x8 patches (16 + the class token), width 24, 2 layers, 4 heads, MLP 48, quick_gelu.
+      Text: the tiny-sd1 vocabulary (1514 tokens), width 24, 2 layers, 4 heads, MLP 48, 77 positions, quick_gelu.
+      Vision: 32x32 RGB images, 8x8 patches (16 + the class token), width 32, 2 layers, 4 heads, MLP 64, quick_gelu.
       Projection 16 (every width differs, so a swapped dimension cannot go unnoticed); logit_scale ln(20).
+      (The text width is 24, not tiny-sd1's 32, because the 1514-token embedding dominates the fixture's size.)
     - preprocessor_config.json as transformers 5 writes it: shortest edge 32, crop 32x32, bicubic, OpenAI's mean/std.
     - tokenizer/: tiny-sd1's vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json, copied.
 * tests/fixtures/tiny-clip/grayscale/  (1 channel, like the project's own small CLIP)
     - the same layout; text: 64 tokens (end token 63), width 16, 1 layer, 16 positions; vision: num_channels 1,
       width 16, 1 layer, 2 heads, gelu; projection 8; preprocessor_config.json in the older style of OpenAI's Hub
       repositories (CLIPFeatureExtractor, sizes as plain numbers), mean [0.5], std [0.25], no RGB conversion.
-* reference.safetensors + reference.json in each folder: outputs of transformers' CLIPModel re-loaded from the
-  folder, and of transformers' CLIPImageProcessor (its PIL backend, CLIPImageProcessorPil: what transformers uses
-  without torchvision, and the same PIL bicubic resize OpenAI's original preprocessing applies) on raw images in
-  [0, 1] whose values are multiples of 1/255, so PIL's 8-bit input is exact. reference.json describes every tensor.
+* reference.safetensors + reference.json in each folder: outputs of transformers' CLIPImageProcessor (its PIL
+  backend, CLIPImageProcessorPil: what transformers uses without torchvision, and the same PIL bicubic resize OpenAI's
+  original preprocessing applies) on raw images in [0, 1] whose values are multiples of 1/255, so PIL's 8-bit input
+  is exact; and of transformers' CLIPModel, re-loaded from the folder, on those pixel values (concatenated along the
+  batch, in the order reference.json lists) and a few token sequences. reference.json describes every tensor.
 
 Weights are random, then perturbed (make_fixtures.perturb_: non-trivial layer norms) so no part is an identity.
 """
@@ -44,6 +46,9 @@ from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats
 OUT = FIXTURES / "tiny-clip"
 SD1_TOKENIZER = FIXTURES / "tiny-sd1" / "tokenizer"
 PROMPTS = ["a photo of a dog", "a photo of a cat", "a sneaker"]
+# Leaving out PIL's 8-bit rounding of its two passes can move a pixel by up to 0.5 level (first pass) times the
+# second pass's largest absolute weight sum (1.25, upscaling) plus 0.5 (second pass): 1.125 grey levels of 1/255.
+TOLERANCE_LEVELS = 1.25
 
 
 def rgb_config():
@@ -52,8 +57,8 @@ def rgb_config():
     vocab = 1514  # the tiny-sd1 vocabulary: 1512 + bos + eos
     text = dict(
         vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=24,
+        intermediate_size=48,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
@@ -63,8 +68,8 @@ def rgb_config():
         pad_token_id=vocab - 1,
     )
     vision = dict(
-        hidden_size=24,
-        intermediate_size=48,
+        hidden_size=32,
+        intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=32,
@@ -210,22 +215,21 @@ def preprocess_references(folder, ref, raw_inputs, tolerance_levels):
 
 
 @torch.no_grad()
-def model_references(model, ref, pixel_values, ids, prefix=""):
+def model_references(model, ref, pixel_values, ids):
     vision = model.vision_model(pixel_values=pixel_values)
-    ref[prefix + "pixel_values"] = pixel_values
-    ref[prefix + "vision_last_hidden_state"] = vision.last_hidden_state
-    ref[prefix + "vision_pooled"] = vision.pooler_output
-    ref[prefix + "input_ids"] = ids
+    ref["vision_last_hidden_state"] = vision.last_hidden_state
+    ref["vision_pooled"] = vision.pooler_output
+    ref["input_ids"] = ids
     out = model(input_ids=ids, pixel_values=pixel_values)
-    ref[prefix + "image_embeds"] = out.image_embeds
-    ref[prefix + "text_embeds"] = out.text_embeds
-    ref[prefix + "logits_per_image"] = out.logits_per_image
+    ref["image_embeds"] = out.image_embeds
+    ref["text_embeds"] = out.text_embeds
+    ref["logits_per_image"] = out.logits_per_image
     # The projections of transformers' own feature getters, normalised, must be what CLIPModel.forward used.
     image_features = model.get_image_features(pixel_values=pixel_values).pooler_output
     assert torch.allclose(image_features / image_features.norm(dim=-1, keepdim=True), out.image_embeds, atol=1e-6)
     for k in ("vision_pooled", "image_embeds", "text_embeds", "logits_per_image"):
-        check_sane(prefix + k, ref[prefix + k])
-        log(f"  {prefix}{k:24s} {stats(ref[prefix + k])}")
+        check_sane(k, ref[k])
+        log(f"  {k:24s} {stats(ref[k])}")
 
 
 def write_references(folder, ref, meta):
@@ -244,15 +248,16 @@ def write_references(folder, ref, meta):
 
 
 MODEL_DESCRIPTION = (
-    "Reference outputs of transformers' CLIPModel loaded from this folder, float32 on CPU. "
+    "Reference outputs of transformers' CLIPModel loaded from this folder, float32 on CPU. The model's input "
+    "pixel_values are the *_pixel_values named in model_inputs, concatenated along the batch. "
     "vision_last_hidden_state / vision_pooled: model.vision_model(pixel_values) last_hidden_state / pooler_output "
     "(post_layernorm of the class token). image_embeds, text_embeds, logits_per_image: model(input_ids, "
     "pixel_values) (embeddings unit-length; logits = exp(logit_scale) * cosine). "
     "*_raw are images in [0, 1] (multiples of 1/255); *_pixel_values = CLIPImageProcessorPil.from_pretrained(folder)"
     "(images=list(raw), do_rescale=False). preprocess_gap: the largest difference between that and libtorch's "
     "antialiased bicubic resize without PIL's 8-bit rounding of each pass (in normalised units, and in grey levels "
-    "of 1/255); with that rounding, libtorch matches PIL to within PIL's own fixed-point rounding (at most one grey "
-    "level at a few pixels when upscaling, exact when downscaling)."
+    "of 1/255); with that rounding too, libtorch matches PIL up to PIL's own fixed-point rounding (at most one grey "
+    "level, at a few pixels)."
 )
 
 
@@ -270,14 +275,20 @@ def build_rgb():
     ids = tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     assert (ids == config.text_config.eos_token_id).any(dim=1).all()
     ref = {}
-    model_references(model, ref, torch.randn([2, 3, 32, 32], generator=gen), ids)
     raw_inputs = {
         "downscale": pixel_image([1, 3, 40, 48], gen),  # -> 32x38, crop columns 3..35
         "upscale": pixel_image([1, 3, 20, 24], gen),  # -> 32x38
         "gray_input": pixel_image([1, 1, 45, 40], gen),  # grayscale into the RGB model; -> 36x32, crop rows 2..34
     }
-    gaps = preprocess_references(OUT, ref, raw_inputs, tolerance_levels=1.1)
-    meta = {"description": MODEL_DESCRIPTION, "prompts": PROMPTS, "preprocess_gap": gaps}
+    gaps = preprocess_references(OUT, ref, raw_inputs, tolerance_levels=TOLERANCE_LEVELS)
+    model_references(model, ref, torch.cat([ref[f"{k}_pixel_values"] for k in raw_inputs]), ids)
+    meta = {
+        "description": MODEL_DESCRIPTION,
+        "model_inputs": list(raw_inputs),
+        "prompts": PROMPTS,
+        "preprocess_tolerance_grey_levels": TOLERANCE_LEVELS,
+        "preprocess_gap": gaps,
+    }
     write_references(OUT, ref, meta)
 
 
@@ -308,9 +319,15 @@ def build_gray():
     # bos, words, eos, then padding (id 0) after the end token, which pooling must skip.
     ids = torch.tensor([[62, 5, 17, 63] + [0] * 12, [62, 40, 41, 42, 43, 63] + [0] * 10], dtype=torch.int64)
     ref = {}
-    model_references(model, ref, torch.randn([2, 1, 32, 32], generator=gen), ids)
-    gaps = preprocess_references(folder, ref, {"downscale": pixel_image([2, 1, 48, 40], gen)}, tolerance_levels=1.1)
-    meta = {"description": MODEL_DESCRIPTION, "preprocess_gap": gaps}
+    raw_inputs = {"downscale": pixel_image([2, 1, 48, 40], gen)}  # -> 38x32, crop rows 3..35
+    gaps = preprocess_references(folder, ref, raw_inputs, tolerance_levels=TOLERANCE_LEVELS)
+    model_references(model, ref, ref["downscale_pixel_values"], ids)
+    meta = {
+        "description": MODEL_DESCRIPTION,
+        "model_inputs": ["downscale"],
+        "preprocess_tolerance_grey_levels": TOLERANCE_LEVELS,
+        "preprocess_gap": gaps,
+    }
     write_references(folder, ref, meta)
 
 

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+# The embedded model's training data (Fashion-MNIST, MNIST digits), once per machine.
+scripts/setup_data.sh >/dev/null
 cargo test --release "$@"

@@ -133,11 +133,11 @@ fn class_names_and_broad_concepts() {
 fn captions_name_their_class_or_a_concept_holding_it() {
     let captioner = Captioner::new(DEFAULT_P_BROAD).unwrap();
     let mut rng = Rng::new(1);
-    for class in 0..NUM_CLASSES {
+    for (class, info) in CLASSES.iter().enumerate() {
         let plain = class_captions(class);
-        let own = CLASSES[class].numeral.into_iter().chain([CLASSES[class].name]);
+        let own = info.numeral.into_iter().chain([info.name]);
         for caption in &plain {
-            assert!(own.clone().any(|w| caption.contains(w)), "{caption:?} for {}", CLASSES[class].name);
+            assert!(own.clone().any(|w| caption.contains(w)), "{caption:?} for {}", info.name);
         }
         let concepts: Vec<_> = broad_concepts().iter().filter(|c| c.classes.contains(&class)).collect();
         let n = 4000;
@@ -159,7 +159,9 @@ fn captions_name_their_class_or_a_concept_holding_it() {
 
     // Articles follow the sound: "an ankle boot", "an eight", "a one".
     let all = all_captions();
-    for caption in ["an ankle boot", "a photo of an ankle boot", "an eight", "a one", "the digit seven", "7", "sneaker"] {
+    let expected =
+        ["an ankle boot", "a photo of an ankle boot", "an eight", "a one", "the digit seven", "7", "sneaker"];
+    for caption in expected {
         assert!(all.iter().any(|c| c == caption), "{caption:?} missing");
     }
     assert!(!all.iter().any(|c| c.contains("a ankle") || c.contains("a eight") || c.contains("an one")));

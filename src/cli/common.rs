@@ -40,21 +40,7 @@ impl ModelArgs {
     }
 
     pub fn device(&self) -> Result<Device> {
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            "cuda" => Device::Cuda(0),
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(i)) => Device::Cuda(i),
-                _ => bail!("--device {other}: expected cpu, cuda or cuda:N"),
-            },
-        };
-        if let Device::Cuda(i) = device {
-            let available = tch::Cuda::device_count() as usize;
-            if i >= available {
-                bail!("--device {}: {} CUDA device(s) available", self.device, available);
-            }
-        }
-        Ok(device)
+        parse_device(&self.device)
     }
 
     pub fn kind(&self) -> Result<Kind> {
@@ -73,6 +59,25 @@ impl ModelArgs {
             .with_context(|| format!("cannot load the model {}", source.path().display()))?;
         Ok((source, model))
     }
+}
+
+/// `cpu`, `cuda` or `cuda:N`, checked against the devices present.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let device = match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Device::Cuda(i),
+            _ => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        let available = tch::Cuda::device_count() as usize;
+        if i >= available {
+            bail!("--device {name}: {available} CUDA device(s) available");
+        }
+    }
+    Ok(device)
 }
 
 /// A progress bar with ETA on stderr, or nothing when quiet.

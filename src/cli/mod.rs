@@ -2,6 +2,7 @@
 mod average;
 mod common;
 mod report;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +19,14 @@ enum Command {
     Average(average::AverageArgs),
     /// Draw plain samples with the same sampler (no alignment).
     Sample(average::SampleArgs),
+    /// Train the embedded model (resumable: run the same command again to continue).
+    Train(train::TrainArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Average(args) => average::average(args),
         Command::Sample(args) => average::sample(args),
+        Command::Train(args) => train::train(args),
     }
 }

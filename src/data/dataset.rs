@@ -5,7 +5,7 @@
 //! converted to f32 in [-1,1] (background -1) when taken out.
 use super::classes::{DIGIT_BASE, NUM_CLASSES};
 use super::{fashion_mnist, mnist_digits, Rng, Split, SETUP_HINT, SOURCE_SIDE};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -44,7 +44,7 @@ impl Dataset {
             by_class[class].push(i as i64);
         }
         if let Some(empty) = by_class.iter().position(Vec::is_empty) {
-            anyhow::bail!("{}: no {split:?} images of class {empty}", data_dir.display());
+            bail!("{}: no {split:?} images of class {empty}", data_dir.display());
         }
         Ok(Self { pixels, labels, by_class })
     }

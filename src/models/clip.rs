@@ -264,9 +264,11 @@ impl ClipImageProcessor {
     /// Images [B, C, H, W] in [0, 1] (C 1 or 3, any size) to pixel values [B, num_channels, S, S] in float32
     /// (float64 stays float64), on the images' device and differentiable.
     pub fn preprocess(&self, images_0_1: &Tensor) -> Result<Tensor> {
+        let size = images_0_1.size();
         let (_, _, h, w) =
-            images_0_1.size4().map_err(|_| anyhow!("images must be [batch, channels, height, width], got {:?}", images_0_1.size()))?;
-        let x = if images_0_1.kind() == Kind::Double { images_0_1.shallow_clone() } else { images_0_1.to_kind(Kind::Float) };
+            images_0_1.size4().map_err(|_| anyhow!("images must be [batch, channels, height, width], got {size:?}"))?;
+        let float = if images_0_1.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+        let x = images_0_1.to_kind(float);
         let mut x = self.to_channels(&x)?;
         if let Some(resize) = self.resize {
             let (rh, rw) = resize.output(h, w);
@@ -278,8 +280,8 @@ impl ClipImageProcessor {
         let (oh, ow, s) = (x.size()[2], x.size()[3], self.image_size);
         ensure!((oh, ow) == (s, s), "preprocessing gives {oh}x{ow} images, but the CLIP model takes {s}x{s}");
         if let Some((mean, std)) = &self.normalize {
-            let options = (x.kind(), x.device());
-            let per_channel = |v: &[f64]| Tensor::from_slice(v).view([1, -1, 1, 1]).to_kind(options.0).to_device(options.1);
+            let (kind, device) = (x.kind(), x.device());
+            let per_channel = |v: &[f64]| Tensor::from_slice(v).view([1, -1, 1, 1]).to_kind(kind).to_device(device);
             x = (x - per_channel(mean)) / per_channel(std);
         }
         Ok(x)

@@ -2,7 +2,7 @@
 //! into patches, a class token in front, the text encoder's transformer layers without the causal mask; the class
 //! token's final state, layer-normed, is the image's pooled representation.
 use crate::files::read_json;
-use crate::models::clip_text::{ClipTextConfig, Encoder};
+use crate::models::clip_text::{Activation, ClipTextConfig, Encoder};
 use crate::nn::{Conv2d, LayerNorm};
 use crate::weights::WeightPath;
 use anyhow::{ensure, Context, Result};
@@ -52,11 +52,13 @@ impl ClipVisionConfig {
         }
         let cfg: Self =
             serde_json::from_value(json).with_context(|| format!("{} is not a CLIP vision config", path.display()))?;
-        cfg.check().with_context(|| format!("{} describes an unsupported vision model", path.display()))?;
+        cfg.checked_activation()
+            .with_context(|| format!("{} describes an unsupported vision model", path.display()))?;
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks what the model relies on; gives the activation the config names.
+    fn checked_activation(&self) -> Result<Activation> {
         ensure!(
             self.patch_size > 0 && self.image_size >= self.patch_size,
             "image_size {} holds no patch of patch_size {}",
@@ -64,7 +66,7 @@ impl ClipVisionConfig {
             self.patch_size
         );
         ensure!(self.num_channels > 0, "num_channels is {}", self.num_channels);
-        self.encoder_config().checked_activation().map(|_| ())
+        self.encoder_config().checked_activation()
     }
 
     /// The layers are the text encoder's, which take their sizes from a text config: only the transformer's
@@ -137,15 +139,13 @@ impl ClipVisionTransformer {
     /// Loads from the checkpoint root: keys under `vision_model.` as CLIPModel saves them, or without that prefix
     /// (a CLIPVisionModel saved by transformers >= 5.6). Weights take `p`'s device and kind.
     pub fn load(p: &WeightPath, cfg: &ClipVisionConfig) -> Result<Self> {
-        cfg.check()?;
-        let layers = cfg.encoder_config();
-        let act = layers.checked_activation()?;
+        let act = cfg.checked_activation()?;
         let p = if p.contains("embeddings.class_embedding") { p.clone() } else { p.sub("vision_model") };
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             embeddings: Embeddings::load(&p.sub("embeddings"), cfg)?,
             pre_layrnorm: LayerNorm::load(&p.sub("pre_layrnorm"), d, eps)?,
-            encoder: Encoder::load(&p.sub("encoder"), &layers, act)?,
+            encoder: Encoder::load(&p.sub("encoder"), &cfg.encoder_config(), act)?,
             post_layernorm: LayerNorm::load(&p.sub("post_layernorm"), d, eps)?,
             image_size: cfg.image_size,
             num_channels: cfg.num_channels,

@@ -711,6 +711,7 @@ impl WordTokenizer {
 
 /// The tokenizer a model folder ships: word-level where its tokenizer.json has a WordLevel model (the embedded
 /// model), else CLIP's BPE (Stable Diffusion).
+#[allow(clippy::large_enum_variant)] // One per loaded model: boxing the CLIP variant would buy nothing.
 pub enum Tokenizer {
     Clip(ClipTokenizer),
     Word(WordTokenizer),
