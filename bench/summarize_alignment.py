@@ -132,7 +132,7 @@ def main():
             before = [mem[(impl, b)]["rss"]["before_bytes"] for b, _ in pts]
             p(f"- {impl}: fixed part {fixed / GB:.2f} GB, slope {slope / GB:.2f} GB per latent "
               f"(largest residual of the line {resid / GB:.2f} GB; RSS before the iteration "
-              f"{min(before) / GB:.2f}-{max(before) / GB:.2f} GB); derived largest --batch in {args.budget_gb:g} GB: "
+              f"{min(before) / GB:.2f}-{max(before) / GB:.2f} GB); derived largest --batch in {args.budget_gb:g} GB ({args.budget_gb:g}e9 bytes): "
               f"**{max_batch}** (derived from the line, not measured).")
         p("")
     print("\n".join(out))

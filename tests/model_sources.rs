@@ -44,3 +44,45 @@ fn a_folder_resolves_to_its_absolute_path() {
     let source = ModelSource::resolve(fixture("tiny-sd1").to_str().unwrap()).unwrap();
     assert!(matches!(source, ModelSource::Folder(ref p) if p.is_absolute()));
 }
+
+/// A copy of the tiny SD 1 fixture with a dma_defaults.json.
+fn model_with_defaults(json: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-sd1")).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(model.join("dma_defaults.json"), json).unwrap();
+    tmp
+}
+
+#[test]
+fn a_model_folder_can_recommend_its_run_defaults() {
+    let tmp = model_with_defaults(r#"{"latents": 3, "steps": 4, "iters": 2, "align_steps": 2}"#);
+    let out = tmp.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(["average", "--model", tmp.path().join("model").to_str().unwrap(), "--prompt", "a dog", "--quiet", "--iters", "3", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["latents"], 3, "from dma_defaults.json");
+    assert_eq!(run["sampling"]["steps"], 4, "from dma_defaults.json");
+    assert_eq!(run["alignment"]["iters"], 3, "a flag overrides the model's default");
+    assert_eq!(run["sampling"]["guidance"], 7.0, "what the file leaves out keeps the paper's default");
+}
+
+#[test]
+fn a_bad_defaults_file_is_named() {
+    let tmp = model_with_defaults(r#"{"latent": 3}"#);
+    let output = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(["average", "--model", tmp.path().join("model").to_str().unwrap(), "--prompt", "a dog", "--quiet", "--out"])
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("dma_defaults.json"));
+}

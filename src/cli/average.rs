@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
+use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{check_latents, prototype_index, run, seeded_latents, SamplingSettings};
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
@@ -19,18 +20,19 @@ pub struct SamplingArgs {
     /// The concept, as a text prompt.
     #[arg(long)]
     pub prompt: String,
-    /// DDIM steps.
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 7.0)]
-    pub guidance: f64,
+    /// DDIM steps [default: 20, or the model's dma_defaults.json].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale [default: 7, or the model's].
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Latents per UNet call; lower it when memory runs short (results do not depend on it).
-    #[arg(long, default_value_t = 8)]
-    pub batch: i64,
+    /// Latents per UNet call; lower it when memory runs short (results do not depend on it) [default: 8, or the
+    /// model's].
+    #[arg(long)]
+    pub batch: Option<i64>,
     /// Output folder (must not exist or be empty); default out/<command>-<prompt>-<time>.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -49,24 +51,25 @@ pub struct SamplingArgs {
 pub struct AverageArgs {
     #[command(flatten)]
     pub common: SamplingArgs,
-    /// Number of latents K whose trajectories are aligned (the paper uses 1000).
-    #[arg(long, default_value_t = 32)]
-    pub latents: i64,
-    /// Steps aligned, counted from the first (the paper's t_stop).
-    #[arg(long, default_value_t = 10)]
-    pub align_steps: usize,
-    /// Adam iterations per aligned step, at most.
-    #[arg(long, default_value_t = 300)]
-    pub iters: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 2e-2)]
-    pub lr: f64,
+    /// Number of latents K whose trajectories are aligned (the paper uses 1000) [default: 32, or the model's].
+    #[arg(long)]
+    pub latents: Option<i64>,
+    /// Steps aligned, counted from the first (the paper's t_stop) [default: 10, or the model's].
+    #[arg(long)]
+    pub align_steps: Option<usize>,
+    /// Adam iterations per aligned step, at most [default: 300, or the model's].
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Adam learning rate [default: 0.02, or the model's].
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Early stop: a latent stops when its loss improved by less than this fraction over --window iterations
-    /// (0: always run --iters, as the paper does).
-    #[arg(long, default_value_t = 0.01)]
-    pub tol: f64,
-    #[arg(long, default_value_t = 20)]
-    pub window: usize,
+    /// (0: always run --iters, as the paper does) [default: 0.01, or the model's].
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// [default: 20, or the model's]
+    #[arg(long)]
+    pub window: Option<usize>,
     /// Which guidance branch h is read from.
     #[arg(long, value_enum, default_value_t = HBranch::Cond)]
     pub hspace_branch: HBranch,
@@ -82,25 +85,28 @@ pub struct SampleArgs {
 }
 
 impl SamplingArgs {
-    fn settings(&self) -> SamplingSettings {
-        SamplingSettings { prompt: self.prompt.clone(), steps: self.steps, guidance: self.guidance, seed: self.seed, batch: self.batch }
-    }
-
-    /// Checks every value that needs no model, so nonsense fails before anything is loaded.
-    fn validate(&self, count_flag: &str, count: i64) -> Result<()> {
+    /// The flags over the model's defaults, checked before anything is loaded so nonsense fails at once.
+    fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
+        let settings = SamplingSettings {
+            prompt: self.prompt.clone(),
+            steps: self.steps.unwrap_or(defaults.steps),
+            guidance: self.guidance.unwrap_or(defaults.guidance),
+            seed: self.seed,
+            batch: self.batch.unwrap_or(defaults.batch),
+        };
         if self.init_latents.is_none() && count < 1 {
             bail!("{count_flag} must be at least 1, got {count}");
         }
-        if self.steps == 0 {
+        if settings.steps == 0 {
             bail!("--steps must be at least 1");
         }
-        if !self.guidance.is_finite() {
-            bail!("--guidance must be a number, got {}", self.guidance);
+        if !settings.guidance.is_finite() {
+            bail!("--guidance must be a number, got {}", settings.guidance);
         }
-        if self.batch < 1 {
-            bail!("--batch must be at least 1, got {}", self.batch);
+        if settings.batch < 1 {
+            bail!("--batch must be at least 1, got {}", settings.batch);
         }
-        Ok(())
+        Ok(settings)
     }
 
     fn out_dir(&self, command: &str) -> Result<OutDir> {
@@ -139,26 +145,27 @@ fn read_latents(path: &Path) -> Result<Tensor> {
 
 pub fn average(args: AverageArgs) -> Result<()> {
     let common = &args.common;
-    common.validate("--latents", args.latents)?;
+    let source = common.model.source()?;
+    let defaults = RunDefaults::for_source(&source)?;
+    let count = args.latents.unwrap_or(defaults.latents);
+    let settings = common.settings(&defaults, "--latents", count)?;
     let align = AlignSettings {
-        align_steps: args.align_steps,
-        iters: args.iters,
-        lr: args.lr,
-        tol: args.tol,
-        window: args.window,
+        align_steps: args.align_steps.unwrap_or(defaults.align_steps),
+        iters: args.iters.unwrap_or(defaults.iters),
+        lr: args.lr.unwrap_or(defaults.lr),
+        tol: args.tol.unwrap_or(defaults.tol),
+        window: args.window.unwrap_or(defaults.window),
         branch: args.hspace_branch,
     };
-    align.validate(common.steps)?;
+    align.validate(settings.steps)?;
     let out = common.out_dir("average")?;
     let started = Instant::now();
-    let (source, model) = common.model.load()?;
+    let model = common.model.load(&source)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let init = initial_latents(common, &model, args.latents)?;
-    let k = init.size()[0];
-    let batches = (k + common.batch - 1) / common.batch;
-    let bar = progress_bar(align.align_steps as u64 * batches as u64 * align.iters as u64 + common.steps as u64, common.quiet);
+    let init = initial_latents(common, &model, count)?;
+    let batches = (init.size()[0] + settings.batch - 1) / settings.batch;
+    let bar = progress_bar(align.align_steps as u64 * batches as u64 * align.iters as u64 + settings.steps as u64, common.quiet);
     bar.set_message("aligning");
-    let settings = common.settings();
     let sampling_start = Instant::now();
     let result = run(&model, &settings, &init, Some(&align), 4, &|n| bar.inc(n))?;
     bar.finish_and_clear();
@@ -182,15 +189,15 @@ pub fn average(args: AverageArgs) -> Result<()> {
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let common = &args.common;
-    common.validate("--num", args.num)?;
+    let source = common.model.source()?;
+    let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
     let out = common.out_dir("sample")?;
     let started = Instant::now();
-    let (source, model) = common.model.load()?;
+    let model = common.model.load(&source)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let init = initial_latents(common, &model, args.num)?;
-    let bar = progress_bar(common.steps as u64, common.quiet);
+    let bar = progress_bar(settings.steps as u64, common.quiet);
     bar.set_message("sampling");
-    let settings = common.settings();
     let sampling_start = Instant::now();
     let result = run(&model, &settings, &init, None, 4, &|n| bar.inc(n))?;
     bar.finish_and_clear();

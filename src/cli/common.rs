@@ -53,11 +53,9 @@ impl ModelArgs {
         })
     }
 
-    pub fn load(&self) -> Result<(ModelSource, StableDiffusion)> {
-        let source = self.source()?;
-        let model = StableDiffusion::load(&source, self.device()?, self.kind()?)
-            .with_context(|| format!("cannot load the model {}", source.path().display()))?;
-        Ok((source, model))
+    pub fn load(&self, source: &ModelSource) -> Result<StableDiffusion> {
+        StableDiffusion::load(source, self.device()?, self.kind()?)
+            .with_context(|| format!("cannot load the model {}", source.path().display()))
     }
 }
 

@@ -68,8 +68,14 @@ impl TrainArgs {
     }
 }
 
-/// Writes the configs and the tokenizer of a new embedded model folder; an existing folder is kept as it is.
+/// Writes the configs, run defaults and tokenizer of a new embedded model folder; an existing folder is kept as
+/// it is (only its run defaults are added when missing).
 fn create_model_folder(dir: &Path) -> Result<()> {
+    let defaults = dir.join(dma::pipelines::defaults::FILE);
+    if !defaults.is_file() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_json(&defaults, &embedded::run_defaults())?;
+    }
     if dir.join("model_index.json").is_file() {
         return Ok(());
     }

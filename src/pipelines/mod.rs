@@ -1,4 +1,5 @@
 //! Composing models into something that turns prompts into images; loading them from disk.
+pub mod defaults;
 pub mod mental_average;
 pub mod single_file;
 pub mod source;
