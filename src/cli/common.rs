@@ -1,7 +1,7 @@
 //! Options shared by the subcommands: which model, on which device, in which precision; progress display.
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::pipelines::{single_file, ModelSource, StableDiffusion};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use tch::{Device, Kind};
@@ -18,6 +18,10 @@ pub struct ModelArgs {
     /// f32, f16, bf16 (or f64, for checks).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// For a single-file checkpoint: take the configs and tokenizer from this diffusers folder instead of the
+    /// built-in SD 1.5 / SD 2.1 ones (e.g. SD 2.1-base, which predicts epsilon, or an inpainting model).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// The embedded model's folder, shipped in the repository.
@@ -54,8 +58,13 @@ impl ModelArgs {
     }
 
     pub fn load(&self, source: &ModelSource) -> Result<StableDiffusion> {
-        StableDiffusion::load(source, self.device()?, self.kind()?)
-            .with_context(|| format!("cannot load the model {}", source.path().display()))
+        let (device, kind) = (self.device()?, self.kind()?);
+        let model = match (source, &self.config) {
+            (ModelSource::SingleFile(file), Some(configs)) => single_file::load_with_configs(file, configs, device, kind),
+            (ModelSource::Folder(_), Some(_)) => bail!("--config applies to single-file checkpoints; a folder has its own configs"),
+            _ => StableDiffusion::load(source, device, kind),
+        };
+        model.with_context(|| format!("cannot load the model {}", source.path().display()))
     }
 }
 
