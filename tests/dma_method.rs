@@ -77,3 +77,17 @@ fn early_stopping_stops_latents_whose_loss_has_stalled() {
     assert!(step.iterations_max < 60, "a 50% improvement per 3 iterations cannot hold for 60 iterations");
     assert!(step.loss_after < step.loss_before);
 }
+
+#[test]
+fn a_single_latent_is_its_own_mean_and_stops_at_once() {
+    let model = model();
+    let init = seeded_latents(&model, 1, 2);
+    let early_stop = AlignSettings { iters: 100, tol: 0.01, window: 3, ..align() };
+    let aligned = run(&model, &settings(1), &init, Some(&early_stop), 0, &|_| {}).unwrap();
+    let plain = run(&model, &settings(1), &init, None, 0, &|_| {}).unwrap();
+    for step in &aligned.log {
+        assert_eq!(step.loss_before, 0.0);
+        assert_eq!(step.iterations_max, 4, "a zero loss has stalled as soon as the window is full");
+    }
+    assert_eq!(max_abs_diff(&aligned.latents, &plain.latents), 0.0, "a zero gradient moves nothing");
+}

@@ -100,7 +100,7 @@ impl<'a> Alignment<'a> {
                 iterations[row as usize] = iter + 1;
                 let stalled = s.tol > 0.0 && h.len() > s.window && {
                     let past = h[h.len() - 1 - s.window];
-                    past - loss < s.tol * past
+                    past - loss <= s.tol * past
                 };
                 if !stalled {
                     keep.push(j as i64);
