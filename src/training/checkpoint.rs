@@ -1,35 +1,101 @@
-//! A training checkpoint: named tensors in one safetensors file plus a JSON record, both written atomically
-//! (the JSON last, so a checkpoint whose JSON exists is complete).
+//! Resumable training state in a folder: the parameters, the optimiser's moments and any extra tensors (such as
+//! an EMA) in one safetensors file, and the step and settings in a JSON record. Both are written atomically, the
+//! JSON last, so a checkpoint whose JSON exists is complete.
 use crate::files::{read_json, write_json};
-use crate::weights::{read_safetensors, write_safetensors};
-use anyhow::{Context, Result};
-use serde::{de::DeserializeOwned, Serialize};
+use crate::optim::AdamW;
+use crate::weights::{read_safetensors, write_safetensors, Weights};
+use anyhow::{bail, Context, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::path::Path;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 const TENSORS: &str = "checkpoint.safetensors";
 const RECORD: &str = "checkpoint.json";
 
-pub fn save(dir: &Path, tensors: &[(String, Tensor)], record: &impl Serialize) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_safetensors(&dir.join(TENSORS), &named)?;
-    write_json(&dir.join(RECORD), record)
+#[derive(Serialize, Deserialize)]
+struct Record<S> {
+    step: usize,
+    settings: S,
 }
 
-/// The checkpoint in `dir`, if one was completed there.
-pub fn load<R: DeserializeOwned>(dir: &Path) -> Result<Option<(HashMap<String, Tensor>, R)>> {
-    if !dir.join(RECORD).is_file() {
-        return Ok(None);
+/// Where a training run starts: a checkpoint made with the same settings, or nothing (a fresh start).
+pub struct Resume {
+    pub step: usize,
+    tensors: Option<HashMap<String, Tensor>>,
+    source: String,
+}
+
+impl Resume {
+    /// Opens the checkpoint in `dir`, if one was completed there; one made with other settings is refused.
+    pub fn open<S: Serialize + DeserializeOwned + PartialEq + Debug>(dir: &Path, settings: &S) -> Result<Self> {
+        let source = dir.display().to_string();
+        if !dir.join(RECORD).is_file() {
+            return Ok(Self { step: 0, tensors: None, source });
+        }
+        let record: Record<S> = read_json(&dir.join(RECORD))?;
+        if record.settings != *settings {
+            bail!(
+                "{source}: the checkpoint was made with other settings ({:?}); resume with the same ones or use a new folder",
+                record.settings
+            );
+        }
+        let tensors = read_safetensors(&dir.join(TENSORS))?.into_iter().collect();
+        Ok(Self { step: record.step, tensors: Some(tensors), source })
     }
-    let record = read_json(&dir.join(RECORD))?;
-    let tensors = read_safetensors(&dir.join(TENSORS))?.into_iter().collect();
-    Ok(Some((tensors, record)))
+
+    /// The trainable weights saved under `prefix.`, or fresh ones (seed the RNG first) when starting anew.
+    pub fn weights(&self, prefix: &str, device: Device) -> Weights {
+        match &self.tensors {
+            Some(tensors) => Weights::trainable(with_prefix(tensors, prefix), self.source.clone(), device, Kind::Float),
+            None => Weights::initialise(format!("new {prefix}"), device, Kind::Float),
+        }
+    }
+
+    /// Restores the optimiser's state when resuming.
+    pub fn restore(&self, optimizer: &mut AdamW) -> Result<()> {
+        match &self.tensors {
+            Some(tensors) => optimizer.load_state(tensors, self.step as i32),
+            None => Ok(()),
+        }
+    }
+
+    /// A saved extra tensor (e.g. `ema.<param>`), when resuming.
+    pub fn tensor(&self, name: &str) -> Result<Option<Tensor>> {
+        match &self.tensors {
+            Some(tensors) => Ok(Some(
+                tensors.get(name).with_context(|| format!("{}: the checkpoint lacks `{name}`", self.source))?.shallow_clone(),
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Saves parameters (by their prefixed names), the optimiser's moments and `extra` tensors with the step and settings.
+pub fn save<S: Serialize>(
+    dir: &Path,
+    step: usize,
+    settings: &S,
+    params: &[(String, Tensor)],
+    optimizer: &AdamW,
+    extra: Vec<(String, Tensor)>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (moments, _) = optimizer.state();
+    let all: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).chain(moments).chain(extra).collect();
+    let named: Vec<(&str, &Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_safetensors(&dir.join(TENSORS), &named)?;
+    write_json(&dir.join(RECORD), &Record { step, settings })
 }
 
 /// The tensors under `prefix.` with the prefix removed.
-pub fn with_prefix(tensors: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+fn with_prefix(tensors: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
     let prefix = format!("{prefix}.");
     tensors.iter().filter_map(|(k, t)| k.strip_prefix(&prefix).map(|k| (k.to_string(), t.shallow_clone()))).collect()
+}
+
+/// Parameters of several weight sets under their prefixes (`unet.down_blocks...`), sharing the tensors.
+pub fn prefixed_params(sets: &[(&str, &Weights)]) -> Vec<(String, Tensor)> {
+    sets.iter().flat_map(|(prefix, w)| w.named_tensors().into_iter().map(move |(k, t)| (format!("{prefix}.{k}"), t))).collect()
 }

@@ -1,14 +1,14 @@
 //! Training a text-conditioned diffusion model (CLIP text encoder + UNet, jointly, from scratch) with the
 //! noise-prediction loss, resumable from checkpoints: every step's randomness comes from (seed, step), so a
 //! resumed run continues exactly as an uninterrupted one would.
-use super::checkpoint::{self, with_prefix};
+use super::checkpoint::{self, prefixed_params, Resume};
 use super::ema::Ema;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::optim::AdamW;
 use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
 use crate::weights::{write_safetensors, Weights};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,13 +39,6 @@ impl TrainSettings {
     }
 }
 
-/// What a checkpoint records besides tensors.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    step: usize,
-    settings: TrainSettings,
-}
-
 pub struct DiffusionTrainer {
     pub settings: TrainSettings,
     pub text_encoder: ClipTextModel,
@@ -61,10 +54,6 @@ pub struct DiffusionTrainer {
     device: Device,
 }
 
-fn prefixed(prefix: &str, weights: &Weights) -> Vec<(String, Tensor)> {
-    weights.named_tensors().into_iter().map(|(k, t)| (format!("{prefix}.{k}"), t)).collect()
-}
-
 impl DiffusionTrainer {
     /// Builds the model described by `model_dir`'s configs, from the checkpoint in `train_dir` when there is one
     /// (refusing one made with other settings), else freshly initialised from the seed.
@@ -73,50 +62,25 @@ impl DiffusionTrainer {
         let unet_config = UNetConfig::from_file(&model_dir.join("unet/config.json"))?;
         let scheduler = DdimScheduler::new(&DdimConfig::from_file(&model_dir.join("scheduler/scheduler_config.json"))?, 1)?;
         let alphas_cumprod = scheduler.alphas_cumprod().to_device(device);
-        let saved = checkpoint::load::<Record>(train_dir)?;
-        let (text_weights, unet_weights, step) = match &saved {
-            Some((tensors, record)) => {
-                if record.settings != settings {
-                    bail!(
-                        "{}: the checkpoint was made with other settings ({:?}); resume with the same ones or use a new folder",
-                        train_dir.display(),
-                        record.settings
-                    );
-                }
-                let source = train_dir.display().to_string();
-                (
-                    Weights::trainable(with_prefix(tensors, "text_encoder"), source.clone(), device, Kind::Float),
-                    Weights::trainable(with_prefix(tensors, "unet"), source, device, Kind::Float),
-                    record.step,
-                )
-            }
-            None => {
-                tch::manual_seed(settings.seed as i64);
-                (
-                    Weights::initialise("new text encoder".into(), device, Kind::Float),
-                    Weights::initialise("new UNet".into(), device, Kind::Float),
-                    0,
-                )
-            }
-        };
+        let resume = Resume::open(train_dir, &settings)?;
+        tch::manual_seed(settings.seed as i64);
+        let text_weights = resume.weights("text_encoder", device);
+        let unet_weights = resume.weights("unet", device);
         let text_encoder = ClipTextModel::load(&text_weights.root(), &text_config)?;
         let unet = UNet2DConditionModel::load(&unet_weights.root(), &unet_config)?;
         text_weights.check_all_used("")?;
         unet_weights.check_all_used("")?;
-        let mut params = prefixed("text_encoder", &text_weights);
-        params.extend(prefixed("unet", &unet_weights));
+        let params = prefixed_params(&[("text_encoder", &text_weights), ("unet", &unet_weights)]);
         let shared = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         let mut optimizer = AdamW::new(shared, settings.lr, settings.weight_decay);
+        resume.restore(&mut optimizer)?;
         let mut ema = Ema::new(&params, settings.ema_decay);
-        if let Some((tensors, _)) = &saved {
-            optimizer.load_state(tensors, step as i32)?;
-            for (name, avg) in &mut ema.tensors {
-                *avg = tensors
-                    .get(&format!("ema.{name}"))
-                    .ok_or_else(|| anyhow::anyhow!("{}: the checkpoint lacks ema.{name}", train_dir.display()))?
-                    .to_device(device);
+        for (name, avg) in &mut ema.tensors {
+            if let Some(saved) = resume.tensor(&format!("ema.{name}"))? {
+                *avg = saved.to_device(device);
             }
         }
+        let step = resume.step;
         Ok(Self { settings, text_encoder, unet, text_weights, unet_weights, params, optimizer, ema, alphas_cumprod, step, device })
     }
 
@@ -144,10 +108,8 @@ impl DiffusionTrainer {
     }
 
     pub fn save_checkpoint(&self, train_dir: &Path) -> Result<()> {
-        let (adam, _) = self.optimizer.state();
-        let ema = self.ema.tensors.iter().map(|(n, t)| (format!("ema.{n}"), t.shallow_clone()));
-        let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).chain(ema).chain(adam).collect();
-        checkpoint::save(train_dir, &tensors, &Record { step: self.step, settings: self.settings.clone() })
+        let ema = self.ema.tensors.iter().map(|(n, t)| (format!("ema.{n}"), t.shallow_clone())).collect();
+        checkpoint::save(train_dir, self.step, &self.settings, &self.params, &self.optimizer, ema)
     }
 
     /// Writes the averaged (EMA) weights into the model folder in diffusers layout, as f16 to keep the shipped
