@@ -21,6 +21,8 @@ enum Command {
     Sample(average::SampleArgs),
     /// Train the embedded model (resumable: run the same command again to continue).
     Train(train::TrainArgs),
+    /// Train the embedded CLIP model (for embeddings, zero-shot classes and clustering; resumable).
+    TrainClip(train::TrainClipArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -28,5 +30,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Average(args) => average::average(args),
         Command::Sample(args) => average::sample(args),
         Command::Train(args) => train::train(args),
+        Command::TrainClip(args) => train::train_clip(args),
     }
 }

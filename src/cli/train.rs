@@ -3,12 +3,13 @@
 use super::common::progress_bar;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dma::data::captions::{vocabulary, Captioner, DEFAULT_P_BROAD};
+use dma::data::captions::{classes_described_by, vocabulary, Captioner, DEFAULT_P_BROAD};
 use dma::data::dataset::Dataset;
 use dma::data::rng::Rng;
 use dma::data::{data_dir, Split};
 use dma::files::{write_atomic, write_json};
 use dma::models::tokenizer::{Tokenizer, WordTokenizer};
+use dma::training::clip::{ClipTrainSettings, ClipTrainer};
 use dma::training::diffusion::{DiffusionTrainer, TrainSettings};
 use dma::training::embedded;
 use std::path::{Path, PathBuf};
@@ -95,50 +96,209 @@ fn create_model_folder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A training batch: images [B,1,32,32] in [-1,1], their classes, captions (empty with probability
+/// `uncond_prob`) and the captions' ids [B,L]. It depends only on (seed, step), so a resumed run repeats nothing
+/// and skips nothing.
+struct CaptionedBatch {
+    images: Tensor,
+    classes: Vec<usize>,
+    captions: Vec<String>,
+    ids: Tensor,
+}
+
+fn captioned_batch(data: &Dataset, tokenizer: &Tokenizer, seed: u64, step: usize, batch: i64, uncond_prob: f64) -> Result<CaptionedBatch> {
+    let captioner = Captioner::new(DEFAULT_P_BROAD)?;
+    let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
+    let (images, classes) = data.batch(&mut rng, batch as usize);
+    let mut captions = Vec::with_capacity(classes.len());
+    let mut ids = Vec::new();
+    for &class in &classes {
+        let caption = if rng.uniform() < uncond_prob { String::new() } else { captioner.caption(class, &mut rng) };
+        ids.extend(tokenizer.encode(&caption)?);
+        captions.push(caption);
+    }
+    let ids = Tensor::from_slice(&ids).view([classes.len() as i64, -1]);
+    Ok(CaptionedBatch { images, classes, captions, ids })
+}
+
 /// The loss log so far (one `step,loss,lr` line per step), kept across resumes up to the checkpoint's step.
 fn read_loss_log(path: &Path, upto: usize) -> Vec<String> {
     std::fs::read_to_string(path).map(|t| t.lines().skip(1).take(upto).map(String::from).collect()).unwrap_or_default()
 }
 
-pub fn train(args: TrainArgs) -> Result<()> {
-    let settings = args.settings();
-    if settings.batch < 1 || settings.steps == 0 || settings.checkpoint_every == 0 {
-        bail!("--batch, --steps and --checkpoint-every must be at least 1");
+/// What the training loop needs of a trainer.
+trait Trainer {
+    fn step(&self) -> usize;
+    fn train_on(&mut self, batch: &CaptionedBatch) -> Result<f64>;
+    fn lr_at(&self, step: usize) -> f64;
+    /// Writes the checkpoint to `state` and the current weights into the model folder `model_out`.
+    fn save(&self, state: &Path, model_out: &Path) -> Result<()>;
+}
+
+impl Trainer for DiffusionTrainer {
+    fn step(&self) -> usize {
+        self.step
     }
-    let device = super::common::parse_device(&args.device)?;
-    let data = Dataset::load(&data_dir()?, Split::Train).context("the training data (run scripts/setup_data.sh)")?;
-    create_model_folder(&args.model_out)?;
-    let tokenizer = Tokenizer::from_folder(&args.model_out.join("tokenizer"))?;
-    let captioner = Captioner::new(DEFAULT_P_BROAD)?;
-    let mut trainer = DiffusionTrainer::new(&args.model_out, &args.state, settings.clone(), device)?;
-    let log_path = args.state.join("loss.csv");
-    let mut log = read_loss_log(&log_path, trainer.step);
-    let bar = progress_bar(settings.steps as u64, args.quiet);
-    bar.set_position(trainer.step as u64);
-    while trainer.step < settings.steps {
-        // Each step's batch and captions depend only on (seed, step), so resuming repeats nothing and skips nothing.
-        let mut rng = Rng::new(settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ trainer.step as u64);
-        let (images, classes) = data.batch(&mut rng, settings.batch as usize);
-        let mut ids = Vec::with_capacity(classes.len() * MAX_CAPTION_TOKENS);
-        for &class in &classes {
-            let caption = if rng.uniform() < settings.uncond_prob { String::new() } else { captioner.caption(class, &mut rng) };
-            ids.extend(tokenizer.encode(&caption)?);
-        }
-        let ids = Tensor::from_slice(&ids).view([classes.len() as i64, -1]);
-        let loss = trainer.train_step(&images, &ids);
+    fn train_on(&mut self, batch: &CaptionedBatch) -> Result<f64> {
+        Ok(self.train_step(&batch.images, &batch.ids))
+    }
+    fn lr_at(&self, step: usize) -> f64 {
+        self.settings.lr_at(step)
+    }
+    fn save(&self, state: &Path, model_out: &Path) -> Result<()> {
+        self.save_checkpoint(state)?;
+        self.export(model_out)
+    }
+}
+
+impl Trainer for ClipTrainer {
+    fn step(&self) -> usize {
+        self.step
+    }
+    fn train_on(&mut self, batch: &CaptionedBatch) -> Result<f64> {
+        // Image i matches caption j when caption j describes image i's class.
+        let described: Vec<Vec<usize>> = batch.captions.iter().map(|c| classes_described_by(c)).collect();
+        let matches: Vec<f32> = batch
+            .classes
+            .iter()
+            .flat_map(|class| described.iter().map(move |d| if d.contains(class) { 1.0 } else { 0.0 }))
+            .collect();
+        let n = batch.classes.len() as i64;
+        let images_0_1 = (&batch.images + 1.0) / 2.0;
+        self.train_step(&images_0_1, &batch.ids, &Tensor::from_slice(&matches).view([n, n]))
+    }
+    fn lr_at(&self, step: usize) -> f64 {
+        self.settings.lr_at(step)
+    }
+    fn save(&self, state: &Path, model_out: &Path) -> Result<()> {
+        self.save_checkpoint(state)?;
+        self.export(model_out)
+    }
+}
+
+/// Trains until `steps`, checkpointing (and exporting) every `every` steps and at the end, with the loss log.
+fn training_loop(
+    trainer: &mut impl Trainer,
+    next_batch: impl Fn(usize) -> Result<CaptionedBatch>,
+    (steps, every): (usize, usize),
+    (state, model_out): (&Path, &Path),
+    quiet: bool,
+) -> Result<()> {
+    if steps == 0 || every == 0 {
+        bail!("--steps and --checkpoint-every must be at least 1");
+    }
+    let log_path = state.join("loss.csv");
+    let mut log = read_loss_log(&log_path, trainer.step());
+    let bar = progress_bar(steps as u64, quiet);
+    bar.set_position(trainer.step() as u64);
+    while trainer.step() < steps {
+        let step = trainer.step();
+        let loss = trainer.train_on(&next_batch(step)?)?;
         if !loss.is_finite() {
-            bail!("step {}: the loss is {loss}; the last checkpoint in {} is intact", trainer.step, args.state.display());
+            bail!("step {step}: the loss is {loss}; the last checkpoint in {} is intact", state.display());
         }
-        log.push(format!("{},{loss:.6},{:.3e}", trainer.step, settings.lr_at(trainer.step - 1)));
+        log.push(format!("{},{loss:.6},{:.3e}", step + 1, trainer.lr_at(step)));
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
-        if trainer.step % settings.checkpoint_every == 0 || trainer.step == settings.steps {
-            trainer.save_checkpoint(&args.state)?;
-            trainer.export(&args.model_out)?;
+        if (step + 1) % every == 0 || step + 1 == steps {
+            trainer.save(state, model_out)?;
             write_atomic(&log_path, format!("step,loss,lr\n{}\n", log.join("\n")).as_bytes())?;
         }
     }
     bar.finish_and_clear();
-    eprintln!("trained {} steps; model in {}", trainer.step, args.model_out.display());
+    eprintln!("trained {} steps; model in {}", trainer.step(), model_out.display());
     Ok(())
+}
+
+fn training_data() -> Result<Dataset> {
+    Dataset::load(&data_dir()?, Split::Train).context("the training data (run scripts/setup_data.sh)")
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let settings = args.settings();
+    if settings.batch < 1 {
+        bail!("--batch must be at least 1");
+    }
+    let device = super::common::parse_device(&args.device)?;
+    let data = training_data()?;
+    create_model_folder(&args.model_out)?;
+    let tokenizer = Tokenizer::from_folder(&args.model_out.join("tokenizer"))?;
+    let mut trainer = DiffusionTrainer::new(&args.model_out, &args.state, settings.clone(), device)?;
+    training_loop(
+        &mut trainer,
+        |step| captioned_batch(&data, &tokenizer, settings.seed, step, settings.batch, settings.uncond_prob),
+        (settings.steps, settings.checkpoint_every),
+        (&args.state, &args.model_out),
+        args.quiet,
+    )
+}
+
+#[derive(Args, Debug)]
+pub struct TrainClipArgs {
+    /// The embedded diffusion model's folder, whose tokenizer the CLIP model shares.
+    #[arg(long, default_value = "models/embedded")]
+    pub model: PathBuf,
+    /// The CLIP model folder to create and export into.
+    #[arg(long, default_value = "models/embedded/clip")]
+    pub model_out: PathBuf,
+    #[arg(long, default_value = "train/embedded-clip")]
+    pub state: PathBuf,
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Writes the CLIP folder's configs and a copy of the diffusion model's tokenizer (HF CLIP folders keep the
+/// tokenizer files at their root); an existing folder is kept.
+fn create_clip_folder(dir: &Path, tokenizer_dir: &Path) -> Result<()> {
+    if dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    let tokenizer = WordTokenizer::from_folder(tokenizer_dir)?;
+    tokenizer.save(dir)?;
+    let config = embedded::clip_config(tokenizer.vocab_size(), tokenizer.max_length(), tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id());
+    write_json(&dir.join("preprocessor_config.json"), &embedded::clip_preprocessor_config())?;
+    write_json(&dir.join("config.json"), &config)
+}
+
+pub fn train_clip(args: TrainClipArgs) -> Result<()> {
+    let settings = ClipTrainSettings {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+    };
+    if settings.batch < 2 {
+        bail!("--batch must be at least 2 (contrastive training compares the images of a batch)");
+    }
+    let device = super::common::parse_device(&args.device)?;
+    let data = training_data()?;
+    create_clip_folder(&args.model_out, &args.model.join("tokenizer"))?;
+    let tokenizer = Tokenizer::from_folder(&args.model_out)?;
+    let mut trainer = ClipTrainer::new(&args.model_out, &args.state, settings.clone(), device)?;
+    training_loop(
+        &mut trainer,
+        |step| captioned_batch(&data, &tokenizer, settings.seed, step, settings.batch, 0.0),
+        (settings.steps, settings.checkpoint_every),
+        (&args.state, &args.model_out),
+        args.quiet,
+    )
 }

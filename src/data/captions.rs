@@ -119,3 +119,12 @@ impl Captioner {
 fn concepts_of(class: usize) -> impl Iterator<Item = &'static BroadConcept> {
     BROAD_CONCEPTS.iter().filter(move |c| c.classes.contains(&class))
 }
+
+/// The classes a caption truly describes: its own class for a plain caption, every member for a broad one.
+/// Contrastive training counts all of them as matches, not only the image the caption was drawn for.
+pub fn classes_described_by(caption: &str) -> Vec<usize> {
+    if let Some(concept) = BROAD_CONCEPTS.iter().find(|c| c.captions.contains(&caption)) {
+        return concept.classes.to_vec();
+    }
+    (0..NUM_CLASSES).filter(|&c| class_captions(c).iter().any(|s| s == caption)).collect()
+}

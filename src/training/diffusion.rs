@@ -31,11 +31,7 @@ pub struct TrainSettings {
 
 impl TrainSettings {
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup {
-            return self.lr * (step + 1) as f64 / self.warmup as f64;
-        }
-        let progress = (step - self.warmup) as f64 / (self.steps.saturating_sub(self.warmup)).max(1) as f64;
-        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+        super::cosine_lr(self.lr, self.warmup, self.steps, step)
     }
 }
 

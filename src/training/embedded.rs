@@ -75,3 +75,42 @@ pub fn model_index() -> Value {
 pub fn run_defaults() -> RunDefaults {
     RunDefaults { latents: 16, iters: 30, window: 5, batch: 16, guidance: 4.0, ..RunDefaults::default() }
 }
+
+/// The embedded CLIP (transformers' CLIPModel layout): a ViT on 32x32 grayscale images (4x4 patches) and a text
+/// tower over the same word vocabulary as the diffusion model's.
+pub fn clip_config(vocab_size: usize, max_length: usize, bos: i64, eos: i64, pad: i64) -> Value {
+    let mut text = text_encoder_config(vocab_size, max_length, bos, eos, pad);
+    text["model_type"] = json!("clip_text_model");
+    json!({
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": 64,
+        "logit_scale_init_value": 2.6592,
+        "text_config": text,
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 4,
+            "num_channels": 1,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5
+        }
+    })
+}
+
+/// Images stay 32x32; [0,1] is mapped to [-1,1] as the diffusion model sees them.
+pub fn clip_preprocessor_config() -> Value {
+    json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": false,
+        "do_center_crop": false,
+        "do_normalize": true,
+        "image_mean": [0.5],
+        "image_std": [0.5],
+        "resample": 3
+    })
+}
