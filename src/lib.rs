@@ -10,6 +10,7 @@ pub mod optim;
 pub mod output;
 pub mod weights;
 pub mod models;
+pub mod evaluation;
 pub mod files;
 pub mod method;
 pub mod pipelines;
