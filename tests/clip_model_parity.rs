@@ -2,7 +2,7 @@
 //! and CLIPImageProcessor, on the tiny RGB and grayscale models of tests/fixtures/tiny-clip (built by
 //! scripts/make_clip_fixture.py).
 mod common;
-use common::{fixture, max_abs_diff};
+use common::{fixture, max_abs_diff, reference_json, references};
 use dma::models::clip::{ClipConfig, ClipModel};
 use dma::models::clip_vision::{ClipVisionConfig, ClipVisionTransformer};
 use dma::models::tokenizer::ClipTokenizer;
@@ -17,14 +17,6 @@ fn rgb() -> PathBuf {
 
 fn gray() -> PathBuf {
     fixture("tiny-clip").join("grayscale")
-}
-
-fn references(dir: &Path) -> HashMap<String, Tensor> {
-    read_safetensors(&dir.join("reference.safetensors")).unwrap().into_iter().collect()
-}
-
-fn reference_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
 }
 
 /// The model's input: the processor outputs named in reference.json, concatenated along the batch.

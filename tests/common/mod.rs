@@ -2,21 +2,21 @@
 #![allow(dead_code)]
 use dma::weights::read_safetensors;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// A tiny diffusers pipeline folder under tests/fixtures (`tiny-sd1`, `tiny-sd2`).
-pub fn fixture(name: &str) -> PathBuf {
+/// A fixture under tests/fixtures (`tiny-sd1`, `tiny-sd2`, `tiny-clip/grayscale`, ...); an absolute path is kept.
+pub fn fixture(name: impl AsRef<Path>) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }
 
-/// The reference tensors diffusers produced for a fixture (reference.safetensors).
-pub fn references(name: &str) -> HashMap<String, Tensor> {
+/// The reference tensors the reference implementation produced for a fixture (reference.safetensors).
+pub fn references(name: impl AsRef<Path>) -> HashMap<String, Tensor> {
     read_safetensors(&fixture(name).join("reference.safetensors")).unwrap().into_iter().collect()
 }
 
 /// reference.json of a fixture.
-pub fn reference_json(name: &str) -> serde_json::Value {
+pub fn reference_json(name: impl AsRef<Path>) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
