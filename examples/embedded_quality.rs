@@ -2,7 +2,8 @@
 //! the held-out test images of all 20 classes; for each class, how many of N samples at the model's default
 //! settings the zero-shot classifier assigns to the prompt's class; and how "footwear" samples split into its three
 //! kinds. Writes a grid of samples per class (one row per class) for the README.
-//! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png]` (defaults 100, none).
+//! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png]` (defaults 100, none;
+//! 0 measures the CLIP model only).
 use dma::data::captions::{broad_concepts, class_captions};
 use dma::data::{class_names, data_dir, Dataset, Split, NUM_CLASSES};
 use dma::evaluation::zero_shot::ZeroShot;
@@ -38,6 +39,9 @@ fn main() -> anyhow::Result<()> {
         println!("  {:<10} {:.1}%", names[c], 100.0 * correct[c] as f64 / counts[c] as f64);
     }
 
+    if per_class == 0 {
+        return Ok(());
+    }
     let source = ModelSource::Folder(model_dir);
     let defaults = RunDefaults::for_source(&source)?;
     let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
