@@ -49,7 +49,7 @@ impl StableDiffusion {
         }
     }
 
-    /// Loads a diffusers folder; every component is required.
+    /// Loads a diffusers folder; every component is required, except the VAE of a pixel-space model.
     pub fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let component = |name: &str| {
             let path = dir.join(name);
