@@ -139,6 +139,13 @@ impl Weights {
         self.kind
     }
 
+    /// Builds a model from these weights (at the checkpoint root) and checks that it used every one of them.
+    pub fn build<M>(&self, build: impl FnOnce(&WeightPath) -> Result<M>) -> Result<M> {
+        let model = build(&self.root())?;
+        self.check_all_used("")?;
+        Ok(model)
+    }
+
     /// Fails when the checkpoint holds weights under `prefix` that no module asked for: the config describes a
     /// smaller model than the checkpoint, which would otherwise run silently with parts missing.
     pub fn check_all_used(&self, prefix: &str) -> Result<()> {

@@ -73,9 +73,7 @@ impl ClipModel {
         );
         let processor = ClipImageProcessor::load(dir, &cfg.vision_config)?;
         let weights = Weights::from_files(&[file], device, kind)?;
-        let model = Self::new(&weights.root(), &cfg, processor)?;
-        weights.check_all_used("")?;
-        Ok(model)
+        weights.build(|p| Self::new(p, &cfg, processor))
     }
 
     /// Builds the model from weights at the checkpoint root (loaded, trainable or initialised).

@@ -128,11 +128,9 @@ fn build(
         let source = format!("{} ({part}, keys renamed from the LDM layout)", file.display());
         Weights::from_tensors(tensors, source, device, kind)
     };
-    let text_encoder = built(&model(converted.text_encoder, "text encoder"), |w| {
-        ClipTextModel::load(&w.root(), &configs.text_encoder)
-    })?;
-    let unet = built(&model(converted.unet, "UNet"), |w| UNet2DConditionModel::load(&w.root(), &configs.unet))?;
-    let vae = built(&model(converted.vae, "VAE"), |w| AutoencoderKL::load(&w.root(), &configs.vae))?;
+    let text_encoder = model(converted.text_encoder, "text encoder").build(|p| ClipTextModel::load(p, &configs.text_encoder))?;
+    let unet = model(converted.unet, "UNet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?;
+    let vae = model(converted.vae, "VAE").build(|p| AutoencoderKL::load(p, &configs.vae))?;
     let info = ModelInfo { source: file.display().to_string(), weight_files: vec![file.to_path_buf()] };
     Ok(StableDiffusion {
         tokenizer: configs.tokenizer,
@@ -144,13 +142,6 @@ fn build(
         device,
         kind,
     })
-}
-
-/// A model built from `weights`, which must all have been used.
-fn built<M>(weights: &Weights, build: impl FnOnce(&Weights) -> Result<M>) -> Result<M> {
-    let model = build(weights)?;
-    weights.check_all_used("")?;
-    Ok(model)
 }
 
 /// Reads a checkpoint and checks that it holds the three models in the LDM layout.

@@ -7,7 +7,7 @@ use crate::models::tokenizer::Tokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::schedulers::ddim::DdimConfig;
-use crate::weights::Weights;
+use crate::weights::{WeightPath, Weights};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -33,11 +33,9 @@ pub struct ModelInfo {
 }
 
 /// One component folder's weights, loaded and checked against the model built from them.
-fn load_component<M>(dir: &Path, stem: &str, device: Device, kind: Kind, build: impl FnOnce(&Weights) -> Result<M>) -> Result<(M, Vec<PathBuf>)> {
+fn load_component<M>(dir: &Path, stem: &str, device: Device, kind: Kind, build: impl FnOnce(&WeightPath) -> Result<M>) -> Result<(M, Vec<PathBuf>)> {
     let files = component_weight_files(dir, stem)?;
-    let weights = Weights::from_files(&files, device, kind)?;
-    let model = build(&weights)?;
-    weights.check_all_used("")?;
+    let model = Weights::from_files(&files, device, kind)?.build(build)?;
     Ok((model, files))
 }
 
@@ -60,17 +58,17 @@ impl StableDiffusion {
         let text_dir = component("text_encoder")?;
         let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
         let (text_encoder, text_files) =
-            load_component(&text_dir, "model", device, kind, |w| ClipTextModel::load(&w.root(), &text_config))?;
+            load_component(&text_dir, "model", device, kind, |p| ClipTextModel::load(p, &text_config))?;
         let unet_dir = component("unet")?;
         let unet_config = UNetConfig::from_file(&unet_dir.join("config.json"))?;
-        let (unet, unet_files) = load_component(&unet_dir, "diffusion_pytorch_model", device, kind, |w| {
-            UNet2DConditionModel::load(&w.root(), &unet_config)
+        let (unet, unet_files) = load_component(&unet_dir, "diffusion_pytorch_model", device, kind, |p| {
+            UNet2DConditionModel::load(p, &unet_config)
         })?;
         let (vae, vae_files) = if has_vae(dir)? {
             let vae_dir = component("vae")?;
             let vae_config = VaeConfig::from_file(&vae_dir.join("config.json"))?;
-            let (vae, files) = load_component(&vae_dir, "diffusion_pytorch_model", device, kind, |w| {
-                AutoencoderKL::load(&w.root(), &vae_config)
+            let (vae, files) = load_component(&vae_dir, "diffusion_pytorch_model", device, kind, |p| {
+                AutoencoderKL::load(p, &vae_config)
             })?;
             (Some(vae), files)
         } else {

@@ -49,8 +49,7 @@ impl ClipTrainer {
         let resume = Resume::open(train_dir, &settings)?;
         tch::manual_seed(settings.seed as i64);
         let weights = resume.weights("clip", device);
-        let model = ClipModel::new(&weights.root(), &config, processor)?;
-        weights.check_all_used("")?;
+        let model = weights.build(|p| ClipModel::new(p, &config, processor))?;
         let params = prefixed_params(&[("clip", &weights)]);
         let shared = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         let mut optimizer = AdamW::new(shared, settings.lr, settings.weight_decay);

@@ -62,10 +62,8 @@ impl DiffusionTrainer {
         tch::manual_seed(settings.seed as i64);
         let text_weights = resume.weights("text_encoder", device);
         let unet_weights = resume.weights("unet", device);
-        let text_encoder = ClipTextModel::load(&text_weights.root(), &text_config)?;
-        let unet = UNet2DConditionModel::load(&unet_weights.root(), &unet_config)?;
-        text_weights.check_all_used("")?;
-        unet_weights.check_all_used("")?;
+        let text_encoder = text_weights.build(|p| ClipTextModel::load(p, &text_config))?;
+        let unet = unet_weights.build(|p| UNet2DConditionModel::load(p, &unet_config))?;
         let params = prefixed_params(&[("text_encoder", &text_weights), ("unet", &unet_weights)]);
         let shared = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         let mut optimizer = AdamW::new(shared, settings.lr, settings.weight_decay);

@@ -1,32 +1,18 @@
-//! CLIP's byte-level BPE tokenizer, giving the ids of transformers' (fast) `CLIPTokenizer`.
-//!
-//! The steps follow the `tokenizers` pipeline that `CLIPTokenizer` builds, in its order:
-//! 1. special tokens (`<|startoftext|>`, `<|endoftext|>`, the pad token...) are cut out of the raw text;
-//! 2. the rest is cleaned: runs of whitespace become one space, then lowercase. The NFC normalisation that
-//!    transformers applies first is skipped (no Unicode tables here): text with decomposed accents (e + U+0301)
-//!    tokenizes differently from its composed form. (The ftfy/html clean-up of the old slow tokenizer is not part
-//!    of transformers' tokenizer any more);
-//! 3. tokens added later (Textual Inversion) are cut out of the cleaned text;
-//! 4. CLIP's regex splits words, numbers (one digit each) and punctuation runs (GPT-2's regex then splits again);
-//!    each piece is mapped byte by byte to printable characters and merged by BPE, with `</w>` on its last symbol.
-//!
-//! The merges work on token ids: every merge result is itself in the vocabulary, as `tokenizers` requires.
-//!
-//! `WordTokenizer` reads a `tokenizers` WordLevel model instead: a closed vocabulary of lowercased words, as the
-//! embedded model uses (it knows only the words of its training captions), with ids laid out as CLIP's. `Tokenizer`
-//! picks one of the two from a folder's files.
-use unicode_normalization::UnicodeNormalization;
-use crate::files::{read_json, write_json};
+use super::{
+    added_entry, alternation, max_length, read_vocab, special_names, split_on, AddedToken, SpecialNames,
+    DEFAULT_MAX_LENGTH,
+};
+use crate::files::read_json;
 use anyhow::{bail, ensure, Context, Result};
 use regex::Regex;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::sync::LazyLock;
+use unicode_normalization::UnicodeNormalization;
 
 /// OpenAI's merge list, which CLIP's vocabulary is built from; used when a checkpoint ships no tokenizer.
-const OPENAI_BPE_GZ: &[u8] = include_bytes!("../../assets/clip/bpe_simple_vocab_16e6.txt.gz");
+const OPENAI_BPE_GZ: &[u8] = include_bytes!("../../../assets/clip/bpe_simple_vocab_16e6.txt.gz");
 
 const PIECE_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
@@ -35,26 +21,6 @@ const PIECE_PATTERN: &str =
 /// alternatives: pieces hold none). It only changes the special-token names that reach BPE as text
 /// ("<|ENDOFTEXT|>" lowercased becomes "<|", "endoftext", "|>").
 const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+";
-
-/// Used when tokenizer_config.json gives no `model_max_length` (CLIP's context length).
-const DEFAULT_MAX_LENGTH: usize = 77;
-
-/// A token matched whole in the text instead of going through BPE.
-struct AddedToken {
-    content: String,
-    id: i64,
-    /// Matched in the cleaned text (tokens added by users) rather than the raw text (special tokens).
-    normalized: bool,
-    /// The form searched for: `content`, cleaned like the text when `normalized` (as `tokenizers` does).
-    matched: String,
-}
-
-impl AddedToken {
-    fn new(content: String, id: i64, normalized: bool) -> Self {
-        let matched = if normalized { clean(&content) } else { content.clone() };
-        Self { content, id, normalized, matched }
-    }
-}
 
 pub struct ClipTokenizer {
     vocab: HashMap<String, i64>,
@@ -77,7 +43,7 @@ pub struct ClipTokenizer {
 
 /// The `tokenizers` normalizer of CLIPTokenizer: NFC, runs of whitespace become one space, then lowercase
 /// char by char (not `str::to_lowercase`, whose final-sigma rule `tokenizers` does not apply).
-fn clean(text: &str) -> String {
+pub(super) fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
     for c in text.nfc() {
@@ -113,25 +79,6 @@ fn byte_chars() -> [char; 256] {
     out
 }
 
-/// Special token names as tokenizer configs give them: a string or an object with `content`.
-fn token_content(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    }
-}
-
-fn read_vocab(v: &Value, source: &str) -> Result<HashMap<String, i64>> {
-    let map = v.as_object().with_context(|| format!("{source}: the vocabulary is not a JSON object"))?;
-    map.iter()
-        .map(|(token, id)| {
-            let id = id.as_i64().with_context(|| format!("{source}: token `{token}` has a non-integer id {id}"))?;
-            Ok((token.clone(), id))
-        })
-        .collect()
-}
-
 /// merges.txt: a `#version` line, then one "left right" pair per line.
 fn parse_merges_txt(text: &str, source: &str) -> Result<Vec<(String, String)>> {
     let mut merges = Vec::new();
@@ -164,72 +111,6 @@ fn parse_merges_json(v: &Value, source: &str) -> Result<Vec<(String, String)>> {
             pair.with_context(|| format!("{source}: merge {n} is not a pair of symbols: {m}"))
         })
         .collect()
-}
-
-/// Longest-first alternation, so that at one position the longest token wins as in `tokenizers`.
-fn alternation<'a>(tokens: impl Iterator<Item = &'a str>) -> Option<Regex> {
-    let mut tokens: Vec<&str> = tokens.collect();
-    if tokens.is_empty() {
-        return None;
-    }
-    tokens.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    let pattern = tokens.iter().map(|t| regex::escape(t)).collect::<Vec<_>>().join("|");
-    Some(Regex::new(&pattern).expect("escaped literals form a valid regex"))
-}
-
-/// Cuts `text` at the matches of `split`, in order: (slice, whether it is a match).
-fn split_on<'t>(text: &'t str, split: Option<&Regex>) -> Vec<(&'t str, bool)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for m in split.map(|r| r.find_iter(text)).into_iter().flatten() {
-        out.push((&text[start..m.start()], false));
-        out.push((m.as_str(), true));
-        start = m.end();
-    }
-    out.push((&text[start..], false));
-    out
-}
-
-/// Where the special tokens' names come from, with CLIPTokenizer's defaults.
-struct SpecialNames {
-    bos: String,
-    eos: String,
-    unk: String,
-    pad: String,
-}
-
-impl SpecialNames {
-    fn clip_defaults() -> Self {
-        let eot = "<|endoftext|>".to_string();
-        Self { bos: "<|startoftext|>".into(), eos: eot.clone(), unk: eot.clone(), pad: eot }
-    }
-}
-
-/// The special tokens' names: CLIPTokenizer's defaults, overridden by tokenizer_config.json (`config`), itself
-/// overridden by special_tokens_map.json, as in transformers.
-fn special_names(dir: &Path, config: Option<&Value>) -> Result<SpecialNames> {
-    let map_path = dir.join("special_tokens_map.json");
-    let map = if map_path.exists() { Some(read_json::<Value>(&map_path)?) } else { None };
-    let mut names = SpecialNames::clip_defaults();
-    for cfg in [config, map.as_ref()].into_iter().flatten() {
-        for (key, slot) in [
-            ("bos_token", &mut names.bos),
-            ("eos_token", &mut names.eos),
-            ("unk_token", &mut names.unk),
-            ("pad_token", &mut names.pad),
-        ] {
-            if let Some(content) = cfg.get(key).and_then(token_content) {
-                *slot = content;
-            }
-        }
-    }
-    Ok(names)
-}
-
-/// tokenizer_config.json's `model_max_length`. Where no length was set transformers writes an enormous float;
-/// CLIP's context length is the right default.
-fn max_length(config: Option<&Value>) -> usize {
-    config.and_then(|c| c.get("model_max_length")).and_then(Value::as_u64).map_or(DEFAULT_MAX_LENGTH, |n| n as usize)
 }
 
 impl ClipTokenizer {
@@ -456,288 +337,6 @@ impl ClipTokenizer {
             symbols = next;
         }
         out.extend(symbols);
-    }
-}
-
-fn added_entry(t: &Value, id: Option<i64>, source: &str) -> Result<AddedToken> {
-    let content = token_content(t).with_context(|| format!("{source}: added token without content: {t}"))?;
-    let id = id.with_context(|| format!("{source}: added token `{content}` has no integer id"))?;
-    let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
-    let normalized = t.get("normalized").and_then(Value::as_bool).unwrap_or(!special);
-    Ok(AddedToken::new(content, id, normalized))
-}
-
-/// `tokenizers`' `Whitespace` pre-tokenizer: runs of word characters, or runs of other non-space characters
-/// ("t-shirt" is "t", "-", "shirt").
-static WORD_PIECES: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\w+|[^\w\s]+").expect("the Whitespace pattern is valid"));
-
-/// The special tokens `WordTokenizer::from_words` adds: CLIP's names, and a pad token of its own.
-pub const WORD_BOS: &str = "<|startoftext|>";
-pub const WORD_EOS: &str = "<|endoftext|>";
-pub const WORD_PAD: &str = "<|pad|>";
-/// Named as the unknown token because the format needs one, but kept out of the vocabulary: `tokenizers` then fails
-/// on an unknown word as `encode` does, instead of giving a token the model never learnt.
-const WORD_UNK: &str = "<|unk|>";
-
-/// `tokenizers`' `Lowercase` normalizer: char by char, as it does.
-fn lowercase(text: &str) -> String {
-    text.chars().flat_map(char::to_lowercase).collect()
-}
-
-/// The words of `text` as a lowercasing word-level tokenizer sees them: what its vocabulary must hold to encode it.
-pub fn words(text: &str) -> Vec<String> {
-    WORD_PIECES.find_iter(&lowercase(text)).map(|m| m.as_str().to_string()).collect()
-}
-
-/// A `tokenizers` WordLevel model: each word of the text (see `words`) is one id; a word outside the vocabulary is
-/// an error. Ids are laid out as CLIP's: start token, words, end token, padding.
-pub struct WordTokenizer {
-    vocab: HashMap<String, i64>,
-    /// The added (special) tokens, matched whole in the raw text before normalising, as `tokenizers` does.
-    added: HashMap<String, i64>,
-    added_split: Option<Regex>,
-    lowercase: bool,
-    bos: i64,
-    eos: i64,
-    pad: i64,
-    max_length: usize,
-    /// Where the vocabulary came from, for errors.
-    source: String,
-}
-
-impl WordTokenizer {
-    /// A tokenizer over `words` (each one word as `words()` gives it; repeats are ignored). The words take ids 0..
-    /// in sorted order, then come `<|pad|>`, `<|startoftext|>` and `<|endoftext|>`: the end token last as in CLIP,
-    /// whose old configs (`eos_token_id` 2) find a sequence's end at its largest id.
-    pub fn from_words(words: &[String], max_length: usize) -> Result<Self> {
-        let mut sorted: Vec<&str> = words.iter().map(String::as_str).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        for word in &sorted {
-            ensure!(
-                self::words(word) == [*word],
-                "`{word}` is not one lowercase word as the word-level tokenizer splits text (see `words`)"
-            );
-        }
-        let specials = [WORD_PAD, WORD_BOS, WORD_EOS];
-        let vocab: HashMap<String, i64> =
-            sorted.into_iter().chain(specials).enumerate().map(|(id, t)| (t.to_string(), id as i64)).collect();
-        let added = specials.iter().map(|t| (t.to_string(), vocab[*t])).collect();
-        let names = SpecialNames { bos: WORD_BOS.into(), eos: WORD_EOS.into(), unk: WORD_UNK.into(), pad: WORD_PAD.into() };
-        Self::build(vocab, added, true, &names, max_length, "the given word list")
-    }
-
-    /// A folder with a WordLevel tokenizer.json, and tokenizer_config.json / special_tokens_map.json for the special
-    /// tokens and `model_max_length` as for CLIP. Supported: what `save` writes (a `Lowercase` normalizer or none,
-    /// the `Whitespace` pre-tokenizer, added tokens matched in the raw text); anything else is an error rather than
-    /// ids that differ from `tokenizers`'.
-    pub fn from_folder(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        Self::from_json(dir, &read_json(&path)?, &path.display().to_string())
-    }
-
-    /// `from_folder` with tokenizer.json already read.
-    fn from_json(dir: &Path, json: &Value, source: &str) -> Result<Self> {
-        let model = json.get("model").with_context(|| format!("{source}: no `model` section"))?;
-        let model_type = model.get("type").and_then(Value::as_str);
-        ensure!(model_type == Some("WordLevel"), "{source}: the model type is {model_type:?}, not WordLevel");
-        let vocab = read_vocab(model.get("vocab").unwrap_or(&Value::Null), source)?;
-        let lowercase = match json.get("normalizer") {
-            None | Some(Value::Null) => false,
-            Some(n) if n.get("type").and_then(Value::as_str) == Some("Lowercase") => true,
-            Some(n) => bail!("{source}: normalizer {n} is not supported (only Lowercase)"),
-        };
-        let pre_tokenizer = json.get("pre_tokenizer").unwrap_or(&Value::Null);
-        ensure!(
-            pre_tokenizer.get("type").and_then(Value::as_str) == Some("Whitespace"),
-            "{source}: pre_tokenizer {pre_tokenizer} is not supported (only Whitespace)"
-        );
-        let mut added = HashMap::new();
-        for t in json.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
-            let token = added_entry(t, t.get("id").and_then(Value::as_i64), source)?;
-            ensure!(
-                !token.normalized,
-                "{source}: added token `{}` is matched in normalised text, which is not supported",
-                token.content
-            );
-            added.insert(token.content, token.id);
-        }
-        let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.exists() { Some(read_json::<Value>(&config_path)?) } else { None };
-        let names = special_names(dir, config.as_ref())?;
-        Self::build(vocab, added, lowercase, &names, max_length(config.as_ref()), source)
-    }
-
-    fn build(
-        vocab: HashMap<String, i64>,
-        added: HashMap<String, i64>,
-        lowercase: bool,
-        names: &SpecialNames,
-        max_length: usize,
-        source: &str,
-    ) -> Result<Self> {
-        ensure!(max_length >= 2, "{source}: model_max_length {max_length} leaves no room for the start and end tokens");
-        let id = |name: &str| {
-            let id = added.get(name).or_else(|| vocab.get(name)).copied();
-            id.with_context(|| format!("{source}: special token `{name}` is not in the vocabulary"))
-        };
-        Ok(Self {
-            bos: id(&names.bos)?,
-            eos: id(&names.eos)?,
-            pad: id(&names.pad)?,
-            added_split: alternation(added.keys().map(String::as_str)),
-            vocab,
-            added,
-            lowercase,
-            max_length,
-            source: source.to_string(),
-        })
-    }
-
-    /// `<|startoftext|>`, the words' ids (truncated so the end token fits), `<|endoftext|>`, then padding: always
-    /// `max_length()` ids. A word outside the vocabulary is an error that lists the vocabulary.
-    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let mut ids = vec![self.bos];
-        for (part, is_added) in split_on(text, self.added_split.as_ref()) {
-            if is_added {
-                ids.push(self.added[part]);
-                continue;
-            }
-            let part = if self.lowercase { lowercase(part) } else { part.to_string() };
-            for word in WORD_PIECES.find_iter(&part) {
-                let id = self.vocab.get(word.as_str()).with_context(|| {
-                    format!(
-                        "the prompt {text:?} has the word `{}`, which this model does not know; it knows only: {} \
-                         (the vocabulary of {})",
-                        word.as_str(),
-                        self.known_words().join(", "),
-                        self.source
-                    )
-                })?;
-                ids.push(*id);
-            }
-        }
-        ids.truncate(self.max_length - 1);
-        ids.push(self.eos);
-        ids.resize(self.max_length, self.pad);
-        Ok(ids)
-    }
-
-    /// The vocabulary less the special tokens, sorted.
-    fn known_words(&self) -> Vec<&str> {
-        let mut words: Vec<&str> =
-            self.vocab.keys().filter(|t| !self.added.contains_key(*t)).map(String::as_str).collect();
-        words.sort_unstable();
-        words
-    }
-
-    /// Number of ids in use (one more than the largest): the text encoder's embedding table's row count.
-    pub fn vocab_size(&self) -> usize {
-        let ids = self.vocab.values().chain(self.added.values());
-        ids.max().map_or(0, |&max| max as usize + 1)
-    }
-
-    /// The length `encode` pads to.
-    pub fn max_length(&self) -> usize {
-        self.max_length
-    }
-
-    pub fn bos_id(&self) -> i64 {
-        self.bos
-    }
-
-    pub fn eos_id(&self) -> i64 {
-        self.eos
-    }
-
-    pub fn pad_id(&self) -> i64 {
-        self.pad
-    }
-
-    /// Writes tokenizer.json (the `tokenizers` format, with the padding, truncation and start/end tokens that give
-    /// `encode`'s ids) and tokenizer_config.json (for transformers' PreTrainedTokenizerFast) into `dir`, each file
-    /// atomically.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = |id: i64| {
-            let token = self.added.iter().chain(&self.vocab).find(|(_, &i)| i == id).map(|(t, _)| t.as_str());
-            token.expect("special ids come from the vocabulary")
-        };
-        let (bos, eos, pad) = (name(self.bos), name(self.eos), name(self.pad));
-        let special = |token: &str, type_id: u32| json!({"SpecialToken": {"id": token, "type_id": type_id}});
-        let sequence = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
-        let mut added: Vec<(&String, &i64)> = self.added.iter().collect();
-        added.sort_by_key(|&(_, id)| *id);
-        let added: Vec<Value> = added
-            .into_iter()
-            .map(|(content, id)| {
-                json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
-                       "normalized": false, "special": true})
-            })
-            .collect();
-        let tokenizer = json!({
-            "version": "1.0",
-            "truncation": {"direction": "Right", "max_length": self.max_length, "strategy": "LongestFirst", "stride": 0},
-            "padding": {"strategy": {"Fixed": self.max_length}, "direction": "Right", "pad_to_multiple_of": null,
-                        "pad_id": self.pad, "pad_type_id": 0, "pad_token": pad},
-            "added_tokens": added,
-            "normalizer": if self.lowercase { json!({"type": "Lowercase"}) } else { Value::Null },
-            "pre_tokenizer": {"type": "Whitespace"},
-            "post_processor": {
-                "type": "TemplateProcessing",
-                "single": [special(bos, 0), sequence("A", 0), special(eos, 0)],
-                "pair": [special(bos, 0), sequence("A", 0), special(eos, 0), sequence("B", 1), special(eos, 1)],
-                "special_tokens": {
-                    bos: {"id": bos, "ids": [self.bos], "tokens": [bos]},
-                    eos: {"id": eos, "ids": [self.eos], "tokens": [eos]},
-                },
-            },
-            "decoder": null,
-            "model": {"type": "WordLevel", "vocab": self.vocab, "unk_token": WORD_UNK},
-        });
-        let config = json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": self.max_length,
-            "bos_token": bos,
-            "eos_token": eos,
-            "pad_token": pad,
-            "clean_up_tokenization_spaces": false,
-        });
-        write_json(&dir.join("tokenizer.json"), &tokenizer)?;
-        write_json(&dir.join("tokenizer_config.json"), &config)
-    }
-}
-
-/// The tokenizer a model folder ships: word-level where its tokenizer.json has a WordLevel model (the embedded
-/// model), else CLIP's BPE (Stable Diffusion).
-#[allow(clippy::large_enum_variant)] // One per loaded model: boxing the CLIP variant would buy nothing.
-pub enum Tokenizer {
-    Clip(ClipTokenizer),
-    Word(WordTokenizer),
-}
-
-impl Tokenizer {
-    pub fn from_folder(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        if path.is_file() {
-            let json: Value = read_json(&path)?;
-            let source = path.display().to_string();
-            match json.pointer("/model/type").and_then(Value::as_str) {
-                Some("WordLevel") => return Ok(Self::Word(WordTokenizer::from_json(dir, &json, &source)?)),
-                Some("BPE") | None => {}
-                Some(other) => bail!("{source}: model type `{other}` is not supported (BPE as CLIP's, or WordLevel)"),
-            }
-        }
-        Ok(Self::Clip(ClipTokenizer::from_folder(dir)?))
-    }
-
-    /// `max_length` ids for `text`; an error only for a word a word-level vocabulary lacks.
-    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        match self {
-            Self::Clip(t) => Ok(t.encode(text)),
-            Self::Word(t) => t.encode(text),
-        }
     }
 }
 

@@ -1,0 +1,175 @@
+//! CLIP's byte-level BPE tokenizer, giving the ids of transformers' (fast) `CLIPTokenizer`.
+//!
+//! The steps follow the `tokenizers` pipeline that `CLIPTokenizer` builds, in its order:
+//! 1. special tokens (`<|startoftext|>`, `<|endoftext|>`, the pad token...) are cut out of the raw text;
+//! 2. the rest is cleaned: runs of whitespace become one space, then lowercase. The NFC normalisation that
+//!    transformers applies first is skipped (no Unicode tables here): text with decomposed accents (e + U+0301)
+//!    tokenizes differently from its composed form. (The ftfy/html clean-up of the old slow tokenizer is not part
+//!    of transformers' tokenizer any more);
+//! 3. tokens added later (Textual Inversion) are cut out of the cleaned text;
+//! 4. CLIP's regex splits words, numbers (one digit each) and punctuation runs (GPT-2's regex then splits again);
+//!    each piece is mapped byte by byte to printable characters and merged by BPE, with `</w>` on its last symbol.
+//!
+//! The merges work on token ids: every merge result is itself in the vocabulary, as `tokenizers` requires.
+//!
+//! `WordTokenizer` reads a `tokenizers` WordLevel model instead: a closed vocabulary of lowercased words, as the
+//! embedded model uses (it knows only the words of its training captions), with ids laid out as CLIP's. `Tokenizer`
+//! picks one of the two from a folder's files.
+use crate::files::read_json;
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+
+mod clip_bpe;
+mod word_level;
+
+use clip_bpe::clean;
+pub use clip_bpe::ClipTokenizer;
+pub use word_level::{words, WordTokenizer, WORD_BOS, WORD_EOS, WORD_PAD};
+
+/// Used when tokenizer_config.json gives no `model_max_length` (CLIP's context length).
+const DEFAULT_MAX_LENGTH: usize = 77;
+
+/// A token matched whole in the text instead of going through BPE.
+struct AddedToken {
+    content: String,
+    id: i64,
+    /// Matched in the cleaned text (tokens added by users) rather than the raw text (special tokens).
+    normalized: bool,
+    /// The form searched for: `content`, cleaned like the text when `normalized` (as `tokenizers` does).
+    matched: String,
+}
+
+impl AddedToken {
+    fn new(content: String, id: i64, normalized: bool) -> Self {
+        let matched = if normalized { clean(&content) } else { content.clone() };
+        Self { content, id, normalized, matched }
+    }
+}
+
+/// Special token names as tokenizer configs give them: a string or an object with `content`.
+fn token_content(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn read_vocab(v: &Value, source: &str) -> Result<HashMap<String, i64>> {
+    let map = v.as_object().with_context(|| format!("{source}: the vocabulary is not a JSON object"))?;
+    map.iter()
+        .map(|(token, id)| {
+            let id = id.as_i64().with_context(|| format!("{source}: token `{token}` has a non-integer id {id}"))?;
+            Ok((token.clone(), id))
+        })
+        .collect()
+}
+
+/// Longest-first alternation, so that at one position the longest token wins as in `tokenizers`.
+fn alternation<'a>(tokens: impl Iterator<Item = &'a str>) -> Option<Regex> {
+    let mut tokens: Vec<&str> = tokens.collect();
+    if tokens.is_empty() {
+        return None;
+    }
+    tokens.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    let pattern = tokens.iter().map(|t| regex::escape(t)).collect::<Vec<_>>().join("|");
+    Some(Regex::new(&pattern).expect("escaped literals form a valid regex"))
+}
+
+/// Cuts `text` at the matches of `split`, in order: (slice, whether it is a match).
+fn split_on<'t>(text: &'t str, split: Option<&Regex>) -> Vec<(&'t str, bool)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for m in split.map(|r| r.find_iter(text)).into_iter().flatten() {
+        out.push((&text[start..m.start()], false));
+        out.push((m.as_str(), true));
+        start = m.end();
+    }
+    out.push((&text[start..], false));
+    out
+}
+
+/// Where the special tokens' names come from, with CLIPTokenizer's defaults.
+struct SpecialNames {
+    bos: String,
+    eos: String,
+    unk: String,
+    pad: String,
+}
+
+impl SpecialNames {
+    fn clip_defaults() -> Self {
+        let eot = "<|endoftext|>".to_string();
+        Self { bos: "<|startoftext|>".into(), eos: eot.clone(), unk: eot.clone(), pad: eot }
+    }
+}
+
+/// The special tokens' names: CLIPTokenizer's defaults, overridden by tokenizer_config.json (`config`), itself
+/// overridden by special_tokens_map.json, as in transformers.
+fn special_names(dir: &Path, config: Option<&Value>) -> Result<SpecialNames> {
+    let map_path = dir.join("special_tokens_map.json");
+    let map = if map_path.exists() { Some(read_json::<Value>(&map_path)?) } else { None };
+    let mut names = SpecialNames::clip_defaults();
+    for cfg in [config, map.as_ref()].into_iter().flatten() {
+        for (key, slot) in [
+            ("bos_token", &mut names.bos),
+            ("eos_token", &mut names.eos),
+            ("unk_token", &mut names.unk),
+            ("pad_token", &mut names.pad),
+        ] {
+            if let Some(content) = cfg.get(key).and_then(token_content) {
+                *slot = content;
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// tokenizer_config.json's `model_max_length`. Where no length was set transformers writes an enormous float;
+/// CLIP's context length is the right default.
+fn max_length(config: Option<&Value>) -> usize {
+    config.and_then(|c| c.get("model_max_length")).and_then(Value::as_u64).map_or(DEFAULT_MAX_LENGTH, |n| n as usize)
+}
+
+fn added_entry(t: &Value, id: Option<i64>, source: &str) -> Result<AddedToken> {
+    let content = token_content(t).with_context(|| format!("{source}: added token without content: {t}"))?;
+    let id = id.with_context(|| format!("{source}: added token `{content}` has no integer id"))?;
+    let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
+    let normalized = t.get("normalized").and_then(Value::as_bool).unwrap_or(!special);
+    Ok(AddedToken::new(content, id, normalized))
+}
+
+/// The tokenizer a model folder ships: word-level where its tokenizer.json has a WordLevel model (the embedded
+/// model), else CLIP's BPE (Stable Diffusion).
+#[allow(clippy::large_enum_variant)] // One per loaded model: boxing the CLIP variant would buy nothing.
+pub enum Tokenizer {
+    Clip(ClipTokenizer),
+    Word(WordTokenizer),
+}
+
+impl Tokenizer {
+    pub fn from_folder(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if path.is_file() {
+            let json: Value = read_json(&path)?;
+            let source = path.display().to_string();
+            match json.pointer("/model/type").and_then(Value::as_str) {
+                Some("WordLevel") => return Ok(Self::Word(WordTokenizer::from_json(dir, &json, &source)?)),
+                Some("BPE") | None => {}
+                Some(other) => bail!("{source}: model type `{other}` is not supported (BPE as CLIP's, or WordLevel)"),
+            }
+        }
+        Ok(Self::Clip(ClipTokenizer::from_folder(dir)?))
+    }
+
+    /// `max_length` ids for `text`; an error only for a word a word-level vocabulary lacks.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        match self {
+            Self::Clip(t) => Ok(t.encode(text)),
+            Self::Word(t) => t.encode(text),
+        }
+    }
+}
