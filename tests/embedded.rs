@@ -44,8 +44,6 @@ fn dma_on_the_embedded_model_shrinks_the_spread_of_h_at_every_aligned_step() {
 }
 
 #[test]
-#[ignore = "the committed weights are a mid-training export (step 1850 of 5000) whose sneaker prototype the CLIP \
-            calls an ankle boot; enable when the training has finished"]
 fn the_embedded_prototype_has_the_prompts_class() {
     let model = embedded_model();
     let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
