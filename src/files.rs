@@ -10,6 +10,16 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid: wrong or missing fields", path.display()))
 }
 
+/// Reads `key` of a JSON file into `T`, or the whole file when it has no such key: a CLIP model's config.json
+/// nests each tower's config (`text_config`, `vision_config`), a tower's own config.json is flat.
+pub fn read_json_section<T: serde::de::DeserializeOwned>(path: &Path, key: &str, what: &str) -> Result<T> {
+    let mut json: serde_json::Value = read_json(path)?;
+    if let Some(section) = json.get_mut(key) {
+        json = section.take();
+    }
+    serde_json::from_value(json).with_context(|| format!("{} is not {what}", path.display()))
+}
+
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

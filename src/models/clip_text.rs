@@ -1,6 +1,6 @@
 //! CLIP's text encoder as transformers' `CLIPTextModel`: token and position embeddings, pre-norm transformer layers
 //! with causal self-attention, a final layer norm. Its last hidden state is SD's text conditioning.
-use crate::files::read_json;
+use crate::files::read_json_section;
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::WeightPath;
 use anyhow::{bail, ensure, Context, Result};
@@ -42,12 +42,7 @@ impl Default for ClipTextConfig {
 impl ClipTextConfig {
     /// Reads a text encoder's config.json, or the `text_config` of a full CLIP model's config.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut json: serde_json::Value = read_json(path)?;
-        if let Some(text_config) = json.get_mut("text_config") {
-            json = text_config.take();
-        }
-        let cfg: Self =
-            serde_json::from_value(json).with_context(|| format!("{} is not a CLIP text config", path.display()))?;
+        let cfg: Self = read_json_section(path, "text_config", "a CLIP text config")?;
         cfg.checked_activation()
             .with_context(|| format!("{} describes an unsupported text encoder", path.display()))?;
         Ok(cfg)

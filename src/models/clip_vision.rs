@@ -1,7 +1,7 @@
 //! CLIP's image tower as transformers' `CLIPVisionTransformer` (the `vision_model` of a `CLIPModel`): the image cut
 //! into patches, a class token in front, the text encoder's transformer layers without the causal mask; the class
 //! token's final state, layer-normed, is the image's pooled representation.
-use crate::files::read_json;
+use crate::files::read_json_section;
 use crate::models::clip_text::{Activation, ClipTextConfig, Encoder};
 use crate::nn::{Conv2d, LayerNorm};
 use crate::weights::WeightPath;
@@ -46,12 +46,7 @@ impl Default for ClipVisionConfig {
 impl ClipVisionConfig {
     /// Reads a vision model's config.json, or the `vision_config` of a full CLIP model's config.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut json: serde_json::Value = read_json(path)?;
-        if let Some(vision_config) = json.get_mut("vision_config") {
-            json = vision_config.take();
-        }
-        let cfg: Self =
-            serde_json::from_value(json).with_context(|| format!("{} is not a CLIP vision config", path.display()))?;
+        let cfg: Self = read_json_section(path, "vision_config", "a CLIP vision config")?;
         cfg.checked_activation()
             .with_context(|| format!("{} describes an unsupported vision model", path.display()))?;
         Ok(cfg)
