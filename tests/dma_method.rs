@@ -21,6 +21,7 @@ fn align() -> AlignSettings {
 
 #[test]
 fn every_aligned_step_reduces_the_spread_of_h() {
+    let _rng = common::global_rng();
     let model = model();
     let init = seeded_latents(&model, 6, 3);
     let result = run(&model, &settings(6), &init, Some(&align()), 2, &|_| {}).unwrap();
@@ -34,6 +35,7 @@ fn every_aligned_step_reduces_the_spread_of_h() {
 
 #[test]
 fn the_same_seed_gives_the_same_result() {
+    let _rng = common::global_rng();
     let model = model();
     let a = run(&model, &settings(4), &seeded_latents(&model, 4, 3), Some(&align()), 0, &|_| {}).unwrap();
     let b = run(&model, &settings(4), &seeded_latents(&model, 4, 3), Some(&align()), 0, &|_| {}).unwrap();
@@ -44,6 +46,7 @@ fn the_same_seed_gives_the_same_result() {
 
 #[test]
 fn zero_aligned_steps_is_plain_ddim() {
+    let _rng = common::global_rng();
     let model = model();
     let init = seeded_latents(&model, 3, 5);
     let no_align = AlignSettings { align_steps: 0, ..align() };
@@ -55,6 +58,7 @@ fn zero_aligned_steps_is_plain_ddim() {
 
 #[test]
 fn more_latents_than_the_batch_gives_the_same_result_as_one_batch() {
+    let _rng = common::global_rng();
     let model = model();
     let init = seeded_latents(&model, 5, 9);
     let one_batch = run(&model, &settings(5), &init, Some(&align()), 0, &|_| {}).unwrap();
@@ -68,6 +72,7 @@ fn more_latents_than_the_batch_gives_the_same_result_as_one_batch() {
 
 #[test]
 fn early_stopping_stops_latents_whose_loss_has_stalled() {
+    let _rng = common::global_rng();
     let model = model();
     let init = seeded_latents(&model, 4, 3);
     let patient = AlignSettings { iters: 60, tol: 0.5, window: 3, ..align() };
@@ -80,6 +85,7 @@ fn early_stopping_stops_latents_whose_loss_has_stalled() {
 
 #[test]
 fn a_single_latent_is_its_own_mean_and_stops_at_once() {
+    let _rng = common::global_rng();
     let model = model();
     let init = seeded_latents(&model, 1, 2);
     let early_stop = AlignSettings { iters: 100, tol: 0.01, window: 3, ..align() };

@@ -1,5 +1,6 @@
 //! The embedded model as a user meets it: `dma average` with no --model, the prototype of its class, and clear
 //! errors for words it does not know and for a broken model folder.
+mod common;
 use dma::data::captions::class_captions;
 use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
@@ -35,6 +36,7 @@ fn embedded_model() -> StableDiffusion {
 
 #[test]
 fn dma_on_the_embedded_model_shrinks_the_spread_of_h_at_every_aligned_step() {
+    let _rng = common::global_rng();
     let model = embedded_model();
     for class in [7, 17] {
         // "a sneaker", "the digit seven"
@@ -45,6 +47,7 @@ fn dma_on_the_embedded_model_shrinks_the_spread_of_h_at_every_aligned_step() {
 
 #[test]
 fn the_embedded_prototype_has_the_prompts_class() {
+    let _rng = common::global_rng();
     let model = embedded_model();
     let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
     let names = class_names();
@@ -56,6 +59,7 @@ fn the_embedded_prototype_has_the_prompts_class() {
 
 #[test]
 fn the_main_command_runs_without_a_model_argument() {
+    let _rng = common::global_rng();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let output = Command::new(env!("CARGO_BIN_EXE_dma"))
@@ -72,6 +76,7 @@ fn the_main_command_runs_without_a_model_argument() {
 
 #[test]
 fn an_unknown_word_is_an_error_listing_the_vocabulary() {
+    let _rng = common::global_rng();
     let tmp = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_dma"))
         .args(["average", "--prompt", "a photo of a giraffe", "--quiet", "--out"])
@@ -86,6 +91,7 @@ fn an_unknown_word_is_an_error_listing_the_vocabulary() {
 
 #[test]
 fn an_embedded_model_folder_without_weights_fails_clearly() {
+    let _rng = common::global_rng();
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     std::fs::create_dir_all(model.join("unet")).unwrap();

@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn hspace_loss_gradient_matches_finite_differences() {
+    let _rng = common::global_rng();
     let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Double).unwrap();
     let context = model.encode_prompt("a photo of a dog").unwrap();
     let hspace = HSpace { unet: &model.unet, context, batch: 4 };
@@ -36,6 +37,7 @@ fn hspace_loss_gradient_matches_finite_differences() {
 
 #[test]
 fn alignment_computes_no_weight_gradients() {
+    let _rng = common::global_rng();
     let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap();
     let context = model.encode_prompt("a photo of a dog").unwrap();
     let hspace = HSpace { unet: &model.unet, context, batch: 4 };

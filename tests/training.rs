@@ -1,5 +1,6 @@
 //! The diffusion trainer: the loss falls on a learnable toy problem, and a run resumed from a checkpoint ends
 //! bit-identical to an uninterrupted one.
+mod common;
 use dma::training::diffusion::{DiffusionTrainer, TrainSettings};
 use dma::training::embedded;
 use serde_json::json;
@@ -38,6 +39,7 @@ fn batch() -> (Tensor, Tensor) {
 
 #[test]
 fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
+    let _rng = common::global_rng();
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     tiny_model_folder(&model);
@@ -76,6 +78,7 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
 
 #[test]
 fn resuming_with_other_settings_is_refused() {
+    let _rng = common::global_rng();
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     tiny_model_folder(&model);
@@ -88,6 +91,7 @@ fn resuming_with_other_settings_is_refused() {
 
 #[test]
 fn the_loss_falls_on_a_toy_problem() {
+    let _rng = common::global_rng();
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     tiny_model_folder(&model);

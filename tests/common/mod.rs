@@ -24,3 +24,10 @@ pub fn reference_json(name: impl AsRef<Path>) -> serde_json::Value {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
 }
+
+/// Seeded noise and training draw from libtorch's one global generator, so tests that need reproducible random
+/// numbers hold this lock: the test harness runs a file's tests on parallel threads.
+pub fn global_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
