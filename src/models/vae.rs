@@ -242,11 +242,7 @@ impl Encoder {
         for (i, &out_ch) in ch.iter().enumerate() {
             let bp = p.sub("down_blocks").sub(i);
             let in_ch = if i == 0 { ch[0] } else { ch[i - 1] };
-            let resnets = (0..cfg.layers_per_block)
-                .map(|j| {
-                    VaeResnetBlock::load(&bp.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups)
-                })
-                .collect::<Result<_>>()?;
+            let resnets = resnet_chain(&bp, cfg.layers_per_block, in_ch, out_ch, groups)?;
             let downsampler = if i + 1 < ch.len() {
                 Some(Conv2d::load(&bp.sub("downsamplers.0.conv"), out_ch, out_ch, 3, 2, 0)?)
             } else {
@@ -272,6 +268,13 @@ impl Encoder {
     }
 }
 
+/// A block's `count` resnets (`resnets.0` ...), the first taking `in_ch` channels to `out_ch`.
+fn resnet_chain(p: &WeightPath, count: i64, in_ch: i64, out_ch: i64, groups: i64) -> Result<Vec<VaeResnetBlock>> {
+    (0..count)
+        .map(|j| VaeResnetBlock::load(&p.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups))
+        .collect()
+}
+
 struct Decoder {
     conv_in: Conv2d,
     mid_block: VaeMidBlock,
@@ -289,11 +292,7 @@ impl Decoder {
             let bp = p.sub("up_blocks").sub(i);
             let in_ch = if i == 0 { reversed[0] } else { reversed[i - 1] };
             // One resnet more than the encoder's blocks, as in diffusers.
-            let resnets = (0..=cfg.layers_per_block)
-                .map(|j| {
-                    VaeResnetBlock::load(&bp.sub("resnets").sub(j), if j == 0 { in_ch } else { out_ch }, out_ch, groups)
-                })
-                .collect::<Result<_>>()?;
+            let resnets = resnet_chain(&bp, cfg.layers_per_block + 1, in_ch, out_ch, groups)?;
             let upsampler = if i + 1 < reversed.len() {
                 Some(Conv2d::load(&bp.sub("upsamplers.0.conv"), out_ch, out_ch, 3, 1, 1)?)
             } else {
