@@ -2,8 +2,8 @@
 //! the held-out test images of all 20 classes; for each class, how many of N samples at the model's default
 //! settings the zero-shot classifier assigns to the prompt's class; and how "footwear" samples split into its three
 //! kinds. Writes a grid of samples per class (one row per class) for the README.
-//! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png]` (defaults 100, none;
-//! 0 measures the CLIP model only).
+//! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png|-] [GUIDANCE]` (defaults
+//! 100, none, the model's default guidance; 0 samples measures the CLIP model only).
 use dma::data::captions::{broad_concepts, class_captions};
 use dma::data::{class_names, data_dir, Dataset, Split, NUM_CLASSES};
 use dma::evaluation::zero_shot::ZeroShot;
@@ -17,7 +17,8 @@ use tch::{Device, Kind, Tensor};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let per_class: i64 = args.get(1).map_or(Ok(100), |s| s.parse())?;
-    let grid_path = args.get(2).map(PathBuf::from);
+    let grid_path = args.get(2).filter(|p| *p != "-").map(PathBuf::from);
+    let guidance: Option<f64> = args.get(3).map(|s| s.parse()).transpose()?;
     let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
     let names = class_names();
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
@@ -43,10 +44,11 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let source = ModelSource::Folder(model_dir);
-    let defaults = RunDefaults::for_source(&source)?;
+    let mut defaults = RunDefaults::for_source(&source)?;
+    defaults.guidance = guidance.unwrap_or(defaults.guidance);
     let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
     let sample = |prompt: &str, seed: u64, n: i64| -> anyhow::Result<Tensor> {
-        let settings = SamplingSettings { prompt: prompt.into(), steps: defaults.steps, guidance: defaults.guidance, seed, batch: 50 };
+        let settings = SamplingSettings { batch: 50, ..defaults.sampling(prompt, seed) };
         Ok(model.decode(&run(&model, &settings, &seeded_latents(&model, n, seed), None, 0, &|_| {})?.latents))
     };
     println!("\n{per_class} samples per class (prompt = the class's first caption, guidance {}, {} steps): share the zero-shot classifier assigns to the prompt's class", defaults.guidance, defaults.steps);

@@ -2,9 +2,9 @@
 //! much the prototypes of different seeds differ (consistency: mean absolute pixel difference, 0 = identical),
 //! against the run time. Run: `cargo run --release --example k_tradeoff -- [MODEL] [PROMPT] [K,K,...] [R]`
 //! (defaults: the embedded model, "a sneaker", 1,2,4,8,16,32,64, 3 seeds; K = 1 is plain sampling); other settings are the model's defaults.
-use dma::method::{AlignSettings, HBranch};
+use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, SamplingSettings};
+use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -18,14 +18,7 @@ fn main() -> anyhow::Result<()> {
     let source = ModelSource::resolve(&model_spec)?;
     let defaults = RunDefaults::for_source(&source)?;
     let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
-    let align = AlignSettings {
-        align_steps: defaults.align_steps,
-        iters: defaults.iters,
-        lr: defaults.lr,
-        tol: defaults.tol,
-        window: defaults.window,
-        branch: HBranch::Cond,
-    };
+    let align = defaults.align(HBranch::Cond);
     println!("model {model_spec}, prompt {prompt:?}, {seeds} seeds per K, {align:?}");
     println!("| K | seconds per run | consistency (mean abs pixel diff between seeds' prototypes) | spread of the K final images |");
     println!("|---|---|---|---|");
@@ -34,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         let mut spreads = Vec::new();
         let start = Instant::now();
         for seed in 0..seeds {
-            let settings = SamplingSettings { prompt: prompt.clone(), steps: defaults.steps, guidance: defaults.guidance, seed, batch: defaults.batch };
+            let settings = defaults.sampling(&prompt, seed);
             let result = run(&model, &settings, &seeded_latents(&model, k, seed), Some(&align), 0, &|_| {})?;
             let images = model.decode(&result.latents);
             spreads.push((&images - images.mean_dim(0, true, Kind::Float)).abs().mean(Kind::Float).double_value(&[]));

@@ -43,6 +43,31 @@ fn sd2_ddim_matches_diffusers() {
     check_ddim("tiny-sd2", PredictionType::VPrediction);
 }
 
+/// The pixel-space step whose x0 is clipped, with and without re-deriving the noise from the clipped x0
+/// (diffusers' `use_clipped_model_output`), on tests/fixtures/ddim-clipped (scripts/make_ddim_clipped_fixture.py).
+#[test]
+fn clipped_x0_steps_match_diffusers_with_and_without_clipped_model_output() {
+    let refs = references("ddim-clipped");
+    let json = reference_json("ddim-clipped");
+    let config = DdimConfig::from_file(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(json["scheduler"].as_str().unwrap())).unwrap();
+    assert!(config.clip_sample);
+    let steps = json["num_inference_steps"].as_u64().unwrap() as usize;
+    for timestep in json["timesteps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()) {
+        let (output, sample) = (&refs[&format!("t{timestep}_model_output")], &refs[&format!("t{timestep}_sample")]);
+        let mut prevs = Vec::new();
+        for (name, on) in [("default", false), ("clipped", true)] {
+            let out = DdimScheduler::new(&config, steps).unwrap().with_clipped_model_output(on).step(output, timestep, sample);
+            let prev_diff = max_abs_diff(&out.prev_sample, &refs[&format!("t{timestep}_{name}_prev")]);
+            let x0_diff = max_abs_diff(&out.pred_original_sample, &refs[&format!("t{timestep}_{name}_pred_x0")]);
+            println!("t={timestep} {name}: max |prev - ref| {prev_diff:.2e}, max |pred_x0 - ref| {x0_diff:.2e}");
+            assert!(prev_diff < TOLERANCE && x0_diff < TOLERANCE, "t={timestep}, {name}: differs from diffusers");
+            prevs.push(out.prev_sample);
+        }
+        // The fixture clips x0, so the two ways differ: the check above could not pass with one of them ignored.
+        assert!(max_abs_diff(&prevs[0], &prevs[1]) > 1e-3, "t={timestep}: x0 was not clipped, the case tests nothing");
+    }
+}
+
 #[test]
 fn leading_spacing_with_offset() {
     let config = DdimConfig { steps_offset: 1, ..DdimConfig::default() };

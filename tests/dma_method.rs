@@ -12,7 +12,7 @@ fn model() -> StableDiffusion {
 }
 
 fn settings(batch: i64) -> SamplingSettings {
-    SamplingSettings { prompt: "a photo of a dog".into(), steps: 6, guidance: 7.0, seed: 3, batch }
+    SamplingSettings { prompt: "a photo of a dog".into(), steps: 6, guidance: 7.0, seed: 3, batch, use_clipped_model_output: false }
 }
 
 fn align() -> AlignSettings {

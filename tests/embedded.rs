@@ -6,6 +6,7 @@ use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, SamplingSettings};
+use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::{ModelSource, StableDiffusion};
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,11 +16,13 @@ fn embedded_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join("embedded")
 }
 
-/// DMA on the embedded model for `class`'s first caption (8 latents, 6 aligned steps of at most 15 iterations):
+/// DMA on the embedded model for `class`'s first caption at the model's sampling defaults (8 latents, 6 aligned
+/// steps of at most 15 iterations):
 /// the spread of h shrinks at every aligned step; returns the prototype image.
 fn embedded_prototype(model: &StableDiffusion, class: usize) -> tch::Tensor {
     let prompt = class_captions(class)[0].clone();
-    let settings = SamplingSettings { prompt: prompt.clone(), steps: 20, guidance: 1.5, seed: 0, batch: 8 };
+    let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
+    let settings = SamplingSettings { batch: 8, ..defaults.sampling(&prompt, 0) };
     let align = AlignSettings { align_steps: 6, iters: 15, lr: 2e-2, tol: 0.01, window: 5, branch: HBranch::Cond };
     let result = run(model, &settings, &seeded_latents(model, 8, 0), Some(&align), 0, &|_| {}).unwrap();
     assert_eq!(result.log.len(), 6);
@@ -70,7 +73,9 @@ fn the_main_command_runs_without_a_model_argument() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert!(run["model"]["source"].as_str().unwrap().ends_with("models/embedded"));
-    assert_eq!(run["sampling"]["guidance"], 1.5, "the embedded model's own defaults apply");
+    let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
+    assert_eq!(run["sampling"]["guidance"], defaults.guidance, "the embedded model's own defaults apply");
+    assert_eq!(run["sampling"]["use_clipped_model_output"], true);
     assert!(out.join("prototype.png").is_file());
 }
 
@@ -89,9 +94,9 @@ fn an_unknown_word_is_an_error_listing_the_vocabulary() {
     assert!(!tmp.path().join("out").exists());
 }
 
-#[test]
-fn an_embedded_model_folder_without_weights_fails_clearly() {
-    let _rng = common::global_rng();
+/// A copy of the embedded model (links to its parts) whose unet folder holds its config and, when given,
+/// `weights` as its safetensors file; `dma sample` on it must fail: returns its stderr.
+fn sample_with_unet_weights(weights: Option<&[u8]>) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     std::fs::create_dir_all(model.join("unet")).unwrap();
@@ -102,12 +107,33 @@ fn an_embedded_model_folder_without_weights_fails_clearly() {
         }
     }
     std::fs::copy(embedded_dir().join("unet/config.json"), model.join("unet/config.json")).unwrap();
+    if let Some(bytes) = weights {
+        std::fs::write(model.join("unet/diffusion_pytorch_model.safetensors"), bytes).unwrap();
+    }
+    let out = tmp.path().join("out");
     let output = Command::new(env!("CARGO_BIN_EXE_dma"))
         .args(["sample", "--model", model.to_str().unwrap(), "--prompt", "a sneaker", "--quiet", "--out"])
-        .arg(tmp.path().join("out"))
+        .arg(&out)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
+    assert!(!out.exists(), "a failed run left an output folder");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_embedded_model_folder_without_weights_fails_clearly() {
+    let _rng = common::global_rng();
+    let err = sample_with_unet_weights(None);
     assert!(err.contains("unet") && err.contains("no weights found"), "{err}");
+}
+
+#[test]
+fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
+    let _rng = common::global_rng();
+    let weights = std::fs::read(embedded_dir().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    for corrupt in [&weights[..weights.len() / 3], &b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}"[..]] {
+        let err = sample_with_unet_weights(Some(corrupt));
+        assert!(err.contains("unet/diffusion_pytorch_model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+    }
 }

@@ -17,6 +17,7 @@ fn check_pipeline(name: &str) {
         guidance: json["guidance_scale"].as_f64().unwrap(),
         seed: 0,
         batch: 1,
+        use_clipped_model_output: false,
     };
     let result = run(&model, &settings, &refs["pipeline_init_latents"], None, 0, &|_| {}).unwrap();
     let latent_diff = max_abs_diff(&result.latents, &refs["pipeline_final_latents"]);

@@ -33,6 +33,10 @@ pub struct SamplingArgs {
     /// model's].
     #[arg(long)]
     pub batch: Option<i64>,
+    /// DDIM re-derives the noise from the clipped prediction of x0 (diffusers' use_clipped_model_output; only
+    /// matters for schedulers with clip_sample, i.e. pixel-space models) [default: false, or the model's].
+    #[arg(long)]
+    pub use_clipped_model_output: Option<bool>,
     /// Output folder (must not exist or be empty); default out/<command>-<prompt>-<time>.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -93,6 +97,7 @@ impl SamplingArgs {
             guidance: self.guidance.unwrap_or(defaults.guidance),
             seed: self.seed,
             batch: self.batch.unwrap_or(defaults.batch),
+            use_clipped_model_output: self.use_clipped_model_output.unwrap_or(defaults.use_clipped_model_output),
         };
         if self.init_latents.is_none() && count < 1 {
             bail!("{count_flag} must be at least 1, got {count}");

@@ -26,9 +26,9 @@ pub struct TrainArgs {
     /// Checkpoints and the loss log; a checkpoint here is resumed.
     #[arg(long, default_value = "train/embedded")]
     pub state: PathBuf,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 5000)]
     pub steps: usize,
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 64)]
     pub batch: i64,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -243,7 +243,7 @@ pub struct TrainClipArgs {
     pub model_out: PathBuf,
     #[arg(long, default_value = "train/embedded-clip")]
     pub state: PathBuf,
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 8000)]
     pub steps: usize,
     #[arg(long, default_value_t = 128)]
     pub batch: i64,

@@ -1,2 +1,3 @@
-//! Measuring images: zero-shot classes with a CLIP model (and, later, the paper's metrics).
+//! Measuring images: zero-shot classes with a CLIP model, sharpness (and, later, the paper's metrics).
+pub mod sharpness;
 pub mod zero_shot;

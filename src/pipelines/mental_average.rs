@@ -17,6 +17,16 @@ pub struct SamplingSettings {
     pub seed: u64,
     /// Latents per UNet call.
     pub batch: i64,
+    /// DDIM re-derives the noise from the clipped x0 (matters only where the scheduler clips, i.e. pixel space).
+    #[serde(default)]
+    pub use_clipped_model_output: bool,
+}
+
+impl SamplingSettings {
+    /// The DDIM schedule these settings sample with.
+    pub fn scheduler(&self, model: &StableDiffusion) -> Result<DdimScheduler> {
+        Ok(DdimScheduler::new(&model.scheduler, self.steps)?.with_clipped_model_output(self.use_clipped_model_output))
+    }
 }
 
 /// K seeded Gaussian latents, drawn on the CPU so a seed gives the same noise on every device.
@@ -66,7 +76,7 @@ pub fn run(
     if settings.batch <= 0 {
         bail!("--batch must be at least 1, got {}", settings.batch);
     }
-    let scheduler = DdimScheduler::new(&model.scheduler, settings.steps)?;
+    let scheduler = settings.scheduler(model)?;
     let cond = model.encode_prompt(&settings.prompt)?;
     let uncond = model.encode_prompt("")?;
     let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
@@ -86,7 +96,7 @@ pub fn run(
 
 /// The index of the latent whose h (at the last timestep, from `branch`) is nearest the mean h of all latents.
 pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, branch: HBranch, latents: &Tensor) -> Result<i64> {
-    let scheduler = DdimScheduler::new(&model.scheduler, settings.steps)?;
+    let scheduler = settings.scheduler(model)?;
     let last = *scheduler.timesteps().last().expect("at least one step");
     let context = model.encode_prompt(if branch == HBranch::Cond { &settings.prompt } else { "" })?;
     let hspace = HSpace { unet: &model.unet, context, batch: settings.batch };

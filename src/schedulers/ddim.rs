@@ -195,6 +195,8 @@ pub struct DdimScheduler {
     step_ratio: i64,
     prediction_type: PredictionType,
     clip_sample_range: Option<f64>,
+    /// Re-derive the noise from the clipped x0 (diffusers' `use_clipped_model_output`, as GLIDE does).
+    use_clipped_model_output: bool,
 }
 
 impl DdimScheduler {
@@ -223,7 +225,18 @@ impl DdimScheduler {
             step_ratio: n_train / steps,
             prediction_type: cfg.prediction_type,
             clip_sample_range: cfg.clip_sample.then_some(cfg.clip_sample_range),
+            use_clipped_model_output: false,
         })
+    }
+
+    /// With `on`, every step re-derives the noise it moves along from the clipped prediction of x0, as
+    /// diffusers' `step(..., use_clipped_model_output=True)` and GLIDE do. Without it (diffusers' default) a
+    /// clipped x0 is combined with the unclipped noise, and the two disagree by whatever was clipped: harmless
+    /// in a VAE latent space, where `clip_sample` is off, but in pixel space classifier-free guidance pushes x0
+    /// past the clip range and that disagreement compounds over the steps into saturated blobs.
+    pub fn with_clipped_model_output(mut self, on: bool) -> Self {
+        self.use_clipped_model_output = on;
+        self
     }
 
     /// The timesteps to sample at, from the noisiest.
@@ -272,6 +285,11 @@ impl DdimScheduler {
         let pred_original_sample = match self.clip_sample_range {
             Some(r) => pred_original_sample.clamp(-r, r),
             None => pred_original_sample,
+        };
+        let pred_epsilon = if self.use_clipped_model_output {
+            (sample - &pred_original_sample * sqrt_alpha_t) / sqrt_beta_t
+        } else {
+            pred_epsilon
         };
         // With eta = 0 there is no noise term and the direction keeps all of 1 - alpha_prev.
         let direction = pred_epsilon * sqrt_like_torch(1.0 - alpha_prev);
