@@ -91,13 +91,13 @@ pub struct SampleArgs {
 impl SamplingArgs {
     /// The flags over the model's defaults, checked before anything is loaded so nonsense fails at once.
     fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
+        let defaults = defaults.sampling(&self.prompt, self.seed);
         let settings = SamplingSettings {
-            prompt: self.prompt.clone(),
             steps: self.steps.unwrap_or(defaults.steps),
             guidance: self.guidance.unwrap_or(defaults.guidance),
-            seed: self.seed,
             batch: self.batch.unwrap_or(defaults.batch),
             use_clipped_model_output: self.use_clipped_model_output.unwrap_or(defaults.use_clipped_model_output),
+            ..defaults
         };
         if self.init_latents.is_none() && count < 1 {
             bail!("{count_flag} must be at least 1, got {count}");
@@ -154,13 +154,14 @@ pub fn average(args: AverageArgs) -> Result<()> {
     let defaults = RunDefaults::for_source(&source)?;
     let count = args.latents.unwrap_or(defaults.latents);
     let settings = common.settings(&defaults, "--latents", count)?;
+    let defaults = defaults.align(args.hspace_branch);
     let align = AlignSettings {
         align_steps: args.align_steps.unwrap_or(defaults.align_steps),
         iters: args.iters.unwrap_or(defaults.iters),
         lr: args.lr.unwrap_or(defaults.lr),
         tol: args.tol.unwrap_or(defaults.tol),
         window: args.window.unwrap_or(defaults.window),
-        branch: args.hspace_branch,
+        ..defaults
     };
     align.validate(settings.steps)?;
     let out = common.out_dir("average")?;
