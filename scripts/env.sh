@@ -20,11 +20,11 @@ if [ ! -f "$DMA_VENV/.complete" ]; then
   touch "$DMA_VENV/.complete"
 fi
 
-if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps" ]; then
+if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps-2" ]; then
   dma_log "installing diffusers, transformers and safetensors for fixtures and benchmarks"
   "$DMA_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    diffusers==0.42.1 transformers==5.23.0 safetensors==0.8.0 accelerate || return 1
-  touch "$DMA_VENV/.fixture-deps"
+    diffusers==0.42.1 transformers==5.23.0 safetensors==0.8.0 peft==0.21.2 accelerate || return 1
+  touch "$DMA_VENV/.fixture-deps-2"
 fi
 
 # torch-sys asks `python3` where libtorch is, so the venv's interpreter must come first on PATH.

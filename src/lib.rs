@@ -5,12 +5,14 @@
 //! - `schedulers`: noise schedules and update rules, knowing nothing of the networks.
 //! - `pipelines`: loading a model folder and composing the parts (text to conditioning, sampling, decoding).
 //! - `method`: DMA itself, a per-step hook on the sampling loop.
+//! - `adapters`: Textual Inversion and LoRA, learned per mode of a multimodal concept.
 pub mod nn;
 pub mod optim;
 pub mod output;
 pub mod weights;
 pub mod models;
 pub mod evaluation;
+pub mod clustering;
 pub mod files;
 pub mod method;
 pub mod pipelines;
@@ -18,3 +20,4 @@ pub mod sampling;
 pub mod training;
 pub mod schedulers;
 pub mod data;
+pub mod adapters;

@@ -6,17 +6,49 @@ use tch::Tensor;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A LoRA update added to the layer's output (set by an adapter; None in the checkpoint's model).
+    pub lora: Option<LowRank>,
 }
 
 impl Linear {
     pub fn load(p: &WeightPath, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         let weight = p.get("weight", &[out_dim, in_dim])?;
         let bias = if bias { Some(p.get("bias", &[out_dim])?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, lora: None })
+    }
+
+    pub fn in_features(&self) -> i64 {
+        self.weight.size()[1]
+    }
+
+    pub fn out_features(&self) -> i64 {
+        self.weight.size()[0]
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) => y + lora.forward(x),
+            None => y,
+        }
+    }
+}
+
+/// LoRA's low-rank update of a linear layer, scale * up(down(x)), as peft's `lora_A` (down, [r, in]) and `lora_B`
+/// (up, [out, r]). Kept beside the frozen weight rather than merged into it, so the same layer trains the factors
+/// and an adapter can be taken off again.
+pub struct LowRank {
+    pub down: Tensor,
+    pub up: Tensor,
+    /// lora_alpha / r.
+    pub scale: f64,
+}
+
+impl LowRank {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let down = self.down.to_kind(x.kind());
+        let up = self.up.to_kind(x.kind());
+        x.linear(&down, None::<&Tensor>).linear(&up, None::<&Tensor>) * self.scale
     }
 }
 

@@ -3,10 +3,12 @@ use super::common::{progress_bar, ModelArgs};
 use super::report::{write_outputs, RunOutputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{check_latents, prototype_index, run, seeded_latents, SamplingSettings};
+use dma::pipelines::modes::alignment_work;
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -51,10 +53,9 @@ pub struct SamplingArgs {
     pub quiet: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct AverageArgs {
-    #[command(flatten)]
-    pub common: SamplingArgs,
+/// DMA's alignment options, shared by `average` and `modes --average`.
+#[derive(Args, Clone, Debug)]
+pub struct AlignArgs {
     /// Number of latents K whose trajectories are aligned (the paper uses 1000) [default: 32, or the model's].
     #[arg(long)]
     pub latents: Option<i64>,
@@ -79,6 +80,36 @@ pub struct AverageArgs {
     pub hspace_branch: HBranch,
 }
 
+impl AlignArgs {
+    /// The flags over the model's defaults, checked against the sampling steps.
+    pub fn settings(&self, defaults: &RunDefaults, steps: usize) -> Result<AlignSettings> {
+        let defaults = defaults.align(self.hspace_branch);
+        let align = AlignSettings {
+            align_steps: self.align_steps.unwrap_or(defaults.align_steps),
+            iters: self.iters.unwrap_or(defaults.iters),
+            lr: self.lr.unwrap_or(defaults.lr),
+            tol: self.tol.unwrap_or(defaults.tol),
+            window: self.window.unwrap_or(defaults.window),
+            ..defaults
+        };
+        align.validate(steps)?;
+        Ok(align)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AverageArgs {
+    #[command(flatten)]
+    pub common: SamplingArgs,
+    #[command(flatten)]
+    pub align: AlignArgs,
+    /// Run with an adapter: a Textual Inversion embedding (learned_embeds.safetensors; the prompt must contain its
+    /// token) or a UNet LoRA (pytorch_lora_weights.safetensors, peft key names), e.g. one that `dma modes
+    /// --average` learned. Under LoRA the guidance defaults to the model's LoRA guidance (3 for SD).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     #[command(flatten)]
@@ -90,7 +121,7 @@ pub struct SampleArgs {
 
 impl SamplingArgs {
     /// The flags over the model's defaults, checked before anything is loaded so nonsense fails at once.
-    fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
+    pub fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
         let defaults = defaults.sampling(&self.prompt, self.seed);
         let settings = SamplingSettings {
             steps: self.steps.unwrap_or(defaults.steps),
@@ -114,7 +145,7 @@ impl SamplingArgs {
         Ok(settings)
     }
 
-    fn out_dir(&self, command: &str) -> Result<OutDir> {
+    pub fn out_dir(&self, command: &str) -> Result<OutDir> {
         let path = match &self.out {
             Some(p) => p.clone(),
             None => {
@@ -151,26 +182,29 @@ fn read_latents(path: &Path) -> Result<Tensor> {
 pub fn average(args: AverageArgs) -> Result<()> {
     let common = &args.common;
     let source = common.model.source()?;
-    let defaults = RunDefaults::for_source(&source)?;
-    let count = args.latents.unwrap_or(defaults.latents);
+    let mut defaults = RunDefaults::for_source(&source)?;
+    // An adapter is read and checked against the prompt before anything long starts.
+    let adapter = args.adapter.as_deref().map(|path| -> Result<Adapter> {
+        let adapter = Adapter::read(path)?;
+        adapter.check_prompt(&common.prompt).with_context(|| format!("--adapter {}", path.display()))?;
+        Ok(adapter)
+    });
+    let adapter = adapter.transpose()?;
+    if adapter.as_ref().is_some_and(|a| a.kind() == AdapterKind::Lora) {
+        defaults.guidance = defaults.lora_guidance;
+    }
+    let count = args.align.latents.unwrap_or(defaults.latents);
     let settings = common.settings(&defaults, "--latents", count)?;
-    let defaults = defaults.align(args.hspace_branch);
-    let align = AlignSettings {
-        align_steps: args.align_steps.unwrap_or(defaults.align_steps),
-        iters: args.iters.unwrap_or(defaults.iters),
-        lr: args.lr.unwrap_or(defaults.lr),
-        tol: args.tol.unwrap_or(defaults.tol),
-        window: args.window.unwrap_or(defaults.window),
-        ..defaults
-    };
-    align.validate(settings.steps)?;
+    let align = args.align.settings(&defaults, settings.steps)?;
     let out = common.out_dir("average")?;
     let started = Instant::now();
-    let model = common.model.load(&source)?;
+    let mut model = common.model.load(&source)?;
+    if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
+        adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
+    }
     let load_seconds = started.elapsed().as_secs_f64();
     let init = initial_latents(common, &model, count)?;
-    let batches = (init.size()[0] + settings.batch - 1) / settings.batch;
-    let bar = progress_bar(align.align_steps as u64 * batches as u64 * align.iters as u64 + settings.steps as u64, common.quiet);
+    let bar = progress_bar(alignment_work(&align, &settings, init.size()[0]), common.quiet);
     bar.set_message("aligning");
     let sampling_start = Instant::now();
     let result = run(&model, &settings, &init, Some(&align), 4, &|n| bar.inc(n))?;
@@ -185,6 +219,7 @@ pub fn average(args: AverageArgs) -> Result<()> {
         settings: &settings,
         align: Some(&align),
         init_latents: common.init_latents.as_deref(),
+        adapter: args.adapter.as_deref(),
         save_latents: common.save_latents,
         result: &result,
         prototype: Some(prototype),
@@ -216,6 +251,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         settings: &settings,
         align: None,
         init_latents: common.init_latents.as_deref(),
+        adapter: None,
         save_latents: common.save_latents,
         result: &result,
         prototype: None,

@@ -1,6 +1,7 @@
 //! The `dma` command line: argument parsing and the glue from arguments to pipelines and output files.
 mod average;
 mod common;
+mod modes;
 mod report;
 mod train;
 
@@ -19,6 +20,8 @@ enum Command {
     Average(average::AverageArgs),
     /// Draw plain samples with the same sampler (no alignment).
     Sample(average::SampleArgs),
+    /// Find the modes of a concept (clusters of its samples in CLIP space); with --average, one prototype per mode.
+    Modes(modes::ModesArgs),
     /// Train the embedded model (resumable: run the same command again to continue).
     Train(train::TrainArgs),
     /// Train the embedded CLIP model (for embeddings, zero-shot classes and clustering; resumable).
@@ -29,6 +32,7 @@ pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Average(args) => average::average(args),
         Command::Sample(args) => average::sample(args),
+        Command::Modes(args) => modes::modes(args),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),
     }

@@ -10,7 +10,7 @@ use dma::pipelines::mental_average::{SamplingResult, SamplingSettings};
 use dma::pipelines::stable_diffusion::sha256_file;
 use dma::pipelines::{ModelSource, StableDiffusion};
 use dma::weights::write_safetensors;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
 use tch::Tensor;
 
@@ -27,6 +27,8 @@ pub struct RunOutputs<'a> {
     pub settings: &'a SamplingSettings,
     pub align: Option<&'a AlignSettings>,
     pub init_latents: Option<&'a Path>,
+    /// The adapter file the model ran with (`--adapter`).
+    pub adapter: Option<&'a Path>,
     pub save_latents: bool,
     pub result: &'a SamplingResult,
     /// Index of the prototype among the final latents (DMA runs only).
@@ -34,11 +36,6 @@ pub struct RunOutputs<'a> {
     /// Loading, sampling and total wall time.
     pub seconds: [f64; 3],
     pub out: OutDir,
-}
-
-/// Decodes latents batch by batch into images [K,C,H,W] in [0,1] on the CPU.
-fn decode_all(model: &StableDiffusion, latents: &Tensor, batch: i64) -> Tensor {
-    Tensor::cat(&latents.split(batch, 0).iter().map(|l| model.decode(l)).collect::<Vec<_>>(), 0)
 }
 
 /// The trajectory figure: one row per recorded latent, its predicted clean image at evenly spaced steps.
@@ -54,22 +51,37 @@ fn trajectory_image(model: &StableDiffusion, frames: &[(usize, i64, Tensor)]) ->
     Some(grid(&stacked, columns as i64, MAX_GRID_WIDTH))
 }
 
-pub fn write_outputs(o: RunOutputs) -> Result<()> {
-    let weight_files: Vec<_> = o
-        .model
+/// The model a run used, as run.json records it: where it came from and each weight file's SHA-256.
+pub fn model_record(source: &ModelSource, model: &StableDiffusion) -> Result<Value> {
+    let weight_files: Vec<_> = model
         .info
         .weight_files
         .iter()
         .map(|f| Ok(json!({ "path": f.display().to_string(), "sha256": sha256_file(f)? })))
         .collect::<Result<_>>()?;
-    let parameters = json!({ "sampling": o.settings, "alignment": o.align });
-    let text = [
+    Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))
+}
+
+/// A file a run read (an adapter, latents), with its SHA-256.
+pub fn input_record(path: &Path) -> Result<Value> {
+    Ok(json!({ "path": path.display().to_string(), "sha256": sha256_file(path)? }))
+}
+
+/// The tEXt chunks every image carries: the software, the prompt, the model, and the run's parameters.
+pub fn png_text(prompt: &str, source: &ModelSource, parameters: &Value) -> Vec<(&'static str, String)> {
+    vec![
         ("Software", format!("dma {}", env!("CARGO_PKG_VERSION"))),
-        ("prompt", o.settings.prompt.clone()),
-        ("model", o.source.path().display().to_string()),
+        ("prompt", prompt.to_string()),
+        ("model", source.path().display().to_string()),
         ("parameters", parameters.to_string()),
-    ];
-    let images = decode_all(o.model, &o.result.latents, o.settings.batch);
+    ]
+}
+
+pub fn write_outputs(o: RunOutputs) -> Result<()> {
+    let adapter = o.adapter.map(input_record).transpose()?;
+    let parameters = json!({ "sampling": o.settings, "alignment": o.align, "adapter": adapter });
+    let text = png_text(&o.settings.prompt, o.source, &parameters);
+    let images = o.model.decode_batched(&o.result.latents, o.settings.batch);
     let mut written = vec!["grid.png"];
     write_atomic(&o.out.file("grid.png"), &png_bytes(&square_grid(&images, MAX_GRID_WIDTH), &text)?)?;
     if let Some(index) = o.prototype {
@@ -88,7 +100,8 @@ pub fn write_outputs(o: RunOutputs) -> Result<()> {
         "command": o.command,
         "dma_version": env!("CARGO_PKG_VERSION"),
         "argv": std::env::args().collect::<Vec<_>>(),
-        "model": { "source": o.source.path().display().to_string(), "weight_files": weight_files },
+        "model": model_record(o.source, o.model)?,
+        "adapter": adapter,
         "device": o.model_args.device,
         "dtype": o.model_args.dtype,
         "latents": o.result.latents.size()[0],

@@ -1,3 +1,4 @@
-//! Measuring images: zero-shot classes with a CLIP model, sharpness (and, later, the paper's metrics).
+//! Measuring images: CLIP embeddings, zero-shot classes, sharpness (and, later, the paper's metrics).
+pub mod clip_embedder;
 pub mod sharpness;
 pub mod zero_shot;

@@ -1,15 +1,14 @@
 //! Zero-shot classification with a CLIP model: each class is the mean embedding of its prompts, and an image
 //! belongs to the class whose embedding is nearest (cosine).
+use super::clip_embedder::ClipEmbedder;
 use crate::data::captions::class_captions;
 use crate::data::NUM_CLASSES;
-use crate::models::clip::ClipModel;
-use crate::models::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 pub struct ZeroShot {
-    pub model: ClipModel,
+    pub embedder: ClipEmbedder,
     /// Unit-length class embeddings [N, D].
     class_embeds: Tensor,
 }
@@ -17,16 +16,13 @@ pub struct ZeroShot {
 impl ZeroShot {
     /// A classifier over classes given as lists of prompts, with the CLIP model and tokenizer in `clip_dir`.
     pub fn new(clip_dir: &Path, class_prompts: &[Vec<String>], device: Device) -> Result<Self> {
-        let model = ClipModel::load(clip_dir, device, Kind::Float)?;
-        let tokenizer = Tokenizer::from_folder(clip_dir)?;
+        let embedder = ClipEmbedder::load(clip_dir, device)?;
         let mut class_embeds = Vec::with_capacity(class_prompts.len());
         for prompts in class_prompts {
-            let ids: Vec<i64> = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>>>()?.concat();
-            let ids = Tensor::from_slice(&ids).view([prompts.len() as i64, -1]).to_device(device);
-            let mean = tch::no_grad(|| model.text_embeds(&ids)).mean_dim(0, false, Kind::Float);
+            let mean = embedder.text_embeds(prompts)?.mean_dim(0, false, Kind::Float);
             class_embeds.push(&mean / mean.norm());
         }
-        Ok(Self { model, class_embeds: Tensor::stack(&class_embeds, 0) })
+        Ok(Self { embedder, class_embeds: Tensor::stack(&class_embeds, 0) })
     }
 
     /// The embedded model's 20 classes, each by all its training captions.
@@ -35,16 +31,9 @@ impl ZeroShot {
         Self::new(clip_dir, &prompts, device)
     }
 
-    /// Unit-length image embeddings of images [B,C,H,W] in [0,1].
-    pub fn image_embeds(&self, images_0_1: &Tensor) -> Result<Tensor> {
-        let device = self.class_embeds.device();
-        let pixels = self.model.preprocess(&images_0_1.to_device(device))?;
-        Ok(tch::no_grad(|| self.model.image_embeds(&pixels)))
-    }
-
     /// The class of each image [B,C,H,W] in [0,1].
     pub fn classify(&self, images_0_1: &Tensor) -> Result<Vec<usize>> {
-        let similarity = self.image_embeds(images_0_1)?.matmul(&self.class_embeds.tr());
+        let similarity = self.embedder.image_embeds(images_0_1)?.matmul(&self.class_embeds.tr());
         Ok(Vec::<i64>::try_from(similarity.argmax(1, false))?.into_iter().map(|c| c as usize).collect())
     }
 }

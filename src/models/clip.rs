@@ -107,6 +107,11 @@ impl ClipModel {
         unit(&self.text_projection.forward(&self.text_model.pooled(&hidden, ids)))
     }
 
+    /// exp(logit_scale): the inverse temperature that turns cosine similarities into logits.
+    pub fn logit_scale(&self) -> f64 {
+        self.logit_scale.exp().double_value(&[])
+    }
+
     /// exp(logit_scale) times the cosine similarity of each image [B] to each text [N]: [B, N].
     pub fn logits_per_image(&self, pixel_values: &Tensor, ids: &Tensor) -> Tensor {
         self.image_embeds(pixel_values).matmul(&self.text_embeds(ids).tr()) * self.logit_scale.exp()

@@ -88,6 +88,9 @@ impl Activation {
 struct Embeddings {
     token_embedding: Tensor,
     position_embedding: Tensor,
+    /// Rows for tokens added after training (Textual Inversion), ids from the table's end on, each [D]. Kept
+    /// apart from the table so a learned row is a leaf that trains and a large vocabulary is never copied.
+    added_tokens: Vec<Tensor>,
 }
 
 impl Embeddings {
@@ -101,6 +104,7 @@ impl Embeddings {
         Ok(Self {
             token_embedding: p.sub("token_embedding").get("weight", &[cfg.vocab_size, d])?,
             position_embedding: p.sub("position_embedding").get("weight", &[positions, d])?,
+            added_tokens: Vec::new(),
         })
     }
 }
@@ -222,10 +226,37 @@ impl ClipTextModel {
         })
     }
 
-    /// Token embeddings [B, L, D] of ids [B, L] (int64, any device).
+    /// Token embeddings [B, L, D] of ids [B, L] (int64, any device); ids past the table are added tokens.
     pub fn embed_tokens(&self, ids: &Tensor) -> Tensor {
-        let ids = ids.to_device(self.embeddings.token_embedding.device());
-        Tensor::embedding(&self.embeddings.token_embedding, &ids, -1, false, false)
+        let table = &self.embeddings.token_embedding;
+        let ids = ids.to_device(table.device());
+        let base = table.size()[0];
+        let embeds = Tensor::embedding(table, &ids.clamp_max(base - 1), -1, false, false);
+        if self.embeddings.added_tokens.is_empty() {
+            return embeds;
+        }
+        let rows: Vec<Tensor> = self.embeddings.added_tokens.iter().map(|r| r.to_kind(table.kind())).collect();
+        let added = Tensor::embedding(&Tensor::stack(&rows, 0), &(&ids - base).clamp(0, rows.len() as i64 - 1), -1, false, false);
+        added.where_self(&ids.ge(base).unsqueeze(-1), &embeds)
+    }
+
+    /// The width of a token embedding.
+    pub fn hidden_size(&self) -> i64 {
+        self.embeddings.token_embedding.size()[1]
+    }
+
+    /// Number of token ids the encoder knows: its table's rows and the added tokens.
+    pub fn vocab_size(&self) -> i64 {
+        self.embeddings.token_embedding.size()[0] + self.embeddings.added_tokens.len() as i64
+    }
+
+    /// Gives the next token id (`vocab_size()`) the embedding `row` [D]: the row itself is used (not a copy), so a
+    /// row that requires gradients is learned through every later forward pass.
+    pub fn add_token_embedding(&mut self, row: &Tensor) -> Result<i64> {
+        let d = self.hidden_size();
+        ensure!(row.size() == [d], "a token embedding of shape {:?} does not fit this text encoder (width {d})", row.size());
+        self.embeddings.added_tokens.push(row.shallow_clone());
+        Ok(self.vocab_size() - 1)
     }
 
     /// The last hidden state after the final layer norm [B, L, D]: SD's text conditioning.

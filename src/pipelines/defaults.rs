@@ -3,6 +3,8 @@
 //! model without the file, gets the paper's settings.
 use super::mental_average::SamplingSettings;
 use super::ModelSource;
+use crate::adapters::training::AdapterTraining;
+use crate::adapters::AdapterKind;
 use crate::files::read_json;
 use crate::method::{AlignSettings, HBranch};
 use anyhow::Result;
@@ -23,12 +25,46 @@ pub struct RunDefaults {
     pub window: usize,
     pub batch: i64,
     pub use_clipped_model_output: bool,
+    /// `dma modes`: samples drawn and clustered, and the principal components the mixture is fitted in.
+    pub mode_samples: i64,
+    pub pca_dims: usize,
+    /// Adapters per mode: Textual Inversion's and LoRA's steps and learning rates, LoRA's rank, the guidance DMA
+    /// samples with under LoRA, and samples per training step.
+    pub ti_steps: usize,
+    pub ti_lr: f64,
+    pub lora_steps: usize,
+    pub lora_lr: f64,
+    pub lora_rank: i64,
+    pub lora_guidance: f64,
+    pub adapter_batch: i64,
 }
 
 impl Default for RunDefaults {
-    /// The paper's settings (N 20, w 7, lr 2e-2, 300 iterations, 10 aligned steps), with our K, batch and early stop.
+    /// The paper's settings (N 20, w 7, lr 2e-2, 300 iterations, 10 aligned steps; Textual Inversion 3000 steps at
+    /// lr 1e-2, rank-1 LoRA 2000 steps at lr 1e-4 sampled with guidance 3), with our K, batch, early stop, sample
+    /// count and PCA width.
     fn default() -> Self {
-        Self { latents: 32, steps: 20, guidance: 7.0, align_steps: 10, iters: 300, lr: 2e-2, tol: 0.01, window: 20, batch: 8, use_clipped_model_output: false }
+        Self {
+            latents: 32,
+            steps: 20,
+            guidance: 7.0,
+            align_steps: 10,
+            iters: 300,
+            lr: 2e-2,
+            tol: 0.01,
+            window: 20,
+            batch: 8,
+            use_clipped_model_output: false,
+            mode_samples: 100,
+            pca_dims: 4,
+            ti_steps: 3000,
+            ti_lr: 1e-2,
+            lora_steps: 2000,
+            lora_lr: 1e-4,
+            lora_rank: 1,
+            lora_guidance: 3.0,
+            adapter_batch: 4,
+        }
     }
 }
 
@@ -51,6 +87,15 @@ impl RunDefaults {
             batch: self.batch,
             use_clipped_model_output: self.use_clipped_model_output,
         }
+    }
+
+    /// Training settings for an adapter of `kind` with these defaults.
+    pub fn adapter(&self, kind: AdapterKind, seed: u64) -> AdapterTraining {
+        let (steps, lr) = match kind {
+            AdapterKind::Ti => (self.ti_steps, self.ti_lr),
+            AdapterKind::Lora => (self.lora_steps, self.lora_lr),
+        };
+        AdapterTraining { kind, steps, lr, batch: self.adapter_batch, rank: self.lora_rank, seed }
     }
 
     /// Alignment settings with these defaults, reading h from `branch`.

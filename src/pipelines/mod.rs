@@ -1,6 +1,7 @@
 //! Composing models into something that turns prompts into images; loading them from disk.
 pub mod defaults;
 pub mod mental_average;
+pub mod modes;
 pub mod single_file;
 pub mod source;
 pub mod stable_diffusion;

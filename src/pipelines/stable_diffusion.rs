@@ -87,6 +87,18 @@ impl StableDiffusion {
         Ok(tch::no_grad(|| self.text_encoder.forward(&ids)))
     }
 
+    /// Teaches the tokenizer a new token and the text encoder its embedding `row` [D] (Textual Inversion). The row
+    /// is used as given, so one that requires gradients is trained through the text encoder.
+    pub fn add_token(&mut self, token: &str, row: &Tensor) -> Result<i64> {
+        let (tokens, rows) = (self.tokenizer.vocab_size() as i64, self.text_encoder.vocab_size());
+        anyhow::ensure!(tokens == rows, "the tokenizer has {tokens} ids but the text encoder {rows} embeddings; cannot add a token to both");
+        let width = self.text_encoder.hidden_size();
+        anyhow::ensure!(row.size() == [width], "the embedding for `{token}` has shape {:?}; this model's text encoder needs [{width}]", row.size());
+        let id = self.tokenizer.add_new_token(token)?;
+        self.text_encoder.add_token_embedding(&row.to_device(self.device))?;
+        Ok(id)
+    }
+
     /// The dtype latents are kept and optimised in: f32 even when the model runs in half precision (Adam's small
     /// steps would vanish in f16 rounding), f64 when the model does (for checks).
     pub fn latent_kind(&self) -> Kind {
@@ -112,6 +124,11 @@ impl StableDiffusion {
             None => (latents / 2.0 + 0.5).clamp(0.0, 1.0),
         };
         images.to_kind(Kind::Float).to_device(Device::Cpu)
+    }
+
+    /// As `decode`, `batch` latents at a time, to bound the VAE's memory on many latents.
+    pub fn decode_batched(&self, latents: &Tensor, batch: i64) -> Tensor {
+        Tensor::cat(&latents.split(batch.max(1), 0).iter().map(|l| self.decode(l)).collect::<Vec<_>>(), 0)
     }
 }
 

@@ -297,6 +297,23 @@ impl DdimScheduler {
         DdimStep { prev_sample, pred_original_sample }
     }
 
+    /// A training example: `original` [B,...] noised to per-sample `timesteps` [B], and what the model is trained
+    /// to predict there (the noise, the velocity or the clean sample, as the config's prediction type says).
+    pub fn training_pair(&self, original: &Tensor, noise: &Tensor, timesteps: &Tensor) -> (Tensor, Tensor) {
+        let mut shape = vec![-1i64];
+        shape.resize(original.dim(), 1);
+        let alpha = self.alphas_cumprod().index_select(0, &timesteps.to_device(Device::Cpu));
+        let alpha = alpha.to_device(original.device()).to_kind(original.kind()).view(shape.as_slice());
+        let (signal, sigma) = (alpha.sqrt(), (alpha.neg() + 1.0).sqrt());
+        let noisy = original * &signal + noise * &sigma;
+        let target = match self.prediction_type {
+            PredictionType::Epsilon => noise.shallow_clone(),
+            PredictionType::VPrediction => noise * &signal - original * &sigma,
+            PredictionType::Sample => original.shallow_clone(),
+        };
+        (noisy, target)
+    }
+
     /// The forward process: `original` noised to `timestep` (img2img starts, training targets). As in diffusers, the
     /// coefficients are taken in the sample's dtype and on its device.
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: i64) -> Tensor {

@@ -45,7 +45,7 @@ pub struct DiffusionTrainer {
     params: Vec<(String, Tensor)>,
     optimizer: AdamW,
     ema: Ema,
-    alphas_cumprod: Tensor,
+    scheduler: DdimScheduler,
     pub step: usize,
     device: Device,
 }
@@ -57,7 +57,6 @@ impl DiffusionTrainer {
         let text_config = ClipTextConfig::from_file(&model_dir.join("text_encoder/config.json"))?;
         let unet_config = UNetConfig::from_file(&model_dir.join("unet/config.json"))?;
         let scheduler = DdimScheduler::new(&DdimConfig::from_file(&model_dir.join("scheduler/scheduler_config.json"))?, 1)?;
-        let alphas_cumprod = scheduler.alphas_cumprod().to_device(device);
         let resume = Resume::open(train_dir, &settings)?;
         tch::manual_seed(settings.seed as i64);
         let text_weights = resume.weights("text_encoder", device);
@@ -75,22 +74,17 @@ impl DiffusionTrainer {
             }
         }
         let step = resume.step;
-        Ok(Self { settings, text_encoder, unet, text_weights, unet_weights, params, optimizer, ema, alphas_cumprod, step, device })
+        Ok(Self { settings, text_encoder, unet, text_weights, unet_weights, params, optimizer, ema, scheduler, step, device })
     }
 
     /// One optimisation step on images [B,C,H,W] in [-1,1] and their tokenised captions [B,L]. Returns the loss.
     pub fn train_step(&mut self, images: &Tensor, ids: &Tensor) -> f64 {
         let s = &self.settings;
         tch::manual_seed((s.seed ^ 0x5eed_0000) as i64 + self.step as i64);
-        let (b, device) = (images.size()[0], self.device);
+        let device = self.device;
         let images = images.to_device(device);
-        let timesteps = Tensor::randint(self.alphas_cumprod.size()[0], [b], (Kind::Int64, device));
-        let noise = images.randn_like();
-        let a = self.alphas_cumprod.index_select(0, &timesteps).view([b, 1, 1, 1]);
-        let noisy = &images * a.sqrt() + &noise * (a.neg() + 1.0).sqrt();
         let context = self.text_encoder.forward(&ids.to_device(device));
-        let prediction = self.unet.forward(&noisy, &timesteps, &context).sample;
-        let loss = (prediction - noise).square().mean(Kind::Float);
+        let loss = noise_prediction_loss(&self.unet, &self.scheduler, &images, &context);
         self.optimizer.zero_grad();
         loss.backward();
         self.optimizer.clip_grad_norm(1.0);
@@ -127,4 +121,20 @@ impl DiffusionTrainer {
         }
         Ok(())
     }
+}
+
+/// The denoising loss Stable Diffusion is trained with: clean samples [B,C,H,W] noised to uniformly drawn
+/// timesteps, the mean squared error of the UNet's prediction given `context` ([B,L,D] or [1,L,D]). Draws from
+/// libtorch's global generator (seed it first). Adapters are trained and judged by the same loss.
+pub fn noise_prediction_loss(unet: &UNet2DConditionModel, scheduler: &DdimScheduler, x0: &Tensor, context: &Tensor) -> Tensor {
+    let b = x0.size()[0];
+    let train_steps = scheduler.alphas_cumprod().size()[0];
+    let timesteps = Tensor::randint(train_steps, [b], (Kind::Int64, Device::Cpu)).to_device(x0.device());
+    let noise = Tensor::randn(x0.size(), (x0.kind(), Device::Cpu)).to_device(x0.device());
+    let (noisy, target) = scheduler.training_pair(x0, &noise, &timesteps);
+    let context = context.expand([b, -1, -1], false);
+    let prediction = unet.forward(&noisy, &timesteps, &context).sample;
+    // At least f32 for the mean of many squares; f64 stays f64 (gradient checks).
+    let kind = if prediction.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+    (prediction.to_kind(kind) - target.to_kind(kind)).square().mean(kind)
 }

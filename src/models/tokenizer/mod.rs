@@ -165,6 +165,30 @@ impl Tokenizer {
         Ok(Self::Clip(ClipTokenizer::from_folder(dir)?))
     }
 
+    /// Adds a new token matched whole in prompts (Textual Inversion's placeholder) and returns its id, the next
+    /// free one. A token the vocabulary already has is refused: its meaning would silently change.
+    pub fn add_new_token(&mut self, token: &str) -> Result<i64> {
+        let existing = match self {
+            Self::Clip(t) => t.token_id(token),
+            Self::Word(t) => t.token_id(token),
+        };
+        if existing.is_some() {
+            bail!("the token `{token}` is already in the tokenizer's vocabulary; a Textual Inversion placeholder must be a new token");
+        }
+        Ok(match self {
+            Self::Clip(t) => t.add_token(token),
+            Self::Word(t) => t.add_token(token),
+        })
+    }
+
+    /// Number of ids in use, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Clip(t) => t.vocab_size(),
+            Self::Word(t) => t.vocab_size(),
+        }
+    }
+
     /// `max_length` ids for `text`; an error only for a word a word-level vocabulary lacks.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         match self {

@@ -164,6 +164,23 @@ impl WordTokenizer {
         Ok(ids)
     }
 
+    /// The id of a word or added token.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.added.get(token).or_else(|| self.vocab.get(token)).copied()
+    }
+
+    /// Adds a token matched whole in the raw text (as Textual Inversion's placeholder), with the next free id;
+    /// a token that exists keeps its id.
+    pub fn add_token(&mut self, token: &str) -> i64 {
+        if let Some(id) = self.token_id(token) {
+            return id;
+        }
+        let id = self.vocab_size() as i64;
+        self.added.insert(token.to_string(), id);
+        self.added_split = alternation(self.added.keys().map(String::as_str));
+        id
+    }
+
     /// The vocabulary less the special tokens, sorted.
     fn known_words(&self) -> Vec<&str> {
         let mut words: Vec<&str> =

@@ -8,7 +8,7 @@ mod embeddings;
 mod resnet;
 mod transformer;
 
-use crate::nn::{Conv2d, GroupNorm};
+use crate::nn::{Conv2d, GroupNorm, Linear};
 use crate::weights::WeightPath;
 use anyhow::Result;
 use blocks::{DownBlock, MidBlock, UpBlock};
@@ -63,6 +63,25 @@ impl UNet2DConditionModel {
             conv_norm_out: GroupNorm::load(&p.sub("conv_norm_out"), cfg.norm_num_groups, ch[0], cfg.norm_eps)?,
             conv_out: Conv2d::load(&p.sub("conv_out"), ch[0], cfg.out_channels, cfg.conv_out_kernel, 1, (cfg.conv_out_kernel - 1) / 2)?,
         })
+    }
+
+    /// Every linear projection of every attention layer (to_q, to_k, to_v, to_out.0 of attn1 and attn2), by
+    /// checkpoint path (`down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k`): where LoRA adapters attach.
+    pub fn attention_projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let down = self.down_blocks.iter_mut().enumerate().map(|(i, b)| (format!("down_blocks.{i}"), &mut b.attentions));
+        let mid = std::iter::once(("mid_block".to_string(), &mut self.mid_block.attentions));
+        let up = self.up_blocks.iter_mut().enumerate().map(|(i, b)| (format!("up_blocks.{i}"), &mut b.attentions));
+        let mut out = Vec::new();
+        for (block, transformers) in down.chain(mid).chain(up) {
+            for (j, transformer) in transformers.iter_mut().enumerate() {
+                for (path, attention) in transformer.attentions_mut() {
+                    for (name, linear) in attention.projections_mut() {
+                        out.push((format!("{block}.attentions.{j}.{path}.{name}"), linear));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The time embedding for timesteps given as a scalar or one per sample.

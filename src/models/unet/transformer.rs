@@ -25,6 +25,11 @@ impl Attention {
         })
     }
 
+    /// The four projections by their checkpoint names, where LoRA attaches (peft's target modules for SD).
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 4] {
+        [("to_q", &mut self.to_q), ("to_k", &mut self.to_k), ("to_v", &mut self.to_v), ("to_out.0", &mut self.to_out)]
+    }
+
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
         let context = context.unwrap_or(x);
         let split_heads = |t: Tensor| {
@@ -121,6 +126,16 @@ impl Transformer2DModel {
                 .collect::<Result<_>>()?,
             proj_out: Projection::load(&p.sub("proj_out"), channels, channels, linear)?,
         })
+    }
+
+    /// Every attention layer of the blocks with its path below this module (`transformer_blocks.0.attn1`, ...).
+    pub fn attentions_mut(&mut self) -> Vec<(String, &mut Attention)> {
+        let mut out = Vec::new();
+        for (i, block) in self.transformer_blocks.iter_mut().enumerate() {
+            out.push((format!("transformer_blocks.{i}.attn1"), &mut block.attn1));
+            out.push((format!("transformer_blocks.{i}.attn2"), &mut block.attn2));
+        }
+        out
     }
 
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {

@@ -1,0 +1,129 @@
+//! Learning an adapter from the samples of one mode: the ordinary noise-prediction loss on those samples (their
+//! final latents, so no encoder is needed), with only the adapter's parameters trained. Both kinds use AdamW at a
+//! constant learning rate with weight decay 1e-2 and gradient clipping at 1, as diffusers' training scripts do.
+use super::lora::Lora;
+use super::textual_inversion::TextualInversion;
+use super::{Adapter, AdapterKind};
+use crate::optim::AdamW;
+use crate::pipelines::StableDiffusion;
+use crate::schedulers::ddim::DdimScheduler;
+use crate::training::diffusion::noise_prediction_loss;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdapterTraining {
+    pub kind: AdapterKind,
+    pub steps: usize,
+    pub lr: f64,
+    /// Samples per step, drawn with replacement from the mode's samples.
+    pub batch: i64,
+    /// LoRA's rank (the paper: 1).
+    pub rank: i64,
+    pub seed: u64,
+}
+
+const WEIGHT_DECAY: f64 = 1e-2;
+
+/// The prompt a Textual Inversion adapter is trained and used with: the concept's prompt followed by the token,
+/// so the token only has to say which mode.
+pub fn prompt_with_token(prompt: &str, token: &str) -> String {
+    format!("{prompt} {token}")
+}
+
+/// The initial embedding of a new token: the mean input embedding of the prompt's own tokens (its ids less the
+/// start, end and padding ids, i.e. those of the empty prompt), so training starts at the concept.
+fn initial_embedding(model: &StableDiffusion, prompt: &str) -> Result<Tensor> {
+    let specials = model.tokenizer.encode("")?;
+    let words: Vec<i64> = model.tokenizer.encode(prompt)?.into_iter().filter(|id| !specials.contains(id)).collect();
+    ensure!(!words.is_empty(), "the prompt {prompt:?} has no tokens to start a Textual Inversion embedding from");
+    let embeds = tch::no_grad(|| model.text_encoder.embed_tokens(&Tensor::from_slice(&words).unsqueeze(0)));
+    Ok(embeds.get(0).mean_dim(0, false, Kind::Float).to_device(Device::Cpu))
+}
+
+/// The text context during training: Textual Inversion differentiates through the text encoder (token ids of
+/// the prompt with the token); LoRA's context never changes.
+enum Conditioning {
+    Learned(Tensor),
+    Fixed(Tensor),
+}
+
+/// Trains an adapter of `settings.kind` on `samples` (final latents [N,C,H,W] of one mode) and leaves it applied
+/// to `model`. Textual Inversion adds `token` (it must be new to the tokenizer) and learns it in
+/// `prompt_with_token(prompt, token)`; LoRA learns with `prompt` itself. `progress` is told of every step.
+pub fn train(
+    model: &mut StableDiffusion,
+    samples: &Tensor,
+    prompt: &str,
+    token: &str,
+    settings: &AdapterTraining,
+    progress: &dyn Fn(u64),
+) -> Result<Adapter> {
+    ensure!(samples.size()[0] > 0, "no samples to learn an adapter from");
+    ensure!(settings.steps > 0 && settings.batch > 0 && settings.lr > 0.0, "adapter training needs steps, batch and lr above 0");
+    let scheduler = DdimScheduler::new(&model.scheduler, 1)?;
+    let (params, conditioning) = match settings.kind {
+        AdapterKind::Ti => {
+            let row = initial_embedding(model, prompt)?.to_device(model.device).set_requires_grad(true);
+            model.add_token(token, &row)?;
+            let ids = model.tokenizer.encode(&prompt_with_token(prompt, token))?;
+            (vec![("token".to_string(), row)], Conditioning::Learned(Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device)))
+        }
+        AdapterKind::Lora => {
+            ensure!(settings.rank > 0, "the LoRA rank must be at least 1");
+            let lora = Lora::init(model, settings.rank, settings.seed);
+            lora.apply(model)?;
+            let params = lora.layers.into_iter().flat_map(|(m, l)| [(format!("{m}.lora_A"), l.down), (format!("{m}.lora_B"), l.up)]).collect();
+            (params, Conditioning::Fixed(model.encode_prompt(prompt)?))
+        }
+    };
+    let mut optimizer = AdamW::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), settings.lr, WEIGHT_DECAY);
+    let count = samples.size()[0];
+    for step in 0..settings.steps {
+        tch::manual_seed(settings.seed as i64 + step as i64);
+        let picks = Tensor::randint(count, [settings.batch], (Kind::Int64, Device::Cpu)).to_device(samples.device());
+        let x0 = samples.index_select(0, &picks).to_device(model.device).to_kind(model.kind);
+        let context = match &conditioning {
+            Conditioning::Learned(ids) => model.text_encoder.forward(ids),
+            Conditioning::Fixed(context) => context.shallow_clone(),
+        };
+        let loss = noise_prediction_loss(&model.unet, &scheduler, &x0, &context);
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.clip_grad_norm(1.0);
+        optimizer.step();
+        progress(1);
+    }
+    let learned = |i: usize| params[i].1.detach().to_device(Device::Cpu);
+    Ok(match settings.kind {
+        AdapterKind::Ti => Adapter::TextualInversion(TextualInversion { token: token.to_string(), embedding: learned(0) }),
+        AdapterKind::Lora => {
+            let layers = params
+                .chunks(2)
+                .map(|pair| {
+                    let module = pair[0].0.trim_end_matches(".lora_A").to_string();
+                    (module, super::lora::LoraLayer { down: pair[0].1.detach(), up: pair[1].1.detach() })
+                })
+                .collect();
+            let lora = Lora { layers };
+            lora.apply(model)?;
+            Adapter::Lora(lora)
+        }
+    })
+}
+
+/// The mean noise-prediction loss of `model` on `samples` given the prompt's context, over `draws` fixed
+/// (seeded) draws of timesteps and noise per sample: the same seed gives the same draws, so two models or
+/// prompts compared with one seed see exactly the same noise.
+pub fn mean_loss(model: &StableDiffusion, samples: &Tensor, prompt: &str, seed: u64, draws: usize) -> Result<f64> {
+    let scheduler = DdimScheduler::new(&model.scheduler, 1)?;
+    let context = model.encode_prompt(prompt)?;
+    let x0 = samples.to_device(model.device).to_kind(model.kind);
+    let mut total = 0.0;
+    for draw in 0..draws {
+        tch::manual_seed(seed as i64 + draw as i64);
+        total += tch::no_grad(|| noise_prediction_loss(&model.unet, &scheduler, &x0, &context)).double_value(&[]);
+    }
+    Ok(total / draws.max(1) as f64)
+}

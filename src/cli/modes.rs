@@ -1,0 +1,204 @@
+//! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
+//! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
+use super::average::{AlignArgs, SamplingArgs};
+use super::common::{embedded_model_dir, progress_bar};
+use super::report::{model_record, png_text};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dma::adapters::AdapterKind;
+use dma::clustering::ClusterCount;
+use dma::evaluation::clip_embedder::ClipEmbedder;
+use dma::files::{write_atomic, write_json};
+use dma::output::images::{grid, png_bytes, square_grid};
+use dma::pipelines::defaults::RunDefaults;
+use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
+use dma::pipelines::modes::{alignment_work, discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
+use dma::weights::write_safetensors;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::Tensor;
+
+/// Widest contact sheet or grid written, in pixels.
+const MAX_GRID_WIDTH: i64 = 4096;
+
+#[derive(Args, Debug)]
+pub struct ModesArgs {
+    #[command(flatten)]
+    pub common: SamplingArgs,
+    /// Samples drawn (seeded by --seed, with the sampler of `dma sample`) and clustered [default: 100, or the
+    /// model's].
+    #[arg(long)]
+    pub samples: Option<i64>,
+    /// The number of clusters, or `auto` to choose it by BIC among 1 to 8.
+    #[arg(long, default_value = "auto", value_parser = ClusterCount::parse)]
+    pub clusters: ClusterCount,
+    /// Principal components of the embeddings the Gaussian mixture is fitted in [default: 4, or the model's].
+    #[arg(long)]
+    pub pca_dims: Option<usize>,
+    /// A CLIP model folder in transformers' layout (e.g. openai/clip-vit-large-patch14) to embed samples with
+    /// [default: the embedded model's small CLIP].
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Cluster along an attribute you name instead of what differs most: "attribute: value, value, ..."; each
+    /// sample is embedded by its CLIP similarity to each value's text.
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Also learn one adapter per mode and compute each mode's mental average, and the concept's overall one.
+    #[arg(long)]
+    pub average: bool,
+    /// The adapter learned per mode.
+    #[arg(long, value_enum, default_value_t = AdapterKind::Ti)]
+    pub adapter_kind: AdapterKind,
+    /// Adapter training steps [default: Textual Inversion 3000, LoRA 2000, or the model's].
+    #[arg(long)]
+    pub adapter_steps: Option<usize>,
+    /// Adapter learning rate [default: Textual Inversion 1e-2, LoRA 1e-4, or the model's].
+    #[arg(long)]
+    pub adapter_lr: Option<f64>,
+    /// Samples per adapter training step [default: 4, or the model's].
+    #[arg(long)]
+    pub adapter_batch: Option<i64>,
+    /// The guidance DMA samples with under a LoRA adapter [default: 3, or the model's].
+    #[arg(long)]
+    pub lora_guidance: Option<f64>,
+    #[command(flatten)]
+    pub align: AlignArgs,
+}
+
+pub fn modes(args: ModesArgs) -> Result<()> {
+    let common = &args.common;
+    if common.init_latents.is_some() {
+        bail!("--init-latents does not apply to `dma modes`: its samples are drawn from --seed");
+    }
+    let source = common.model.source()?;
+    let defaults = RunDefaults::for_source(&source)?;
+    let samples = args.samples.unwrap_or(defaults.mode_samples);
+    let settings = common.settings(&defaults, "--samples", samples)?;
+    args.clusters.validate(samples.max(0) as usize).with_context(|| format!("--clusters with --samples {samples}"))?;
+    let grounding = args.by.as_deref().map(Grounding::parse).transpose()?;
+    let discovery = DiscoverySettings { samples, clusters: args.clusters, pca_dims: args.pca_dims.unwrap_or(defaults.pca_dims), grounding };
+    if discovery.pca_dims == 0 {
+        bail!("--pca-dims must be at least 1");
+    }
+    let align = args.align.settings(&defaults, settings.steps)?;
+    let latents = args.align.latents.unwrap_or(defaults.latents);
+    if latents < 1 {
+        bail!("--latents must be at least 1, got {latents}");
+    }
+    let mut adapter = defaults.adapter(args.adapter_kind, common.seed);
+    adapter.steps = args.adapter_steps.unwrap_or(adapter.steps);
+    adapter.lr = args.adapter_lr.unwrap_or(adapter.lr);
+    adapter.batch = args.adapter_batch.unwrap_or(adapter.batch);
+    if adapter.steps == 0 || adapter.batch < 1 || !(adapter.lr > 0.0) {
+        bail!("--adapter-steps, --adapter-batch and --adapter-lr must be positive");
+    }
+    let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 8 };
+    let clip_dir = args.clip.clone().unwrap_or_else(|| embedded_model_dir().join("clip"));
+    let out = common.out_dir("modes")?;
+
+    let started = Instant::now();
+    let mut model = common.model.load(&source)?;
+    let embedder = ClipEmbedder::load(&clip_dir, model.device)?;
+    // The values' texts are checked now (a word the CLIP tokenizer lacks fails here, not after sampling).
+    if let Some(g) = &discovery.grounding {
+        let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+
+    let bar = progress_bar(settings.steps as u64, common.quiet);
+    bar.set_message(format!("sampling {samples}"));
+    let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let discovery_seconds = started.elapsed().as_secs_f64() - load_seconds;
+
+    let parameters = json!({ "sampling": settings, "discovery": discovery });
+    let text = png_text(&settings.prompt, &source, &parameters);
+    let mut written = vec!["samples.png".to_string()];
+    write_atomic(&out.file("samples.png"), &png_bytes(&square_grid(&modes.images, MAX_GRID_WIDTH), &text)?)?;
+    let mut clusters = Vec::new();
+    for k in 0..modes.clustering.k {
+        let name = format!("cluster-{k}.png");
+        write_atomic(&out.file(&name), &png_bytes(&square_grid(&mode_images(&modes, k), MAX_GRID_WIDTH), &text)?)?;
+        clusters.push(json!({ "cluster": k, "size": modes.clustering.sizes[k], "members": modes.members(k), "contact_sheet": name }));
+        written.push(name);
+    }
+    if common.save_latents {
+        write_safetensors(&out.file("latents.safetensors"), &[("latents", &modes.latents)])?;
+        written.push("latents.safetensors".into());
+    }
+
+    let mut chain_record = json!(null);
+    if args.average {
+        let overall_bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
+        overall_bar.set_message("mental average of the whole concept");
+        let overall = run(&model, &settings, &seeded_latents(&model, latents, settings.seed), Some(&align), 0, &|n| overall_bar.inc(n))?;
+        overall_bar.finish_and_clear();
+        let overall_index = prototype_index(&model, &settings, align.branch, &overall.latents)?;
+        let overall_image = model.decode(&overall.latents.get(overall_index).unsqueeze(0));
+
+        let bar = progress_bar(0, common.quiet);
+        let phase = |message: String, len: u64| {
+            bar.set_message(message);
+            bar.set_length(len);
+            bar.set_position(0);
+        };
+        let per_mode = prototypes_per_mode(&mut model, &modes, &settings, &align, &chain, &phase, &|n| bar.inc(n))?;
+        bar.finish_and_clear();
+
+        write_atomic(&out.file("prototype.png"), &png_bytes(&overall_image.get(0), &text)?)?;
+        written.push("prototype.png".into());
+        let mut figure = vec![overall_image];
+        let mut records = Vec::new();
+        for mode in &per_mode {
+            let dir = format!("mode-{}", mode.cluster);
+            std::fs::create_dir_all(out.file(&dir)).with_context(|| format!("cannot create {dir} in the output folder"))?;
+            let adapter_file = mode.adapter.write_into(&out.file(&dir))?;
+            let adapter_name = format!("{dir}/{}", adapter_file.file_name().unwrap_or_default().to_string_lossy());
+            let image = model.decode(&mode.result.latents.get(mode.prototype).unsqueeze(0));
+            let mode_text = png_text(&mode.sampling.prompt, &source, &json!({ "sampling": mode.sampling, "alignment": align, "adapter": adapter_name }));
+            let prototype_name = format!("{dir}/prototype.png");
+            write_atomic(&out.file(&prototype_name), &png_bytes(&image.get(0), &mode_text)?)?;
+            figure.push(image);
+            clusters[mode.cluster]["prototype"] = json!(prototype_name);
+            clusters[mode.cluster]["adapter"] = json!(adapter_name);
+            clusters[mode.cluster]["prompt"] = json!(mode.sampling.prompt);
+            clusters[mode.cluster]["guidance"] = json!(mode.sampling.guidance);
+            clusters[mode.cluster]["held_out_loss"] = json!(mode.held_out);
+            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "prototype_index": mode.prototype, "steps": mode.result.log }));
+            written.extend([adapter_name, prototype_name]);
+        }
+        write_atomic(&out.file("modes.png"), &png_bytes(&grid(&Tensor::cat(&figure, 0), figure.len() as i64, MAX_GRID_WIDTH), &text)?)?;
+        written.push("modes.png".into());
+        chain_record = json!({ "settings": chain, "alignment": align, "overall": { "prototype_index": overall_index, "steps": overall.log }, "modes": records });
+    }
+
+    let clusters_record = json!({
+        "prompt": settings.prompt,
+        "samples": samples,
+        "clip": clip_dir.display().to_string(),
+        "grounding": discovery.grounding,
+        "clustering": modes.clustering,
+        "clusters": clusters,
+    });
+    write_json(&out.file("clusters.json"), &clusters_record)?;
+    written.push("clusters.json".into());
+    let record = json!({
+        "command": "modes",
+        "dma_version": env!("CARGO_PKG_VERSION"),
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "model": model_record(&source, &model)?,
+        "clip": clip_dir.display().to_string(),
+        "device": common.model.device,
+        "dtype": common.model.dtype,
+        "sampling": settings,
+        "discovery": discovery,
+        "chain": chain_record,
+        "timings_seconds": { "load": load_seconds, "discovery": discovery_seconds, "total": started.elapsed().as_secs_f64() },
+        "outputs": written,
+    });
+    write_json(&out.file("run.json"), &record)?;
+    let folder = out.finish()?;
+    eprintln!("{} clusters of {samples} samples (sizes {:?}); wrote {}", modes.clustering.k, modes.clustering.sizes, folder.display());
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Finding the modes of a multimodal concept, as the paper does: embed the generated images, reduce the embeddings
+//! with PCA, fit a Gaussian mixture with full covariances, and choose the number of clusters by BIC.
+//!
+//! - `pca`: the principal components and the features projected on them.
+//! - `gmm`: the mixture, fitted by EM from k-means starts, and its BIC.
+pub mod gmm;
+pub mod pca;
+
+use crate::data::Rng;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::cmp::Reverse;
+use tch::Tensor;
+
+/// How many clusters: a fixed number, or chosen by BIC among 1..=max.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum ClusterCount {
+    Auto { max: usize },
+    Fixed(usize),
+}
+
+impl ClusterCount {
+    /// "auto" (max 8) or a positive integer; anything else is an error naming the value (for a CLI flag `--clusters`).
+    pub fn parse(text: &str) -> Result<Self> {
+        if text == "auto" {
+            return Ok(Self::Auto { max: 8 });
+        }
+        match text.parse::<usize>() {
+            Ok(k) if k > 0 => Ok(Self::Fixed(k)),
+            _ => bail!("--clusters must be \"auto\" or a positive integer, got {text:?}"),
+        }
+    }
+
+    /// Fails with one clear message when the count cannot be fitted to `samples` points (more clusters than
+    /// samples, zero clusters, fewer than 2 samples), so a CLI can check before any long work.
+    pub fn validate(&self, samples: usize) -> Result<()> {
+        if samples < 2 {
+            bail!("clustering needs at least 2 samples, got {samples}");
+        }
+        match *self {
+            Self::Auto { max: 0 } | Self::Fixed(0) => bail!("the number of clusters must be at least 1"),
+            Self::Fixed(k) if k > samples => bail!("--clusters {k} is more than the {samples} samples"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The samples' clusters, and what the choice of their number was based on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Clustering {
+    /// The number of clusters, fixed or chosen.
+    pub k: usize,
+    /// Each sample's cluster; clusters are numbered by size, largest first (ties by lowest first member), so
+    /// results do not depend on the mixture's internal order.
+    pub labels: Vec<usize>,
+    /// Members of each cluster, so in descending order.
+    pub sizes: Vec<usize>,
+    /// (k, BIC) for every k fitted (one entry for a fixed count); lower is better. Auto leaves out a k whose fit
+    /// has a cluster of at most `pca_dims` members: its covariance is singular but for the regularisation, which
+    /// makes its likelihood, and so its BIC, meaningless.
+    pub bic: Vec<(usize, f64)>,
+    /// Dimensions the mixture was fitted in, after capping.
+    pub pca_dims: usize,
+    /// Share of the variance each kept principal component explains.
+    pub explained_variance: Vec<f64>,
+    /// Each sample's posterior probability of its cluster.
+    pub confidence: Vec<f64>,
+}
+
+/// PCA to `pca_dims` dimensions (capped at min(D, N-1)), then a GMM per k, the best of several seeded restarts.
+/// Features [N, D] may be of any kind and on any device.
+pub fn cluster(features: &Tensor, count: ClusterCount, pca_dims: usize, seed: u64) -> Result<Clustering> {
+    let pca = pca::fit(features, pca_dims)?;
+    let points = &pca.projection;
+    let samples = points.size()[0] as usize;
+    count.validate(samples)?;
+    let pca_dims = pca.explained_variance.len();
+    let fits = match count {
+        ClusterCount::Fixed(k) => vec![fit_count(points, k, seed).with_context(|| format!("fitting {k} clusters"))?],
+        ClusterCount::Auto { max } => (1..=max.min(samples))
+            .filter_map(|k| fit_count(points, k, seed).ok())
+            .filter(|fit| fit.sizes.iter().all(|&size| size > pca_dims))
+            .collect(),
+    };
+    let bic = fits.iter().map(|fit| (fit.sizes.len(), fit.bic)).collect();
+    // One cluster is always fitted and kept (N > pca_dims after capping), so there is a best; ties go to fewer.
+    let best = fits.into_iter().min_by(|a, b| a.bic.total_cmp(&b.bic)).expect("k = 1 is always supported");
+    Ok(Clustering {
+        k: best.sizes.len(),
+        labels: best.labels,
+        sizes: best.sizes,
+        bic,
+        pca_dims,
+        explained_variance: pca.explained_variance,
+        confidence: best.confidence,
+    })
+}
+
+/// One k's mixture, as hard clusters numbered by size.
+struct Fit {
+    bic: f64,
+    labels: Vec<usize>,
+    sizes: Vec<usize>,
+    confidence: Vec<f64>,
+}
+
+/// Fits k Gaussians to `points` [N, d]. Each k draws from its own generator, so its fit is the same whichever
+/// other counts are tried.
+fn fit_count(points: &Tensor, k: usize, seed: u64) -> Result<Fit> {
+    let mixture = gmm::fit(points, k, &mut Rng::new(seed.wrapping_add(k as u64)))?;
+    let (confidence, labels) = mixture.posteriors(points)?.max_dim(1, false);
+    let labels: Vec<usize> = Vec::<i64>::try_from(labels)?.into_iter().map(|l| l as usize).collect();
+    let (labels, sizes) = number_by_size(&labels, k);
+    Ok(Fit { bic: mixture.bic(points)?, labels, sizes, confidence: Vec::<f64>::try_from(confidence)? })
+}
+
+/// Renumbers clusters 0..k by size, largest first, ties by lowest first member; the new labels and the sizes.
+fn number_by_size(labels: &[usize], k: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut sizes = vec![0; k];
+    let mut first_member = vec![usize::MAX; k];
+    for (i, &label) in labels.iter().enumerate() {
+        sizes[label] += 1;
+        first_member[label] = first_member[label].min(i);
+    }
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by_key(|&c| (Reverse(sizes[c]), first_member[c]));
+    let mut renumbered = vec![0; k];
+    for (rank, &c) in order.iter().enumerate() {
+        renumbered[c] = rank;
+    }
+    (labels.iter().map(|&l| renumbered[l]).collect(), order.iter().map(|&c| sizes[c]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    /// A standard normal draw (Box-Muller), from the project's seeded generator rather than libtorch's global one.
+    pub(super) fn normal(rng: &mut Rng) -> f64 {
+        // 1 - uniform is in (0, 1], so its logarithm is finite.
+        (-2.0 * (1.0 - rng.uniform()).ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
+    }
+
+    /// Share of samples whose cluster's most common true class is their own: 1 when every cluster is pure.
+    pub(super) fn purity(labels: &[usize], truth: &[usize]) -> f64 {
+        let clusters = labels.iter().max().map_or(0, |m| m + 1);
+        let classes = truth.iter().max().map_or(0, |m| m + 1);
+        let mut counts = vec![vec![0usize; classes]; clusters];
+        for (&l, &t) in labels.iter().zip(truth) {
+            counts[l][t] += 1;
+        }
+        counts.iter().map(|row| row.iter().max().unwrap()).sum::<usize>() as f64 / labels.len() as f64
+    }
+
+    /// `counts[i]` points around each `centres[i]`, unit variance in every dimension; the points [N, d] and
+    /// each one's blob.
+    fn blobs(centres: &[Vec<f64>], counts: &[usize], seed: u64) -> (Tensor, Vec<usize>) {
+        let mut rng = Rng::new(seed);
+        let (mut values, mut truth) = (Vec::new(), Vec::new());
+        for (blob, (centre, &count)) in centres.iter().zip(counts).enumerate() {
+            for _ in 0..count {
+                values.extend(centre.iter().map(|c| c + normal(&mut rng)));
+                truth.push(blob);
+            }
+        }
+        (Tensor::from_slice(&values).view([truth.len() as i64, centres[0].len() as i64]), truth)
+    }
+
+    /// Three unit blobs in 5-D, 10 apart.
+    fn three_blobs(seed: u64) -> (Tensor, Vec<usize>) {
+        let centres = [vec![0.0; 5], vec![10.0, 0.0, 0.0, 0.0, 0.0], vec![0.0, 10.0, 0.0, 0.0, 0.0]];
+        blobs(&centres, &[100, 100, 100], seed)
+    }
+
+    #[test]
+    fn auto_finds_three_separated_blobs() {
+        let (features, truth) = three_blobs(1);
+        let result = cluster(&features, ClusterCount::Auto { max: 8 }, 5, 0).unwrap();
+        assert_eq!(result.k, 3, "BIC {:?}", result.bic);
+        assert_eq!(purity(&result.labels, &truth), 1.0);
+        assert_eq!(result.sizes, [100, 100, 100]);
+        let best = result.bic.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert_eq!(best.0, 3);
+        assert!(result.bic.len() > 3, "only {:?} tried", result.bic);
+        assert!(result.confidence.iter().all(|&p| p > 0.99));
+    }
+
+    #[test]
+    fn auto_finds_one_cluster_in_one_blob() {
+        let (features, _) = blobs(&[vec![0.0; 5]], &[200], 2);
+        let result = cluster(&features, ClusterCount::Auto { max: 8 }, 5, 0).unwrap();
+        assert_eq!(result.k, 1, "BIC {:?}", result.bic);
+        assert_eq!(result.sizes, [200]);
+    }
+
+    #[test]
+    fn fixed_count_numbers_clusters_by_size() {
+        let (features, truth) = blobs(&[vec![0.0; 5], vec![10.0; 5]], &[50, 150], 3);
+        let result = cluster(&features.to_kind(Kind::Float), ClusterCount::Fixed(2), 5, 0).unwrap();
+        assert_eq!((result.k, result.bic.len()), (2, 1));
+        assert_eq!(result.sizes, [150, 50]);
+        // The second blob is the larger, so its samples are cluster 0.
+        assert!(result.labels.iter().zip(&truth).all(|(&label, &blob)| label == 1 - blob));
+    }
+
+    #[test]
+    fn auto_only_tries_counts_the_data_can_support() {
+        // 10 samples in 5 dimensions: two clusters would need 6 members each to estimate their covariances.
+        let (features, _) = blobs(&[vec![0.0; 5], vec![10.0; 5]], &[5, 5], 4);
+        let result = cluster(&features, ClusterCount::Auto { max: 8 }, 5, 0).unwrap();
+        assert_eq!(result.pca_dims, 5);
+        assert_eq!(result.bic.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn same_seed_same_clusters() {
+        let (features, _) = three_blobs(5);
+        let run = || cluster(&features, ClusterCount::Auto { max: 5 }, 3, 7).unwrap();
+        let (a, b) = (run(), run());
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.bic, b.bic);
+    }
+
+    #[test]
+    fn parse_accepts_auto_and_positive_integers_only() {
+        assert_eq!(ClusterCount::parse("auto").unwrap(), ClusterCount::Auto { max: 8 });
+        assert_eq!(ClusterCount::parse("3").unwrap(), ClusterCount::Fixed(3));
+        for bad in ["0", "-1", "many", ""] {
+            let message = ClusterCount::parse(bad).unwrap_err().to_string();
+            assert!(message.contains(&format!("{bad:?}")), "{message}");
+        }
+    }
+
+    #[test]
+    fn validate_rejects_counts_the_samples_cannot_take() {
+        assert!(ClusterCount::Fixed(5).validate(5).is_ok());
+        assert!(ClusterCount::Auto { max: 8 }.validate(5).is_ok());
+        let message = ClusterCount::Fixed(6).validate(5).unwrap_err().to_string();
+        assert!(message.contains("6") && message.contains("5 samples"), "{message}");
+        assert!(ClusterCount::Fixed(0).validate(5).is_err());
+        assert!(ClusterCount::Auto { max: 0 }.validate(5).is_err());
+        assert!(ClusterCount::Fixed(1).validate(1).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! Multimodal concepts (`dma modes`): draw samples of a prompt, embed them with CLIP, cluster them into modes,
+//! and, for the whole chain, learn one adapter per mode and compute each mode's prototype with DMA.
+//! No files, no UI: the command line writes what this returns.
+use super::mental_average::{prototype_index, run, seeded_latents, SamplingResult, SamplingSettings};
+use super::StableDiffusion;
+use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
+use crate::adapters::{lora, Adapter, AdapterKind};
+use crate::clustering::{cluster, ClusterCount, Clustering};
+use crate::evaluation::clip_embedder::ClipEmbedder;
+use crate::method::AlignSettings;
+use anyhow::{bail, ensure, Result};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+/// A grounded axis, `--by "colour: red, blue, black"`: samples are clustered by their CLIP similarity to one text
+/// prompt per value instead of by their whole image embedding.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Grounding {
+    pub attribute: String,
+    pub values: Vec<String>,
+}
+
+impl Grounding {
+    /// "attribute: value, value, ..." with at least two distinct values.
+    pub fn parse(text: &str) -> Result<Self> {
+        let Some((attribute, values)) = text.split_once(':') else {
+            bail!("--by {text:?}: expected an attribute and its values, e.g. \"colour: red, blue, black\"");
+        };
+        let attribute = attribute.trim().to_string();
+        let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
+        ensure!(!attribute.is_empty(), "--by {text:?}: the attribute before the colon is empty");
+        ensure!(values.iter().all(|v| !v.is_empty()), "--by {text:?}: the values after the colon must be a comma-separated list without empty entries");
+        ensure!(values.len() >= 2, "--by {text:?}: give at least two values to cluster along (got {})", values.len());
+        let mut unique = values.clone();
+        unique.sort();
+        unique.dedup();
+        ensure!(unique.len() == values.len(), "--by {text:?}: a value is listed twice");
+        Ok(Self { attribute, values })
+    }
+}
+
+/// How modes are found.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiscoverySettings {
+    pub samples: i64,
+    pub clusters: ClusterCount,
+    /// Principal components kept before the mixture is fitted.
+    pub pca_dims: usize,
+    pub grounding: Option<Grounding>,
+}
+
+pub struct Modes {
+    /// The samples' final latents [N,C,H,W] and images [N,C,H,W] in [0,1].
+    pub latents: Tensor,
+    pub images: Tensor,
+    pub clustering: Clustering,
+}
+
+impl Modes {
+    /// The sample indices of cluster `k`.
+    pub fn members(&self, k: usize) -> Vec<i64> {
+        self.clustering.labels.iter().enumerate().filter(|(_, &l)| l == k).map(|(i, _)| i as i64).collect()
+    }
+}
+
+/// What clustering sees: unit image embeddings [N, D], or, grounded, each image's cosine similarity to each
+/// value's text less the image's mean similarity [N, V]. Zero-shot choices among the values depend only on those
+/// differences; the mean (how much the image resembles any of the values) is not the axis the user named.
+pub fn features(embedder: &ClipEmbedder, images: &Tensor, grounding: Option<&Grounding>) -> Result<Tensor> {
+    let images = embedder.image_embeds(images)?;
+    Ok(match grounding {
+        Some(g) => {
+            let similarity = images.matmul(&embedder.text_embeds(&g.values)?.tr());
+            &similarity - similarity.mean_dim(1, true, Kind::Float)
+        }
+        None => images,
+    })
+}
+
+/// Principal components to keep: grounded features have V - 1 dimensions (their rows sum to zero).
+fn clustering_dims(settings: &DiscoverySettings) -> usize {
+    match &settings.grounding {
+        Some(g) => settings.pca_dims.min(g.values.len() - 1),
+        None => settings.pca_dims,
+    }
+}
+
+/// Draws `settings.samples` samples with the sampler of `dma sample` (seeded by `sampling.seed`), embeds and
+/// clusters them. The cluster seed is the sampling seed, so one seed reproduces the whole result.
+pub fn discover(
+    model: &StableDiffusion,
+    sampling: &SamplingSettings,
+    embedder: &ClipEmbedder,
+    settings: &DiscoverySettings,
+    progress: &dyn Fn(u64),
+) -> Result<Modes> {
+    settings.clusters.validate(settings.samples.max(0) as usize)?;
+    let init = seeded_latents(model, settings.samples, sampling.seed);
+    let latents = run(model, sampling, &init, None, 0, progress)?.latents;
+    let images = model.decode_batched(&latents, sampling.batch);
+    let features = features(embedder, &images, settings.grounding.as_ref())?;
+    let clustering = cluster(&features, settings.clusters, clustering_dims(settings), sampling.seed)?;
+    Ok(Modes { latents, images, clustering })
+}
+
+/// How the per-mode prototypes are made.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainSettings {
+    pub adapter: AdapterTraining,
+    /// The guidance DMA samples with under a LoRA adapter (the paper: 3, as LoRA strengthens the prompt); Textual
+    /// Inversion keeps the sampling guidance.
+    pub lora_guidance: f64,
+    /// Latents aligned per prototype.
+    pub latents: i64,
+    /// Every `held_out_every`-th member of a mode is kept out of its adapter's training to measure the adapter.
+    pub held_out_every: usize,
+    /// Noise draws per held-out sample when measuring.
+    pub loss_draws: usize,
+}
+
+/// The noise-prediction loss on a mode's held-out samples with the base prompt and model, and with the adapter.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldOutLoss {
+    pub samples: usize,
+    pub base: f64,
+    pub adapted: f64,
+}
+
+pub struct ModePrototype {
+    pub cluster: usize,
+    pub adapter: Adapter,
+    /// The prompt and guidance DMA ran with.
+    pub sampling: SamplingSettings,
+    pub result: SamplingResult,
+    pub prototype: i64,
+    /// None for a mode too small to hold samples out.
+    pub held_out: Option<HeldOutLoss>,
+}
+
+/// The token learned for mode `k` of a prompt: `<prompt-words-k>`, new to any tokenizer.
+pub fn mode_token(prompt: &str, k: usize) -> String {
+    let slug: String = prompt.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let slug = slug.split('-').filter(|w| !w.is_empty()).collect::<Vec<_>>().join("-");
+    format!("<{slug}-mode{k}>")
+}
+
+/// Mental averages, one per mode: for each cluster, learn an adapter on its samples (less the held-out ones),
+/// then run DMA with it from the sampling seed. `phase` names each stage and its length, `progress` advances it.
+/// Leaves no LoRA on the model (Textual Inversion tokens stay; each mode's is distinct).
+pub fn prototypes_per_mode(
+    model: &mut StableDiffusion,
+    modes: &Modes,
+    sampling: &SamplingSettings,
+    align: &AlignSettings,
+    chain: &ChainSettings,
+    phase: &dyn Fn(String, u64),
+    progress: &dyn Fn(u64),
+) -> Result<Vec<ModePrototype>> {
+    let mut out = Vec::new();
+    for k in 0..modes.clustering.k {
+        let members = modes.members(k);
+        let every = chain.held_out_every.max(2);
+        let (held, trained): (Vec<(usize, i64)>, Vec<(usize, i64)>) =
+            members.iter().copied().enumerate().partition(|(i, _)| members.len() >= every && i % every == every - 1);
+        let pick = |set: &[(usize, i64)]| {
+            let ids: Vec<i64> = set.iter().map(|&(_, s)| s).collect();
+            modes.latents.index_select(0, &Tensor::from_slice(&ids).to_device(modes.latents.device()))
+        };
+        let (held, trained) = (pick(&held), pick(&trained));
+        let held_samples = held.size()[0] as usize;
+        let loss_seed = sampling.seed ^ 0x10_55;
+        let base = if held_samples > 0 { Some(mean_loss(model, &held, &sampling.prompt, loss_seed, chain.loss_draws)?) } else { None };
+
+        phase(format!("mode {}/{}: learning a {:?} adapter", k + 1, modes.clustering.k, chain.adapter.kind), chain.adapter.steps as u64);
+        let token = mode_token(&sampling.prompt, k);
+        let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress)?;
+        let mode_sampling = match chain.adapter.kind {
+            AdapterKind::Ti => SamplingSettings { prompt: prompt_with_token(&sampling.prompt, &token), ..sampling.clone() },
+            AdapterKind::Lora => SamplingSettings { guidance: chain.lora_guidance, ..sampling.clone() },
+        };
+        let held_out = match base {
+            Some(base) => Some(HeldOutLoss { samples: held_samples, base, adapted: mean_loss(model, &held, &mode_sampling.prompt, loss_seed, chain.loss_draws)? }),
+            None => None,
+        };
+
+        phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, chain.latents));
+        let init = seeded_latents(model, chain.latents, sampling.seed);
+        let result = run(model, &mode_sampling, &init, Some(align), 0, progress)?;
+        let prototype = prototype_index(model, &mode_sampling, align.branch, &result.latents)?;
+        lora::remove(model);
+        out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, result, prototype, held_out });
+    }
+    Ok(out)
+}
+
+/// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
+pub fn alignment_work(align: &AlignSettings, sampling: &SamplingSettings, latents: i64) -> u64 {
+    let batches = ((latents + sampling.batch - 1) / sampling.batch.max(1)) as u64;
+    align.align_steps as u64 * batches * align.iters as u64 + sampling.steps as u64
+}
+
+/// Images of one mode's samples [M,C,H,W] (the contact sheet).
+pub fn mode_images(modes: &Modes, k: usize) -> Tensor {
+    let ids = Tensor::from_slice(&modes.members(k));
+    modes.images.to_device(Device::Cpu).to_kind(Kind::Float).index_select(0, &ids)
+}

@@ -1,0 +1,198 @@
+//! Adapters: the files diffusers and peft write load here and act as they do there (tests/fixtures/adapters,
+//! scripts/make_adapter_fixture.py); ours are written with the same key names; the gradients adapter training
+//! follows match finite differences; only the adapter's parameters are trained; training lowers the loss on
+//! held-out samples; adapters made for another model are refused.
+mod common;
+use common::{fixture, max_abs_diff, references};
+use dma::adapters::lora::{Lora, LoraLayer};
+use dma::adapters::textual_inversion::TextualInversion;
+use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
+use dma::adapters::{Adapter, AdapterKind};
+use dma::pipelines::defaults::RunDefaults;
+use dma::pipelines::mental_average::{run, seeded_latents};
+use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::schedulers::ddim::DdimScheduler;
+use dma::training::diffusion::noise_prediction_loss;
+use dma::weights::read_safetensors;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn tiny(kind: Kind) -> StableDiffusion {
+    StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, kind).unwrap()
+}
+
+fn embedded_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/embedded")
+}
+
+#[test]
+fn a_peft_lora_from_diffusers_changes_the_unet_as_diffusers_does() {
+    let refs = references("adapters");
+    let mut model = tiny(Kind::Float);
+    let forward = |model: &StableDiffusion| {
+        tch::no_grad(|| model.unet.forward(&refs["unet_sample"], &refs["unet_timesteps"], &refs["unet_context"]).sample)
+    };
+    let base = forward(&model);
+    assert!(max_abs_diff(&base, &refs["unet_out_base"]) < 1e-4, "the tiny UNet itself disagrees with diffusers");
+    let adapter = Adapter::read(&fixture("adapters/lora/pytorch_lora_weights.safetensors")).unwrap();
+    assert_eq!(adapter.kind(), AdapterKind::Lora);
+    adapter.apply(&mut model).unwrap();
+    let with_lora = forward(&model);
+    let change = max_abs_diff(&refs["unet_out_lora"], &refs["unet_out_base"]);
+    let error = max_abs_diff(&with_lora, &refs["unet_out_lora"]);
+    println!("LoRA changes the output by up to {change:.3}; ours differs from diffusers' by {error:.2e}");
+    assert!(change > 0.1, "the fixture's LoRA should change the output visibly");
+    assert!(error < 1e-4, "LoRA output differs from diffusers by {error}");
+    dma::adapters::lora::remove(&mut model);
+    assert!(max_abs_diff(&forward(&model), &base) == 0.0, "removing the LoRA restores the model exactly");
+}
+
+#[test]
+fn a_textual_inversion_file_from_diffusers_conditions_as_diffusers_does() {
+    let refs = references("adapters");
+    let json = common::reference_json("adapters");
+    let mut model = tiny(Kind::Float);
+    let adapter = Adapter::read(&fixture("adapters/ti/learned_embeds.safetensors")).unwrap();
+    assert_eq!(adapter.kind(), AdapterKind::Ti);
+    let prompt = json["prompt"].as_str().unwrap();
+    adapter.check_prompt(prompt).unwrap();
+    adapter.apply(&mut model).unwrap();
+    let ids = model.tokenizer.encode(prompt).unwrap();
+    assert_eq!(Tensor::from_slice(&ids).unsqueeze(0), refs["ti_ids"], "token ids with the added token");
+    let hidden = model.encode_prompt(prompt).unwrap();
+    let error = max_abs_diff(&hidden, &refs["ti_hidden"]);
+    assert!(error < 1e-5, "text encoder output with the learned token differs from diffusers by {error}");
+}
+
+#[test]
+fn written_adapters_have_the_fixture_key_names_and_read_back() {
+    let mut model = tiny(Kind::Float);
+    let dir = tempfile::tempdir().unwrap();
+    let lora = Adapter::Lora(Lora::init(&mut model, 1, 3));
+    let written = lora.write_into(dir.path()).unwrap();
+    let keys = |path: &std::path::Path| -> BTreeMap<String, Vec<i64>> {
+        read_safetensors(path).unwrap().into_iter().map(|(k, t)| (k, t.size())).collect()
+    };
+    assert_eq!(keys(&written), keys(&fixture("adapters/lora/pytorch_lora_weights.safetensors")), "key names and shapes as diffusers/peft save them");
+    let Adapter::Lora(read) = Adapter::read(&written).unwrap() else { panic!("read back as another kind") };
+    let Adapter::Lora(original) = &lora else { unreachable!() };
+    for (module, layer) in &original.layers {
+        assert!(max_abs_diff(&layer.down, &read.layers[module].down) == 0.0 && max_abs_diff(&layer.up, &read.layers[module].up) == 0.0);
+    }
+
+    let ti = Adapter::TextualInversion(TextualInversion { token: "<x-mode1>".into(), embedding: Tensor::randn([32], (Kind::Float, Device::Cpu)) });
+    let written = ti.write_into(dir.path()).unwrap();
+    assert_eq!(written.file_name().unwrap(), "learned_embeds.safetensors");
+    assert_eq!(keys(&written), BTreeMap::from([("<x-mode1>".to_string(), vec![1, 32])]), "one [1, D] tensor named by its token, as diffusers saves");
+}
+
+/// Central finite differences of `loss` at the leaves `params`, along random directions, against autograd.
+fn check_gradient(params: &[Tensor], loss: &dyn Fn() -> Tensor) {
+    let grads = Tensor::run_backward(&[loss()], params, false, false);
+    let eps = 1e-6;
+    for seed in 0..3 {
+        tch::manual_seed(100 + seed);
+        let directions: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
+        let analytic: f64 = grads.iter().zip(&directions).map(|(g, d)| (g * d).sum(Kind::Double).double_value(&[])).sum();
+        let shift = |sign: f64| {
+            tch::no_grad(|| {
+                for (p, d) in params.iter().zip(&directions) {
+                    let _ = p.shallow_clone().g_add_(&(d * (sign * eps)));
+                }
+            })
+        };
+        shift(1.0);
+        let plus = tch::no_grad(loss).double_value(&[]);
+        shift(-2.0);
+        let minus = tch::no_grad(loss).double_value(&[]);
+        shift(1.0);
+        let numeric = (plus - minus) / (2.0 * eps);
+        let relative = (analytic - numeric).abs() / numeric.abs().max(1e-12);
+        println!("direction {seed}: autograd {analytic:.10e}, finite differences {numeric:.10e}, relative error {relative:.2e}");
+        assert!(relative < 1e-5, "gradient disagrees with finite differences: {analytic} vs {numeric}");
+    }
+}
+
+#[test]
+fn textual_inversion_gradient_matches_finite_differences() {
+    let _rng = common::global_rng();
+    let mut model = tiny(Kind::Double);
+    let scheduler = DdimScheduler::new(&model.scheduler, 1).unwrap();
+    tch::manual_seed(5);
+    let row = (Tensor::randn([32], (Kind::Double, Device::Cpu)) * 0.1).set_requires_grad(true);
+    model.add_token("<fd-token>", &row).unwrap();
+    let ids = Tensor::from_slice(&model.tokenizer.encode("a photo of <fd-token>").unwrap()).unsqueeze(0);
+    let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
+    let loss = || {
+        tch::manual_seed(9);
+        noise_prediction_loss(&model.unet, &scheduler, &x0, &model.text_encoder.forward(&ids)).to_kind(Kind::Double)
+    };
+    check_gradient(&[row], &loss);
+}
+
+#[test]
+fn lora_gradient_matches_finite_differences_and_trains_nothing_else() {
+    let _rng = common::global_rng();
+    let mut model = tiny(Kind::Double);
+    let scheduler = DdimScheduler::new(&model.scheduler, 1).unwrap();
+    tch::manual_seed(6);
+    // Non-zero B, so the gradient of A is not trivially zero as at initialisation.
+    let layers: BTreeMap<String, LoraLayer> = model
+        .unet
+        .attention_projections_mut()
+        .into_iter()
+        .map(|(path, linear)| {
+            let down = (Tensor::randn([1, linear.in_features()], (Kind::Double, Device::Cpu)) * 0.3).set_requires_grad(true);
+            let up = (Tensor::randn([linear.out_features(), 1], (Kind::Double, Device::Cpu)) * 0.3).set_requires_grad(true);
+            (path, LoraLayer { down, up })
+        })
+        .collect();
+    let lora = Lora { layers };
+    lora.apply(&mut model).unwrap();
+    let params: Vec<Tensor> = lora.layers.values().flat_map(|l| [l.down.shallow_clone(), l.up.shallow_clone()]).collect();
+    let context = model.encode_prompt("a photo of a dog").unwrap();
+    let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
+    let loss = || {
+        tch::manual_seed(9);
+        noise_prediction_loss(&model.unet, &scheduler, &x0, &context).to_kind(Kind::Double)
+    };
+    check_gradient(&params, &loss);
+    loss().backward();
+    assert!(params.iter().all(|p| p.grad().defined()), "every LoRA factor gets a gradient");
+    assert!(!model.unet.conv_in.weight.requires_grad(), "the UNet's own weights are not trained");
+}
+
+#[test]
+fn a_textual_inversion_adapter_lowers_the_held_out_loss_of_its_mode() {
+    let _rng = common::global_rng();
+    let source = ModelSource::Folder(embedded_dir());
+    let defaults = RunDefaults::for_source(&source).unwrap();
+    let mut model = StableDiffusion::load(&source, Device::Cpu, Kind::Float).unwrap();
+    // One mode of "footwear", sandals, drawn from the class prompt: 24 to learn from, 8 held out.
+    let sandals = run(&model, &defaults.sampling("a sandal", 3), &seeded_latents(&model, 32, 3), None, 0, &|_| {}).unwrap().latents;
+    let (trained, held) = (sandals.narrow(0, 0, 24), sandals.narrow(0, 24, 8));
+    let base = mean_loss(&model, &held, "footwear", 77, 8).unwrap();
+    let settings = AdapterTraining { kind: AdapterKind::Ti, steps: 150, lr: defaults.ti_lr, batch: 8, rank: 1, seed: 0 };
+    let adapter = train(&mut model, &trained, "footwear", "<footwear-test>", &settings, &|_| {}).unwrap();
+    let adapted = mean_loss(&model, &held, &prompt_with_token("footwear", "<footwear-test>"), 77, 8).unwrap();
+    println!("held-out sandals: loss {base:.4} with \"footwear\", {adapted:.4} with the learned token");
+    assert!(adapted < base * 0.97, "the adapter should lower the held-out loss: {base} -> {adapted}");
+    assert!(matches!(adapter, Adapter::TextualInversion(_)));
+}
+
+#[test]
+fn adapters_for_another_model_or_prompt_are_refused_clearly() {
+    let mut embedded = StableDiffusion::load(&ModelSource::Folder(embedded_dir()), Device::Cpu, Kind::Float).unwrap();
+    let lora = Adapter::read(&fixture("adapters/lora/pytorch_lora_weights.safetensors")).unwrap();
+    let error = format!("{:#}", lora.apply(&mut embedded).unwrap_err());
+    assert!(error.contains("another model"), "{error}");
+    let ti = Adapter::read(&fixture("adapters/ti/learned_embeds.safetensors")).unwrap();
+    let error = format!("{:#}", ti.apply(&mut embedded).unwrap_err());
+    assert!(error.contains("[32]") && error.contains("[64]"), "a width mismatch names both widths: {error}");
+    let error = format!("{:#}", ti.check_prompt("footwear").unwrap_err());
+    assert!(error.contains("<tiny-mode0>"), "a prompt without the token names the token: {error}");
+    let taken = TextualInversion { token: "sandal".into(), embedding: Tensor::zeros([64], (Kind::Float, Device::Cpu)) };
+    let error = format!("{:#}", taken.apply(&mut embedded).unwrap_err());
+    assert!(error.contains("already in the tokenizer's vocabulary"), "{error}");
+}
