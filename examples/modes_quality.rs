@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
 
     let Some(kind) = kind else { return Ok(()) };
     let align = defaults.align(HBranch::Cond);
-    let chain = ChainSettings { adapter: defaults.adapter(kind, seed), lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 8 };
+    let chain = ChainSettings { adapter: defaults.adapter(kind, seed), lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
     println!("\nthe chain with {kind:?} adapters ({:?})", chain.adapter);
     let started = Instant::now();
     let overall = run(&model, &sampling, &seeded_latents(&model, defaults.latents, seed), Some(&align), 0, &|_| {})?;

@@ -1,14 +1,14 @@
 //! The mental average beside the pixel average: for each prompt, DMA's prototype (the model's run defaults,
 //! seed 0) next to the pixel average of N plain samples of the same prompt and the first of those samples, with
 //! the sharpness (variance of the Laplacian) of each and the zero-shot class of the prototype (embedded model).
-//! Writes one figure, a row per prompt: prototype | pixel average | six samples, each enlarged 4x.
+//! Writes one figure, a row per prompt: prototype | pixel average | six samples, each enlarged to 128 pixels.
 //! Run: `cargo run --release --example prototype_vs_average -- [SAMPLES] [FIGURE.png] ["PROMPT;PROMPT;..."]`
 //! (defaults: 100, none, five prompts of the embedded model).
 use dma::data::class_names;
 use dma::evaluation::sharpness::laplacian_variance;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
-use dma::output::images::{grid, png_bytes};
+use dma::output::images::{enlarge_to, grid, png_bytes};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
 use dma::pipelines::{ModelSource, StableDiffusion};
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 const SHOWN_SAMPLES: i64 = 6;
-const ENLARGE: i64 = 4;
+const ENLARGED_SIDE: i64 = 128;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -62,9 +62,7 @@ fn main() -> anyhow::Result<()> {
         rows.extend([prototype, average, samples.narrow(0, 0, SHOWN_SAMPLES.min(num_samples))]);
     }
     if let Some(path) = figure_path {
-        let tiles = Tensor::cat(&rows, 0);
-        let (_, _, h, w) = tiles.size4()?;
-        let enlarged = tiles.upsample_nearest2d([h * ENLARGE, w * ENLARGE], None, None);
+        let enlarged = enlarge_to(&Tensor::cat(&rows, 0), ENLARGED_SIDE);
         let figure = grid(&enlarged, 2 + SHOWN_SAMPLES.min(num_samples), 4096);
         let text = [("Software", "dma prototype_vs_average".to_string()), ("Prompts", prompts.join("; "))];
         dma::files::write_atomic(&path, &png_bytes(&figure, &text)?)?;

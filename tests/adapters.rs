@@ -3,7 +3,7 @@
 //! follows match finite differences; only the adapter's parameters are trained; training lowers the loss on
 //! held-out samples; adapters made for another model are refused.
 mod common;
-use common::{fixture, max_abs_diff, references};
+use common::{check_gradient, fixture, max_abs_diff, references};
 use dma::adapters::lora::{Lora, LoraLayer};
 use dma::adapters::textual_inversion::TextualInversion;
 use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
@@ -87,33 +87,6 @@ fn written_adapters_have_the_fixture_key_names_and_read_back() {
     assert_eq!(keys(&written), BTreeMap::from([("<x-mode1>".to_string(), vec![1, 32])]), "one [1, D] tensor named by its token, as diffusers saves");
 }
 
-/// Central finite differences of `loss` at the leaves `params`, along random directions, against autograd.
-fn check_gradient(params: &[Tensor], loss: &dyn Fn() -> Tensor) {
-    let grads = Tensor::run_backward(&[loss()], params, false, false);
-    let eps = 1e-6;
-    for seed in 0..3 {
-        tch::manual_seed(100 + seed);
-        let directions: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
-        let analytic: f64 = grads.iter().zip(&directions).map(|(g, d)| (g * d).sum(Kind::Double).double_value(&[])).sum();
-        let shift = |sign: f64| {
-            tch::no_grad(|| {
-                for (p, d) in params.iter().zip(&directions) {
-                    let _ = p.shallow_clone().g_add_(&(d * (sign * eps)));
-                }
-            })
-        };
-        shift(1.0);
-        let plus = tch::no_grad(loss).double_value(&[]);
-        shift(-2.0);
-        let minus = tch::no_grad(loss).double_value(&[]);
-        shift(1.0);
-        let numeric = (plus - minus) / (2.0 * eps);
-        let relative = (analytic - numeric).abs() / numeric.abs().max(1e-12);
-        println!("direction {seed}: autograd {analytic:.10e}, finite differences {numeric:.10e}, relative error {relative:.2e}");
-        assert!(relative < 1e-5, "gradient disagrees with finite differences: {analytic} vs {numeric}");
-    }
-}
-
 #[test]
 fn textual_inversion_gradient_matches_finite_differences() {
     let _rng = common::global_rng();
@@ -128,7 +101,7 @@ fn textual_inversion_gradient_matches_finite_differences() {
         tch::manual_seed(9);
         noise_prediction_loss(&model.unet, &scheduler, &x0, &model.text_encoder.forward(&ids)).to_kind(Kind::Double)
     };
-    check_gradient(&[row], &loss);
+    check_gradient(&[row], &loss, 1e-6, 1e-5);
 }
 
 #[test]
@@ -157,7 +130,7 @@ fn lora_gradient_matches_finite_differences_and_trains_nothing_else() {
         tch::manual_seed(9);
         noise_prediction_loss(&model.unet, &scheduler, &x0, &context).to_kind(Kind::Double)
     };
-    check_gradient(&params, &loss);
+    check_gradient(&params, &loss, 1e-6, 1e-5);
     loss().backward();
     assert!(params.iter().all(|p| p.grad().defined()), "every LoRA factor gets a gradient");
     assert!(!model.unet.conv_in.weight.requires_grad(), "the UNet's own weights are not trained");

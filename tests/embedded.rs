@@ -137,3 +137,10 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
         assert!(err.contains("unet/diffusion_pytorch_model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
     }
 }
+
+/// `dma train` writes dma_defaults.json from the recipe; the committed file must say the same.
+#[test]
+fn the_committed_run_defaults_are_the_recipe_s() {
+    let committed = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
+    assert_eq!(committed, dma::training::embedded::run_defaults());
+}

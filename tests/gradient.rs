@@ -19,20 +19,7 @@ fn hspace_loss_gradient_matches_finite_differences() {
     let loss = |x: &Tensor| distance_to(&hspace.h(x, timestep), &target).sum(Kind::Double);
 
     let leaf = x.set_requires_grad(true);
-    let grad = Tensor::run_backward(&[loss(&leaf)], &[&leaf], false, false).pop().unwrap();
-    let x = leaf.detach();
-    let eps = 1e-5;
-    for seed in 0..4 {
-        tch::manual_seed(100 + seed);
-        let direction = Tensor::randn_like(&x);
-        let analytic = (&grad * &direction).sum(Kind::Double).double_value(&[]);
-        let numeric = tch::no_grad(|| {
-            (loss(&(&x + &direction * eps)) - loss(&(&x - &direction * eps))).double_value(&[]) / (2.0 * eps)
-        });
-        let relative = (analytic - numeric).abs() / numeric.abs().max(1e-12);
-        println!("direction {seed}: autograd {analytic:.10e}, finite differences {numeric:.10e}, relative error {relative:.2e}");
-        assert!(relative < 1e-6, "gradient disagrees with finite differences: {analytic} vs {numeric}");
-    }
+    common::check_gradient(&[leaf.shallow_clone()], &|| loss(&leaf), 1e-5, 1e-6);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use dma::adapters::AdapterKind;
 use dma::clustering::ClusterCount;
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::files::{write_atomic, write_json};
-use dma::output::images::{grid, png_bytes, square_grid};
+use dma::output::images::{enlarge_to, grid, png_bytes, square_grid};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
 use dma::pipelines::modes::{alignment_work, discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
@@ -21,6 +21,8 @@ use tch::Tensor;
 
 /// Widest contact sheet or grid written, in pixels.
 const MAX_GRID_WIDTH: i64 = 4096;
+/// modes.png shows each prototype at least this high (the embedded model's are 32 pixels).
+const FIGURE_SIDE: i64 = 128;
 
 #[derive(Args, Debug)]
 pub struct ModesArgs {
@@ -48,7 +50,7 @@ pub struct ModesArgs {
     #[arg(long)]
     pub average: bool,
     /// The adapter learned per mode.
-    #[arg(long, value_enum, default_value_t = AdapterKind::Ti)]
+    #[arg(long, value_enum, default_value_t = AdapterKind::Lora)]
     pub adapter_kind: AdapterKind,
     /// Adapter training steps [default: Textual Inversion 3000, LoRA 2000, or the model's].
     #[arg(long)]
@@ -93,7 +95,7 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     if adapter.steps == 0 || adapter.batch < 1 || !(adapter.lr > 0.0) {
         bail!("--adapter-steps, --adapter-batch and --adapter-lr must be positive");
     }
-    let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 8 };
+    let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
     let clip_dir = args.clip.clone().unwrap_or_else(|| embedded_model_dir().join("clip"));
     let out = common.out_dir("modes")?;
 
@@ -168,7 +170,8 @@ pub fn modes(args: ModesArgs) -> Result<()> {
             records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "prototype_index": mode.prototype, "steps": mode.result.log }));
             written.extend([adapter_name, prototype_name]);
         }
-        write_atomic(&out.file("modes.png"), &png_bytes(&grid(&Tensor::cat(&figure, 0), figure.len() as i64, MAX_GRID_WIDTH), &text)?)?;
+        let figure = enlarge_to(&Tensor::cat(&figure, 0), FIGURE_SIDE);
+        write_atomic(&out.file("modes.png"), &png_bytes(&grid(&figure, figure.size()[0], MAX_GRID_WIDTH), &text)?)?;
         written.push("modes.png".into());
         chain_record = json!({ "settings": chain, "alignment": align, "overall": { "prototype_index": overall_index, "steps": overall.log }, "modes": records });
     }

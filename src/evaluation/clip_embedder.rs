@@ -16,11 +16,12 @@ pub struct ClipEmbedder {
 }
 
 impl ClipEmbedder {
-    /// A CLIPModel folder in transformers' layout with its tokenizer files (the embedded CLIP, or OpenAI's
-    /// clip-vit-base-patch32 / clip-vit-large-patch14).
+    /// A CLIPModel folder in transformers' layout with its tokenizer files beside the weights (the embedded CLIP,
+    /// or OpenAI's clip-vit-base-patch32 / clip-vit-large-patch14) or in a `tokenizer` subfolder.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let model = ClipModel::load(dir, device, Kind::Float).with_context(|| format!("cannot load the CLIP model {}", dir.display()))?;
-        let tokenizer = Tokenizer::from_folder(dir).with_context(|| format!("cannot load the CLIP tokenizer in {}", dir.display()))?;
+        let tokenizer_dir = if dir.join("tokenizer").is_dir() { dir.join("tokenizer") } else { dir.to_path_buf() };
+        let tokenizer = Tokenizer::from_folder(&tokenizer_dir).with_context(|| format!("cannot load the CLIP tokenizer in {}", tokenizer_dir.display()))?;
         Ok(Self { model, tokenizer, device })
     }
 

@@ -43,6 +43,17 @@ pub fn grid(images: &Tensor, columns: i64, max_width: i64) -> Tensor {
     canvas
 }
 
+/// Images [N,C,H,W] enlarged by whole pixels (nearest neighbour) until they are at least `min_side` high, so
+/// small images (the embedded model's 32x32) are visible in a figure; larger images are returned unchanged.
+pub fn enlarge_to(images: &Tensor, min_side: i64) -> Tensor {
+    let (_, _, h, w) = images.size4().unwrap();
+    let factor = (min_side + h - 1) / h.max(1);
+    if factor <= 1 {
+        return images.shallow_clone();
+    }
+    images.upsample_nearest2d([h * factor, w * factor], None, None)
+}
+
 /// A grid roughly square in shape.
 pub fn square_grid(images: &Tensor, max_width: i64) -> Tensor {
     let n = images.size()[0];

@@ -1,0 +1,182 @@
+//! `dma modes` and `dma average --adapter` as a user runs them: the outputs of a whole chain on the tiny
+//! fixture, the clusters of "footwear" on the embedded model against its known kinds, and bad input failing with
+//! one clear message before any long work.
+mod common;
+use common::fixture;
+use dma::clustering::ClusterCount;
+use dma::data::captions::broad_concepts;
+use dma::evaluation::zero_shot::ZeroShot;
+use dma::pipelines::defaults::RunDefaults;
+use dma::pipelines::modes::{discover, DiscoverySettings, Grounding};
+use dma::pipelines::{ModelSource, StableDiffusion};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{Device, Kind};
+
+fn embedded_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/embedded")
+}
+
+fn dma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dma")).args(args).output().unwrap()
+}
+
+/// A `dma modes` on the tiny fixture, fast: 6 samples of 2 steps, 2 adapter steps, DMA of 2 latents.
+fn tiny_modes(out: &Path, extra: &[&str]) -> Output {
+    let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+    let mut args = vec!["modes", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog"];
+    args.extend(["--samples", "6", "--steps", "2", "--adapter-steps", "2", "--adapter-batch", "2"]);
+    args.extend(["--latents", "2", "--align-steps", "1", "--iters", "2", "--quiet", "--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    dma(&args)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_whole_chain_writes_clusters_adapters_and_prototypes() {
+    for (kind, adapter_file) in [("ti", "learned_embeds.safetensors"), ("lora", "pytorch_lora_weights.safetensors")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let output = tiny_modes(&out, &["--clusters", "2", "--average", "--adapter-kind", kind, "--save-latents"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let clusters = read_json(&out.join("clusters.json"));
+        assert_eq!(clusters["clustering"]["k"], 2);
+        let mut members: Vec<i64> = Vec::new();
+        for c in clusters["clusters"].as_array().unwrap() {
+            let list: Vec<i64> = c["members"].as_array().unwrap().iter().map(|m| m.as_i64().unwrap()).collect();
+            assert_eq!(list.len() as u64, c["size"].as_u64().unwrap());
+            members.extend(list);
+            for file in ["contact_sheet", "prototype", "adapter"] {
+                assert!(out.join(c[file].as_str().unwrap()).is_file(), "{kind}: {file} of cluster {}", c["cluster"]);
+            }
+            assert!(c["adapter"].as_str().unwrap().ends_with(adapter_file));
+        }
+        members.sort();
+        assert_eq!(members, (0..6).collect::<Vec<_>>(), "every sample is in exactly one cluster");
+        for file in ["samples.png", "prototype.png", "modes.png", "run.json", "latents.safetensors"] {
+            assert!(out.join(file).is_file(), "{kind}: {file}");
+        }
+        let run = read_json(&out.join("run.json"));
+        assert_eq!(run["command"], "modes");
+        assert_eq!(run["chain"]["settings"]["adapter"]["kind"], kind);
+        assert_eq!(run["chain"]["modes"].as_array().unwrap().len(), 2);
+
+        // The learned adapter runs again with `dma average --adapter`.
+        let adapter = out.join(clusters["clusters"][0]["adapter"].as_str().unwrap());
+        let prompt = clusters["clusters"][0]["prompt"].as_str().unwrap();
+        let again = tmp.path().join("again");
+        let model = fixture("tiny-sd1");
+        let output = dma(&[
+            "average", "--model", model.to_str().unwrap(), "--prompt", prompt, "--adapter", adapter.to_str().unwrap(),
+            "--latents", "2", "--steps", "2", "--align-steps", "1", "--iters", "2", "--quiet", "--out", again.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(read_json(&again.join("run.json"))["adapter"]["sha256"].is_string(), "the run records the adapter it used");
+    }
+}
+
+/// Runs `dma modes` expecting failure: one error line, no output folder; returns stderr.
+fn modes_fails(extra: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = tiny_modes(&out, extra);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "expected failure for {extra:?}");
+    assert!(!out.exists(), "a failed run left an output folder");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "one error line expected: {stderr}");
+    stderr
+}
+
+#[test]
+fn bad_modes_input_fails_before_any_work() {
+    for (flags, expected) in [
+        (&["--clusters", "9"][..], &["9", "6 samples"][..]),
+        (&["--clusters", "many"][..], &["many"][..]),
+        (&["--by", "colour:"][..], &["--by", "values"][..]),
+        (&["--by", "red, blue"][..], &["--by", "attribute"][..]),
+        (&["--by", "colour: red"][..], &["at least two"][..]),
+        (&["--pca-dims", "0"][..], &["--pca-dims"][..]),
+        (&["--adapter-steps", "0"][..], &["--adapter-steps"][..]),
+        (&["--init-latents", "x.safetensors"][..], &["--init-latents"][..]),
+    ] {
+        let stderr = modes_fails(flags);
+        for part in expected {
+            assert!(stderr.contains(part), "{flags:?}: the error should mention `{part}`: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_clip_model_fails_before_sampling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = dma(&["modes", "--prompt", "footwear", "--clip", "/no/such/clip", "--quiet", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !out.exists());
+    assert!(stderr.contains("/no/such/clip"), "{stderr}");
+}
+
+#[test]
+fn a_grounding_value_the_clip_cannot_read_fails_before_sampling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = dma(&["modes", "--prompt", "footwear", "--by", "colour: red, blue", "--quiet", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !out.exists());
+    assert!(stderr.contains("`red`") && stderr.contains("--by"), "{stderr}");
+}
+
+#[test]
+fn bad_adapters_for_dma_average_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let average = |prompt: &str, adapter: &Path| {
+        let output = dma(&["average", "--prompt", prompt, "--adapter", adapter.to_str().unwrap(), "--quiet", "--out", out.to_str().unwrap()]);
+        assert!(!output.status.success() && !out.exists());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let lora = fixture("adapters/lora/pytorch_lora_weights.safetensors");
+    assert!(average("footwear", &lora).contains("another model"), "a LoRA for the tiny UNet on the embedded model");
+    let ti = fixture("adapters/ti/learned_embeds.safetensors");
+    let stderr = average("footwear", &ti);
+    assert!(stderr.contains("<tiny-mode0>") && stderr.contains("does not contain"), "{stderr}");
+    let stderr = average("footwear <tiny-mode0>", &ti);
+    assert!(stderr.contains("[64]"), "an embedding of another width: {stderr}");
+    let stderr = average("footwear", &tmp.path().join("missing.safetensors"));
+    assert!(stderr.contains("missing.safetensors"), "{stderr}");
+}
+
+/// "footwear" has three known kinds. At the embedded model's defaults and seed 0, 100 samples form three clusters,
+/// one per kind by the zero-shot classifier, both by image embedding (each cluster at least 90% its kind, the
+/// issue's bar) and grounded by the kinds' names (at least 85%: one kind's text is a coarser axis than the image).
+#[test]
+fn footwear_clusters_into_its_three_kinds() {
+    let _rng = common::global_rng();
+    let source = ModelSource::Folder(embedded_dir());
+    let defaults = RunDefaults::for_source(&source).unwrap();
+    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float).unwrap();
+    let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
+    let footwear = broad_concepts().iter().find(|c| c.name == "footwear").unwrap();
+    let sampling = defaults.sampling("footwear", 0);
+    let values = vec!["sandal".to_string(), "sneaker".to_string(), "ankle boot".to_string()];
+    for grounding in [None, Some(Grounding { attribute: "kind".into(), values })] {
+        let settings = DiscoverySettings { samples: 100, clusters: ClusterCount::Auto { max: 8 }, pca_dims: defaults.pca_dims, grounding: grounding.clone() };
+        let modes = discover(&model, &sampling, &classifier.embedder, &settings, &|_| {}).unwrap();
+        let classes = classifier.classify(&modes.images).unwrap();
+        let mut majorities = Vec::new();
+        for k in 0..modes.clustering.k {
+            let members = modes.members(k);
+            let (class, count) = footwear.classes.iter().map(|&c| (c, members.iter().filter(|&&i| classes[i as usize] == c).count())).max_by_key(|&(_, n)| n).unwrap();
+            let purity = count as f64 / members.len() as f64;
+            println!("{:?}: cluster {k}, {} samples, {:.0}% class {class}", grounding.is_some(), members.len(), 100.0 * purity);
+            let required = if grounding.is_some() { 0.85 } else { 0.9 };
+            assert!(purity >= required, "cluster {k} is only {:.0}% one kind", 100.0 * purity);
+            majorities.push(class);
+        }
+        majorities.sort();
+        assert_eq!(majorities, footwear.classes.to_vec(), "three clusters, one per kind (BIC {:?})", modes.clustering.bic);
+    }
+}
