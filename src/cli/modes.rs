@@ -92,7 +92,7 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     adapter.steps = args.adapter_steps.unwrap_or(adapter.steps);
     adapter.lr = args.adapter_lr.unwrap_or(adapter.lr);
     adapter.batch = args.adapter_batch.unwrap_or(adapter.batch);
-    if adapter.steps == 0 || adapter.batch < 1 || !(adapter.lr > 0.0) {
+    if adapter.steps == 0 || adapter.batch < 1 || !adapter.lr.is_finite() || adapter.lr <= 0.0 {
         bail!("--adapter-steps, --adapter-batch and --adapter-lr must be positive");
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };

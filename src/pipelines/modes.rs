@@ -61,6 +61,19 @@ impl Modes {
     pub fn members(&self, k: usize) -> Vec<i64> {
         self.clustering.labels.iter().enumerate().filter(|(_, &l)| l == k).map(|(i, _)| i as i64).collect()
     }
+
+    /// Cluster `k`'s latents split into (held out, to train on): every `every`-th member is held out, none when
+    /// the cluster has fewer than `every` members.
+    pub fn held_out_split(&self, k: usize, every: usize) -> (Tensor, Tensor) {
+        let members = self.members(k);
+        let every = every.max(2);
+        let held = |i: usize| members.len() >= every && i % every == every - 1;
+        let pick = |keep: &dyn Fn(usize) -> bool| {
+            let ids: Vec<i64> = members.iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, &s)| s).collect();
+            self.latents.index_select(0, &Tensor::from_slice(&ids).to_device(self.latents.device()))
+        };
+        (pick(&held), pick(&|i| !held(i)))
+    }
 }
 
 /// What clustering sees: unit image embeddings [N, D], or, grounded, each image's cosine similarity to each
@@ -146,7 +159,8 @@ pub fn mode_token(prompt: &str, k: usize) -> String {
 
 /// Mental averages, one per mode: for each cluster, learn an adapter on its samples (less the held-out ones),
 /// then run DMA with it from the sampling seed. `phase` names each stage and its length, `progress` advances it.
-/// Leaves no LoRA on the model (Textual Inversion tokens stay; each mode's is distinct).
+/// Empty clusters are skipped. Leaves no LoRA on the model (Textual Inversion tokens stay; each mode's is
+/// distinct).
 pub fn prototypes_per_mode(
     model: &mut StableDiffusion,
     modes: &Modes,
@@ -158,15 +172,11 @@ pub fn prototypes_per_mode(
 ) -> Result<Vec<ModePrototype>> {
     let mut out = Vec::new();
     for k in 0..modes.clustering.k {
-        let members = modes.members(k);
-        let every = chain.held_out_every.max(2);
-        let (held, trained): (Vec<(usize, i64)>, Vec<(usize, i64)>) =
-            members.iter().copied().enumerate().partition(|(i, _)| members.len() >= every && i % every == every - 1);
-        let pick = |set: &[(usize, i64)]| {
-            let ids: Vec<i64> = set.iter().map(|&(_, s)| s).collect();
-            modes.latents.index_select(0, &Tensor::from_slice(&ids).to_device(modes.latents.device()))
-        };
-        let (held, trained) = (pick(&held), pick(&trained));
+        let (held, trained) = modes.held_out_split(k, chain.held_out_every);
+        if trained.size()[0] == 0 {
+            // A fixed cluster count can leave a component without samples: there is no mode to learn.
+            continue;
+        }
         let held_samples = held.size()[0] as usize;
         let loss_seed = sampling.seed ^ 0x10_55;
         let base = if held_samples > 0 { Some(mean_loss(model, &held, &sampling.prompt, loss_seed, chain.loss_draws)?) } else { None };
