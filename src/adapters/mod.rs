@@ -22,6 +22,15 @@ pub enum AdapterKind {
     Ti,
 }
 
+impl AdapterKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "LoRA",
+            Self::Ti => "Textual Inversion",
+        }
+    }
+}
+
 pub enum Adapter {
     TextualInversion(TextualInversion),
     Lora(Lora),

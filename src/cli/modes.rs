@@ -141,9 +141,10 @@ pub fn modes(args: ModesArgs) -> Result<()> {
 
         let bar = progress_bar(0, common.quiet);
         let phase = |message: String, len: u64| {
+            // A fresh count, elapsed time and ETA for each stage.
+            bar.reset();
             bar.set_message(message);
             bar.set_length(len);
-            bar.set_position(0);
         };
         let per_mode = prototypes_per_mode(&mut model, &modes, &settings, &align, &chain, &phase, &|n| bar.inc(n))?;
         bar.finish_and_clear();

@@ -181,7 +181,7 @@ pub fn prototypes_per_mode(
         let loss_seed = sampling.seed ^ 0x10_55;
         let base = if held_samples > 0 { Some(mean_loss(model, &held, &sampling.prompt, loss_seed, chain.loss_draws)?) } else { None };
 
-        phase(format!("mode {}/{}: learning a {:?} adapter", k + 1, modes.clustering.k, chain.adapter.kind), chain.adapter.steps as u64);
+        phase(format!("mode {}/{}: learning a {} adapter", k + 1, modes.clustering.k, chain.adapter.kind.name()), chain.adapter.steps as u64);
         let token = mode_token(&sampling.prompt, k);
         let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress)?;
         let mode_sampling = match chain.adapter.kind {
