@@ -32,7 +32,7 @@ pub struct ModesArgs {
     /// model's].
     #[arg(long)]
     pub samples: Option<i64>,
-    /// The number of clusters, or `auto` to choose it by BIC among 1 to 8.
+    /// The number of clusters, or `auto` to choose it by BIC among 1 to 8 (`auto:N`: among 1 to N).
     #[arg(long, default_value = "auto", value_parser = ClusterCount::parse)]
     pub clusters: ClusterCount,
     /// Principal components of the embeddings the Gaussian mixture is fitted in [default: 4, or the model's].

@@ -20,15 +20,16 @@ pub enum ClusterCount {
 }
 
 impl ClusterCount {
-    /// "auto" (max 8) or a positive integer; anything else is an error naming the value (for a CLI flag `--clusters`).
+    /// "auto" (BIC among 1..=8), "auto:N" (among 1..=N), or a positive integer; anything else is an error naming
+    /// the value (for a CLI flag `--clusters`).
     pub fn parse(text: &str) -> Result<Self> {
-        if text == "auto" {
-            return Ok(Self::Auto { max: 8 });
-        }
-        match text.parse::<usize>() {
-            Ok(k) if k > 0 => Ok(Self::Fixed(k)),
-            _ => bail!("--clusters must be \"auto\" or a positive integer, got {text:?}"),
-        }
+        let positive = |t: &str| t.parse::<usize>().ok().filter(|&k| k > 0);
+        let count = match text.strip_prefix("auto") {
+            Some("") => Some(Self::Auto { max: 8 }),
+            Some(max) => max.strip_prefix(':').and_then(positive).map(|max| Self::Auto { max }),
+            None => positive(text).map(Self::Fixed),
+        };
+        count.with_context(|| format!("--clusters must be \"auto\", \"auto:N\" or a positive integer, got {text:?}"))
     }
 
     /// Fails with one clear message when the count cannot be fitted to `samples` points (more clusters than
@@ -225,8 +226,9 @@ mod tests {
     #[test]
     fn parse_accepts_auto_and_positive_integers_only() {
         assert_eq!(ClusterCount::parse("auto").unwrap(), ClusterCount::Auto { max: 8 });
+        assert_eq!(ClusterCount::parse("auto:12").unwrap(), ClusterCount::Auto { max: 12 });
         assert_eq!(ClusterCount::parse("3").unwrap(), ClusterCount::Fixed(3));
-        for bad in ["0", "-1", "many", ""] {
+        for bad in ["0", "-1", "many", "", "auto:0", "auto12", "auto:x"] {
             let message = ClusterCount::parse(bad).unwrap_err().to_string();
             assert!(message.contains(&format!("{bad:?}")), "{message}");
         }
