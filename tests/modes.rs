@@ -180,3 +180,28 @@ fn footwear_clusters_into_its_three_kinds() {
         assert_eq!(majorities, footwear.classes.to_vec(), "three clusters, one per kind (BIC {:?})", modes.clustering.bic);
     }
 }
+
+#[test]
+fn a_clip_that_cannot_take_the_model_s_images_fails_before_sampling() {
+    // The embedded CLIP takes 32x32 images as they are (no resize); a copy of the tiny SD fixture set to sample
+    // 24x24 latents decodes to 48x48 images.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    assert!(Command::new("cp").arg("-r").arg(fixture("tiny-sd1")).arg(&model).status().unwrap().success());
+    let config = std::fs::read_to_string(model.join("unet/config.json")).unwrap();
+    std::fs::write(model.join("unet/config.json"), config.replace("\"sample_size\": 16", "\"sample_size\": 24")).unwrap();
+    let out = tmp.path().join("out");
+    let output = dma(&["modes", "--model", model.to_str().unwrap(), "--prompt", "a photo of a dog", "--quiet", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !out.exists(), "{stderr}");
+    assert!(stderr.contains("--clip") && stderr.contains("48x48"), "{stderr}");
+}
+
+#[test]
+fn image_shape_is_what_decode_gives() {
+    for (name, model) in [("tiny-sd1", StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()), ("embedded", StableDiffusion::load_folder(&embedded_dir(), Device::Cpu, Kind::Float).unwrap())] {
+        let [c, h, w] = model.latent_shape();
+        let decoded = model.decode(&tch::Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu)));
+        assert_eq!(decoded.size()[1..], model.image_shape(), "{name}");
+    }
+}

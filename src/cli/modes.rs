@@ -102,7 +102,12 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
     let embedder = ClipEmbedder::load(&clip_dir, model.device)?;
-    // The values' texts are checked now (a word the CLIP tokenizer lacks fails here, not after sampling).
+    // The CLIP must take this model's images, and the values' texts must be words its tokenizer knows: checked
+    // now, not after sampling.
+    let [c, h, w] = model.image_shape();
+    let _ = embedder.image_embeds(&Tensor::zeros([1, c, h, w], (tch::Kind::Float, tch::Device::Cpu))).with_context(|| {
+        format!("the CLIP model {} cannot embed this model's {w}x{h} images; give one that can with --clip", clip_dir.display())
+    })?;
     if let Some(g) = &discovery.grounding {
         let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
     }

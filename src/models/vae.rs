@@ -326,6 +326,9 @@ pub struct AutoencoderKL {
     latent_channels: i64,
     scaling_factor: f64,
     shift_factor: f64,
+    /// Image channels, and image pixels per latent pixel (2 per downsampling stage).
+    pub image_channels: i64,
+    pub scale: i64,
 }
 
 impl AutoencoderKL {
@@ -349,6 +352,8 @@ impl AutoencoderKL {
             latent_channels: z,
             scaling_factor: cfg.scaling_factor,
             shift_factor: cfg.shift_factor.unwrap_or(0.0),
+            image_channels: cfg.out_channels,
+            scale: 1 << (cfg.block_out_channels.len().saturating_sub(1)),
         })
     }
 

@@ -115,6 +115,15 @@ impl StableDiffusion {
         [self.unet.config.in_channels, size, size]
     }
 
+    /// The shape [C, H, W] of the images `decode` gives for latents of `latent_shape()`.
+    pub fn image_shape(&self) -> [i64; 3] {
+        let [c, h, w] = self.latent_shape();
+        match &self.vae {
+            Some(vae) => [vae.image_channels, h * vae.scale, w * vae.scale],
+            None => [c, h, w],
+        }
+    }
+
     /// Latents [B,C,H,W] to images in [0,1], [B,C',H',W'], in f32 on the CPU. A pixel-space model's latents are
     /// images in [-1,1].
     pub fn decode(&self, latents: &Tensor) -> Tensor {
