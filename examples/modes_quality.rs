@@ -3,8 +3,8 @@
 //! one's purity by the embedded CLIP's zero-shot classes, with and without grounding (`--by`); then the whole
 //! chain (one adapter per cluster, DMA per cluster): each mode's prototype's class, the prototype without
 //! clustering, each adapter's held-out noise-prediction loss against the base prompt, and the wall time.
-//! Run: `cargo run --release --example modes_quality -- [SAMPLES] [ti|lora|none] [SEED] [PCA_DIMS]` (defaults:
-//! the model's sample count, ti, 0, the model's PCA width).
+//! Run: `cargo run --release --example modes_quality -- [SAMPLES] [ti|lora|none] [SEED] [PCA_DIMS] [ADAPTER_STEPS]`
+//! (defaults: the model's sample count, ti, 0, the model's PCA width and adapter steps).
 use dma::adapters::AdapterKind;
 use dma::clustering::ClusterCount;
 use dma::data::captions::broad_concepts;
@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     };
     let seed: u64 = args.get(3).map_or(Ok(0), |s| s.parse())?;
     let pca_dims: usize = args.get(4).map_or(Ok(defaults.pca_dims), |s| s.parse())?;
+    let adapter_steps: Option<usize> = args.get(5).map(|s| s.parse()).transpose()?;
     let mut model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
     let names = class_names();
@@ -72,7 +73,9 @@ fn main() -> anyhow::Result<()> {
 
     let Some(kind) = kind else { return Ok(()) };
     let align = defaults.align(HBranch::Cond);
-    let chain = ChainSettings { adapter: defaults.adapter(kind, seed), lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
+    let mut adapter = defaults.adapter(kind, seed);
+    adapter.steps = adapter_steps.unwrap_or(adapter.steps);
+    let chain = ChainSettings { adapter, lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
     println!("\nthe chain with {kind:?} adapters ({:?})", chain.adapter);
     let started = Instant::now();
     let overall = run(&model, &sampling, &seeded_latents(&model, defaults.latents, seed), Some(&align), 0, &|_| {})?;
