@@ -12,7 +12,7 @@ use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
+use dma::pipelines::mental_average::seeded_mental_average;
 use dma::pipelines::modes::{discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use std::path::PathBuf;
@@ -78,8 +78,7 @@ fn main() -> anyhow::Result<()> {
     let chain = ChainSettings { adapter, lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
     println!("\nthe chain with {kind:?} adapters ({:?})", chain.adapter);
     let started = Instant::now();
-    let overall = run(&model, &sampling, &seeded_latents(&model, defaults.latents, seed), Some(&align), 0, &|_| {})?;
-    let index = prototype_index(&model, &sampling, align.branch, &overall.latents)?;
+    let (overall, index) = seeded_mental_average(&model, &sampling, &align, defaults.latents, &|_| {})?;
     let class = classifier.classify(&model.decode(&overall.latents.narrow(0, index, 1)))?[0];
     println!("prototype without clustering: {}", names[class]);
     let per_mode = prototypes_per_mode(&mut model, &modes, &sampling, &align, &chain, &|_, _| {}, &|_| {})?;

@@ -11,7 +11,7 @@ use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::files::{write_atomic, write_json};
 use dma::output::images::{enlarge_to, grid, png_bytes, square_grid};
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
+use dma::pipelines::mental_average::seeded_mental_average;
 use dma::pipelines::modes::{alignment_work, discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
 use dma::weights::write_safetensors;
 use serde_json::json;
@@ -139,9 +139,8 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     if args.average {
         let overall_bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
         overall_bar.set_message("mental average of the whole concept");
-        let overall = run(&model, &settings, &seeded_latents(&model, latents, settings.seed), Some(&align), 0, &|n| overall_bar.inc(n))?;
+        let (overall, overall_index) = seeded_mental_average(&model, &settings, &align, latents, &|n| overall_bar.inc(n))?;
         overall_bar.finish_and_clear();
-        let overall_index = prototype_index(&model, &settings, align.branch, &overall.latents)?;
         let overall_image = model.decode(&overall.latents.get(overall_index).unsqueeze(0));
 
         let bar = progress_bar(0, common.quiet);

@@ -94,6 +94,19 @@ pub fn run(
     Ok(SamplingResult { latents, trajectory: recorder.frames, log: alignment.log })
 }
 
+/// A mental average from `count` latents seeded by `settings.seed`: the run and the index of its prototype.
+pub fn seeded_mental_average(
+    model: &StableDiffusion,
+    settings: &SamplingSettings,
+    align: &AlignSettings,
+    count: i64,
+    progress: &dyn Fn(u64),
+) -> Result<(SamplingResult, i64)> {
+    let result = run(model, settings, &seeded_latents(model, count, settings.seed), Some(align), 0, progress)?;
+    let prototype = prototype_index(model, settings, align.branch, &result.latents)?;
+    Ok((result, prototype))
+}
+
 /// The index of the latent whose h (at the last timestep, from `branch`) is nearest the mean h of all latents.
 pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, branch: HBranch, latents: &Tensor) -> Result<i64> {
     let scheduler = settings.scheduler(model)?;

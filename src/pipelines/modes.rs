@@ -1,7 +1,7 @@
 //! Multimodal concepts (`dma modes`): draw samples of a prompt, embed them with CLIP, cluster them into modes,
 //! and, for the whole chain, learn one adapter per mode and compute each mode's prototype with DMA.
 //! No files, no UI: the command line writes what this returns.
-use super::mental_average::{prototype_index, run, seeded_latents, SamplingResult, SamplingSettings};
+use super::mental_average::{run, seeded_latents, seeded_mental_average, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
 use crate::adapters::{lora, Adapter, AdapterKind};
@@ -194,9 +194,7 @@ pub fn prototypes_per_mode(
         };
 
         phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, chain.latents));
-        let init = seeded_latents(model, chain.latents, sampling.seed);
-        let result = run(model, &mode_sampling, &init, Some(align), 0, progress)?;
-        let prototype = prototype_index(model, &mode_sampling, align.branch, &result.latents)?;
+        let (result, prototype) = seeded_mental_average(model, &mode_sampling, align, chain.latents, progress)?;
         lora::remove(model);
         out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, result, prototype, held_out });
     }
