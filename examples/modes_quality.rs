@@ -3,21 +3,34 @@
 //! one's purity by the embedded CLIP's zero-shot classes, with and without grounding (`--by`); then the whole
 //! chain (one adapter per cluster, DMA per cluster): each mode's prototype's class, the prototype without
 //! clustering, each adapter's held-out noise-prediction loss against the base prompt, and the wall time.
-//! Run: `cargo run --release --example modes_quality -- [SAMPLES] [ti|lora|none] [SEED] [PCA_DIMS] [ADAPTER_STEPS]`
-//! (defaults: the model's sample count, ti, 0, the model's PCA width and adapter steps).
+//! Run: `cargo run --release --example modes_quality -- [SAMPLES] [ti|lora|none] [SEEDS] [PCA_DIMS]
+//! [ADAPTER_STEPS] [silhouette|bic]` (defaults: the model's sample count, ti, 0, the model's PCA width and adapter
+//! steps, silhouette). SEEDS is one seed or a range such as 0-7; several seeds end with a summary table.
+use clap::ValueEnum;
 use dma::adapters::AdapterKind;
-use dma::clustering::ClusterCount;
-use dma::data::captions::broad_concepts;
+use dma::clustering::{ClusterCount, Criterion};
+use dma::data::captions::{broad_concepts, BroadConcept};
 use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::seeded_mental_average;
-use dma::pipelines::modes::{discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
+use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind};
+
+/// What one seed gave: clusters and their smallest purity, by image and grounded, and, after the chain, how many
+/// mode prototypes are of their cluster's class.
+struct SeedResult {
+    seed: u64,
+    clusters: usize,
+    least_purity: f64,
+    grounded_clusters: usize,
+    grounded_least_purity: f64,
+    prototypes_matching: Option<usize>,
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -31,63 +44,108 @@ fn main() -> anyhow::Result<()> {
         "ti" => Some(AdapterKind::Ti),
         other => anyhow::bail!("adapter kind {other:?}: expected ti, lora or none"),
     };
-    let seed: u64 = args.get(3).map_or(Ok(0), |s| s.parse())?;
+    let seeds: Vec<u64> = match args.get(3).map(|s| s.split_once('-')) {
+        None => vec![0],
+        Some(Some((first, last))) => (first.parse()?..=last.parse()?).collect(),
+        Some(None) => vec![args[3].parse()?],
+    };
     let pca_dims: usize = args.get(4).map_or(Ok(defaults.pca_dims), |s| s.parse())?;
-    let adapter_steps: Option<usize> = args.get(5).map(|s| s.parse()).transpose()?;
+    let adapter_steps: Option<usize> = args.get(5).filter(|s| *s != "-").map(|s| s.parse()).transpose()?;
+    let criterion = args.get(6).map_or(Ok(Criterion::Silhouette), |s| Criterion::from_str(s, true).map_err(anyhow::Error::msg))?;
     let mut model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
-    let names = class_names();
     let concept = broad_concepts().iter().find(|c| c.name == "footwear").expect("the embedded captions have footwear");
-    let sampling = defaults.sampling(concept.name, seed);
-    println!("embedded model, \"{}\", {samples} samples from seed {seed}, PCA {pca_dims} dims, clusters auto", concept.name);
+    println!("embedded model, \"{}\", {samples} samples, PCA {pca_dims} dims, clusters auto by {criterion:?}", concept.name);
 
-    let majority_classes = |modes: &Modes| -> anyhow::Result<Vec<usize>> {
-        let classes = classifier.classify(&modes.images)?;
-        let mut majority = Vec::new();
-        println!("| cluster | size | {} | other | purity |\n|---|---|---|---|---|", concept.classes.iter().map(|&c| names[c]).collect::<Vec<_>>().join(" | "));
-        for k in 0..modes.clustering.k {
-            let members = modes.members(k);
-            let count = |c: usize| members.iter().filter(|&&i| classes[i as usize] == c).count();
-            let counts: Vec<usize> = concept.classes.iter().map(|&c| count(c)).collect();
-            let (best, top) = counts.iter().enumerate().max_by_key(|(_, &n)| n).map(|(i, &n)| (concept.classes[i], n)).unwrap();
-            let other = members.len() - counts.iter().sum::<usize>();
-            let cells = counts.iter().map(usize::to_string).collect::<Vec<_>>().join(" | ");
-            println!("| {k} | {} | {cells} | {other} | {:.0}% {} |", members.len(), 100.0 * top as f64 / members.len() as f64, names[best]);
-            majority.push(best);
+    let mut results = Vec::new();
+    for &seed in &seeds {
+        let sampling = defaults.sampling(concept.name, seed);
+        let plain = DiscoverySettings { samples, clusters: ClusterCount::Auto { max: 8 }, criterion, pca_dims, grounding: None };
+        let started = Instant::now();
+        let modes = discover(&model, &sampling, &classifier.embedder, &plain, &|_| {})?;
+        let c = &modes.clustering;
+        println!("\nseed {seed}, by image embedding: {} clusters (BIC {:?}, silhouette {:?}), {:.0} s", c.k, c.bic, c.silhouette, started.elapsed().as_secs_f64());
+        let (majority, least_purity) = majority_classes(&classifier, concept, &modes)?;
+
+        let values: Vec<String> = concept.classes.iter().map(|&c| class_names()[c].to_string()).collect();
+        let grounded = DiscoverySettings { grounding: Some(Grounding { attribute: "kind".into(), values }), ..plain.clone() };
+        let clustering = cluster_images(&classifier.embedder, &modes.images, &grounded, seed)?;
+        let grounded_modes = Modes { noise: modes.noise.shallow_clone(), latents: modes.latents.shallow_clone(), images: modes.images.shallow_clone(), clustering };
+        let c = &grounded_modes.clustering;
+        println!("\nseed {seed}, grounded, --by \"kind: sandal, sneaker, ankle boot\": {} clusters (BIC {:?}, silhouette {:?})", c.k, c.bic, c.silhouette);
+        let (_, grounded_least_purity) = majority_classes(&classifier, concept, &grounded_modes)?;
+
+        let mut result = SeedResult { seed, clusters: modes.clustering.k, least_purity, grounded_clusters: c.k, grounded_least_purity, prototypes_matching: None };
+        if let Some(kind) = kind {
+            result.prototypes_matching = Some(chain(&mut model, &classifier, &defaults, &modes, &majority, kind, adapter_steps, seed)?);
         }
-        Ok(majority)
-    };
+        results.push(result);
+    }
+    if results.len() > 1 {
+        println!("\n| seed | clusters | least pure | grounded clusters | least pure | mode prototypes of their cluster's class |\n|---|---|---|---|---|---|");
+        for r in &results {
+            let matching = r.prototypes_matching.map_or("-".to_string(), |n| format!("{n} of {}", r.clusters));
+            println!("| {} | {} | {:.0}% | {} | {:.0}% | {matching} |", r.seed, r.clusters, 100.0 * r.least_purity, r.grounded_clusters, 100.0 * r.grounded_least_purity);
+        }
+    }
+    Ok(())
+}
 
-    let clusters = ClusterCount::Auto { max: 8 };
-    let plain = DiscoverySettings { samples, clusters, pca_dims, grounding: None };
-    let started = Instant::now();
-    let modes = discover(&model, &sampling, &classifier.embedder, &plain, &|_| {})?;
-    println!("\nby image embedding: {} clusters (BIC {:?}), {:.0} s", modes.clustering.k, modes.clustering.bic, started.elapsed().as_secs_f64());
-    let majority = majority_classes(&modes)?;
+/// Prints each cluster's zero-shot classes; each cluster's majority class and the smallest cluster purity.
+fn majority_classes(classifier: &ZeroShot, concept: &BroadConcept, modes: &Modes) -> anyhow::Result<(Vec<usize>, f64)> {
+    let names = class_names();
+    let classes = classifier.classify(&modes.images)?;
+    let mut majority = Vec::new();
+    let mut least_purity = 1.0f64;
+    println!("| cluster | size | {} | other | purity |\n|---|---|---|---|---|", concept.classes.iter().map(|&c| names[c]).collect::<Vec<_>>().join(" | "));
+    for k in 0..modes.clustering.k {
+        let members = modes.members(k);
+        let count = |c: usize| members.iter().filter(|&&i| classes[i as usize] == c).count();
+        let counts: Vec<usize> = concept.classes.iter().map(|&c| count(c)).collect();
+        let (best, top) = counts.iter().enumerate().max_by_key(|(_, &n)| n).map(|(i, &n)| (concept.classes[i], n)).unwrap();
+        let other = members.len() - counts.iter().sum::<usize>();
+        let cells = counts.iter().map(usize::to_string).collect::<Vec<_>>().join(" | ");
+        let purity = top as f64 / members.len() as f64;
+        println!("| {k} | {} | {cells} | {other} | {:.0}% {} |", members.len(), 100.0 * purity, names[best]);
+        majority.push(best);
+        least_purity = least_purity.min(purity);
+    }
+    Ok((majority, least_purity))
+}
 
-    let values: Vec<String> = concept.classes.iter().map(|&c| names[c].to_string()).collect();
-    let grounded = DiscoverySettings { grounding: Some(Grounding { attribute: "kind".into(), values }), ..plain.clone() };
-    let grounded_modes = discover(&model, &sampling, &classifier.embedder, &grounded, &|_| {})?;
-    println!("\ngrounded, --by \"kind: sandal, sneaker, ankle boot\": {} clusters (BIC {:?})", grounded_modes.clustering.k, grounded_modes.clustering.bic);
-    majority_classes(&grounded_modes)?;
-
-    let Some(kind) = kind else { return Ok(()) };
+/// The whole chain on one seed's modes; prints each mode's prototype class and held-out losses, and returns how
+/// many prototypes are of their cluster's majority class.
+#[allow(clippy::too_many_arguments)]
+fn chain(
+    model: &mut StableDiffusion,
+    classifier: &ZeroShot,
+    defaults: &RunDefaults,
+    modes: &Modes,
+    majority: &[usize],
+    kind: AdapterKind,
+    adapter_steps: Option<usize>,
+    seed: u64,
+) -> anyhow::Result<usize> {
+    let names = class_names();
+    let sampling = defaults.sampling("footwear", seed);
     let align = defaults.align(HBranch::Cond);
     let mut adapter = defaults.adapter(kind, seed);
     adapter.steps = adapter_steps.unwrap_or(adapter.steps);
     let chain = ChainSettings { adapter, lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
     println!("\nthe chain with {kind:?} adapters ({:?})", chain.adapter);
     let started = Instant::now();
-    let (overall, index) = seeded_mental_average(&model, &sampling, &align, defaults.latents, &|_| {})?;
+    let (overall, index) = seeded_mental_average(model, &sampling, &align, defaults.latents, &|_| {})?;
     let class = classifier.classify(&model.decode(&overall.latents.narrow(0, index, 1)))?[0];
     println!("prototype without clustering: {}", names[class]);
-    let per_mode = prototypes_per_mode(&mut model, &modes, &sampling, &align, &chain, &|_, _| {}, &|_| {})?;
+    let per_mode = prototypes_per_mode(model, modes, &sampling, &align, &chain, &|_, _| {}, &|_| {})?;
     println!("| cluster | majority class | prototype's class | held-out loss: base prompt | with adapter |\n|---|---|---|---|---|");
+    let mut matching = 0;
     for mode in &per_mode {
         let class = classifier.classify(&model.decode(&mode.result.latents.narrow(0, mode.prototype, 1)))?[0];
         let (base, adapted) = mode.held_out.as_ref().map_or((f64::NAN, f64::NAN), |h| (h.base, h.adapted));
         println!("| {} | {} | {} | {base:.4} | {adapted:.4} |", mode.cluster, names[majority[mode.cluster]], names[class]);
+        matching += usize::from(class == majority[mode.cluster]);
     }
     println!("chain after discovery (overall prototype, {} adapters, {} mode prototypes): {:.0} s", per_mode.len(), per_mode.len(), started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(matching)
 }

@@ -6,7 +6,7 @@ use super::report::{model_record, png_text};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::adapters::AdapterKind;
-use dma::clustering::ClusterCount;
+use dma::clustering::{ClusterCount, Criterion};
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::files::{write_atomic, write_json};
 use dma::output::images::{enlarge_to, grid, png_bytes, square_grid};
@@ -32,9 +32,14 @@ pub struct ModesArgs {
     /// model's].
     #[arg(long)]
     pub samples: Option<i64>,
-    /// The number of clusters, or `auto` to choose it by BIC among 1 to 8 (`auto:N`: among 1 to N).
+    /// The number of clusters, or `auto` to choose it among 1 to 8 (`auto:N`: among 1 to N) by
+    /// --cluster-criterion.
     #[arg(long, default_value = "auto", value_parser = ClusterCount::parse)]
     pub clusters: ClusterCount,
+    /// How `--clusters auto` chooses: `silhouette` (one cluster if BIC prefers it, else the best-separated
+    /// clusters) or `bic` (the paper's lowest BIC, which tends to split a kind into several clusters).
+    #[arg(long, value_enum, default_value_t = Criterion::Silhouette)]
+    pub cluster_criterion: Criterion,
     /// Principal components of the embeddings the Gaussian mixture is fitted in [default: 4, or the model's].
     #[arg(long)]
     pub pca_dims: Option<usize>,
@@ -79,7 +84,7 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     let settings = common.settings(&defaults, "--samples", samples)?;
     args.clusters.validate(samples.max(0) as usize).with_context(|| format!("--clusters with --samples {samples}"))?;
     let grounding = args.by.as_deref().map(Grounding::parse).transpose()?;
-    let discovery = DiscoverySettings { samples, clusters: args.clusters, pca_dims: args.pca_dims.unwrap_or(defaults.pca_dims), grounding };
+    let discovery = DiscoverySettings { samples, clusters: args.clusters, criterion: args.cluster_criterion, pca_dims: args.pca_dims.unwrap_or(defaults.pca_dims), grounding };
     if discovery.pca_dims == 0 {
         bail!("--pca-dims must be at least 1");
     }
@@ -172,7 +177,9 @@ pub fn modes(args: ModesArgs) -> Result<()> {
             clusters[mode.cluster]["prompt"] = json!(mode.sampling.prompt);
             clusters[mode.cluster]["guidance"] = json!(mode.sampling.guidance);
             clusters[mode.cluster]["held_out_loss"] = json!(mode.held_out);
-            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "prototype_index": mode.prototype, "steps": mode.result.log }));
+            // The mode's DMA started from the noise of these samples (its first members).
+            let started_from: Vec<i64> = modes.members(mode.cluster).into_iter().take(mode.result.latents.size()[0] as usize).collect();
+            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": started_from, "prototype_index": mode.prototype, "steps": mode.result.log }));
             written.extend([adapter_name, prototype_name]);
         }
         let figure = enlarge_to(&Tensor::cat(&figure, 0), FIGURE_SIDE);

@@ -102,7 +102,18 @@ pub fn seeded_mental_average(
     count: i64,
     progress: &dyn Fn(u64),
 ) -> Result<(SamplingResult, i64)> {
-    let result = run(model, settings, &seeded_latents(model, count, settings.seed), Some(align), 0, progress)?;
+    mental_average_from(model, settings, align, &seeded_latents(model, count, settings.seed), progress)
+}
+
+/// DMA from the given initial noise [K,C,H,W], and the index of its prototype among the K final latents.
+pub fn mental_average_from(
+    model: &StableDiffusion,
+    settings: &SamplingSettings,
+    align: &AlignSettings,
+    init: &Tensor,
+    progress: &dyn Fn(u64),
+) -> Result<(SamplingResult, i64)> {
+    let result = run(model, settings, init, Some(align), 0, progress)?;
     let prototype = prototype_index(model, settings, align.branch, &result.latents)?;
     Ok((result, prototype))
 }

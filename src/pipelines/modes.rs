@@ -1,11 +1,11 @@
 //! Multimodal concepts (`dma modes`): draw samples of a prompt, embed them with CLIP, cluster them into modes,
 //! and, for the whole chain, learn one adapter per mode and compute each mode's prototype with DMA.
 //! No files, no UI: the command line writes what this returns.
-use super::mental_average::{run, seeded_latents, seeded_mental_average, SamplingResult, SamplingSettings};
+use super::mental_average::{mental_average_from, run, seeded_latents, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
 use crate::adapters::{lora, Adapter, AdapterKind};
-use crate::clustering::{cluster, ClusterCount, Clustering};
+use crate::clustering::{cluster, ClusterCount, Clustering, Criterion};
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::method::AlignSettings;
 use anyhow::{bail, ensure, Result};
@@ -44,13 +44,16 @@ impl Grounding {
 pub struct DiscoverySettings {
     pub samples: i64,
     pub clusters: ClusterCount,
+    /// How an auto count is chosen.
+    pub criterion: Criterion,
     /// Principal components kept before the mixture is fitted.
     pub pca_dims: usize,
     pub grounding: Option<Grounding>,
 }
 
 pub struct Modes {
-    /// The samples' final latents [N,C,H,W] and images [N,C,H,W] in [0,1].
+    /// The samples' initial noise, final latents [N,C,H,W] and images [N,C,H,W] in [0,1].
+    pub noise: Tensor,
     pub latents: Tensor,
     pub images: Tensor,
     pub clustering: Clustering,
@@ -60,6 +63,16 @@ impl Modes {
     /// The sample indices of cluster `k`.
     pub fn members(&self, k: usize) -> Vec<i64> {
         self.clustering.labels.iter().enumerate().filter(|(_, &l)| l == k).map(|(i, _)| i as i64).collect()
+    }
+
+    /// The initial noise of cluster `k`'s first `count` members (all of them if fewer) [M,C,H,W]. A mode's mental
+    /// average starts from it: these draws are known to end in the mode, so DMA averages within it. From fresh
+    /// noise, the adapter's pull competes with the concept's dominant mode: on the embedded model's "footwear" a
+    /// sandal LoRA turned 81-91% of fresh samples into sandals, yet DMA from fresh noise aligned all 16 latents into
+    /// ankle boots (BENCHMARKS.md, "Modes of a concept").
+    pub fn noise_of(&self, k: usize, count: i64) -> Tensor {
+        let members: Vec<i64> = self.members(k).into_iter().take(count.max(0) as usize).collect();
+        self.noise.index_select(0, &Tensor::from_slice(&members).to_device(self.noise.device()))
     }
 
     /// Cluster `k`'s latents split into (held out, to train on): every `every`-th member is held out, none when
@@ -111,9 +124,14 @@ pub fn discover(
     let init = seeded_latents(model, settings.samples, sampling.seed);
     let latents = run(model, sampling, &init, None, 0, progress)?.latents;
     let images = model.decode_batched(&latents, sampling.batch);
-    let features = features(embedder, &images, settings.grounding.as_ref())?;
-    let clustering = cluster(&features, settings.clusters, clustering_dims(settings), sampling.seed)?;
-    Ok(Modes { latents, images, clustering })
+    let clustering = cluster_images(embedder, &images, settings, sampling.seed)?;
+    Ok(Modes { noise: init, latents, images, clustering })
+}
+
+/// Embeds images [N,C,H,W] in [0,1] as `settings` says (whole image or grounded) and clusters them.
+pub fn cluster_images(embedder: &ClipEmbedder, images: &Tensor, settings: &DiscoverySettings, seed: u64) -> Result<Clustering> {
+    let features = features(embedder, images, settings.grounding.as_ref())?;
+    cluster(&features, settings.clusters, settings.criterion, clustering_dims(settings), seed)
 }
 
 /// How the per-mode prototypes are made.
@@ -123,7 +141,7 @@ pub struct ChainSettings {
     /// The guidance DMA samples with under a LoRA adapter (the paper: 3, as LoRA strengthens the prompt); Textual
     /// Inversion keeps the sampling guidance.
     pub lora_guidance: f64,
-    /// Latents aligned per prototype.
+    /// Latents aligned per prototype: the noise of that many of the mode's members (fewer in a smaller mode).
     pub latents: i64,
     /// Every `held_out_every`-th member of a mode is kept out of its adapter's training to measure the adapter.
     pub held_out_every: usize,
@@ -158,7 +176,7 @@ pub fn mode_token(prompt: &str, k: usize) -> String {
 }
 
 /// Mental averages, one per mode: for each cluster, learn an adapter on its samples (less the held-out ones),
-/// then run DMA with it from the sampling seed. `phase` names each stage and its length, `progress` advances it.
+/// then run DMA with it from the noise of the mode's own samples. `phase` names each stage and its length, `progress` advances it.
 /// Empty clusters are skipped. Leaves no LoRA on the model (Textual Inversion tokens stay; each mode's is
 /// distinct).
 pub fn prototypes_per_mode(
@@ -193,8 +211,9 @@ pub fn prototypes_per_mode(
             None => None,
         };
 
-        phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, chain.latents));
-        let (result, prototype) = seeded_mental_average(model, &mode_sampling, align, chain.latents, progress)?;
+        let init = modes.noise_of(k, chain.latents);
+        phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, init.size()[0]));
+        let (result, prototype) = mental_average_from(model, &mode_sampling, align, &init, progress)?;
         lora::remove(model);
         out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, result, prototype, held_out });
     }

@@ -75,8 +75,7 @@ pub fn model_index() -> Value {
 /// space DDIM clips its prediction of x0, and guidance pushes x0 past the clip; re-deriving the noise from the
 /// clipped x0 keeps the step consistent (without it, guidance 1.5 already turns thin digits into blobs). With it,
 /// guidance 4.5 is where every class's samples are recognisably that class (models/embedded/README.md). For
-/// `dma modes`: its CLIP's embeddings of one concept's samples have 90% of their variance in two principal
-/// components, and adapters train for 400 steps of 8 samples so the whole chain for "footwear" fits in minutes.
+/// `dma modes`: adapters train for 400 steps of 8 samples so the whole chain for "footwear" fits in minutes.
 pub fn run_defaults() -> RunDefaults {
     RunDefaults {
         latents: 16,
@@ -85,7 +84,6 @@ pub fn run_defaults() -> RunDefaults {
         batch: 16,
         guidance: 4.5,
         use_clipped_model_output: true,
-        pca_dims: 2,
         ti_steps: 400,
         ti_lr: 1e-2,
         lora_steps: 400,
