@@ -14,7 +14,7 @@ use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::seeded_mental_average;
+use dma::pipelines::mental_average::{seeded_mental_average, SamplingSettings};
 use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use std::path::PathBuf;
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
 
         let mut result = SeedResult { seed, clusters: modes.clustering.k, least_purity, grounded_clusters: c.k, grounded_least_purity, prototypes_matching: None };
         if let Some(kind) = kind {
-            result.prototypes_matching = Some(chain(&mut model, &classifier, &defaults, &modes, &majority, kind, adapter_steps, seed)?);
+            result.prototypes_matching = Some(chain(&mut model, &classifier, &defaults, &modes, &majority, &sampling, kind, adapter_steps)?);
         }
         results.push(result);
     }
@@ -122,22 +122,21 @@ fn chain(
     defaults: &RunDefaults,
     modes: &Modes,
     majority: &[usize],
+    sampling: &SamplingSettings,
     kind: AdapterKind,
     adapter_steps: Option<usize>,
-    seed: u64,
 ) -> anyhow::Result<usize> {
     let names = class_names();
-    let sampling = defaults.sampling("footwear", seed);
     let align = defaults.align(HBranch::Cond);
-    let mut adapter = defaults.adapter(kind, seed);
+    let mut adapter = defaults.adapter(kind, sampling.seed);
     adapter.steps = adapter_steps.unwrap_or(adapter.steps);
     let chain = ChainSettings { adapter, lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
     println!("\nthe chain with {kind:?} adapters ({:?})", chain.adapter);
     let started = Instant::now();
-    let (overall, index) = seeded_mental_average(model, &sampling, &align, defaults.latents, &|_| {})?;
+    let (overall, index) = seeded_mental_average(model, sampling, &align, defaults.latents, &|_| {})?;
     let class = classifier.classify(&model.decode(&overall.latents.narrow(0, index, 1)))?[0];
     println!("prototype without clustering: {}", names[class]);
-    let per_mode = prototypes_per_mode(model, modes, &sampling, &align, &chain, &|_, _| {}, &|_| {})?;
+    let per_mode = prototypes_per_mode(model, modes, sampling, &align, &chain, &|_, _| {}, &|_| {})?;
     println!("| cluster | majority class | prototype's class | held-out loss: base prompt | with adapter |\n|---|---|---|---|---|");
     let mut matching = 0;
     for mode in &per_mode {

@@ -177,9 +177,7 @@ pub fn modes(args: ModesArgs) -> Result<()> {
             clusters[mode.cluster]["prompt"] = json!(mode.sampling.prompt);
             clusters[mode.cluster]["guidance"] = json!(mode.sampling.guidance);
             clusters[mode.cluster]["held_out_loss"] = json!(mode.held_out);
-            // The mode's DMA started from the noise of these samples (its first members).
-            let started_from: Vec<i64> = modes.members(mode.cluster).into_iter().take(mode.result.latents.size()[0] as usize).collect();
-            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": started_from, "prototype_index": mode.prototype, "steps": mode.result.log }));
+            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": mode.started_from, "prototype_index": mode.prototype, "steps": mode.result.log }));
             written.extend([adapter_name, prototype_name]);
         }
         let figure = enlarge_to(&Tensor::cat(&figure, 0), FIGURE_SIDE);

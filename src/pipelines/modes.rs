@@ -65,16 +65,6 @@ impl Modes {
         self.clustering.labels.iter().enumerate().filter(|(_, &l)| l == k).map(|(i, _)| i as i64).collect()
     }
 
-    /// The initial noise of cluster `k`'s first `count` members (all of them if fewer) [M,C,H,W]. A mode's mental
-    /// average starts from it: these draws are known to end in the mode, so DMA averages within it. From fresh
-    /// noise, the adapter's pull competes with the concept's dominant mode: on the embedded model's "footwear" a
-    /// sandal LoRA turned 81-91% of fresh samples into sandals, yet DMA from fresh noise aligned all 16 latents into
-    /// ankle boots (BENCHMARKS.md, "Modes of a concept").
-    pub fn noise_of(&self, k: usize, count: i64) -> Tensor {
-        let members: Vec<i64> = self.members(k).into_iter().take(count.max(0) as usize).collect();
-        self.noise.index_select(0, &Tensor::from_slice(&members).to_device(self.noise.device()))
-    }
-
     /// Cluster `k`'s latents split into (held out, to train on): every `every`-th member is held out, none when
     /// the cluster has fewer than `every` members.
     pub fn held_out_split(&self, k: usize, every: usize) -> (Tensor, Tensor) {
@@ -162,6 +152,12 @@ pub struct ModePrototype {
     pub adapter: Adapter,
     /// The prompt and guidance DMA ran with.
     pub sampling: SamplingSettings,
+    /// The samples whose initial noise DMA started from: the mode's first `ChainSettings::latents` members. These
+    /// draws are known to end in the mode, so DMA averages within it. From fresh noise, the adapter's pull competes
+    /// with the concept's dominant mode: on the embedded model's "footwear" a sandal LoRA turned 81-91% of fresh
+    /// samples into sandals, yet DMA from fresh noise aligned all 16 latents into ankle boots (BENCHMARKS.md,
+    /// "Modes of a concept").
+    pub started_from: Vec<i64>,
     pub result: SamplingResult,
     pub prototype: i64,
     /// None for a mode too small to hold samples out.
@@ -211,11 +207,12 @@ pub fn prototypes_per_mode(
             None => None,
         };
 
-        let init = modes.noise_of(k, chain.latents);
-        phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, init.size()[0]));
+        let started_from: Vec<i64> = modes.members(k).into_iter().take(chain.latents.max(0) as usize).collect();
+        let init = modes.noise.index_select(0, &Tensor::from_slice(&started_from).to_device(modes.noise.device()));
+        phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, started_from.len() as i64));
         let (result, prototype) = mental_average_from(model, &mode_sampling, align, &init, progress)?;
         lora::remove(model);
-        out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, result, prototype, held_out });
+        out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, started_from, result, prototype, held_out });
     }
     Ok(out)
 }
