@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 # The embedded model's training data (Fashion-MNIST, MNIST digits), once per machine.
 scripts/setup_data.sh >/dev/null
+# A real browser for the report test.
+scripts/setup_chromium.sh
 cargo test --release "$@"

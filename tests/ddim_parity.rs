@@ -158,3 +158,24 @@ fn step_is_differentiable_and_keeps_the_sample_dtype() {
         assert!(diff < tolerance * expected, "{kind:?}: gradient off by {diff} (expected {expected})");
     }
 }
+
+/// Guidance that edits the noise estimate (MGD3's mode guidance) hands the sampler the output that noise means;
+/// `output_for_epsilon` must invert `predictions` for every prediction type, and agree with the step's x0.
+#[test]
+fn output_for_epsilon_inverts_predictions_for_every_prediction_type() {
+    let _rng = common::global_rng();
+    tch::manual_seed(3);
+    let sample = Tensor::randn([2, 4, 3, 3], (Kind::Double, Device::Cpu));
+    let output = Tensor::randn([2, 4, 3, 3], (Kind::Double, Device::Cpu));
+    for prediction_type in [PredictionType::Epsilon, PredictionType::VPrediction, PredictionType::Sample] {
+        let config = DdimConfig { prediction_type, clip_sample: false, ..scheduler_config("tiny-sd1") };
+        let scheduler = DdimScheduler::new(&config, 10).unwrap();
+        let timestep = scheduler.timesteps()[3];
+        let (original, epsilon) = scheduler.predictions(&output, timestep, &sample);
+        let back = scheduler.output_for_epsilon(&epsilon, timestep, &sample);
+        // The coefficients are float32 (as diffusers takes them): a round trip is exact to their rounding.
+        assert!(max_abs_diff(&back, &output) < 1e-6, "{prediction_type:?}: {}", max_abs_diff(&back, &output));
+        let step = scheduler.step(&output, timestep, &sample);
+        assert!(max_abs_diff(&step.pred_original_sample, &original) < 1e-12, "{prediction_type:?}: the step's x0");
+    }
+}

@@ -1,5 +1,5 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
-use super::common::{progress_bar, ModelArgs};
+use super::common::{out_dir, progress_bar, ModelArgs};
 use super::report::{write_outputs, RunOutputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -8,7 +8,7 @@ use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{check_latents, prototype_index, run, seeded_latents, SamplingSettings};
-use dma::pipelines::modes::alignment_work;
+use dma::pipelines::mental_average::alignment_work;
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,23 +22,11 @@ pub struct SamplingArgs {
     /// The concept, as a text prompt.
     #[arg(long)]
     pub prompt: String,
-    /// DDIM steps [default: 20, or the model's dma_defaults.json].
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Classifier-free guidance scale [default: 7, or the model's].
-    #[arg(long)]
-    pub guidance: Option<f64>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Latents per UNet call; lower it when memory runs short (results do not depend on it) [default: 8, or the
-    /// model's].
-    #[arg(long)]
-    pub batch: Option<i64>,
-    /// DDIM re-derives the noise from the clipped prediction of x0 (diffusers' use_clipped_model_output; only
-    /// matters for schedulers with clip_sample, i.e. pixel-space models) [default: false, or the model's].
-    #[arg(long)]
-    pub use_clipped_model_output: Option<bool>,
     /// Output folder (must not exist or be empty); default out/<command>-<prompt>-<time>.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -51,6 +39,50 @@ pub struct SamplingArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The sampler's options, shared by every command that samples.
+#[derive(Args, Clone, Debug)]
+pub struct SamplerArgs {
+    /// DDIM steps [default: 20, or the model's dma_defaults.json].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale [default: 7, or the model's].
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Latents per UNet call; lower it when memory runs short (results do not depend on it) [default: 8, or the
+    /// model's].
+    #[arg(long)]
+    pub batch: Option<i64>,
+    /// DDIM re-derives the noise from the clipped prediction of x0 (diffusers' use_clipped_model_output; only
+    /// matters for schedulers with clip_sample, i.e. pixel-space models) [default: false, or the model's].
+    #[arg(long)]
+    pub use_clipped_model_output: Option<bool>,
+}
+
+impl SamplerArgs {
+    /// The flags over the model's defaults for `prompt` from `seed`, checked before anything is loaded so
+    /// nonsense fails at once.
+    pub fn settings(&self, defaults: &RunDefaults, prompt: &str, seed: u64) -> Result<SamplingSettings> {
+        let defaults = defaults.sampling(prompt, seed);
+        let settings = SamplingSettings {
+            steps: self.steps.unwrap_or(defaults.steps),
+            guidance: self.guidance.unwrap_or(defaults.guidance),
+            batch: self.batch.unwrap_or(defaults.batch),
+            use_clipped_model_output: self.use_clipped_model_output.unwrap_or(defaults.use_clipped_model_output),
+            ..defaults
+        };
+        if settings.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        if !settings.guidance.is_finite() {
+            bail!("--guidance must be a number, got {}", settings.guidance);
+        }
+        if settings.batch < 1 {
+            bail!("--batch must be at least 1, got {}", settings.batch);
+        }
+        Ok(settings)
+    }
 }
 
 /// DMA's alignment options, shared by `average` and `modes --average`.
@@ -120,41 +152,17 @@ pub struct SampleArgs {
 }
 
 impl SamplingArgs {
-    /// The flags over the model's defaults, checked before anything is loaded so nonsense fails at once.
+    /// The flags over the model's defaults, with `count` (the latents or samples `count_flag` asks for) checked.
     pub fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
-        let defaults = defaults.sampling(&self.prompt, self.seed);
-        let settings = SamplingSettings {
-            steps: self.steps.unwrap_or(defaults.steps),
-            guidance: self.guidance.unwrap_or(defaults.guidance),
-            batch: self.batch.unwrap_or(defaults.batch),
-            use_clipped_model_output: self.use_clipped_model_output.unwrap_or(defaults.use_clipped_model_output),
-            ..defaults
-        };
+        let settings = self.sampler.settings(defaults, &self.prompt, self.seed)?;
         if self.init_latents.is_none() && count < 1 {
             bail!("{count_flag} must be at least 1, got {count}");
-        }
-        if settings.steps == 0 {
-            bail!("--steps must be at least 1");
-        }
-        if !settings.guidance.is_finite() {
-            bail!("--guidance must be a number, got {}", settings.guidance);
-        }
-        if settings.batch < 1 {
-            bail!("--batch must be at least 1, got {}", settings.batch);
         }
         Ok(settings)
     }
 
     pub fn out_dir(&self, command: &str) -> Result<OutDir> {
-        let path = match &self.out {
-            Some(p) => p.clone(),
-            None => {
-                let slug: String = self.prompt.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
-                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug.trim_matches('-')))
-            }
-        };
-        OutDir::create(&path)
+        out_dir(self.out.as_deref(), command, &self.prompt)
     }
 }
 

@@ -3,8 +3,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::pipelines::{single_file, ModelSource, StableDiffusion};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::path::PathBuf;
-use tch::{Device, Kind};
+use dma::evaluation::clip_embedder::ClipEmbedder;
+use dma::output::OutDir;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -98,4 +100,29 @@ pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
             .expect("a valid template"),
     );
     bar
+}
+
+/// The run's output folder: `out`, or out/<command>-<label>-<unix time> when none is given.
+pub fn out_dir(out: Option<&Path>, command: &str, label: &str) -> Result<OutDir> {
+    let path = match out {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug.trim_matches('-')))
+        }
+    };
+    OutDir::create(&path)
+}
+
+/// The CLIP model at `clip` (default: the embedded model's), checked now, before any long work, to take this
+/// model's images.
+pub fn load_clip(clip: Option<&Path>, model: &StableDiffusion) -> Result<(ClipEmbedder, PathBuf)> {
+    let dir = clip.map_or_else(|| embedded_model_dir().join("clip"), Path::to_path_buf);
+    let embedder = ClipEmbedder::load(&dir, model.device)?;
+    let [c, h, w] = model.image_shape();
+    let _ = embedder.image_embeds(&Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu))).with_context(|| {
+        format!("the CLIP model {} cannot embed this model's {w}x{h} images; give one that can with --clip", dir.display())
+    })?;
+    Ok((embedder, dir))
 }

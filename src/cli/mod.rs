@@ -1,6 +1,7 @@
 //! The `dma` command line: argument parsing and the glue from arguments to pipelines and output files.
 mod average;
 mod common;
+mod eval;
 mod modes;
 mod report;
 mod train;
@@ -22,6 +23,11 @@ enum Command {
     Sample(average::SampleArgs),
     /// Find the modes of a concept (clusters of its samples in CLIP space); with --average, one prototype per mode.
     Modes(modes::ModesArgs),
+    /// Compare DMA with the baselines (pixel average, Avg VAE, D4M, MGD3, the most typical sample) on concepts
+    /// over several seeds: results.csv, results.md, report.html.
+    Eval(eval::EvalArgs),
+    /// Prototypes of one concept from several models side by side, with the same figures and report.
+    Compare(eval::CompareArgs),
     /// Train the embedded model (resumable: run the same command again to continue).
     Train(train::TrainArgs),
     /// Train the embedded CLIP model (for embeddings, zero-shot classes and clustering; resumable).
@@ -33,6 +39,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Average(args) => average::average(args),
         Command::Sample(args) => average::sample(args),
         Command::Modes(args) => modes::modes(args),
+        Command::Eval(args) => eval::eval(args),
+        Command::Compare(args) => eval::compare(args),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),
     }

@@ -1,18 +1,18 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
 use super::average::{AlignArgs, SamplingArgs};
-use super::common::{embedded_model_dir, progress_bar};
+use super::common::{load_clip, progress_bar};
 use super::report::{model_record, png_text};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::adapters::AdapterKind;
 use dma::clustering::{ClusterCount, Criterion};
-use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::files::{write_atomic, write_json};
 use dma::output::images::{enlarge_to, grid, png_bytes, square_grid};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::seeded_mental_average;
-use dma::pipelines::modes::{alignment_work, discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
+use dma::pipelines::mental_average::alignment_work;
+use dma::pipelines::modes::{discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
 use dma::weights::write_safetensors;
 use serde_json::json;
 use std::path::PathBuf;
@@ -101,18 +101,12 @@ pub fn modes(args: ModesArgs) -> Result<()> {
         bail!("--adapter-steps, --adapter-batch and --adapter-lr must be positive");
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
-    let clip_dir = args.clip.clone().unwrap_or_else(|| embedded_model_dir().join("clip"));
     let out = common.out_dir("modes")?;
 
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
-    let embedder = ClipEmbedder::load(&clip_dir, model.device)?;
-    // The CLIP must take this model's images, and the values' texts must be words its tokenizer knows: checked
-    // now, not after sampling.
-    let [c, h, w] = model.image_shape();
-    let _ = embedder.image_embeds(&Tensor::zeros([1, c, h, w], (tch::Kind::Float, tch::Device::Cpu))).with_context(|| {
-        format!("the CLIP model {} cannot embed this model's {w}x{h} images; give one that can with --clip", clip_dir.display())
-    })?;
+    let (embedder, clip_dir) = load_clip(args.clip.as_deref(), &model)?;
+    // The values' texts must be words the CLIP's tokenizer knows: checked now, not after sampling.
     if let Some(g) = &discovery.grounding {
         let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
     }

@@ -94,6 +94,12 @@ pub fn run(
     Ok(SamplingResult { latents, trajectory: recorder.frames, log: alignment.log })
 }
 
+/// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
+pub fn alignment_work(align: &AlignSettings, sampling: &SamplingSettings, latents: i64) -> u64 {
+    let batches = ((latents + sampling.batch - 1) / sampling.batch.max(1)) as u64;
+    align.align_steps as u64 * batches * align.iters as u64 + sampling.steps as u64
+}
+
 /// A mental average from `count` latents seeded by `settings.seed`: the run and the index of its prototype.
 pub fn seeded_mental_average(
     model: &StableDiffusion,

@@ -1,5 +1,7 @@
 //! Composing models into something that turns prompts into images; loading them from disk.
+pub mod baselines;
 pub mod defaults;
+pub mod evaluation;
 pub mod mental_average;
 pub mod modes;
 pub mod single_file;

@@ -1,7 +1,7 @@
 //! Multimodal concepts (`dma modes`): draw samples of a prompt, embed them with CLIP, cluster them into modes,
 //! and, for the whole chain, learn one adapter per mode and compute each mode's prototype with DMA.
 //! No files, no UI: the command line writes what this returns.
-use super::mental_average::{mental_average_from, run, seeded_latents, SamplingResult, SamplingSettings};
+use super::mental_average::{alignment_work, mental_average_from, run, seeded_latents, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
 use crate::adapters::{lora, Adapter, AdapterKind};
@@ -215,12 +215,6 @@ pub fn prototypes_per_mode(
         out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, started_from, result, prototype, held_out });
     }
     Ok(out)
-}
-
-/// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
-pub fn alignment_work(align: &AlignSettings, sampling: &SamplingSettings, latents: i64) -> u64 {
-    let batches = ((latents + sampling.batch - 1) / sampling.batch.max(1)) as u64;
-    align.align_steps as u64 * batches * align.iters as u64 + sampling.steps as u64
 }
 
 /// Images of one mode's samples [M,C,H,W] (the contact sheet).

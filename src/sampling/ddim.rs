@@ -25,11 +25,22 @@ impl StepHooks for NoHooks {}
 /// the scheduler expects (epsilon or v), already guided.
 pub fn sample(
     scheduler: &DdimScheduler,
+    latents: Tensor,
+    denoise: &mut impl FnMut(&Tensor, i64) -> Result<Tensor>,
+    hooks: &mut impl StepHooks,
+) -> Result<Tensor> {
+    sample_from(scheduler, 0, latents, denoise, hooks)
+}
+
+/// As `sample`, but from step `first` (latents noised to that step's timestep: image-to-image) to the end.
+pub fn sample_from(
+    scheduler: &DdimScheduler,
+    first: usize,
     mut latents: Tensor,
     denoise: &mut impl FnMut(&Tensor, i64) -> Result<Tensor>,
     hooks: &mut impl StepHooks,
 ) -> Result<Tensor> {
-    for (index, &timestep) in scheduler.timesteps().iter().enumerate() {
+    for (index, &timestep) in scheduler.timesteps().iter().enumerate().skip(first) {
         latents = hooks.before_step(index, timestep, latents)?;
         let output = denoise(&latents, timestep)?;
         let step = scheduler.step(&output, timestep, &latents);

@@ -271,17 +271,7 @@ impl DdimScheduler {
             if prev_timestep >= 0 { self.alpha_cumprod_f32(prev_timestep) } else { self.final_alpha_cumprod };
         let sqrt_alpha_t = sqrt_like_torch(alpha_t);
         let sqrt_beta_t = sqrt_like_torch(1.0 - alpha_t);
-        let (pred_original_sample, pred_epsilon) = match self.prediction_type {
-            PredictionType::Epsilon => {
-                ((sample - model_output * sqrt_beta_t) / sqrt_alpha_t, model_output.shallow_clone())
-            }
-            PredictionType::Sample => {
-                (model_output.shallow_clone(), (sample - model_output * sqrt_alpha_t) / sqrt_beta_t)
-            }
-            PredictionType::VPrediction => {
-                (sample * sqrt_alpha_t - model_output * sqrt_beta_t, model_output * sqrt_alpha_t + sample * sqrt_beta_t)
-            }
-        };
+        let (pred_original_sample, pred_epsilon) = self.predictions(model_output, timestep, sample);
         let pred_original_sample = match self.clip_sample_range {
             Some(r) => pred_original_sample.clamp(-r, r),
             None => pred_original_sample,
@@ -295,6 +285,33 @@ impl DdimScheduler {
         let direction = pred_epsilon * sqrt_like_torch(1.0 - alpha_prev);
         let prev_sample = &pred_original_sample * sqrt_like_torch(alpha_prev) + direction;
         DdimStep { prev_sample, pred_original_sample }
+    }
+
+    /// The clean sample and the noise that `model_output` (of the config's prediction type) implies for `sample`
+    /// at `timestep`, unclipped. Panics if `timestep` is outside the training schedule.
+    pub fn predictions(&self, model_output: &Tensor, timestep: i64, sample: &Tensor) -> (Tensor, Tensor) {
+        let alpha_t = self.alpha_cumprod_f32(timestep);
+        let (sqrt_alpha_t, sqrt_beta_t) = (sqrt_like_torch(alpha_t), sqrt_like_torch(1.0 - alpha_t));
+        match self.prediction_type {
+            PredictionType::Epsilon => ((sample - model_output * sqrt_beta_t) / sqrt_alpha_t, model_output.shallow_clone()),
+            PredictionType::Sample => (model_output.shallow_clone(), (sample - model_output * sqrt_alpha_t) / sqrt_beta_t),
+            PredictionType::VPrediction => {
+                (sample * sqrt_alpha_t - model_output * sqrt_beta_t, model_output * sqrt_alpha_t + sample * sqrt_beta_t)
+            }
+        }
+    }
+
+    /// The inverse of `predictions`: the model output of the config's prediction type that means noise `epsilon`
+    /// in `sample` at `timestep` (guidance that edits the noise estimate hands the sampler this).
+    pub fn output_for_epsilon(&self, epsilon: &Tensor, timestep: i64, sample: &Tensor) -> Tensor {
+        let alpha_t = self.alpha_cumprod_f32(timestep);
+        let (sqrt_alpha_t, sqrt_beta_t) = (sqrt_like_torch(alpha_t), sqrt_like_torch(1.0 - alpha_t));
+        let original = (sample - epsilon * sqrt_beta_t) / sqrt_alpha_t;
+        match self.prediction_type {
+            PredictionType::Epsilon => epsilon.shallow_clone(),
+            PredictionType::Sample => original,
+            PredictionType::VPrediction => epsilon * sqrt_alpha_t - original * sqrt_beta_t,
+        }
     }
 
     /// A training example: `original` [B,...] noised to per-sample `timesteps` [B], and what the model is trained

@@ -1,0 +1,295 @@
+//! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
+//! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
+use super::average::{AlignArgs, SamplerArgs};
+use super::common::{load_clip, out_dir, progress_bar, ModelArgs};
+use super::report::model_record;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dma::data::class_names;
+use dma::evaluation::clip_embedder::ClipEmbedder;
+use dma::evaluation::zero_shot::ZeroShot;
+use dma::files::{write_atomic, write_json};
+use dma::output::images::png_bytes;
+use dma::output::report_html::{report_html, Section};
+use dma::output::tables::{results_csv, results_markdown};
+use dma::output::OutDir;
+use dma::pipelines::baselines::BaselineSettings;
+use dma::pipelines::defaults::RunDefaults;
+use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettings, Method, SeedOutcome};
+use dma::pipelines::{ModelSource, StableDiffusion};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `eval` and `compare` share: the sampler, DMA, the baselines, the seeds and the metrics' CLIP.
+#[derive(Args, Debug)]
+pub struct EvalCommon {
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub align: AlignArgs,
+    /// Repetitions: every method runs from seeds --seed, --seed + 1, ... (consistency is measured across them).
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Samples drawn per seed, the set every baseline is computed from [default: 100, or the model's].
+    #[arg(long)]
+    pub samples: Option<i64>,
+    /// The methods, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
+    /// D4M: the fraction of the schedule the latent centre is noised to before image-to-image.
+    #[arg(long, default_value_t = 0.7)]
+    pub d4m_strength: f64,
+    /// D4M: the image-to-image guidance.
+    #[arg(long, default_value_t = 8.0)]
+    pub d4m_guidance: f64,
+    /// MGD3: the mode guidance scale.
+    #[arg(long, default_value_t = 0.1)]
+    pub mgd3_scale: f64,
+    /// MGD3: the fraction of the steps (from the first) guided toward the mode.
+    #[arg(long, default_value_t = 0.5)]
+    pub mgd3_fraction: f64,
+    /// A CLIP model folder in transformers' layout for the metrics (e.g. openai/clip-vit-large-patch14)
+    /// [default: the embedded model's small CLIP, which also gives zero-shot classes].
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Output folder (must not exist or be empty); default out/<command>-<label>-<time>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A concept to evaluate (repeat for several).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A file of concepts, one prompt per line (blank lines and lines starting with # are skipped).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: EvalCommon,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The models, comma-separated (diffusers folders, Hugging Face repo ids in the local cache, or single-file
+    /// checkpoints; `embedded` for the embedded model).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub models: Vec<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// The concept.
+    #[arg(long)]
+    pub prompt: String,
+    #[command(flatten)]
+    pub common: EvalCommon,
+}
+
+fn read_prompts(args: &EvalArgs) -> Result<Vec<String>> {
+    let mut prompts = args.prompt.clone();
+    if let Some(path) = &args.prompts {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
+        prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        if prompts.len() == args.prompt.len() {
+            bail!("--prompts {}: no prompts in the file", path.display());
+        }
+    }
+    if prompts.is_empty() {
+        bail!("give the concepts to evaluate with --prompt P (repeatable) or --prompts FILE");
+    }
+    Ok(prompts)
+}
+
+impl EvalCommon {
+    /// The evaluation's settings for a model with these defaults, checked before anything long starts.
+    fn settings(&self, defaults: &RunDefaults, default_methods: &[Method]) -> Result<EvalSettings> {
+        let sampling = self.sampler.settings(defaults, "", self.seed)?;
+        let align = self.align.settings(defaults, sampling.steps)?;
+        let latents = self.align.latents.unwrap_or(defaults.latents);
+        let samples = self.samples.unwrap_or(defaults.mode_samples);
+        if latents < 1 || samples < 1 {
+            bail!("--latents and --samples must be at least 1, got {latents} and {samples}");
+        }
+        if self.seeds == 0 {
+            bail!("--seeds must be at least 1 (2 or more to measure consistency)");
+        }
+        let baselines = BaselineSettings { d4m_strength: self.d4m_strength, d4m_guidance: self.d4m_guidance, mgd3_scale: self.mgd3_scale, mgd3_fraction: self.mgd3_fraction };
+        baselines.validate()?;
+        let mut methods = self.methods.clone().unwrap_or_else(|| default_methods.to_vec());
+        methods.dedup();
+        if methods.is_empty() {
+            bail!("--methods: name at least one method");
+        }
+        let seeds = (self.seed..).take(self.seeds as usize).collect();
+        Ok(EvalSettings { sampling, align, latents, samples, seeds, methods, baselines })
+    }
+}
+
+/// The metrics' CLIP, and the embedded model's zero-shot classes when it is the embedded CLIP.
+struct Judge {
+    embedder: ClipEmbedder,
+    zero_shot: Option<ZeroShot>,
+    dir: PathBuf,
+}
+
+impl Judge {
+    fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<Self> {
+        let (embedder, dir) = load_clip(clip, model)?;
+        let zero_shot = if clip.is_none() { Some(ZeroShot::embedded(&dir, model.device)?) } else { None };
+        Ok(Self { embedder, zero_shot, dir })
+    }
+}
+
+/// One subject evaluated: its seeds' outcomes and scores.
+struct Evaluated {
+    title: String,
+    outcomes: Vec<SeedOutcome>,
+    scores: ConceptScores,
+}
+
+/// Runs every seed of `prompt` on `model` and scores it.
+fn evaluate(model: &StableDiffusion, judge: &Judge, title: String, prompt: &str, settings: &EvalSettings, quiet: bool) -> Result<Evaluated> {
+    let bar = progress_bar(settings.work_per_seed() * settings.seeds.len() as u64, quiet);
+    bar.set_message(title.clone());
+    let outcomes = settings
+        .seeds
+        .iter()
+        .map(|&seed| evaluate_seed(model, &judge.embedder, prompt, settings, seed, &|n| bar.inc(n)))
+        .collect::<Result<Vec<_>>>()?;
+    bar.finish_and_clear();
+    let names = class_names();
+    let scores = score(&judge.embedder, judge.zero_shot.as_ref().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
+    Ok(Evaluated { title, outcomes, scores })
+}
+
+/// A file-system name for a subject.
+fn slug(text: &str) -> String {
+    let slug: String = text.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let slug = slug.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-");
+    if slug.is_empty() { "subject".into() } else { slug.chars().take(60).collect() }
+}
+
+/// Writes every prototype as a PNG, the tables, the report and the record, then moves the folder into place.
+fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated], record: Value) -> Result<()> {
+    let mut written = Vec::new();
+    let mut folders: Vec<String> = Vec::new();
+    for subject in subjects {
+        let mut folder = slug(&subject.title);
+        while folders.contains(&folder) {
+            folder.push('_');
+        }
+        std::fs::create_dir_all(out.file(&folder)).with_context(|| format!("cannot create {folder} in the output folder"))?;
+        for outcome in &subject.outcomes {
+            for (method, image) in &outcome.prototypes {
+                let name = format!("{folder}/{}-seed{}.png", method.slug(), outcome.seed);
+                write_atomic(&out.file(&name), &png_bytes(image, &[("prompt", subject.scores.prompt.clone())])?)?;
+                written.push(name);
+            }
+        }
+        folders.push(folder);
+    }
+    let tables: Vec<(String, &ConceptScores)> = subjects.iter().map(|s| (s.title.clone(), &s.scores)).collect();
+    write_atomic(&out.file("results.csv"), results_csv(&tables).as_bytes())?;
+    write_atomic(&out.file("results.md"), results_markdown(&tables).as_bytes())?;
+    let sections: Vec<Section> = subjects.iter().map(|s| Section { title: s.title.clone(), scores: &s.scores, outcomes: &s.outcomes }).collect();
+    let settings_text = serde_json::to_string_pretty(&record["settings"])?;
+    write_atomic(&out.file("report.html"), report_html(title, &settings_text, &sections)?.as_bytes())?;
+    let results: Vec<Value> = subjects
+        .iter()
+        .zip(&folders)
+        .map(|(s, folder)| {
+            let logs: Vec<Value> = s.outcomes.iter().map(|o| json!({ "seed": o.seed, "dma_steps": o.dma_log })).collect();
+            json!({ "subject": s.title, "folder": folder, "scores": s.scores, "runs": logs })
+        })
+        .collect();
+    write_json(&out.file("results.json"), &json!({ "command": command, "results": results }))?;
+    written.extend(["results.csv", "results.md", "report.html", "results.json", "run.json"].map(String::from));
+    let mut record = record;
+    record["outputs"] = json!(written);
+    write_json(&out.file("run.json"), &record)?;
+    let folder = out.finish()?;
+    eprintln!("wrote {} (open report.html in a browser)", folder.display());
+    Ok(())
+}
+
+/// What every evaluation's run.json holds besides its subjects.
+fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Instant) -> Value {
+    json!({
+        "command": command,
+        "dma_version": env!("CARGO_PKG_VERSION"),
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "settings": settings,
+        "clip": clip.display().to_string(),
+        "timings_seconds": { "total": started.elapsed().as_secs_f64() },
+    })
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let prompts = read_prompts(&args)?;
+    let source = args.model.source()?;
+    let defaults = RunDefaults::for_source(&source)?;
+    let settings = args.common.settings(&defaults, &Method::ALL)?;
+    let out = out_dir(args.common.out.as_deref(), "eval", &prompts[0])?;
+    let started = Instant::now();
+    let model = args.model.load(&source)?;
+    let judge = Judge::load(args.common.clip.as_deref(), &model)?;
+    for prompt in &prompts {
+        model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
+    }
+    let subjects = prompts
+        .iter()
+        .map(|prompt| evaluate(&model, &judge, prompt.clone(), prompt, &settings, args.common.quiet))
+        .collect::<Result<Vec<_>>>()?;
+    let mut record = base_record("eval", &settings, &judge.dir, started);
+    record["model"] = model_record(&source, &model)?;
+    record["device"] = json!(args.model.device);
+    record["dtype"] = json!(args.model.dtype);
+    let title = format!("dma eval: {}", source.path().display());
+    write_results(out, "eval", &title, &subjects, record)
+}
+
+pub fn compare(args: CompareArgs) -> Result<()> {
+    let model_args: Vec<ModelArgs> = args
+        .models
+        .iter()
+        .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None })
+        .collect();
+    let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;
+    // Each model's own defaults; the flags given apply to all of them.
+    let settings = sources
+        .iter()
+        .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
+        .collect::<Result<Vec<_>>>()?;
+    let out = out_dir(args.common.out.as_deref(), "compare", &args.prompt)?;
+    let started = Instant::now();
+    let mut subjects = Vec::new();
+    let mut models = Vec::new();
+    let mut clip = PathBuf::new();
+    for ((source, model_args), settings) in sources.iter().zip(&model_args).zip(&settings) {
+        let model = model_args.load(source)?;
+        model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
+        let judge = Judge::load(args.common.clip.as_deref(), &model)?;
+        let title = format!("{}: {}", source.path().display(), args.prompt);
+        subjects.push(evaluate(&model, &judge, title, &args.prompt, settings, args.common.quiet)?);
+        models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
+        clip = judge.dir;
+    }
+    let mut record = base_record("compare", &settings[0], &clip, started);
+    record["models"] = json!(models);
+    record["device"] = json!(args.device);
+    record["dtype"] = json!(args.dtype);
+    let title = format!("dma compare: {}", args.prompt);
+    write_results(out, "compare", &title, &subjects, record)
+}

@@ -1,0 +1,207 @@
+//! The paper's comparison (issue "Evaluation"): for each seed, the concept's samples, DMA's prototype and every
+//! baseline's from the same samples; then, over the seeds, each method's consistency, representativeness,
+//! sharpness and zero-shot classes. No files, no UI.
+use super::baselines::averages::{avg_vae, latent_centre, pixel_average};
+use super::baselines::{d4m::d4m, mgd3::mgd3, typical::most_typical, BaselineSettings};
+use super::mental_average::{alignment_work, run, seeded_latents, seeded_mental_average, SamplingSettings};
+use super::StableDiffusion;
+use crate::evaluation::clip_embedder::ClipEmbedder;
+use crate::evaluation::metrics::{consistency, distances_to_mean, mean, median};
+use crate::evaluation::sharpness::laplacian_variance;
+use crate::evaluation::zero_shot::ZeroShot;
+use crate::method::{AlignSettings, StepLog};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// The methods compared, in the order of the paper's Table 1 (baselines first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    PixelAverage,
+    AvgVae,
+    D4m,
+    Mgd3,
+    Typical,
+    Dma,
+}
+
+impl Method {
+    pub const ALL: [Method; 6] = [Method::PixelAverage, Method::AvgVae, Method::D4m, Method::Mgd3, Method::Typical, Method::Dma];
+
+    /// The name tables and the report show.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::PixelAverage => "pixel average",
+            Method::AvgVae => "Avg VAE",
+            Method::D4m => "D4M",
+            Method::Mgd3 => "MGD3",
+            Method::Typical => "typical sample",
+            Method::Dma => "DMA",
+        }
+    }
+
+    /// The name files and flags use.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Method::PixelAverage => "pixel-average",
+            Method::AvgVae => "avg-vae",
+            Method::D4m => "d4m",
+            Method::Mgd3 => "mgd3",
+            Method::Typical => "typical",
+            Method::Dma => "dma",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// The sampler's settings; the prompt and seed are set per concept and seed.
+    pub sampling: SamplingSettings,
+    pub align: AlignSettings,
+    /// DMA's K.
+    pub latents: i64,
+    /// Samples drawn per seed: the set every baseline is computed from.
+    pub samples: i64,
+    pub seeds: Vec<u64>,
+    pub methods: Vec<Method>,
+    pub baselines: BaselineSettings,
+}
+
+impl EvalSettings {
+    /// Progress units of one seed (sampling steps and Adam iterations), as `evaluate_seed` reports them.
+    pub fn work_per_seed(&self) -> u64 {
+        let steps = self.sampling.steps as u64;
+        let dma = if self.methods.contains(&Method::Dma) { alignment_work(&self.align, &self.sampling, self.latents) } else { 0 };
+        let guided = self.methods.iter().filter(|m| matches!(m, Method::D4m | Method::Mgd3)).count() as u64;
+        steps + dma + guided
+    }
+}
+
+/// One seed of one concept: its samples and each method's prototype.
+pub struct SeedOutcome {
+    pub seed: u64,
+    /// The samples' images [N,C,H,W] in [0,1].
+    pub samples: Tensor,
+    /// Each method's prototype image [C,H,W], in the order of the settings' methods.
+    pub prototypes: Vec<(Method, Tensor)>,
+    /// DMA's per-step alignment log (empty without DMA).
+    pub dma_log: Vec<StepLog>,
+}
+
+/// The samples of `prompt` from `seed` and every method's prototype from them.
+pub fn evaluate_seed(
+    model: &StableDiffusion,
+    embedder: &ClipEmbedder,
+    prompt: &str,
+    settings: &EvalSettings,
+    seed: u64,
+    progress: &dyn Fn(u64),
+) -> Result<SeedOutcome> {
+    let sampling = SamplingSettings { prompt: prompt.to_string(), seed, ..settings.sampling.clone() };
+    let latents = run(model, &sampling, &seeded_latents(model, settings.samples, seed), None, 0, progress)?.latents;
+    let samples = model.decode_batched(&latents, sampling.batch);
+    let centre = latent_centre(&latents);
+    let decode_one = |latent: &Tensor| model.decode(latent).squeeze_dim(0);
+    let mut prototypes = Vec::new();
+    let mut dma_log = Vec::new();
+    for &method in &settings.methods {
+        let image = match method {
+            Method::PixelAverage => pixel_average(&samples),
+            Method::AvgVae => avg_vae(model, &latents),
+            Method::D4m => decode_one(&d4m(model, &sampling, &settings.baselines, &centre, seed)?),
+            Method::Mgd3 => decode_one(&mgd3(model, &sampling, &settings.baselines, &centre, seed)?),
+            Method::Typical => samples.get(most_typical(&embedder.image_embeds(&samples)?) as i64),
+            Method::Dma => {
+                let (result, prototype) = seeded_mental_average(model, &sampling, &settings.align, settings.latents, progress)?;
+                dma_log = result.log;
+                decode_one(&result.latents.narrow(0, prototype, 1))
+            }
+        };
+        if matches!(method, Method::D4m | Method::Mgd3) {
+            progress(1);
+        }
+        prototypes.push((method, image));
+    }
+    Ok(SeedOutcome { seed, samples, prototypes, dma_log })
+}
+
+/// One method's figures over the seeds.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodScores {
+    pub method: Method,
+    /// Mean pairwise CLIP cosine distance between its prototypes from different seeds (None with one seed).
+    pub consistency: Option<f64>,
+    /// CLIP cosine distance from each seed's prototype to the mean embedding of all the concept's samples, and
+    /// their mean.
+    pub representativeness_per_seed: Vec<f64>,
+    pub representativeness: f64,
+    /// Variance of the Laplacian per seed, their mean, and that mean over the samples' mean.
+    pub sharpness_per_seed: Vec<f64>,
+    pub sharpness: f64,
+    pub sharpness_vs_samples: f64,
+    /// Zero-shot class of each seed's prototype (when a classifier is given).
+    pub classes: Option<Vec<String>>,
+}
+
+/// A concept's figures: each method's, and the samples' own for reference.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConceptScores {
+    pub prompt: String,
+    pub methods: Vec<MethodScores>,
+    /// Mean sharpness of all samples (every seed's).
+    pub samples_sharpness: f64,
+    /// The median of the samples' own representativeness: what a random sample scores.
+    pub median_sample_representativeness: f64,
+    /// How many samples fell in each zero-shot class, most first (when a classifier is given).
+    pub sample_classes: Option<Vec<(String, usize)>>,
+}
+
+/// Scores every method of `outcomes` (one per seed) for `prompt`, embedding with `embedder` and classifying with
+/// `zero_shot` when given.
+pub fn score(
+    embedder: &ClipEmbedder,
+    zero_shot: Option<(&ZeroShot, &[&str])>,
+    prompt: &str,
+    outcomes: &[SeedOutcome],
+) -> Result<ConceptScores> {
+    let samples = Tensor::cat(&outcomes.iter().map(|o| o.samples.shallow_clone()).collect::<Vec<_>>(), 0);
+    let sample_embeds = embedder.image_embeds(&samples)?;
+    let samples_sharpness = mean(&laplacian_variance(&samples)).unwrap_or(f64::NAN);
+    let median_sample_representativeness = median(&distances_to_mean(&sample_embeds, &sample_embeds)).unwrap_or(f64::NAN);
+    let class_names = |images: &Tensor| -> Result<Option<Vec<String>>> {
+        let Some((classifier, names)) = zero_shot else { return Ok(None) };
+        Ok(Some(classifier.classify(images)?.into_iter().map(|c| names[c].to_string()).collect()))
+    };
+    let sample_classes = class_names(&samples)?.map(|classes| {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for class in classes {
+            match counts.iter_mut().find(|(name, _)| *name == class) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((class, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts
+    });
+    let methods: Vec<Method> = outcomes.first().map(|o| o.prototypes.iter().map(|(m, _)| *m).collect()).unwrap_or_default();
+    let mut scores = Vec::new();
+    for (i, &method) in methods.iter().enumerate() {
+        let images = Tensor::stack(&outcomes.iter().map(|o| o.prototypes[i].1.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Float);
+        let embeds = embedder.image_embeds(&images)?;
+        let representativeness_per_seed = distances_to_mean(&embeds, &sample_embeds);
+        let sharpness_per_seed = laplacian_variance(&images);
+        let sharpness = mean(&sharpness_per_seed).unwrap_or(f64::NAN);
+        scores.push(MethodScores {
+            method,
+            consistency: consistency(&embeds),
+            representativeness: mean(&representativeness_per_seed).unwrap_or(f64::NAN),
+            representativeness_per_seed,
+            sharpness_vs_samples: sharpness / samples_sharpness,
+            sharpness,
+            sharpness_per_seed,
+            classes: class_names(&images)?,
+        });
+    }
+    Ok(ConceptScores { prompt: prompt.to_string(), methods: scores, samples_sharpness, median_sample_representativeness, sample_classes })
+}

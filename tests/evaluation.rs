@@ -1,0 +1,240 @@
+//! Issue "Evaluation" as a user meets it: each baseline on the tiny fixture, `dma eval` and `dma compare`
+//! writing their tables and a report that a real headless browser renders with every image, and bad input
+//! failing with one clear message before any long work.
+mod common;
+use common::{fixture, global_rng, max_abs_diff};
+use dma::pipelines::baselines::averages::{avg_vae, latent_centre, pixel_average};
+use dma::pipelines::baselines::d4m::{d4m, first_step};
+use dma::pipelines::baselines::mgd3::mgd3;
+use dma::pipelines::baselines::typical::most_typical;
+use dma::pipelines::baselines::BaselineSettings;
+use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
+use dma::pipelines::{ModelSource, StableDiffusion};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{Device, Kind, Tensor};
+
+fn tiny_model() -> StableDiffusion {
+    StableDiffusion::load(&ModelSource::Folder(fixture("tiny-sd1")), Device::Cpu, Kind::Float).unwrap()
+}
+
+fn tiny_sampling(seed: u64) -> SamplingSettings {
+    SamplingSettings { prompt: "a photo of a dog".into(), steps: 4, guidance: 7.0, seed, batch: 4, use_clipped_model_output: false }
+}
+
+#[test]
+fn averages_are_the_mean_image_and_the_decoded_mean_latent() {
+    let model = tiny_model();
+    let image = Tensor::rand([3, 8, 8], (Kind::Float, Device::Cpu));
+    let average = pixel_average(&image.unsqueeze(0).repeat([5, 1, 1, 1]));
+    assert!(max_abs_diff(&average, &image) < 1e-6, "identical images average to themselves (to float rounding)");
+    let latents = seeded_latents(&model, 3, 0);
+    let centre = latent_centre(&latents);
+    assert_eq!(centre.size()[1..], latents.size()[1..]);
+    assert!(max_abs_diff(&(centre.squeeze_dim(0) * 3.0), &latents.sum_dim_intlist(0, false, Kind::Float)) < 1e-5);
+    let decoded = avg_vae(&model, &latents);
+    assert_eq!(decoded.size(), model.image_shape().to_vec());
+    assert_eq!(max_abs_diff(&decoded, &model.decode(&centre).squeeze_dim(0)), 0.0);
+}
+
+#[test]
+fn d4m_starts_where_diffusers_img2img_starts_and_redraws_from_the_centre() {
+    // diffusers: init_timestep = min(int(steps * strength), steps); t_start = steps - init_timestep.
+    assert_eq!(first_step(20, 0.7), 6);
+    assert_eq!(first_step(10, 0.75), 3);
+    assert_eq!(first_step(20, 1.0), 0);
+    assert_eq!(first_step(20, 0.0), 20);
+    let _rng = global_rng();
+    let model = tiny_model();
+    let centre = seeded_latents(&model, 1, 9);
+    let settings = BaselineSettings::default();
+    let (a, again, b) = (
+        d4m(&model, &tiny_sampling(0), &settings, &centre, 0).unwrap(),
+        d4m(&model, &tiny_sampling(0), &settings, &centre, 0).unwrap(),
+        d4m(&model, &tiny_sampling(0), &settings, &centre, 1).unwrap(),
+    );
+    assert_eq!(a.size(), centre.size());
+    assert_eq!(max_abs_diff(&a, &again), 0.0, "a seed gives the same prototype");
+    assert!(max_abs_diff(&a, &b) > 1e-3, "another seed redraws other noise");
+    let untouched = BaselineSettings { d4m_strength: 0.0, ..settings };
+    assert_eq!(max_abs_diff(&d4m(&model, &tiny_sampling(0), &untouched, &centre, 0).unwrap(), &centre), 0.0, "strength 0 keeps the centre");
+}
+
+#[test]
+fn mgd3_is_plain_sampling_without_its_pull_and_moves_toward_the_mode_with_it() {
+    let _rng = global_rng();
+    let model = tiny_model();
+    let mode = seeded_latents(&model, 1, 9) * 0.5;
+    let plain = run(&model, &tiny_sampling(3), &seeded_latents(&model, 1, 3), None, 0, &|_| {}).unwrap().latents;
+    let off = BaselineSettings { mgd3_scale: 0.0, ..BaselineSettings::default() };
+    let unguided = mgd3(&model, &tiny_sampling(3), &off, &mode, 3).unwrap();
+    assert!(max_abs_diff(&unguided, &plain) < 1e-4, "scale 0 is plain sampling: {}", max_abs_diff(&unguided, &plain));
+    let distance = |x: &Tensor| (x - &mode).square().mean(Kind::Double).double_value(&[]);
+    let mut previous = distance(&plain);
+    for scale in [0.1, 0.5] {
+        let pulled = BaselineSettings { mgd3_scale: scale, mgd3_fraction: 1.0, ..BaselineSettings::default() };
+        let guided = distance(&mgd3(&model, &tiny_sampling(3), &pulled, &mode, 3).unwrap());
+        assert!(guided < previous, "scale {scale}: distance to the mode {guided} should fall below {previous}");
+        previous = guided;
+    }
+}
+
+#[test]
+fn the_most_typical_sample_is_the_one_nearest_the_mean_embedding() {
+    let embeds = Tensor::from_slice(&[1.0f32, 0.0, 0.8, 0.6, 0.0, 1.0, 0.6, 0.8]).view([4, 2]);
+    // Mean direction: (2.4, 2.4) / |.|, i.e. 45 degrees; samples 1 and 3 are equally near, the first wins.
+    assert_eq!(most_typical(&embeds), 1);
+    assert_eq!(most_typical(&Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.9, 0.1]).view([3, 2])), 2);
+}
+
+fn dma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dma")).args(args).output().unwrap()
+}
+
+/// Flags that make an evaluation on the tiny fixture fast.
+const FAST: [&str; 14] = ["--seeds", "2", "--samples", "4", "--steps", "2", "--latents", "2", "--align-steps", "1", "--iters", "2", "--quiet", "--batch=4"];
+
+fn tiny_eval(out: &Path, extra: &[&str]) -> Output {
+    let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+    let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog"];
+    args.extend(FAST);
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    dma(&args)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Debian's Chromium (scripts/setup_chromium.sh installs it; `scripts/test.sh` runs that).
+fn chromium() -> PathBuf {
+    let path = PathBuf::from(std::env::var("DMA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    assert!(path.is_file(), "no Chromium at {}: run scripts/setup_chromium.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// What a headless Chromium makes of `page`: (images decoded, images in all, plot lines drawn), read from the DOM
+/// after load by a script appended to a copy of the page (the report itself runs no script).
+fn render(page: &Path) -> (usize, usize, usize) {
+    let html = std::fs::read_to_string(page).unwrap();
+    let probe = "<script>window.addEventListener('load', () => { const images = [...document.images]; \
+        document.body.dataset.decoded = images.filter(i => i.complete && i.naturalWidth > 0).length; \
+        document.body.dataset.total = images.length; \
+        document.body.dataset.lines = document.querySelectorAll('svg polyline').length; });</script>";
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("probe.html");
+    std::fs::write(&copy, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
+    let output = Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--virtual-time-budget=10000", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!("file://{}", copy.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let attribute = |name: &str| -> usize {
+        let key = format!("data-{name}=\"");
+        let start = dom.find(&key).unwrap_or_else(|| panic!("Chromium did not render the page: {}", String::from_utf8_lossy(&output.stderr))) + key.len();
+        dom[start..].split('"').next().unwrap().parse().unwrap()
+    };
+    (attribute("decoded"), attribute("total"), attribute("lines"))
+}
+
+#[test]
+fn eval_writes_every_method_s_figures_and_a_report_that_renders_with_its_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = tiny_eval(&out, &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let methods = ["pixel-average", "avg-vae", "d4m", "mgd3", "typical", "dma"];
+    for method in methods {
+        for seed in [0, 1] {
+            assert!(out.join(format!("a-photo-of-a-dog/{method}-seed{seed}.png")).is_file(), "{method} seed {seed}");
+        }
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 1 + methods.len(), "{csv}");
+    for (row, method) in rows[1..].iter().zip(methods) {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields[2], method);
+        for figure in &fields[3..9] {
+            assert!(figure.parse::<f64>().is_ok_and(f64::is_finite), "{method}: {figure} in {row}");
+        }
+    }
+    let results = read_json(&out.join("results.json"));
+    let scores = &results["results"][0]["scores"];
+    assert_eq!(scores["methods"].as_array().unwrap().len(), methods.len());
+    // The pixel average is the blurriest image on the page.
+    let sharpness = |i: usize| scores["methods"][i]["sharpness"].as_f64().unwrap();
+    assert!(sharpness(0) < sharpness(5) && sharpness(0) < scores["samples_sharpness"].as_f64().unwrap(), "{scores}");
+    assert_eq!(results["results"][0]["runs"][1]["dma_steps"].as_array().unwrap().len(), 1, "one aligned step logged per seed");
+    let markdown = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(markdown.contains("| DMA |") && markdown.contains("| D4M |"), "{markdown}");
+    let run = read_json(&out.join("run.json"));
+    assert_eq!(run["settings"]["seeds"], serde_json::json!([0, 1]));
+    assert!(run["model"]["weight_files"][0]["sha256"].is_string());
+
+    // 6 methods x 2 seeds of prototypes and 4 samples x 2 seeds; 2 plots of 2 seeds' lines.
+    let page = out.join("report.html");
+    assert_eq!(render(&page), (20, 20, 4));
+    // The check can fail: a page with a broken image renders one fewer.
+    let html = std::fs::read_to_string(&page).unwrap();
+    let broken = tmp.path().join("broken.html");
+    std::fs::write(&broken, html.replacen("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1)).unwrap();
+    assert_eq!(render(&broken).0, 19);
+}
+
+#[test]
+fn compare_puts_each_model_s_prototypes_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let models = format!("{},{}", fixture("tiny-sd1").display(), fixture("tiny-sd2").display());
+    let clip = fixture("tiny-clip");
+    let mut args = vec!["compare", "--models", &models, "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--methods", "dma,typical"];
+    args.extend(FAST);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let output = dma(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2, "two models, two methods: {csv}");
+    assert!(csv.contains("tiny-sd1") && csv.contains("tiny-sd2"), "{csv}");
+    let run = read_json(&out.join("run.json"));
+    assert_eq!(run["models"].as_array().unwrap().len(), 2);
+    // 2 models x (2 methods x 2 seeds + 4 samples x 2 seeds).
+    assert_eq!(render(&out.join("report.html")), (24, 24, 8));
+}
+
+#[test]
+fn bad_eval_input_fails_with_one_clear_message_and_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.txt");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "# nothing here\n\n").unwrap();
+    for (flags, expected) in [
+        (vec!["--seeds", "0"], vec!["--seeds"]),
+        (vec!["--methods", "gan"], vec!["gan", "dma"]),
+        (vec!["--d4m-strength", "1.5"], vec!["--d4m-strength"]),
+        (vec!["--mgd3-fraction=-1"], vec!["--mgd3-fraction"]),
+        (vec!["--samples", "0"], vec!["--samples"]),
+        (vec!["--prompts", missing.to_str().unwrap()], vec!["missing.txt"]),
+        (vec!["--prompts", empty.to_str().unwrap()], vec!["no prompts"]),
+    ] {
+        let out = tmp.path().join("out");
+        let output = tiny_eval(&out, &flags);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && !out.exists(), "{flags:?} should fail without output");
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{flags:?}: one error line: {stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "{flags:?}: the error should mention `{part}`: {stderr}");
+        }
+    }
+    // No concept at all, and a word the embedded model does not know: before any sampling.
+    let out = tmp.path().join("out");
+    let output = dma(&["eval", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--prompt"));
+    let output = dma(&["eval", "--prompt", "a zebra", "--quiet", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !out.exists() && stderr.contains("zebra"), "{stderr}");
+}
