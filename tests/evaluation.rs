@@ -3,6 +3,8 @@
 //! failing with one clear message before any long work.
 mod common;
 use common::{fixture, global_rng, max_abs_diff};
+use dma::evaluation::clip_embedder::ClipEmbedder;
+use dma::evaluation::metrics::consistency;
 use dma::pipelines::baselines::averages::{avg_vae, latent_centre, pixel_average};
 use dma::pipelines::baselines::d4m::{d4m, first_step};
 use dma::pipelines::baselines::mgd3::mgd3;
@@ -77,6 +79,19 @@ fn mgd3_is_plain_sampling_without_its_pull_and_moves_toward_the_mode_with_it() {
         assert!(guided < previous, "scale {scale}: distance to the mode {guided} should fall below {previous}");
         previous = guided;
     }
+}
+
+#[test]
+fn identical_images_are_perfectly_consistent_and_different_ones_are_not() {
+    let _rng = global_rng();
+    tch::manual_seed(5);
+    let embedder = ClipEmbedder::load(&fixture("tiny-clip"), Device::Cpu).unwrap();
+    let image = Tensor::rand([1, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let same = consistency(&embedder.image_embeds(&image.repeat([3, 1, 1, 1])).unwrap()).unwrap();
+    assert!(same.abs() < 1e-6, "identical images: {same}");
+    let others = Tensor::cat(&[image, Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu))], 0);
+    let different = consistency(&embedder.image_embeds(&others).unwrap()).unwrap();
+    assert!(different > 1e-4, "different images: {different}");
 }
 
 #[test]
@@ -202,8 +217,8 @@ fn compare_puts_each_model_s_prototypes_side_by_side() {
     assert!(csv.contains("tiny-sd1") && csv.contains("tiny-sd2"), "{csv}");
     let run = read_json(&out.join("run.json"));
     assert_eq!(run["models"].as_array().unwrap().len(), 2);
-    // 2 models x (2 methods x 2 seeds + 4 samples x 2 seeds).
-    assert_eq!(render(&out.join("report.html")), (24, 24, 8));
+    // Side by side: 2 models x 2 seeds of DMA; then per model 2 methods x 2 seeds and 4 samples x 2 seeds.
+    assert_eq!(render(&out.join("report.html")), (28, 28, 8));
 }
 
 #[test]
@@ -237,4 +252,28 @@ fn bad_eval_input_fails_with_one_clear_message_and_no_output() {
     let output = dma(&["eval", "--prompt", "a zebra", "--quiet", "--out", out.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && !out.exists() && stderr.contains("zebra"), "{stderr}");
+}
+
+/// The comparison on the embedded model, small: "footwear" (three kinds) over 2 seeds of 30 samples. What the
+/// benchmark (BENCHMARKS.md "Evaluation") measures at full size, with margins a small run keeps.
+#[test]
+fn on_the_embedded_model_dma_is_sharp_where_averages_blur_and_more_representative_than_a_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = dma(&["eval", "--prompt", "footwear", "--seeds", "2", "--samples", "30", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results = read_json(&out.join("results.json"));
+    let scores = &results["results"][0]["scores"];
+    let method = |slug: &str| scores["methods"].as_array().unwrap().iter().find(|m| m["method"] == slug).unwrap().clone();
+    let (dma, pixel) = (method("dma"), method("pixel-average"));
+    let sharpness = |m: &serde_json::Value| m["sharpness"].as_f64().unwrap();
+    assert!(sharpness(&dma) > 2.0 * sharpness(&pixel), "DMA {} vs pixel average {}", sharpness(&dma), sharpness(&pixel));
+    let median_sample = scores["median_sample_representativeness"].as_f64().unwrap();
+    assert!(dma["representativeness"].as_f64().unwrap() < median_sample, "{dma} vs the median sample's {median_sample}");
+    // Every prototype gets a zero-shot class, and DMA's is a kind of footwear.
+    for class in dma["classes"].as_array().unwrap() {
+        assert!(["sandal", "sneaker", "ankle boot"].contains(&class.as_str().unwrap()), "{dma}");
+    }
+    let classes: usize = scores["sample_classes"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap() as usize).sum();
+    assert_eq!(classes, 60, "every sample is classified");
 }

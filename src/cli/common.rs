@@ -107,12 +107,19 @@ pub fn out_dir(out: Option<&Path>, command: &str, label: &str) -> Result<OutDir>
     let path = match out {
         Some(p) => p.to_path_buf(),
         None => {
-            let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
             let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug.trim_matches('-')))
+            PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug(label, 40)))
         }
     };
     OutDir::create(&path)
+}
+
+/// A file-system name for `text`: lower-case letters and digits, other runs of characters as one `-`, at most
+/// `max` characters.
+pub fn slug(text: &str, max: usize) -> String {
+    let lower: String = text.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let slug: String = lower.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-").chars().take(max).collect();
+    if slug.is_empty() { "untitled".into() } else { slug }
 }
 
 /// The CLIP model at `clip` (default: the embedded model's), checked now, before any long work, to take this

@@ -1,8 +1,8 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{load_clip, out_dir, progress_bar, ModelArgs};
-use super::report::model_record;
+use super::common::{load_clip, out_dir, progress_bar, slug, ModelArgs};
+use super::report::{model_record, png_text};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::data::class_names;
@@ -127,8 +127,12 @@ impl EvalCommon {
         }
         let baselines = BaselineSettings { d4m_strength: self.d4m_strength, d4m_guidance: self.d4m_guidance, mgd3_scale: self.mgd3_scale, mgd3_fraction: self.mgd3_fraction };
         baselines.validate()?;
-        let mut methods = self.methods.clone().unwrap_or_else(|| default_methods.to_vec());
-        methods.dedup();
+        let mut methods: Vec<Method> = Vec::new();
+        for method in self.methods.clone().unwrap_or_else(|| default_methods.to_vec()) {
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
         if methods.is_empty() {
             bail!("--methods: name at least one method");
         }
@@ -155,12 +159,20 @@ impl Judge {
 /// One subject evaluated: its seeds' outcomes and scores.
 struct Evaluated {
     title: String,
+    source: ModelSource,
     outcomes: Vec<SeedOutcome>,
     scores: ConceptScores,
 }
 
 /// Runs every seed of `prompt` on `model` and scores it.
-fn evaluate(model: &StableDiffusion, judge: &Judge, title: String, prompt: &str, settings: &EvalSettings, quiet: bool) -> Result<Evaluated> {
+fn evaluate(
+    (model, source): (&StableDiffusion, &ModelSource),
+    judge: &Judge,
+    title: String,
+    prompt: &str,
+    settings: &EvalSettings,
+    quiet: bool,
+) -> Result<Evaluated> {
     let bar = progress_bar(settings.work_per_seed() * settings.seeds.len() as u64, quiet);
     bar.set_message(title.clone());
     let outcomes = settings
@@ -171,14 +183,7 @@ fn evaluate(model: &StableDiffusion, judge: &Judge, title: String, prompt: &str,
     bar.finish_and_clear();
     let names = class_names();
     let scores = score(&judge.embedder, judge.zero_shot.as_ref().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
-    Ok(Evaluated { title, outcomes, scores })
-}
-
-/// A file-system name for a subject.
-fn slug(text: &str) -> String {
-    let slug: String = text.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
-    let slug = slug.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-");
-    if slug.is_empty() { "subject".into() } else { slug.chars().take(60).collect() }
+    Ok(Evaluated { title, source: source.clone(), outcomes, scores })
 }
 
 /// Writes every prototype as a PNG, the tables, the report and the record, then moves the folder into place.
@@ -186,7 +191,7 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
     let mut written = Vec::new();
     let mut folders: Vec<String> = Vec::new();
     for subject in subjects {
-        let mut folder = slug(&subject.title);
+        let mut folder = slug(&subject.title, 60);
         while folders.contains(&folder) {
             folder.push('_');
         }
@@ -194,7 +199,9 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
         for outcome in &subject.outcomes {
             for (method, image) in &outcome.prototypes {
                 let name = format!("{folder}/{}-seed{}.png", method.slug(), outcome.seed);
-                write_atomic(&out.file(&name), &png_bytes(image, &[("prompt", subject.scores.prompt.clone())])?)?;
+                let parameters = json!({ "method": method, "seed": outcome.seed, "settings": record["settings"] });
+                let text = png_text(&subject.scores.prompt, &subject.source, &parameters);
+                write_atomic(&out.file(&name), &png_bytes(image, &text)?)?;
                 written.push(name);
             }
         }
@@ -250,7 +257,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     let subjects = prompts
         .iter()
-        .map(|prompt| evaluate(&model, &judge, prompt.clone(), prompt, &settings, args.common.quiet))
+        .map(|prompt| evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.quiet))
         .collect::<Result<Vec<_>>>()?;
     let mut record = base_record("eval", &settings, &judge.dir, started);
     record["model"] = model_record(&source, &model)?;
@@ -282,7 +289,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
         let judge = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {}", source.path().display(), args.prompt);
-        subjects.push(evaluate(&model, &judge, title, &args.prompt, settings, args.common.quiet)?);
+        subjects.push(evaluate((&model, source), &judge, title, &args.prompt, settings, args.common.quiet)?);
         models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
         clip = judge.dir;
     }

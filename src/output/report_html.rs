@@ -1,9 +1,10 @@
-//! report.html: one self-contained page (images embedded as data URIs, plots as inline SVG, no script) with, per
-//! subject, each method's prototype for every seed, a few samples, the metric table, and DMA's alignment loss
+//! report.html: one self-contained page (images embedded as data URIs, plots as inline SVG, no script) with, for
+//! several subjects, their prototypes side by side, then per subject each method's prototype for every seed, a few samples, the metric table, and DMA's alignment loss
 //! and h spread per step.
 use super::images::png_bytes;
 use super::plots::{escape, log_line_plot};
-use crate::pipelines::evaluation::{ConceptScores, SeedOutcome};
+use super::tables::figure;
+use crate::pipelines::evaluation::{ConceptScores, Method, SeedOutcome};
 use anyhow::Result;
 use base64::Engine;
 use std::fmt::Write;
@@ -29,10 +30,6 @@ fn image_tag(image: &Tensor, alt: &str) -> Result<String> {
         escape(alt),
         base64::engine::general_purpose::STANDARD.encode(bytes)
     ))
-}
-
-fn figure(value: Option<f64>) -> String {
-    value.filter(|v| v.is_finite()).map_or_else(|| "-".into(), |v| format!("{v:.4}"))
 }
 
 fn section_html(out: &mut String, section: &Section) -> Result<()> {
@@ -102,6 +99,24 @@ fn section_html(out: &mut String, section: &Section) -> Result<()> {
     Ok(())
 }
 
+/// Every subject's DMA prototypes (or its first method's, without DMA) in one table, a row per subject: for
+/// `dma compare`, the models side by side.
+fn overview_html(out: &mut String, sections: &[Section]) -> Result<()> {
+    out.push_str("<section><h2>Side by side</h2><table class=\"images\">");
+    for section in sections {
+        let Some(first) = section.outcomes.first() else { continue };
+        let column = first.prototypes.iter().position(|(m, _)| *m == Method::Dma).unwrap_or(0);
+        let Some((method, _)) = first.prototypes.get(column) else { continue };
+        let _ = write!(out, "<tr><th>{}<br>{}</th>", escape(&section.title), escape(method.label()));
+        for outcome in section.outcomes {
+            let _ = write!(out, "<td>{}</td>", image_tag(&outcome.prototypes[column].1, &format!("{}, seed {}", section.title, outcome.seed))?);
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table></section>");
+    Ok(())
+}
+
 /// The whole page. `settings` (shown verbatim) says how the figures were made.
 pub fn report_html(title: &str, settings: &str, sections: &[Section]) -> Result<String> {
     let mut out = format!(
@@ -115,6 +130,9 @@ pub fn report_html(title: &str, settings: &str, sections: &[Section]) -> Result<
          Sharpness: variance of the Laplacian.</p>",
         escape(title)
     );
+    if sections.len() > 1 {
+        overview_html(&mut out, sections)?;
+    }
     for section in sections {
         section_html(&mut out, section)?;
     }

@@ -4,7 +4,8 @@ use crate::evaluation::metrics::mean;
 use crate::pipelines::evaluation::{ConceptScores, Method, MethodScores};
 use std::fmt::Write;
 
-fn figure(value: Option<f64>) -> String {
+/// A figure as tables show it: four decimals, `-` where there is none.
+pub fn figure(value: Option<f64>) -> String {
     value.filter(|v| v.is_finite()).map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
 }
 
