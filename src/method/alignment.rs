@@ -2,7 +2,7 @@
 //! mean h of all latents, then let the sampler take its step from the aligned latents.
 use crate::optim::Adam;
 use super::hspace::{distance_to, spread, HBranch, HSpace};
-use crate::sampling::StepHooks;
+use crate::sampling::{ensure_finite, StepHooks};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -76,8 +76,9 @@ impl<'a> Alignment<'a> {
         Self { hspace, settings, log: Vec::new(), progress }
     }
 
-    /// Optimises each latent of `x` toward `target` with Adam; returns the new latents and each one's iteration count.
-    fn align_batch(&mut self, x: &Tensor, target: &Tensor, timestep: i64) -> (Tensor, Vec<usize>) {
+    /// Optimises each latent of `x` (rows `first..` of the step's latents) toward `target` with Adam; returns the
+    /// new latents and each one's iteration count. A non-finite loss stops it, naming the latent.
+    fn align_batch(&mut self, x: &Tensor, target: &Tensor, (index, timestep): (usize, i64), first: i64) -> Result<(Tensor, Vec<usize>)> {
         let s = &self.settings;
         let n = x.size()[0] as usize;
         let mut out = x.copy();
@@ -95,6 +96,9 @@ impl<'a> Alignment<'a> {
             let losses = Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double)).unwrap();
             let mut keep = Vec::with_capacity(rows.len());
             for (j, (&row, loss)) in rows.iter().zip(losses).enumerate() {
+                if !loss.is_finite() {
+                    bail!("step {index} (timestep {timestep}): the alignment loss of latent {} is not finite (NaN or Inf) at Adam iteration {}", first + row, iter + 1);
+                }
                 let h = &mut history[row as usize];
                 h.push(loss);
                 iterations[row as usize] = iter + 1;
@@ -124,7 +128,7 @@ impl<'a> Alignment<'a> {
         if !rows.is_empty() {
             out = out.index_copy(0, &Tensor::from_slice(&rows).to_device(out.device()), &work);
         }
-        (out, iterations)
+        Ok((out, iterations))
     }
 }
 
@@ -135,25 +139,23 @@ impl StepHooks for Alignment<'_> {
         }
         let start = Instant::now();
         let h = self.hspace.h_all(&latents, timestep);
+        ensure_finite(&h, "h", index, timestep)?;
         // The target is the mean over all K latents, held fixed for the whole step.
         let target = h.mean_dim(0, true, h.kind());
         let loss_before = distance_to(&h, &target).mean(h.kind()).double_value(&[]);
         let spread_before = spread(&h);
         let mut aligned = Vec::new();
         let mut iterations = Vec::new();
-        for chunk in latents.split(self.hspace.batch, 0) {
-            let (x, its) = self.align_batch(&chunk, &target, timestep);
+        for (c, chunk) in latents.split(self.hspace.batch, 0).iter().enumerate() {
+            let (x, its) = self.align_batch(chunk, &target, (index, timestep), c as i64 * self.hspace.batch)?;
             aligned.push(x);
             iterations.extend(its);
         }
         let aligned = Tensor::cat(&aligned, 0);
+        ensure_finite(&aligned, "aligned latent", index, timestep)?;
         let h_after = self.hspace.h_all(&aligned, timestep);
+        ensure_finite(&h_after, "h after alignment", index, timestep)?;
         let loss_after = distance_to(&h_after, &target).mean(h.kind()).double_value(&[]);
-        for (name, value) in [("loss", loss_after), ("latent", aligned.abs().max().double_value(&[]))] {
-            if !value.is_finite() {
-                bail!("step {index} (timestep {timestep}): the alignment produced a non-finite {name}");
-            }
-        }
         self.log.push(StepLog {
             step: index,
             timestep,

@@ -1,6 +1,6 @@
 //! The DDIM sampling loop. Methods that steer sampling (DMA's alignment, trajectory recording) plug in as hooks.
 use crate::schedulers::ddim::DdimScheduler;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tch::Tensor;
 
 /// Called around each step of the loop; both default to doing nothing.
@@ -44,10 +44,22 @@ pub fn sample_from(
         latents = hooks.before_step(index, timestep, latents)?;
         let output = denoise(&latents, timestep)?;
         let step = scheduler.step(&output, timestep, &latents);
+        ensure_finite(&step.prev_sample, "latent", index, timestep)?;
         hooks.after_step(index, timestep, &step.prev_sample, &step.pred_original_sample)?;
         latents = step.prev_sample;
     }
     Ok(latents)
+}
+
+/// Fails, naming the step and the first latent affected, when any value of `x` [K,...] (one row per latent) is
+/// NaN or infinite: a diverged run stops where it went wrong instead of writing black images.
+pub fn ensure_finite(x: &Tensor, what: &str, index: usize, timestep: i64) -> Result<()> {
+    let finite_rows = x.isfinite().flatten(1, -1).all_dim(1, false);
+    if finite_rows.all().int64_value(&[]) == 1 {
+        return Ok(());
+    }
+    let row = finite_rows.logical_not().to_kind(tch::Kind::Int64).argmax(0, false).int64_value(&[]);
+    bail!("step {index} (timestep {timestep}): the {what} of latent {row} is not finite (NaN or Inf)")
 }
 
 /// Two sets of hooks run one after the other (e.g. alignment, then trajectory recording).

@@ -3,5 +3,5 @@ pub mod ddim;
 pub mod guidance;
 pub mod mode_guidance;
 
-pub use ddim::{sample, sample_from, NoHooks, StepHooks, TrajectoryRecorder};
+pub use ddim::{ensure_finite, sample, sample_from, NoHooks, StepHooks, TrajectoryRecorder};
 pub use guidance::GuidedDenoiser;
