@@ -3,6 +3,7 @@ mod cli;
 fn main() {
     if let Err(error) = cli::main() {
         eprintln!("error: {error:#}");
-        std::process::exit(1);
+        let interrupted = error.downcast_ref::<cli::interrupt::Interrupted>().is_some();
+        std::process::exit(if interrupted { cli::interrupt::EXIT_STATUS } else { 1 });
     }
 }

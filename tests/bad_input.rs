@@ -37,7 +37,7 @@ fn fails(model: &str, extra: &[&str], tmp: &Path) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
     assert!(!out.exists(), "a failed run left an output folder at {}", out.display());
-    let leftovers: Vec<_> = std::fs::read_dir(tmp).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".partial-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".partial")).collect();
     assert!(leftovers.is_empty(), "a failed run left a staging folder behind");
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line expected: {stderr}");
     stderr
@@ -75,7 +75,7 @@ fn a_valid_run_succeeds_and_writes_its_outputs() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    assert_mentions(&String::from_utf8_lossy(&again.stderr), &["--out", "not empty"]);
+    assert_mentions(&String::from_utf8_lossy(&again.stderr), &["--out", "earlier result", "--force"]);
     assert_eq!(std::fs::read(out.join("prototype.png")).unwrap(), png, "the earlier result is untouched");
 }
 

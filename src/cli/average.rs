@@ -1,13 +1,18 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
 use super::common::{out_dir, progress_bar, ModelArgs};
+use super::interrupt;
 use super::report::{write_outputs, RunOutputs};
+use super::resume::refuse_differences;
+use dma::output::checkpoint;
+use serde_json::{json, Value};
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::{Deserialize, Serialize};
 use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{check_latents, prototype_index, run, seeded_latents, SamplingSettings};
+use dma::pipelines::mental_average::{check_latents, prototype_index, run, run_from, seeded_latents, SamplingSettings, Start, StepState};
 use dma::pipelines::mental_average::alignment_work;
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
@@ -15,13 +20,13 @@ use std::time::Instant;
 use tch::Tensor;
 
 /// Options shared by `average` and `sample`.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
 pub struct SamplingArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The concept, as a text prompt.
+    /// The concept, as a text prompt (required, except with --resume).
     #[arg(long)]
-    pub prompt: String,
+    pub prompt: Option<String>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Seed of the initial noise.
@@ -33,6 +38,10 @@ pub struct SamplingArgs {
     /// Start from these latents (a safetensors file with a tensor `latents` [K,C,H,W]) instead of seeded noise.
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
+    /// Replace the result already in --out (by default an --out that holds files is refused), or start an
+    /// unfinished run there over.
+    #[arg(long)]
+    pub force: bool,
     /// Also write the final latents to latents.safetensors.
     #[arg(long)]
     pub save_latents: bool,
@@ -42,7 +51,7 @@ pub struct SamplingArgs {
 }
 
 /// The sampler's options, shared by every command that samples.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
 pub struct SamplerArgs {
     /// DDIM steps [default: 20, or the model's dma_defaults.json].
     #[arg(long)]
@@ -86,7 +95,7 @@ impl SamplerArgs {
 }
 
 /// DMA's alignment options, shared by `average` and `modes --average`.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
 pub struct AlignArgs {
     /// Number of latents K whose trajectories are aligned (the paper uses 1000) [default: 32, or the model's].
     #[arg(long)]
@@ -129,7 +138,7 @@ impl AlignArgs {
     }
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct AverageArgs {
     #[command(flatten)]
     pub common: SamplingArgs,
@@ -140,6 +149,10 @@ pub struct AverageArgs {
     /// --average` learned. Under LoRA the guidance defaults to the model's LoRA guidance (3 for SD).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Continue the stopped run that was writing to DIR (its --out), from its last finished step, with the same
+    /// settings; the result is the one the run would have given uninterrupted.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -154,15 +167,19 @@ pub struct SampleArgs {
 impl SamplingArgs {
     /// The flags over the model's defaults, with `count` (the latents or samples `count_flag` asks for) checked.
     pub fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
-        let settings = self.sampler.settings(defaults, &self.prompt, self.seed)?;
+        let settings = self.sampler.settings(defaults, self.prompt()?, self.seed)?;
         if self.init_latents.is_none() && count < 1 {
             bail!("{count_flag} must be at least 1, got {count}");
         }
         Ok(settings)
     }
 
+    pub fn prompt(&self) -> Result<&str> {
+        self.prompt.as_deref().context("--prompt is required: the concept, as a text prompt")
+    }
+
     pub fn out_dir(&self, command: &str) -> Result<OutDir> {
-        out_dir(self.out.as_deref(), command, &self.prompt)
+        out_dir(self.out.as_deref(), command, self.prompt()?, self.force)
     }
 }
 
@@ -187,14 +204,32 @@ fn read_latents(path: &Path) -> Result<Tensor> {
     Ok(latents.to_kind(tch::Kind::Float))
 }
 
-pub fn average(args: AverageArgs) -> Result<()> {
+/// A stopped run taken up again: its folder, its checkpoint, and the arguments it was started with.
+fn take_up(dir: &Path, given: &AverageArgs, matches: &ArgMatches) -> Result<(OutDir, Start, Value, AverageArgs)> {
+    let out = OutDir::resume(dir)?;
+    let (start, run) = checkpoint::load(out.staging())?;
+    let recorded: AverageArgs = serde_json::from_value(run["args"].clone())
+        .with_context(|| format!("--resume {}: the checkpoint does not record a `dma average` run", dir.display()))?;
+    refuse_differences(given, &recorded, matches)?;
+    let common = SamplingArgs { quiet: given.common.quiet, out: Some(dir.to_path_buf()), ..recorded.common };
+    Ok((out, start, run, AverageArgs { common, resume: None, ..recorded }))
+}
+
+pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
+    let (resumed, args) = match &args.resume {
+        Some(dir) => {
+            let (out, start, run, args) = take_up(dir, &args, matches)?;
+            (Some((out, start, run)), args)
+        }
+        None => (None, args),
+    };
     let common = &args.common;
     let source = common.model.source()?;
     let mut defaults = RunDefaults::for_source(&source)?;
     // An adapter is read and checked against the prompt before anything long starts.
     let adapter = args.adapter.as_deref().map(|path| -> Result<Adapter> {
         let adapter = Adapter::read(path)?;
-        adapter.check_prompt(&common.prompt).with_context(|| format!("--adapter {}", path.display()))?;
+        adapter.check_prompt(common.prompt()?).with_context(|| format!("--adapter {}", path.display()))?;
         Ok(adapter)
     });
     let adapter = adapter.transpose()?;
@@ -204,18 +239,49 @@ pub fn average(args: AverageArgs) -> Result<()> {
     let count = args.align.latents.unwrap_or(defaults.latents);
     let settings = common.settings(&defaults, "--latents", count)?;
     let align = args.align.settings(&defaults, settings.steps)?;
-    let out = common.out_dir("average")?;
+    // What a checkpoint records: the arguments to start again from, and the settings they resolved to, which a
+    // resumed run must resolve to again (a changed dma_defaults.json would make it another run).
+    let record = json!({ "args": args, "sampling": settings, "alignment": align });
+    let (mut out, start) = match resumed {
+        Some((out, start, run)) => {
+            if run["sampling"] != record["sampling"] || run["alignment"] != record["alignment"] {
+                bail!(
+                    "--resume {}: the model's defaults have changed since the run started (then {} {}, now {} {})",
+                    out.target().display(), run["sampling"], run["alignment"], record["sampling"], record["alignment"]
+                );
+            }
+            (out, Some(start))
+        }
+        None => (common.out_dir("average")?, None),
+    };
+    let resumed_from = start.is_some();
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
         adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
     }
     let load_seconds = started.elapsed().as_secs_f64();
-    let init = initial_latents(common, &model, count)?;
-    let bar = progress_bar(alignment_work(&align, &settings, init.size()[0]), common.quiet);
+    let start = match start {
+        Some(start) => start,
+        None => Start::fresh(&initial_latents(common, &model, count)?),
+    };
+    let latents = start.latents.size()[0];
+    let resumed_at_step = resumed_from.then_some(start.first_step);
+    let bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
     bar.set_message("aligning");
+    bar.set_position(alignment_work(&AlignSettings { align_steps: align.align_steps.min(start.first_step), ..align.clone() }, &SamplingSettings { steps: start.first_step, ..settings.clone() }, latents));
     let sampling_start = Instant::now();
-    let result = run(&model, &settings, &init, Some(&align), 4, &|n| bar.inc(n))?;
+    interrupt::listen();
+    let mut save_checkpoint = |state: StepState| -> Result<()> {
+        checkpoint::save(out.staging(), &state, &record)?;
+        out.keep_on_failure();
+        if interrupt::requested() && state.next_step < settings.steps {
+            bar.abandon();
+            return Err(interrupt::Interrupted { step: state.next_step, steps: settings.steps, dir: out.target().to_path_buf() }.into());
+        }
+        Ok(())
+    };
+    let result = run_from(&model, &settings, start, Some(&align), 4, &|n| bar.inc(n), &mut save_checkpoint)?;
     bar.finish_and_clear();
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
@@ -231,6 +297,7 @@ pub fn average(args: AverageArgs) -> Result<()> {
         save_latents: common.save_latents,
         result: &result,
         prototype: Some(prototype),
+        resumed_at_step,
         seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
         out,
     })
@@ -263,6 +330,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         save_latents: common.save_latents,
         result: &result,
         prototype: None,
+        resumed_at_step: None,
         seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
         out,
     })

@@ -8,7 +8,7 @@ use dma::output::OutDir;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelArgs {
     /// A diffusers folder, a Hugging Face repo id in the local cache, or a single-file .safetensors checkpoint.
     /// Without it, the small model embedded in the project.
@@ -102,8 +102,9 @@ pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// The run's output folder: `out`, or out/<command>-<label>-<unix time> when none is given.
-pub fn out_dir(out: Option<&Path>, command: &str, label: &str) -> Result<OutDir> {
+/// The run's output folder: `out`, or out/<command>-<label>-<unix time> when none is given; `force` replaces
+/// what is there.
+pub fn out_dir(out: Option<&Path>, command: &str, label: &str, force: bool) -> Result<OutDir> {
     let path = match out {
         Some(p) => p.to_path_buf(),
         None => {
@@ -111,7 +112,7 @@ pub fn out_dir(out: Option<&Path>, command: &str, label: &str) -> Result<OutDir>
             PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug(label, 40)))
         }
     };
-    OutDir::create(&path)
+    OutDir::create(&path, force)
 }
 
 /// A file-system name for `text`: lower-case letters and digits, other runs of characters as one `-`, at most

@@ -59,6 +59,9 @@ pub struct EvalCommon {
     /// Output folder (must not exist or be empty); default out/<command>-<label>-<time>.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace the result already in --out.
+    #[arg(long)]
+    pub force: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -248,7 +251,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;
-    let out = out_dir(args.common.out.as_deref(), "eval", &prompts[0])?;
+    let out = out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force)?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
     let judge = Judge::load(args.common.clip.as_deref(), &model)?;
@@ -279,7 +282,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         .iter()
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
-    let out = out_dir(args.common.out.as_deref(), "compare", &args.prompt)?;
+    let out = out_dir(args.common.out.as_deref(), "compare", &args.prompt, args.common.force)?;
     let started = Instant::now();
     let mut subjects = Vec::new();
     let mut models = Vec::new();

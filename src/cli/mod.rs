@@ -2,11 +2,13 @@
 mod average;
 mod common;
 mod eval;
+pub mod interrupt;
 mod modes;
 mod report;
+mod resume;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "dma", version, about = "Diffusion Mental Averages: what a text-to-image model thinks a concept looks like")]
@@ -35,8 +37,12 @@ enum Command {
 }
 
 pub fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Average(args) => average::average(args),
+    // The matches are kept beside the parsed arguments: `average --resume` asks which flags were given.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
+    match cli.command {
+        Command::Average(args) => average::average(args, &sub("average")),
         Command::Sample(args) => average::sample(args),
         Command::Modes(args) => modes::modes(args),
         Command::Eval(args) => eval::eval(args),

@@ -3,7 +3,7 @@
 use super::StableDiffusion;
 use crate::method::hspace::{distance_to, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
-use crate::sampling::{sample, GuidedDenoiser, StepHooks, TrajectoryRecorder};
+use crate::sampling::{sample_from, GuidedDenoiser, StepHooks, TrajectoryRecorder};
 use crate::schedulers::ddim::DdimScheduler;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -53,13 +53,50 @@ pub struct SamplingResult {
     pub log: Vec<StepLog>,
 }
 
-/// Counts finished sampling steps for a progress display.
-struct StepCounter<'a>(&'a dyn Fn(u64));
+/// Where a run starts: from noise at step 0, or where a stopped run left off (its checkpoint).
+pub struct Start {
+    pub first_step: usize,
+    /// The latents about to be denoised at `first_step`, [K,C,H,W].
+    pub latents: Tensor,
+    /// The alignment log and trajectory frames of the steps already done.
+    pub log: Vec<StepLog>,
+    pub frames: Vec<(usize, i64, Tensor)>,
+}
 
-impl StepHooks for StepCounter<'_> {
-    fn after_step(&mut self, _: usize, _: i64, _: &Tensor, _: &Tensor) -> Result<()> {
-        (self.0)(1);
-        Ok(())
+impl Start {
+    /// A run from the initial noise `init`.
+    pub fn fresh(init: &Tensor) -> Self {
+        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new() }
+    }
+}
+
+/// A run's state after a step: what a checkpoint keeps.
+pub struct StepState<'a> {
+    /// The first step not yet done.
+    pub next_step: usize,
+    pub latents: &'a Tensor,
+    pub log: &'a [StepLog],
+    pub frames: &'a [(usize, i64, Tensor)],
+}
+
+/// The hooks of one run: the alignment (a no-op past its steps), the trajectory recorder, the progress count, and
+/// the caller's look at the state after each step (a checkpoint, a stop on Ctrl-C).
+struct RunHooks<'a, 'b> {
+    alignment: Alignment<'a>,
+    recorder: TrajectoryRecorder,
+    progress: &'a dyn Fn(u64),
+    after_each_step: &'b mut dyn FnMut(StepState) -> Result<()>,
+}
+
+impl StepHooks for RunHooks<'_, '_> {
+    fn before_step(&mut self, index: usize, timestep: i64, latents: Tensor) -> Result<Tensor> {
+        self.alignment.before_step(index, timestep, latents)
+    }
+
+    fn after_step(&mut self, index: usize, timestep: i64, latents: &Tensor, pred_x0: &Tensor) -> Result<()> {
+        self.recorder.after_step(index, timestep, latents, pred_x0)?;
+        (self.progress)(1);
+        (self.after_each_step)(StepState { next_step: index + 1, latents, log: &self.alignment.log, frames: &self.recorder.frames })
     }
 }
 
@@ -73,6 +110,19 @@ pub fn run(
     trajectory_latents: i64,
     progress: &dyn Fn(u64),
 ) -> Result<SamplingResult> {
+    run_from(model, settings, Start::fresh(init), align, trajectory_latents, progress, &mut |_| Ok(()))
+}
+
+/// As `run`, from `start` (a fresh start or a checkpoint), showing `after_each_step` the state after every step.
+pub fn run_from(
+    model: &StableDiffusion,
+    settings: &SamplingSettings,
+    start: Start,
+    align: Option<&AlignSettings>,
+    trajectory_latents: i64,
+    progress: &dyn Fn(u64),
+    after_each_step: &mut dyn FnMut(StepState) -> Result<()>,
+) -> Result<SamplingResult> {
     if settings.batch <= 0 {
         bail!("--batch must be at least 1, got {}", settings.batch);
     }
@@ -81,17 +131,17 @@ pub fn run(
     let uncond = model.encode_prompt("")?;
     let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
     let mut denoise = |x: &Tensor, t: i64| Ok(denoiser.predict(x, t));
-    let latents = init.to_device(model.device).to_kind(model.latent_kind());
-    let recorder = TrajectoryRecorder { latents: trajectory_latents, frames: Vec::new() };
+    let latents = start.latents.to_device(model.device).to_kind(model.latent_kind());
     // Plain sampling is alignment of zero steps: the hook then returns every latent untouched.
     let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
     align.validate(settings.steps)?;
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
-    let alignment = Alignment::new(HSpace { unet: &model.unet, context, batch: settings.batch }, align, progress);
-    let mut hooks = ((alignment, recorder), StepCounter(progress));
-    let latents = sample(&scheduler, latents, &mut denoise, &mut hooks)?;
-    let ((alignment, recorder), _) = hooks;
-    Ok(SamplingResult { latents, trajectory: recorder.frames, log: alignment.log })
+    let mut alignment = Alignment::new(HSpace { unet: &model.unet, context, batch: settings.batch }, align, progress);
+    alignment.log = start.log;
+    let recorder = TrajectoryRecorder { latents: trajectory_latents, frames: start.frames };
+    let mut hooks = RunHooks { alignment, recorder, progress, after_each_step };
+    let latents = sample_from(&scheduler, start.first_step, latents, &mut denoise, &mut hooks)?;
+    Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log })
 }
 
 /// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
