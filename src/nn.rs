@@ -82,7 +82,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     pub fn load(p: &WeightPath, groups: i64, channels: i64, eps: f64) -> Result<Self> {
         anyhow::ensure!(
-            channels % groups == 0,
+            groups > 0 && channels % groups == 0,
             "{channels} channels cannot be split into {groups} normalisation groups (norm_num_groups in the config)"
         );
         Ok(Self { weight: p.get("weight", &[channels])?, bias: p.get("bias", &[channels])?, groups, eps })
