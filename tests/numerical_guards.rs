@@ -52,3 +52,28 @@ fn an_alignment_that_diverges_fails_clearly_and_writes_nothing() {
     assert!(!output.status.success() && !out.exists(), "{stderr}");
     assert!(stderr.contains("step 0") && stderr.contains("latent") && stderr.contains("not finite"), "{stderr}");
 }
+
+/// A run whose memory need clearly exceeds what the device has is refused before it starts, with a batch that fits
+/// (the device's free memory set by DMA_MEMORY_LIMIT here; the CPU's MemAvailable or nvidia-smi otherwise).
+#[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_with_a_batch_that_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture("tiny-sd1");
+    let run = |limit: &str, batch: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dma"))
+            .env("DMA_MEMORY_LIMIT", limit)
+            .args(["average", "--model", model.to_str().unwrap(), "--prompt", "a photo of a dog", "--latents", "4", "--steps", "2"])
+            .args(["--align-steps", "1", "--iters", "2", "--batch", batch, "--quiet", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    // The tiny model's weights take about 0.8 MB; 10 MB leaves room for a few latents, not a million.
+    let output = run("10e6", "1000000");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !out.exists(), "{stderr}");
+    assert!(stderr.contains("--batch 1000000 needs") && stderr.contains("would fit") || stderr.contains("even --batch 1"), "{stderr}");
+    let output = run("1e3", "1");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("even --batch 1"), "nothing fits in 1 kB");
+    assert!(run("100e9", "4").status.success(), "a run that fits starts");
+}

@@ -4,6 +4,7 @@ use super::interrupt;
 use super::report::{write_outputs, RunOutputs};
 use super::resume::refuse_differences;
 use dma::output::checkpoint;
+use dma::pipelines::memory;
 use serde_json::{json, Value};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
@@ -260,6 +261,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
         adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
     }
+    memory::check_fits(&model, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let start = match start {
         Some(start) => start,
@@ -310,6 +312,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let out = common.out_dir("sample")?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
+    memory::check_fits(&model, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let init = initial_latents(common, &model, args.num)?;
     let bar = progress_bar(settings.steps as u64, common.quiet);

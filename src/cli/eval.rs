@@ -15,6 +15,7 @@ use dma::output::tables::{results_csv, results_markdown};
 use dma::output::OutDir;
 use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::defaults::RunDefaults;
+use dma::pipelines::memory;
 use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettings, Method, SeedOutcome};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use serde_json::{json, Value};
@@ -254,6 +255,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let out = out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force)?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
+    memory::check_fits(&model, settings.sampling.batch, &args.model.device)?;
     let judge = Judge::load(args.common.clip.as_deref(), &model)?;
     for prompt in &prompts {
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
@@ -289,6 +291,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let mut clip = PathBuf::new();
     for ((source, model_args), settings) in sources.iter().zip(&model_args).zip(&settings) {
         let model = model_args.load(source)?;
+        memory::check_fits(&model, settings.sampling.batch, &model_args.device)?;
         model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
         let judge = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {}", source.path().display(), args.prompt);

@@ -2,6 +2,7 @@
 pub mod baselines;
 pub mod defaults;
 pub mod evaluation;
+pub mod memory;
 pub mod mental_average;
 pub mod modes;
 pub mod single_file;

@@ -1,0 +1,147 @@
+//! Whether a run fits in the device's memory, checked before any long work: the model's weights plus the
+//! activations that one alignment iteration keeps per latent of a batch (the encoder half's forward and backward,
+//! the largest user of memory in a run).
+//!
+//! The per-latent figure is scaled from the one measured: 0.65 GB per latent for SD 1.5 at 64x64 latents in f32
+//! (BENCHMARKS.md "Peak memory of one alignment iteration"), in proportion to the encoder's activation volume
+//! (channels x pixels summed over the down blocks, times the layers per block) and to the dtype's width.
+use super::StableDiffusion;
+use anyhow::{bail, Result};
+use tch::{Device, Kind};
+
+/// Measured on SD 1.5: bytes per latent of one alignment iteration, and what libtorch and the process need beside
+/// the weights (3.95 GB fixed less 3.44 GB of weights).
+const SD15_BYTES_PER_LATENT: f64 = 0.646e9;
+const RUNTIME_BYTES: f64 = 0.51e9;
+/// Refuse only what clearly does not fit: the estimate is a line fitted to three points.
+const MARGIN: f64 = 1.25;
+/// A run may say how much memory to assume instead of asking the system (for tests, or to leave room).
+pub const LIMIT_VARIABLE: &str = "DMA_MEMORY_LIMIT";
+
+/// The encoder's activation volume per latent whose side is `side`, in channel-pixels: each down block's width
+/// times its resolution (halved after every block but the last) times its layers.
+fn activation_volume(block_out_channels: &[i64], layers_per_block: i64, side: i64) -> f64 {
+    let mut side = side as f64;
+    let mut volume = 0.0;
+    for (i, &channels) in block_out_channels.iter().enumerate() {
+        volume += channels as f64 * side * side * (layers_per_block + 1) as f64;
+        if i + 1 < block_out_channels.len() {
+            side = (side / 2.0).ceil();
+        }
+    }
+    volume
+}
+
+/// SD 1.5's (block widths 320/640/1280/1280, 2 layers per block, 64x64 latents): what the measurement was of.
+fn sd15_volume() -> f64 {
+    activation_volume(&[320, 640, 1280, 1280], 2, 64)
+}
+
+fn dtype_bytes(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half | Kind::BFloat16 => 2.0,
+        Kind::Double => 8.0,
+        _ => 4.0,
+    }
+}
+
+/// The estimated memory of a run: (fixed bytes, bytes per latent of a batch).
+pub fn estimate(model: &StableDiffusion) -> (f64, f64) {
+    let weights: f64 = model.info.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum();
+    let [_, side, _] = model.latent_shape();
+    let config = &model.unet.config;
+    let volume = activation_volume(&config.block_out_channels, config.layers_per_block, side);
+    let per_latent = SD15_BYTES_PER_LATENT * volume / sd15_volume() * dtype_bytes(model.kind) / 4.0;
+    (weights + RUNTIME_BYTES, per_latent)
+}
+
+/// What the device has free, in bytes, if it can be told: the CPU's MemAvailable, a GPU's free memory from
+/// nvidia-smi, or `DMA_MEMORY_LIMIT`.
+pub fn available(device: Device) -> Option<f64> {
+    if let Some(limit) = std::env::var(LIMIT_VARIABLE).ok().and_then(|v| v.parse::<f64>().ok()) {
+        return Some(limit);
+    }
+    match device {
+        Device::Cpu => {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+        }
+        Device::Cuda(i) => {
+            let output = std::process::Command::new("nvidia-smi")
+                .args(["--query-gpu=memory.free", "--format=csv,noheader,nounits", &format!("--id={i}")])
+                .output()
+                .ok()?;
+            Some(String::from_utf8_lossy(&output.stdout).trim().parse::<f64>().ok()? * 1024.0 * 1024.0)
+        }
+        _ => None,
+    }
+}
+
+/// Refuses a run of `batch` latents per UNet call whose estimated need clearly exceeds `available` bytes, naming
+/// the largest --batch that fits.
+pub fn check(estimate: (f64, f64), batch: i64, available: f64, device: &str) -> Result<()> {
+    let (fixed, per_latent) = estimate;
+    let need = fixed + per_latent * batch as f64;
+    if need <= available * MARGIN {
+        return Ok(());
+    }
+    let fits = ((available * MARGIN - fixed) / per_latent).floor();
+    let advice = if fits >= 1.0 {
+        format!("--batch {} would fit", fits as i64)
+    } else {
+        "even --batch 1 does not: try --dtype f16, or a device with more memory".to_string()
+    };
+    bail!(
+        "--batch {batch} needs about {} ({} for the model, {} per latent), more than the {} free on {device}; {advice}",
+        size(need),
+        size(fixed),
+        size(per_latent),
+        size(available)
+    )
+}
+
+/// Bytes as a person reads them: GB, or MB below a gigabyte.
+fn size(bytes: f64) -> String {
+    if bytes >= 1e9 {
+        format!("{:.1} GB", bytes / 1e9)
+    } else {
+        format!("{:.1} MB", bytes / 1e6)
+    }
+}
+
+/// `check` against what `model`'s device has free; nothing is checked where that cannot be told.
+pub fn check_fits(model: &StableDiffusion, batch: i64, device_name: &str) -> Result<()> {
+    match available(model.device) {
+        Some(free) => check(estimate(model), batch, free, device_name),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_scale_with_width_and_area() {
+        let sd15 = [320, 640, 1280, 1280];
+        // Half the side (SD 1.5 at 256 px), a quarter of the activations; twice the layers, 3/2 of them.
+        assert!((activation_volume(&sd15, 2, 32) / sd15_volume() - 0.25).abs() < 1e-12);
+        assert!((activation_volume(&sd15, 5, 64) / sd15_volume() - 2.0).abs() < 1e-12);
+        // The embedded model (32/64/128, 2 layers, 32x32): a small fraction of SD 1.5's.
+        let embedded = activation_volume(&[32, 64, 128], 2, 32) / sd15_volume();
+        assert!((embedded - 172_032.0 / 7_127_040.0).abs() < 1e-12, "{embedded}");
+    }
+
+    #[test]
+    fn a_batch_that_clearly_does_not_fit_is_refused_with_one_that_does() {
+        let estimate = (4e9, 0.65e9);
+        assert!(check(estimate, 16, 24e9, "cuda:0").is_ok());
+        let error = check(estimate, 64, 24e9, "cuda:0").unwrap_err().to_string();
+        // (24 x 1.25 - 4) / 0.65 = 40.
+        assert!(error.contains("--batch 64") && error.contains("--batch 40 would fit") && error.contains("cuda:0"), "{error}");
+        let error = check(estimate, 1, 2e9, "cpu").unwrap_err().to_string();
+        assert!(error.contains("4.7 GB (4.0 GB for the model, 650.0 MB per latent)") && error.contains("2.0 GB free on cpu"), "{error}");
+        assert!(error.contains("even --batch 1"), "{error}");
+    }
+}
