@@ -61,6 +61,14 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
     assert_eq!(second.step, 2);
     second.train_step(&images, &ids);
     second.train_step(&images, &ids);
+    second.save_checkpoint(&resumed_dir).unwrap();
+    // Each checkpoint replaces the one before: one tensor file, the one the record names.
+    let tensor_files: Vec<String> = std::fs::read_dir(&resumed_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(tensor_files, vec!["checkpoint-step4.safetensors".to_string()]);
 
     let exported = |trainer: &DiffusionTrainer| {
         trainer.export(&model).unwrap();

@@ -1,6 +1,7 @@
 //! Resumable training state in a folder: the parameters, the optimiser's moments and any extra tensors (such as
-//! an EMA) in one safetensors file, and the step and settings in a JSON record. Both are written atomically, the
-//! JSON last, so a checkpoint whose JSON exists is complete.
+//! an EMA) in one safetensors file named by its step, and the step, the settings and that file's name in a JSON
+//! record. Both are written atomically, the JSON last, and the previous tensor file is removed only after it: a
+//! run killed at any moment leaves a JSON that names a complete tensor file of the same step.
 use crate::files::{read_json, write_json};
 use crate::optim::AdamW;
 use crate::weights::{read_safetensors, write_safetensors, Weights};
@@ -11,13 +12,19 @@ use std::fmt::Debug;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-const TENSORS: &str = "checkpoint.safetensors";
 const RECORD: &str = "checkpoint.json";
 
 #[derive(Serialize, Deserialize)]
 struct Record<S> {
     step: usize,
     settings: S,
+    /// The tensor file of this step (checkpoints written before it was recorded used one fixed name).
+    #[serde(default = "legacy_tensors")]
+    tensors: String,
+}
+
+fn legacy_tensors() -> String {
+    "checkpoint.safetensors".into()
 }
 
 /// Where a training run starts: a checkpoint made with the same settings, or nothing (a fresh start).
@@ -41,7 +48,7 @@ impl Resume {
                 record.settings
             );
         }
-        let tensors = read_safetensors(&dir.join(TENSORS))?.into_iter().collect();
+        let tensors = read_safetensors(&dir.join(&record.tensors))?.into_iter().collect();
         Ok(Self { step: record.step, tensors: Some(tensors), source })
     }
 
@@ -85,8 +92,14 @@ pub fn save<S: Serialize>(
     let (moments, _) = optimizer.state();
     let all: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).chain(moments).chain(extra).collect();
     let named: Vec<(&str, &Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_safetensors(&dir.join(TENSORS), &named)?;
-    write_json(&dir.join(RECORD), &Record { step, settings })
+    let tensors = format!("checkpoint-step{step}.safetensors");
+    write_safetensors(&dir.join(&tensors), &named)?;
+    let previous = read_json::<Record<serde_json::Value>>(&dir.join(RECORD)).ok().map(|r| r.tensors).filter(|p| *p != tensors);
+    write_json(&dir.join(RECORD), &Record { step, settings, tensors })?;
+    if let Some(previous) = previous {
+        let _ = std::fs::remove_file(dir.join(previous));
+    }
+    Ok(())
 }
 
 /// The tensors under `prefix.` with the prefix removed.
