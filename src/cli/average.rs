@@ -14,7 +14,7 @@ use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{check_latents, prototype_index, run, run_from, seeded_latents, SamplingSettings, Start, StepState};
-use dma::pipelines::mental_average::alignment_work;
+use dma::pipelines::mental_average::{alignment_work, alignment_work_until};
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -255,7 +255,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
         }
         None => (common.out_dir("average")?, None),
     };
-    let resumed_from = start.is_some();
+    let resumed_at_step = start.as_ref().map(|s: &Start| s.first_step);
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
@@ -268,10 +268,9 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
         None => Start::fresh(&initial_latents(common, &model, count)?),
     };
     let latents = start.latents.size()[0];
-    let resumed_at_step = resumed_from.then_some(start.first_step);
     let bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
     bar.set_message("aligning");
-    bar.set_position(alignment_work(&AlignSettings { align_steps: align.align_steps.min(start.first_step), ..align.clone() }, &SamplingSettings { steps: start.first_step, ..settings.clone() }, latents));
+    bar.set_position(alignment_work_until(&align, &settings, latents, start.first_step));
     let sampling_start = Instant::now();
     interrupt::listen();
     let mut save_checkpoint = |state: StepState| -> Result<()> {
@@ -283,7 +282,14 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
         }
         Ok(())
     };
-    let result = run_from(&model, &settings, start, Some(&align), 4, &|n| bar.inc(n), &mut save_checkpoint)?;
+    let result = run_from(&model, &settings, start, Some(&align), 4, &|n| bar.inc(n), &mut save_checkpoint).map_err(|e| {
+        let checkpointed = out.staging().join(checkpoint::RECORD).is_file();
+        if checkpointed && e.downcast_ref::<interrupt::Interrupted>().is_none() {
+            e.context(format!("the last good step's checkpoint is kept in {}", out.staging().display()))
+        } else {
+            e
+        }
+    })?;
     bar.finish_and_clear();
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();

@@ -146,8 +146,13 @@ pub fn run_from(
 
 /// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
 pub fn alignment_work(align: &AlignSettings, sampling: &SamplingSettings, latents: i64) -> u64 {
+    alignment_work_until(align, sampling, latents, sampling.steps)
+}
+
+/// The progress units of the first `steps` steps of a DMA run (what a resumed run has behind it).
+pub fn alignment_work_until(align: &AlignSettings, sampling: &SamplingSettings, latents: i64, steps: usize) -> u64 {
     let batches = ((latents + sampling.batch - 1) / sampling.batch.max(1)) as u64;
-    align.align_steps as u64 * batches * align.iters as u64 + sampling.steps as u64
+    align.align_steps.min(steps) as u64 * batches * align.iters as u64 + steps as u64
 }
 
 /// A mental average from `count` latents seeded by `settings.seed`: the run and the index of its prototype.
