@@ -13,6 +13,7 @@ pub mod weights;
 pub mod models;
 pub mod evaluation;
 pub mod clustering;
+pub mod checkpoint_files;
 pub mod files;
 pub mod method;
 pub mod pipelines;

@@ -2,7 +2,7 @@
 //! writing their tables and a report that a real headless browser renders with every image, and bad input
 //! failing with one clear message before any long work.
 mod common;
-use common::{fixture, global_rng, max_abs_diff};
+use common::{fixture, global_rng, max_abs_diff, read_json};
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::evaluation::metrics::consistency;
 use dma::pipelines::baselines::averages::{avg_vae, latent_centre, pixel_average};
@@ -116,10 +116,6 @@ fn tiny_eval(out: &Path, extra: &[&str]) -> Output {
     args.extend(["--out", out.to_str().unwrap()]);
     args.extend(extra);
     dma(&args)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Debian's Chromium (scripts/setup_chromium.sh installs it; `scripts/test.sh` runs that).

@@ -2,7 +2,7 @@
 //! fixture, the clusters of "footwear" on the embedded model against its known kinds, and bad input failing with
 //! one clear message before any long work.
 mod common;
-use common::fixture;
+use common::{fixture, read_json};
 use dma::clustering::{ClusterCount, Criterion};
 use dma::data::captions::broad_concepts;
 use dma::evaluation::zero_shot::ZeroShot;
@@ -29,10 +29,6 @@ fn tiny_modes(out: &Path, extra: &[&str]) -> Output {
     args.extend(["--latents", "2", "--align-steps", "1", "--iters", "2", "--quiet", "--out", out.to_str().unwrap()]);
     args.extend(extra);
     dma(&args)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]

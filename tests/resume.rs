@@ -2,7 +2,7 @@
 //! last checkpoint to exactly the result of a run never stopped; Ctrl-C saves and says how to resume; resuming
 //! with other settings, or writing over an unfinished run or a finished result, is refused unless asked.
 mod common;
-use common::fixture;
+use common::{fixture, read_json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -101,10 +101,6 @@ fn a_killed_run_resumes_to_the_result_of_one_never_stopped() {
     assert!(staging(&interrupted).join("checkpoint.json").is_file() && !interrupted.exists());
     succeeded(&dma(&["average".into(), "--resume".into(), interrupted.display().to_string(), "--quiet".into()]));
     assert_eq!(std::fs::read(interrupted.join("latents.safetensors")).unwrap(), std::fs::read(reference.join("latents.safetensors")).unwrap());
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]

@@ -123,14 +123,24 @@ pub fn slug(text: &str, max: usize) -> String {
     if slug.is_empty() { "untitled".into() } else { slug }
 }
 
-/// The CLIP model at `clip` (default: the embedded model's), checked now, before any long work, to take this
-/// model's images.
-pub fn load_clip(clip: Option<&Path>, model: &StableDiffusion) -> Result<(ClipEmbedder, PathBuf)> {
-    let dir = clip.map_or_else(|| embedded_model_dir().join("clip"), Path::to_path_buf);
-    let embedder = ClipEmbedder::load(&dir, model.device)?;
+/// The CLIP folder a command uses: `clip`, or the embedded model's.
+pub fn clip_dir(clip: Option<&Path>) -> PathBuf {
+    clip.map_or_else(|| embedded_model_dir().join("clip"), Path::to_path_buf)
+}
+
+/// Checks now, before any long work, that the CLIP model from `dir` takes this model's images.
+pub fn check_clip(embedder: &ClipEmbedder, dir: &Path, model: &StableDiffusion) -> Result<()> {
     let [c, h, w] = model.image_shape();
     let _ = embedder.image_embeds(&Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu))).with_context(|| {
         format!("the CLIP model {} cannot embed this model's {w}x{h} images; give one that can with --clip", dir.display())
     })?;
+    Ok(())
+}
+
+/// The CLIP model at `clip` (default: the embedded model's), checked to take this model's images.
+pub fn load_clip(clip: Option<&Path>, model: &StableDiffusion) -> Result<(ClipEmbedder, PathBuf)> {
+    let dir = clip_dir(clip);
+    let embedder = ClipEmbedder::load(&dir, model.device)?;
+    check_clip(&embedder, &dir, model)?;
     Ok((embedder, dir))
 }

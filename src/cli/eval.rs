@@ -1,7 +1,7 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{load_clip, out_dir, progress_bar, slug, ModelArgs};
+use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -145,18 +145,35 @@ impl EvalCommon {
     }
 }
 
-/// The metrics' CLIP, and the embedded model's zero-shot classes when it is the embedded CLIP.
-struct Judge {
-    embedder: ClipEmbedder,
-    zero_shot: Option<ZeroShot>,
-    dir: PathBuf,
+/// The metrics' CLIP: the embedded one with its zero-shot classes, or the one given with --clip.
+enum Judge {
+    Classes(ZeroShot),
+    Plain(ClipEmbedder),
 }
 
 impl Judge {
-    fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<Self> {
-        let (embedder, dir) = load_clip(clip, model)?;
-        let zero_shot = if clip.is_none() { Some(ZeroShot::embedded(&dir, model.device)?) } else { None };
-        Ok(Self { embedder, zero_shot, dir })
+    fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<(Self, PathBuf)> {
+        let dir = clip_dir(clip);
+        let judge = match clip {
+            None => Judge::Classes(ZeroShot::embedded(&dir, model.device)?),
+            Some(_) => Judge::Plain(ClipEmbedder::load(&dir, model.device)?),
+        };
+        check_clip(judge.embedder(), &dir, model)?;
+        Ok((judge, dir))
+    }
+
+    fn embedder(&self) -> &ClipEmbedder {
+        match self {
+            Judge::Classes(zero_shot) => &zero_shot.embedder,
+            Judge::Plain(embedder) => embedder,
+        }
+    }
+
+    fn zero_shot(&self) -> Option<&ZeroShot> {
+        match self {
+            Judge::Classes(zero_shot) => Some(zero_shot),
+            Judge::Plain(_) => None,
+        }
     }
 }
 
@@ -182,11 +199,11 @@ fn evaluate(
     let outcomes = settings
         .seeds
         .iter()
-        .map(|&seed| evaluate_seed(model, &judge.embedder, prompt, settings, seed, &|n| bar.inc(n)))
+        .map(|&seed| evaluate_seed(model, judge.embedder(), prompt, settings, seed, &|n| bar.inc(n)))
         .collect::<Result<Vec<_>>>()?;
     bar.finish_and_clear();
     let names = class_names();
-    let scores = score(&judge.embedder, judge.zero_shot.as_ref().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
+    let scores = score(judge.embedder(), judge.zero_shot().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
     Ok(Evaluated { title, source: source.clone(), outcomes, scores })
 }
 
@@ -256,7 +273,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let started = Instant::now();
     let model = args.model.load(&source)?;
     memory::check_fits(&model, settings.sampling.batch, &args.model.device)?;
-    let judge = Judge::load(args.common.clip.as_deref(), &model)?;
+    let (judge, clip) = Judge::load(args.common.clip.as_deref(), &model)?;
     for prompt in &prompts {
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
     }
@@ -264,7 +281,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         .iter()
         .map(|prompt| evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.quiet))
         .collect::<Result<Vec<_>>>()?;
-    let mut record = base_record("eval", &settings, &judge.dir, started);
+    let mut record = base_record("eval", &settings, &clip, started);
     record["model"] = model_record(&source, &model)?;
     record["device"] = json!(args.model.device);
     record["dtype"] = json!(args.model.dtype);
@@ -293,11 +310,11 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         let model = model_args.load(source)?;
         memory::check_fits(&model, settings.sampling.batch, &model_args.device)?;
         model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
-        let judge = Judge::load(args.common.clip.as_deref(), &model)?;
+        let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {}", source.path().display(), args.prompt);
         subjects.push(evaluate((&model, source), &judge, title, &args.prompt, settings, args.common.quiet)?);
         models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
-        clip = judge.dir;
+        clip = dir;
     }
     let mut record = base_record("compare", &settings[0], &clip, started);
     record["models"] = json!(models);

@@ -1,21 +1,21 @@
-//! A sampling run's checkpoint in its staging folder, written after every DDIM step: the latents after the step
-//! (and the recorded trajectory frames) in `checkpoint-step<N>.safetensors`, then `checkpoint.json` naming that
-//! file with the step, the per-step log and the run's arguments. The JSON is written last and atomically, so
-//! whichever JSON is on disk names a complete tensor file; the previous tensor file is removed after.
+//! A sampling run's checkpoint in its staging folder, written after every DDIM step (`checkpoint_files`): the
+//! latents after the step and the recorded trajectory frames as tensors, and a record of the step, the per-step
+//! log and the run's arguments.
 //!
 //! Nothing random is drawn after the initial noise (DDIM with eta = 0; each aligned step starts Adam afresh), so
 //! the latents and the log are the whole state: a resumed run computes exactly what the uninterrupted one would.
-use crate::files::{read_json, write_json};
+use crate::checkpoint_files;
+use crate::files::read_json;
 use crate::method::StepLog;
 use crate::pipelines::mental_average::{Start, StepState};
-use crate::weights::{read_safetensors, write_safetensors};
+use crate::weights::read_safetensors;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 use tch::Tensor;
 
-pub const RECORD: &str = "checkpoint.json";
+pub use checkpoint_files::{remove, RECORD};
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -29,24 +29,15 @@ struct Record {
     run: Value,
 }
 
-fn tensors_name(next_step: usize) -> String {
-    format!("checkpoint-step{next_step}.safetensors")
-}
-
 /// Saves `state` with `run` into `dir`, replacing the previous checkpoint.
 pub fn save(dir: &Path, state: &StepState, run: &Value) -> Result<()> {
-    let name = tensors_name(state.next_step);
     let frame_names: Vec<String> = (0..state.frames.len()).map(|i| format!("frame{i}")).collect();
     let mut tensors: Vec<(&str, &Tensor)> = vec![("latents", state.latents)];
     tensors.extend(frame_names.iter().zip(state.frames).map(|(n, (_, _, t))| (n.as_str(), t)));
-    write_safetensors(&dir.join(&name), &tensors)?;
-    let previous: Option<Record> = dir.join(RECORD).is_file().then(|| read_json(&dir.join(RECORD))).transpose()?;
     let frames = state.frames.iter().map(|(s, t, _)| (*s, *t)).collect();
-    write_json(&dir.join(RECORD), &Record { next_step: state.next_step, tensors: name.clone(), log: state.log.to_vec(), frames, run: run.clone() })?;
-    if let Some(previous) = previous.filter(|p| p.tensors != name) {
-        let _ = std::fs::remove_file(dir.join(previous.tensors));
-    }
-    Ok(())
+    let tensors_name = checkpoint_files::tensors_name(state.next_step);
+    let record = Record { next_step: state.next_step, tensors: tensors_name, log: state.log.to_vec(), frames, run: run.clone() };
+    checkpoint_files::save(dir, state.next_step, &tensors, &record)
 }
 
 /// The checkpoint in `dir`: where to start and the run it belongs to.
@@ -62,13 +53,4 @@ pub fn load(dir: &Path) -> Result<(Start, Value)> {
         bail!("the checkpoint {} logs more steps than it has done", dir.join(RECORD).display());
     }
     Ok((Start { first_step: record.next_step, latents, log: record.log, frames }, record.run))
-}
-
-/// Removes a checkpoint's files from `dir` (when the run has finished).
-pub fn remove(dir: &Path) -> Result<()> {
-    if let Ok(record) = read_json::<Record>(&dir.join(RECORD)) {
-        let _ = std::fs::remove_file(dir.join(record.tensors));
-    }
-    let _ = std::fs::remove_file(dir.join(RECORD));
-    Ok(())
 }

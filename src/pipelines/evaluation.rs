@@ -81,8 +81,9 @@ impl EvalSettings {
 /// One seed of one concept: its samples and each method's prototype.
 pub struct SeedOutcome {
     pub seed: u64,
-    /// The samples' images [N,C,H,W] in [0,1].
+    /// The samples' images [N,C,H,W] in [0,1], and their CLIP embeddings [N,D].
     pub samples: Tensor,
+    pub sample_embeds: Tensor,
     /// Each method's prototype image [C,H,W], in the order of the settings' methods.
     pub prototypes: Vec<(Method, Tensor)>,
     /// DMA's per-step alignment log (empty without DMA).
@@ -101,6 +102,7 @@ pub fn evaluate_seed(
     let sampling = SamplingSettings { prompt: prompt.to_string(), seed, ..settings.sampling.clone() };
     let latents = run(model, &sampling, &seeded_latents(model, settings.samples, seed), None, 0, progress)?.latents;
     let samples = model.decode_batched(&latents, sampling.batch);
+    let sample_embeds = embedder.image_embeds(&samples)?;
     let centre = latent_centre(&latents);
     let decode_one = |latent: &Tensor| model.decode(latent).squeeze_dim(0);
     let mut prototypes = Vec::new();
@@ -111,7 +113,7 @@ pub fn evaluate_seed(
             Method::AvgVae => avg_vae(model, &latents),
             Method::D4m => decode_one(&d4m(model, &sampling, &settings.baselines, &centre, seed)?),
             Method::Mgd3 => decode_one(&mgd3(model, &sampling, &settings.baselines, &centre, seed)?),
-            Method::Typical => samples.get(most_typical(&embedder.image_embeds(&samples)?) as i64),
+            Method::Typical => samples.get(most_typical(&sample_embeds) as i64),
             Method::Dma => {
                 let (result, prototype) = seeded_mental_average(model, &sampling, &settings.align, settings.latents, progress)?;
                 dma_log = result.log;
@@ -123,7 +125,7 @@ pub fn evaluate_seed(
         }
         prototypes.push((method, image));
     }
-    Ok(SeedOutcome { seed, samples, prototypes, dma_log })
+    Ok(SeedOutcome { seed, samples, sample_embeds, prototypes, dma_log })
 }
 
 /// One method's figures over the seeds.
@@ -166,7 +168,7 @@ pub fn score(
     outcomes: &[SeedOutcome],
 ) -> Result<ConceptScores> {
     let samples = Tensor::cat(&outcomes.iter().map(|o| o.samples.shallow_clone()).collect::<Vec<_>>(), 0);
-    let sample_embeds = embedder.image_embeds(&samples)?;
+    let sample_embeds = Tensor::cat(&outcomes.iter().map(|o| o.sample_embeds.shallow_clone()).collect::<Vec<_>>(), 0);
     let samples_sharpness = mean(&laplacian_variance(&samples)).unwrap_or(f64::NAN);
     let median_sample_representativeness = median(&distances_to_mean(&sample_embeds, &sample_embeds)).unwrap_or(f64::NAN);
     let class_names = |images: &Tensor| -> Result<Option<Vec<String>>> {

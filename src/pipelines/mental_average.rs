@@ -127,8 +127,7 @@ pub fn run_from(
         bail!("--batch must be at least 1, got {}", settings.batch);
     }
     let scheduler = settings.scheduler(model)?;
-    let cond = model.encode_prompt(&settings.prompt)?;
-    let uncond = model.encode_prompt("")?;
+    let (cond, uncond) = model.guidance_contexts(&settings.prompt)?;
     let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
     let mut denoise = |x: &Tensor, t: i64| Ok(denoiser.predict(x, t));
     let latents = start.latents.to_device(model.device).to_kind(model.latent_kind());

@@ -87,6 +87,11 @@ impl StableDiffusion {
         Ok(tch::no_grad(|| self.text_encoder.forward(&ids)))
     }
 
+    /// The two text contexts classifier-free guidance needs: the prompt's and the empty prompt's.
+    pub fn guidance_contexts(&self, prompt: &str) -> Result<(Tensor, Tensor)> {
+        Ok((self.encode_prompt(prompt)?, self.encode_prompt("")?))
+    }
+
     /// Teaches the tokenizer a new token and the text encoder its embedding `row` [D] (Textual Inversion). The row
     /// is used as given, so one that requires gradients is trained through the text encoder.
     pub fn add_token(&mut self, token: &str, row: &Tensor) -> Result<i64> {

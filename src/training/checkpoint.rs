@@ -1,18 +1,15 @@
-//! Resumable training state in a folder: the parameters, the optimiser's moments and any extra tensors (such as
-//! an EMA) in one safetensors file named by its step, and the step, the settings and that file's name in a JSON
-//! record. Both are written atomically, the JSON last, and the previous tensor file is removed only after it: a
-//! run killed at any moment leaves a JSON that names a complete tensor file of the same step.
-use crate::files::{read_json, write_json};
+//! Resumable training state in a folder (`checkpoint_files`): the parameters, the optimiser's moments and any
+//! extra tensors (such as an EMA) as tensors, and the step and the settings as the record.
+use crate::checkpoint_files::{self, RECORD};
+use crate::files::read_json;
 use crate::optim::AdamW;
-use crate::weights::{read_safetensors, write_safetensors, Weights};
+use crate::weights::{read_safetensors, Weights};
 use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-const RECORD: &str = "checkpoint.json";
 
 #[derive(Serialize, Deserialize)]
 struct Record<S> {
@@ -92,14 +89,7 @@ pub fn save<S: Serialize>(
     let (moments, _) = optimizer.state();
     let all: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).chain(moments).chain(extra).collect();
     let named: Vec<(&str, &Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let tensors = format!("checkpoint-step{step}.safetensors");
-    write_safetensors(&dir.join(&tensors), &named)?;
-    let previous = read_json::<Record<serde_json::Value>>(&dir.join(RECORD)).ok().map(|r| r.tensors).filter(|p| *p != tensors);
-    write_json(&dir.join(RECORD), &Record { step, settings, tensors })?;
-    if let Some(previous) = previous {
-        let _ = std::fs::remove_file(dir.join(previous));
-    }
-    Ok(())
+    checkpoint_files::save(dir, step, &named, &Record { step, settings, tensors: checkpoint_files::tensors_name(step) })
 }
 
 /// The tensors under `prefix.` with the prefix removed.

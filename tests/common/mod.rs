@@ -21,6 +21,11 @@ pub fn reference_json(name: impl AsRef<Path>) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A JSON file a run wrote.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
 }

@@ -22,7 +22,7 @@ pub fn d4m(model: &StableDiffusion, sampling: &SamplingSettings, baselines: &Bas
     let Some(&start) = scheduler.timesteps().get(first) else {
         return Ok(centre); // strength 0: nothing is redrawn
     };
-    let (cond, uncond) = (model.encode_prompt(&sampling.prompt)?, model.encode_prompt("")?);
+    let (cond, uncond) = model.guidance_contexts(&sampling.prompt)?;
     let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: baselines.d4m_guidance, batch: sampling.batch };
     let noised = scheduler.add_noise(&centre, &noise, start);
     sample_from(&scheduler, first, noised, &mut |x, t| Ok(denoiser.predict(x, t)), &mut NoHooks)

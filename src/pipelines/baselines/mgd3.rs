@@ -11,7 +11,7 @@ use tch::Tensor;
 /// One MGD3 prototype latent [1,C,H,W] guided toward `mode`, from noise seeded by `seed`.
 pub fn mgd3(model: &StableDiffusion, sampling: &SamplingSettings, baselines: &BaselineSettings, mode: &Tensor, seed: u64) -> Result<Tensor> {
     let scheduler = sampling.scheduler(model)?;
-    let (cond, uncond) = (model.encode_prompt(&sampling.prompt)?, model.encode_prompt("")?);
+    let (cond, uncond) = model.guidance_contexts(&sampling.prompt)?;
     let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: sampling.guidance, batch: sampling.batch };
     let steps = (scheduler.timesteps().len() as f64 * baselines.mgd3_fraction).round() as usize;
     let guidance = ModeGuidance { scheduler: &scheduler, mode: mode.to_device(model.device), scale: baselines.mgd3_scale, steps };

@@ -1,0 +1,41 @@
+//! How every checkpoint reaches the disk (a training run's, a sampling run's): its tensors in a file named by its
+//! step, then a JSON record naming that file, both atomic and the record last, then the previous step's tensor
+//! file removed. A run killed at any moment leaves a record that names a complete tensor file of its own step.
+use crate::files::{read_json, write_json};
+use crate::weights::write_safetensors;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+use tch::Tensor;
+
+pub const RECORD: &str = "checkpoint.json";
+
+/// The tensor file of `step`; the record saved with it must name it in its `tensors` field.
+pub fn tensors_name(step: usize) -> String {
+    format!("checkpoint-step{step}.safetensors")
+}
+
+/// The tensor file the record in `dir` names, if there is a record.
+fn recorded_tensors(dir: &Path) -> Option<String> {
+    read_json::<serde_json::Value>(&dir.join(RECORD)).ok()?.get("tensors")?.as_str().map(String::from)
+}
+
+/// Saves `tensors` of `step` and then `record`, replacing the checkpoint in `dir`.
+pub fn save(dir: &Path, step: usize, tensors: &[(&str, &Tensor)], record: &impl Serialize) -> Result<()> {
+    let name = tensors_name(step);
+    write_safetensors(&dir.join(&name), tensors)?;
+    let previous = recorded_tensors(dir).filter(|p| *p != name);
+    write_json(&dir.join(RECORD), record)?;
+    if let Some(previous) = previous {
+        let _ = std::fs::remove_file(dir.join(previous));
+    }
+    Ok(())
+}
+
+/// Removes the checkpoint in `dir` (when the run has finished).
+pub fn remove(dir: &Path) {
+    if let Some(tensors) = recorded_tensors(dir) {
+        let _ = std::fs::remove_file(dir.join(tensors));
+    }
+    let _ = std::fs::remove_file(dir.join(RECORD));
+}
