@@ -31,11 +31,3 @@ pub fn save(dir: &Path, step: usize, tensors: &[(&str, &Tensor)], record: &impl 
     }
     Ok(())
 }
-
-/// Removes the checkpoint in `dir` (when the run has finished).
-pub fn remove(dir: &Path) {
-    if let Some(tensors) = recorded_tensors(dir) {
-        let _ = std::fs::remove_file(dir.join(tensors));
-    }
-    let _ = std::fs::remove_file(dir.join(RECORD));
-}

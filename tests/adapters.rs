@@ -1,17 +1,20 @@
 //! Adapters: the files diffusers and peft write load here and act as they do there (tests/fixtures/adapters,
 //! scripts/make_adapter_fixture.py); ours are written with the same key names; the gradients adapter training
 //! follows match finite differences; only the adapter's parameters are trained; training lowers the loss on
-//! held-out samples; adapters made for another model are refused.
+//! held-out samples; training stopped midway resumes to exactly the same adapter; adapters made for another model
+//! are refused.
 mod common;
 use common::{check_gradient, fixture, max_abs_diff, references};
 use dma::adapters::lora::{Lora, LoraLayer};
 use dma::adapters::textual_inversion::TextualInversion;
-use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
+use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining, TrainingState};
 use dma::adapters::{Adapter, AdapterKind};
+use dma::pipelines::checkpoints::{Checkpoints, NoCheckpoints};
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{run, seeded_latents};
+use dma::pipelines::mental_average::{run, seeded_latents, Start, StepState};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use dma::schedulers::ddim::DdimScheduler;
+use dma::training::checkpoint::{self, Resume};
 use dma::training::diffusion::noise_prediction_loss;
 use dma::weights::read_safetensors;
 use std::collections::BTreeMap;
@@ -149,7 +152,7 @@ fn a_textual_inversion_adapter_lowers_the_held_out_loss_of_its_mode() {
     let (trained, held) = (sandals.narrow(0, 0, 24), sandals.narrow(0, 24, 8));
     let base = mean_loss(&model, &held, "footwear", 77, 8).unwrap();
     let settings = AdapterTraining { kind: AdapterKind::Ti, steps: 150, lr: defaults.ti_lr, batch: 8, rank: 1, seed: 0 };
-    let adapter = train(&mut model, &trained, "footwear", "<footwear-test>", &settings, &|_| {}).unwrap();
+    let adapter = train(&mut model, &trained, "footwear", "<footwear-test>", &settings, &|_| {}, "adapter", &mut NoCheckpoints).unwrap();
     let adapted = mean_loss(&model, &held, &prompt_with_token("footwear", "<footwear-test>"), 77, 8).unwrap();
     println!("held-out sandals: loss {base:.4} with \"footwear\", {adapted:.4} with the learned token");
     assert!(adapted < base * 0.97, "the adapter should lower the held-out loss: {base} -> {adapted}");
@@ -170,4 +173,75 @@ fn adapters_for_another_model_or_prompt_are_refused_clearly() {
     let taken = TextualInversion { token: "sandal".into(), embedding: Tensor::zeros([64], (Kind::Float, Device::Cpu)) };
     let error = format!("{:#}", taken.apply(&mut embedded).unwrap_err());
     assert!(error.contains("already in the tokenizer's vocabulary"), "{error}");
+}
+
+/// Keeps an adapter's training checkpoint in a folder after every step, as `dma modes` does, and fails at step
+/// `stop_at` as a killed run would.
+struct StopAt {
+    dir: PathBuf,
+    stop_at: Option<usize>,
+    /// The steps trained in this run.
+    steps: Vec<usize>,
+}
+
+impl Checkpoints for StopAt {
+    fn sampling_start(&self, _: &str) -> anyhow::Result<Option<Start>> {
+        Ok(None)
+    }
+    fn after_sampling_step(&mut self, _: &str, _: StepState) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn training_start(&self, _: &str, settings: &AdapterTraining) -> anyhow::Result<Resume> {
+        Resume::open(&self.dir, settings)
+    }
+    fn after_training_step(&mut self, _: &str, state: &TrainingState) -> anyhow::Result<()> {
+        self.steps.push(state.step);
+        checkpoint::save(&self.dir, state.step, state.settings, state.params, state.optimizer, Vec::new())?;
+        anyhow::ensure!(self.stop_at != Some(state.step), "stopped at step {}", state.step);
+        Ok(())
+    }
+}
+
+/// The learned tensors of an adapter, by name.
+fn learned(adapter: &Adapter) -> Vec<(String, Tensor)> {
+    match adapter {
+        Adapter::TextualInversion(ti) => vec![(ti.token.clone(), ti.embedding.shallow_clone())],
+        Adapter::Lora(lora) => lora.layers.iter().flat_map(|(m, l)| [(format!("{m}.A"), l.down.shallow_clone()), (format!("{m}.B"), l.up.shallow_clone())]).collect(),
+    }
+}
+
+#[test]
+fn adapter_training_stopped_midway_resumes_to_exactly_the_uninterrupted_result() {
+    let _rng = common::global_rng();
+    tch::manual_seed(5);
+    let samples = Tensor::randn([6, 4, 16, 16], (Kind::Float, Device::Cpu));
+    for kind in [AdapterKind::Ti, AdapterKind::Lora] {
+        let settings = AdapterTraining { kind, steps: 6, lr: 1e-2, batch: 2, rank: 1, seed: 3 };
+        let tmp = tempfile::tempdir().unwrap();
+        let token = "<resume-test>";
+        let trained = |stop_at: Option<usize>, dir: &str| {
+            let mut model = tiny(Kind::Float);
+            let mut checkpoints = StopAt { dir: tmp.path().join(dir), stop_at, steps: Vec::new() };
+            let adapter = train(&mut model, &samples, "a photo of a dog", token, &settings, &|_| {}, "adapter", &mut checkpoints);
+            (adapter, checkpoints.steps)
+        };
+        let whole = trained(None, "whole").0.unwrap();
+        let error = trained(Some(3), "stopped").0.err().expect("the run stops at step 3");
+        assert!(format!("{error:#}").contains("stopped at step 3"), "{error:#}");
+        let (resumed, steps) = trained(None, "stopped");
+        assert_eq!(steps, [4, 5, 6], "the resumed run trains only the steps left");
+        let resumed = resumed.unwrap();
+        let (a, b) = (learned(&whole), learned(&resumed));
+        assert_eq!(a.len(), b.len());
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x.equal(y), "{kind:?} `{name}` differs after resuming (max {})", max_abs_diff(x, y));
+        }
+        let fresh = learned(&train(&mut tiny(Kind::Float), &samples, "a photo of a dog", token, &settings, &|_| {}, "adapter", &mut NoCheckpoints).unwrap());
+        assert!(fresh.iter().zip(&a).all(|((_, x), (_, y))| x.equal(y)), "{kind:?}: checkpointing changes nothing");
+        // A different setting is another training run, and its checkpoint is refused.
+        let other = AdapterTraining { lr: 2e-2, ..settings.clone() };
+        let mut model = tiny(Kind::Float);
+        let refused = train(&mut model, &samples, "a photo of a dog", token, &other, &|_| {}, "adapter", &mut StopAt { dir: tmp.path().join("stopped"), stop_at: None, steps: Vec::new() });
+        assert!(format!("{:#}", refused.err().unwrap()).contains("other settings"));
+    }
 }

@@ -6,6 +6,7 @@ use common::{fixture, read_json};
 use dma::clustering::{ClusterCount, Criterion};
 use dma::data::captions::broad_concepts;
 use dma::evaluation::zero_shot::ZeroShot;
+use dma::pipelines::checkpoints::NoCheckpoints;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::modes::{discover, DiscoverySettings, Grounding};
 use dma::pipelines::{ModelSource, StableDiffusion};
@@ -168,7 +169,7 @@ fn footwear_clusters_into_its_three_kinds() {
     let values = vec!["sandal".to_string(), "sneaker".to_string(), "ankle boot".to_string()];
     for grounding in [None, Some(Grounding { attribute: "kind".into(), values })] {
         let settings = DiscoverySettings { samples: 100, clusters: ClusterCount::Auto { max: 8 }, criterion: Criterion::Silhouette, pca_dims: defaults.pca_dims, grounding: grounding.clone() };
-        let modes = discover(&model, &sampling, &classifier.embedder, &settings, &|_| {}).unwrap();
+        let modes = discover(&model, &sampling, &classifier.embedder, &settings, &|_| {}, &mut NoCheckpoints).unwrap();
         let classes = classifier.classify(&modes.images).unwrap();
         let mut majorities = Vec::new();
         for k in 0..modes.clustering.k {

@@ -34,13 +34,15 @@ fn staging(out: &Path) -> PathBuf {
     out.parent().unwrap().join(format!(".{}.partial", out.file_name().unwrap().to_string_lossy()))
 }
 
-/// Waits until the run writing `out` has checkpointed at least `steps` steps; the step it reached.
-fn wait_for_checkpoint(out: &Path, steps: u64) -> u64 {
-    let record = staging(out).join("checkpoint.json");
+/// Waits until the run writing `out` has checkpointed at least `steps` steps of `stage`; the step it reached.
+fn wait_for_stage(out: &Path, stage: &str, steps: u64) -> u64 {
+    let record = staging(out).join("checkpoints").join(stage).join("checkpoint.json");
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Ok(text) = std::fs::read_to_string(&record) {
-            if let Some(step) = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["next_step"].as_u64()) {
+            // A sampling stage counts `next_step`, a training stage `step`.
+            let value = serde_json::from_str::<serde_json::Value>(&text).ok();
+            if let Some(step) = value.and_then(|v| v["next_step"].as_u64().or(v["step"].as_u64())) {
                 if step >= steps {
                     return step;
                 }
@@ -48,7 +50,11 @@ fn wait_for_checkpoint(out: &Path, steps: u64) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("no checkpoint of {steps} steps within two minutes");
+    panic!("no checkpoint of {steps} steps of {stage} within two minutes");
+}
+
+fn wait_for_checkpoint(out: &Path, steps: u64) -> u64 {
+    wait_for_stage(out, "average", steps)
 }
 
 fn signal(child: &Child, name: &str) {
@@ -87,7 +93,7 @@ fn a_killed_run_resumes_to_the_result_of_one_never_stopped() {
         assert_eq!((&a["loss_before"], &a["loss_after"], &a["spread_after"]), (&b["loss_before"], &b["loss_after"], &b["spread_after"]));
     }
     assert!(!staging(&killed).exists(), "the checkpoint is gone once the run is done");
-    assert!(!killed.join("checkpoint.json").exists());
+    assert!(!killed.join("checkpoint.json").exists() && !killed.join("checkpoints").exists());
 
     // Ctrl-C (SIGINT): the step in progress finishes, its checkpoint is saved, and the message says how to go on.
     let interrupted = tmp.path().join("interrupted");

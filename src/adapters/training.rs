@@ -5,8 +5,10 @@ use super::lora::Lora;
 use super::textual_inversion::TextualInversion;
 use super::{Adapter, AdapterKind};
 use crate::optim::AdamW;
+use crate::pipelines::checkpoints::Checkpoints;
 use crate::pipelines::StableDiffusion;
 use crate::schedulers::ddim::DdimScheduler;
+use crate::training::checkpoint::Resume;
 use crate::training::diffusion::noise_prediction_loss;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -49,9 +51,30 @@ enum Conditioning {
     Fixed(Tensor),
 }
 
+/// An adapter's training after a step: what a checkpoint keeps (the randomness of every step comes from
+/// (seed, step), so these tensors are the whole state).
+pub struct TrainingState<'a> {
+    /// Steps done.
+    pub step: usize,
+    pub settings: &'a AdapterTraining,
+    /// The learned tensors by name (`token`, or `<module>.lora_A` / `.lora_B`).
+    pub params: &'a [(String, Tensor)],
+    pub optimizer: &'a AdamW,
+}
+
+/// A learned tensor: the one saved at `resume`'s step, or `fresh` when starting anew; a leaf requiring gradients
+/// on `device`.
+fn learnable(resume: &Resume, name: &str, fresh: Tensor, device: Device) -> Result<Tensor> {
+    let tensor = resume.tensor(name)?.unwrap_or(fresh);
+    Ok(tensor.to_kind(Kind::Float).to_device(device).detach().set_requires_grad(true))
+}
+
 /// Trains an adapter of `settings.kind` on `samples` (final latents [N,C,H,W] of one mode) and leaves it applied
 /// to `model`. Textual Inversion adds `token` (it must be new to the tokenizer) and learns it in
-/// `prompt_with_token(prompt, token)`; LoRA learns with `prompt` itself. `progress` is told of every step.
+/// `prompt_with_token(prompt, token)`; LoRA learns with `prompt` itself. Training starts from `stage`'s checkpoint
+/// when `checkpoints` has one (a finished stage trains no more) and shows them every step; `progress` is told of
+/// every step.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut StableDiffusion,
     samples: &Tensor,
@@ -59,28 +82,37 @@ pub fn train(
     token: &str,
     settings: &AdapterTraining,
     progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
 ) -> Result<Adapter> {
     ensure!(samples.size()[0] > 0, "no samples to learn an adapter from");
     ensure!(settings.steps > 0 && settings.batch > 0 && settings.lr > 0.0, "adapter training needs steps, batch and lr above 0");
     let scheduler = DdimScheduler::new(&model.scheduler, 1)?;
+    let resume = checkpoints.training_start(stage, settings)?;
     let (params, conditioning) = match settings.kind {
         AdapterKind::Ti => {
-            let row = initial_embedding(model, prompt)?.to_device(model.device).set_requires_grad(true);
+            let row = learnable(&resume, "token", initial_embedding(model, prompt)?, model.device)?;
             model.add_token(token, &row)?;
             let ids = model.tokenizer.encode(&prompt_with_token(prompt, token))?;
             (vec![("token".to_string(), row)], Conditioning::Learned(Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device)))
         }
         AdapterKind::Lora => {
             ensure!(settings.rank > 0, "the LoRA rank must be at least 1");
-            let lora = Lora::init(model, settings.rank, settings.seed);
+            let mut lora = Lora::init(model, settings.rank, settings.seed);
+            for (module, layer) in lora.layers.iter_mut() {
+                layer.down = learnable(&resume, &format!("{module}.lora_A"), layer.down.detach(), model.device)?;
+                layer.up = learnable(&resume, &format!("{module}.lora_B"), layer.up.detach(), model.device)?;
+            }
             lora.apply(model)?;
             let params = lora.layers.into_iter().flat_map(|(m, l)| [(format!("{m}.lora_A"), l.down), (format!("{m}.lora_B"), l.up)]).collect();
             (params, Conditioning::Fixed(model.encode_prompt(prompt)?))
         }
     };
     let mut optimizer = AdamW::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), settings.lr, WEIGHT_DECAY);
+    resume.restore(&mut optimizer)?;
+    progress(resume.step as u64);
     let count = samples.size()[0];
-    for step in 0..settings.steps {
+    for step in resume.step..settings.steps {
         tch::manual_seed(settings.seed as i64 + step as i64);
         let picks = Tensor::randint(count, [settings.batch], (Kind::Int64, Device::Cpu)).to_device(samples.device());
         let x0 = samples.index_select(0, &picks).to_device(model.device).to_kind(model.kind);
@@ -89,11 +121,14 @@ pub fn train(
             Conditioning::Fixed(context) => context.shallow_clone(),
         };
         let loss = noise_prediction_loss(&model.unet, &scheduler, &x0, &context);
+        let value = loss.double_value(&[]);
+        ensure!(value.is_finite(), "adapter training ({stage}) step {}: the loss is {value}; the last checkpoint is kept", step + 1);
         optimizer.zero_grad();
         loss.backward();
         optimizer.clip_grad_norm(1.0);
         optimizer.step();
         progress(1);
+        checkpoints.after_training_step(stage, &TrainingState { step: step + 1, settings, params: &params, optimizer: &optimizer })?;
     }
     let learned = |i: usize| params[i].1.detach().to_device(Device::Cpu);
     Ok(match settings.kind {

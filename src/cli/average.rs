@@ -1,11 +1,11 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
 use super::common::{out_dir, progress_bar, ModelArgs};
-use super::interrupt;
+use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
-use super::resume::refuse_differences;
-use dma::output::checkpoint;
+use super::resume::{resumed_or_new, take_up};
+use dma::pipelines::checkpoints::Checkpoints;
 use dma::pipelines::memory;
-use serde_json::{json, Value};
+use serde_json::json;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{check_latents, prototype_index, run, run_from, seeded_latents, SamplingSettings, Start, StepState};
+use dma::pipelines::mental_average::{check_latents, prototype_index, run, run_from, seeded_latents, SamplingSettings, Start};
 use dma::pipelines::mental_average::{alignment_work, alignment_work_until};
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
@@ -205,22 +205,15 @@ fn read_latents(path: &Path) -> Result<Tensor> {
     Ok(latents.to_kind(tch::Kind::Float))
 }
 
-/// A stopped run taken up again: its folder, its checkpoint, and the arguments it was started with.
-fn take_up(dir: &Path, given: &AverageArgs, matches: &ArgMatches) -> Result<(OutDir, Start, Value, AverageArgs)> {
-    let out = OutDir::resume(dir)?;
-    let (start, run) = checkpoint::load(out.staging())?;
-    let recorded: AverageArgs = serde_json::from_value(run["args"].clone())
-        .with_context(|| format!("--resume {}: the checkpoint does not record a `dma average` run", dir.display()))?;
-    refuse_differences(given, &recorded, matches)?;
-    let common = SamplingArgs { quiet: given.common.quiet, out: Some(dir.to_path_buf()), ..recorded.common };
-    Ok((out, start, run, AverageArgs { common, resume: None, ..recorded }))
-}
+/// The one stage of `dma average`, as its checkpoint folder is named.
+const STAGE: &str = "average";
 
 pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = match &args.resume {
         Some(dir) => {
-            let (out, start, run, args) = take_up(dir, &args, matches)?;
-            (Some((out, start, run)), args)
+            let (out, record, recorded) = take_up("average", dir, &args, matches)?;
+            let common = SamplingArgs { quiet: args.common.quiet, out: Some(dir.clone()), ..recorded.common };
+            (Some((out, record)), AverageArgs { common, resume: None, ..recorded })
         }
         None => (None, args),
     };
@@ -240,22 +233,9 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let count = args.align.latents.unwrap_or(defaults.latents);
     let settings = common.settings(&defaults, "--latents", count)?;
     let align = args.align.settings(&defaults, settings.steps)?;
-    // What a checkpoint records: the arguments to start again from, and the settings they resolved to, which a
-    // resumed run must resolve to again (a changed dma_defaults.json would make it another run).
-    let record = json!({ "args": args, "sampling": settings, "alignment": align });
-    let (mut out, start) = match resumed {
-        Some((out, start, run)) => {
-            if run["sampling"] != record["sampling"] || run["alignment"] != record["alignment"] {
-                bail!(
-                    "--resume {}: the model's defaults have changed since the run started (then {} {}, now {} {})",
-                    out.target().display(), run["sampling"], run["alignment"], record["sampling"], record["alignment"]
-                );
-            }
-            (out, Some(start))
-        }
-        None => (common.out_dir("average")?, None),
-    };
-    let resumed_at_step = start.as_ref().map(|s: &Start| s.first_step);
+    let resolved = json!({ "sampling": settings, "alignment": align });
+    let is_resumed = resumed.is_some();
+    let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
@@ -263,33 +243,21 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     }
     memory::check_fits(&model, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let start = match start {
+    let mut checkpoints = RunCheckpoints::new(&mut out, "average", json!({ "command": "average", "args": args, "settings": resolved }));
+    // The start is the checkpoint's when there is one: --init-latents is only read for a fresh run.
+    let start = match checkpoints.sampling_start(STAGE)? {
         Some(start) => start,
         None => Start::fresh(&initial_latents(common, &model, count)?),
     };
+    let resumed_at_step = is_resumed.then_some(start.first_step);
     let latents = start.latents.size()[0];
     let bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
     bar.set_message("aligning");
     bar.set_position(alignment_work_until(&align, &settings, latents, start.first_step));
     let sampling_start = Instant::now();
-    interrupt::listen();
-    let mut save_checkpoint = |state: StepState| -> Result<()> {
-        checkpoint::save(out.staging(), &state, &record)?;
-        out.keep_on_failure();
-        if interrupt::requested() && state.next_step < settings.steps {
-            bar.abandon();
-            return Err(interrupt::Interrupted { step: state.next_step, steps: settings.steps, dir: out.target().to_path_buf() }.into());
-        }
-        Ok(())
-    };
-    let result = run_from(&model, &settings, start, Some(&align), 4, &|n| bar.inc(n), &mut save_checkpoint).map_err(|e| {
-        let checkpointed = out.staging().join(checkpoint::RECORD).is_file();
-        if checkpointed && e.downcast_ref::<interrupt::Interrupted>().is_none() {
-            e.context(format!("the last good step's checkpoint is kept in {}", out.staging().display()))
-        } else {
-            e
-        }
-    })?;
+    let result = run_from(&model, &settings, start, Some(&align), 4, &|n| bar.inc(n), &mut |state| checkpoints.after_sampling_step(STAGE, state))
+        .map_err(|e| checkpoints.explain(e))?;
+    drop(checkpoints);
     bar.finish_and_clear();
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();

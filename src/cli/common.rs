@@ -112,7 +112,7 @@ pub fn out_dir(out: Option<&Path>, command: &str, label: &str, force: bool) -> R
             PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug(label, 40)))
         }
     };
-    OutDir::create(&path, force)
+    OutDir::create(&path, force, command)
 }
 
 /// A file-system name for `text`: lower-case letters and digits, other runs of characters as one `-`, at most

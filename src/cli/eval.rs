@@ -1,10 +1,13 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
+use super::checkpoints::RunCheckpoints;
 use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text};
+use super::resume::{resumed_or_new, take_up};
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::{Deserialize, Serialize};
 use dma::data::class_names;
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::evaluation::zero_shot::ZeroShot;
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What `eval` and `compare` share: the sampler, DMA, the baselines, the seeds and the metrics' CLIP.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct EvalCommon {
     #[command(flatten)]
     pub sampler: SamplerArgs,
@@ -66,9 +69,20 @@ pub struct EvalCommon {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Continue the stopped run that was writing to DIR (its --out) from its last checkpoint (each seed's samples
+    /// and mental average after every step), with the same settings.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+impl EvalCommon {
+    /// The recorded arguments of a run resumed into `dir`, shown as `given` asks.
+    fn resumed(self, given: &EvalCommon, dir: PathBuf) -> Self {
+        Self { quiet: given.quiet, out: Some(dir), resume: None, ..self }
+    }
+}
+
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -82,7 +96,7 @@ pub struct EvalArgs {
     pub common: EvalCommon,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct CompareArgs {
     /// The models, comma-separated (diffusers folders, Hugging Face repo ids in the local cache, or single-file
     /// checkpoints; `embedded` for the embedded model).
@@ -185,7 +199,8 @@ struct Evaluated {
     scores: ConceptScores,
 }
 
-/// Runs every seed of `prompt` on `model` and scores it.
+/// Runs every seed of `prompt` on `model` and scores it; seed s is stage `<stage>/seed-s` of `checkpoints`.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     (model, source): (&StableDiffusion, &ModelSource),
     judge: &Judge,
@@ -193,14 +208,16 @@ fn evaluate(
     prompt: &str,
     settings: &EvalSettings,
     quiet: bool,
+    stage: &str,
+    checkpoints: &mut RunCheckpoints,
 ) -> Result<Evaluated> {
     let bar = progress_bar(settings.work_per_seed() * settings.seeds.len() as u64, quiet);
     bar.set_message(title.clone());
-    let outcomes = settings
-        .seeds
-        .iter()
-        .map(|&seed| evaluate_seed(model, judge.embedder(), prompt, settings, seed, &|n| bar.inc(n)))
-        .collect::<Result<Vec<_>>>()?;
+    let mut outcomes = Vec::new();
+    for &seed in &settings.seeds {
+        let outcome = evaluate_seed(model, judge.embedder(), prompt, settings, seed, &|n| bar.inc(n), &format!("{stage}/seed-{seed}"), checkpoints);
+        outcomes.push(outcome.map_err(|e| checkpoints.explain(e))?);
+    }
     bar.finish_and_clear();
     let names = class_names();
     let scores = score(judge.embedder(), judge.zero_shot().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
@@ -264,12 +281,21 @@ fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Ins
     })
 }
 
-pub fn eval(args: EvalArgs) -> Result<()> {
+pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
+    let (resumed, args) = match args.common.resume.clone() {
+        Some(dir) => {
+            let (out, record, recorded) = take_up("eval", &dir, &args, matches)?;
+            let common = recorded.common.resumed(&args.common, dir);
+            (Some((out, record)), EvalArgs { common, ..recorded })
+        }
+        None => (None, args),
+    };
     let prompts = read_prompts(&args)?;
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;
-    let out = out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force)?;
+    let resolved = json!({ "prompts": prompts, "evaluation": settings });
+    let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
     memory::check_fits(&model, settings.sampling.batch, &args.model.device)?;
@@ -277,10 +303,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     for prompt in &prompts {
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
     }
-    let subjects = prompts
-        .iter()
-        .map(|prompt| evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.quiet))
-        .collect::<Result<Vec<_>>>()?;
+    let mut checkpoints = RunCheckpoints::new(&mut out, "eval", json!({ "command": "eval", "args": args, "settings": resolved }));
+    let mut subjects = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let stage = format!("subject-{i}");
+        subjects.push(evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.quiet, &stage, &mut checkpoints)?);
+    }
+    drop(checkpoints);
     let mut record = base_record("eval", &settings, &clip, started);
     record["model"] = model_record(&source, &model)?;
     record["device"] = json!(args.model.device);
@@ -289,7 +318,15 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     write_results(out, "eval", &title, &subjects, record)
 }
 
-pub fn compare(args: CompareArgs) -> Result<()> {
+pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
+    let (resumed, args) = match args.common.resume.clone() {
+        Some(dir) => {
+            let (out, record, recorded) = take_up("compare", &dir, &args, matches)?;
+            let common = recorded.common.resumed(&args.common, dir);
+            (Some((out, record)), CompareArgs { common, ..recorded })
+        }
+        None => (None, args),
+    };
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
@@ -301,21 +338,24 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         .iter()
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
-    let out = out_dir(args.common.out.as_deref(), "compare", &args.prompt, args.common.force)?;
+    let resolved = json!(settings);
+    let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", &args.prompt, args.common.force))?;
     let started = Instant::now();
+    let mut checkpoints = RunCheckpoints::new(&mut out, "compare", json!({ "command": "compare", "args": args, "settings": resolved }));
     let mut subjects = Vec::new();
     let mut models = Vec::new();
     let mut clip = PathBuf::new();
-    for ((source, model_args), settings) in sources.iter().zip(&model_args).zip(&settings) {
+    for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
         let model = model_args.load(source)?;
         memory::check_fits(&model, settings.sampling.batch, &model_args.device)?;
         model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
         let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {}", source.path().display(), args.prompt);
-        subjects.push(evaluate((&model, source), &judge, title, &args.prompt, settings, args.common.quiet)?);
+        subjects.push(evaluate((&model, source), &judge, title, &args.prompt, settings, args.common.quiet, &format!("subject-{i}"), &mut checkpoints)?);
         models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
         clip = dir;
     }
+    drop(checkpoints);
     let mut record = base_record("compare", &settings[0], &clip, started);
     record["models"] = json!(models);
     record["device"] = json!(args.device);

@@ -25,9 +25,10 @@ pub fn requested() -> bool {
 
 /// The error a run stopped by Ctrl-C ends with; `main` exits with `EXIT_STATUS` on it.
 #[derive(Debug, thiserror::Error)]
-#[error("stopped by Ctrl-C after step {step} of {steps}; continue with `dma average --resume {}`", dir.display())]
+#[error("stopped by Ctrl-C after {at}; {resume}")]
 pub struct Interrupted {
-    pub step: usize,
-    pub steps: usize,
-    pub dir: std::path::PathBuf,
+    /// Where the run stopped ("step 3 of 20 of the mental average").
+    pub at: String,
+    /// How to continue it.
+    pub resume: String,
 }

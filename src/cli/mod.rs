@@ -1,5 +1,6 @@
 //! The `dma` command line: argument parsing and the glue from arguments to pipelines and output files.
 mod average;
+mod checkpoints;
 mod common;
 mod eval;
 pub mod interrupt;
@@ -37,16 +38,16 @@ enum Command {
 }
 
 pub fn main() -> anyhow::Result<()> {
-    // The matches are kept beside the parsed arguments: `average --resume` asks which flags were given.
+    // The matches are kept beside the parsed arguments: `--resume` asks which flags were given.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
     match cli.command {
         Command::Average(args) => average::average(args, &sub("average")),
         Command::Sample(args) => average::sample(args),
-        Command::Modes(args) => modes::modes(args),
-        Command::Eval(args) => eval::eval(args),
-        Command::Compare(args) => eval::compare(args),
+        Command::Modes(args) => modes::modes(args, &sub("modes")),
+        Command::Eval(args) => eval::eval(args, &sub("eval")),
+        Command::Compare(args) => eval::compare(args, &sub("compare")),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),
     }

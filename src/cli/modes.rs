@@ -1,10 +1,13 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
 use super::average::{AlignArgs, SamplingArgs};
+use super::checkpoints::RunCheckpoints;
 use super::common::{load_clip, progress_bar};
 use super::report::{model_record, png_text};
+use super::resume::{resumed_or_new, take_up};
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use serde::{Deserialize, Serialize};
 use dma::adapters::AdapterKind;
 use dma::clustering::{ClusterCount, Criterion};
 use dma::files::{write_atomic, write_json};
@@ -25,7 +28,7 @@ const MAX_GRID_WIDTH: i64 = 4096;
 /// modes.png shows each prototype at least this high (the embedded model's are 32 pixels).
 const FIGURE_SIDE: i64 = 128;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct ModesArgs {
     #[command(flatten)]
     pub common: SamplingArgs,
@@ -72,9 +75,22 @@ pub struct ModesArgs {
     pub lora_guidance: Option<f64>,
     #[command(flatten)]
     pub align: AlignArgs,
+    /// Continue the stopped run that was writing to DIR (its --out) from its last checkpoint (the samples, each
+    /// mental average after every step, each adapter's training every 50 steps), with the same settings; the
+    /// result is the one the run would have given uninterrupted.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
 }
 
-pub fn modes(args: ModesArgs) -> Result<()> {
+pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
+    let (resumed, args) = match &args.resume {
+        Some(dir) => {
+            let (out, record, recorded) = take_up("modes", dir, &args, matches)?;
+            let common = SamplingArgs { quiet: args.common.quiet, out: Some(dir.clone()), ..recorded.common };
+            (Some((out, record)), ModesArgs { common, resume: None, ..recorded })
+        }
+        None => (None, args),
+    };
     let common = &args.common;
     if common.init_latents.is_some() {
         bail!("--init-latents does not apply to `dma modes`: its samples are drawn from --seed");
@@ -102,7 +118,8 @@ pub fn modes(args: ModesArgs) -> Result<()> {
         bail!("--adapter-steps, --adapter-batch and --adapter-lr must be positive");
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
-    let out = common.out_dir("modes")?;
+    let resolved = json!({ "sampling": settings, "discovery": discovery, "alignment": align, "chain": chain });
+    let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
 
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
@@ -114,11 +131,33 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     memory::check_fits(&model, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
 
+    let mut checkpoints = RunCheckpoints::new(&mut out, "modes", json!({ "command": "modes", "args": args, "settings": resolved }));
     let bar = progress_bar(settings.steps as u64, common.quiet);
     bar.set_message(format!("sampling {samples}"));
-    let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n))?;
+    let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n), &mut checkpoints).map_err(|e| checkpoints.explain(e))?;
     bar.finish_and_clear();
     let discovery_seconds = started.elapsed().as_secs_f64() - load_seconds;
+    let chain_results = if args.average {
+        let overall_bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
+        overall_bar.set_message("mental average of the whole concept");
+        let overall = seeded_mental_average(&model, &settings, &align, latents, &|n| overall_bar.inc(n), "overall-average", &mut checkpoints);
+        let (overall, overall_index) = overall.map_err(|e| checkpoints.explain(e))?;
+        overall_bar.finish_and_clear();
+        let bar = progress_bar(0, common.quiet);
+        let phase = |message: String, len: u64| {
+            // A fresh count, elapsed time and ETA for each stage.
+            bar.reset();
+            bar.set_message(message);
+            bar.set_length(len);
+        };
+        let per_mode = prototypes_per_mode(&mut model, &modes, &settings, &align, &chain, &phase, &|n| bar.inc(n), &mut checkpoints);
+        let per_mode = per_mode.map_err(|e| checkpoints.explain(e))?;
+        bar.finish_and_clear();
+        Some((overall, overall_index, per_mode))
+    } else {
+        None
+    };
+    drop(checkpoints);
 
     let parameters = json!({ "sampling": settings, "discovery": discovery });
     let text = png_text(&settings.prompt, &source, &parameters);
@@ -137,23 +176,8 @@ pub fn modes(args: ModesArgs) -> Result<()> {
     }
 
     let mut chain_record = json!(null);
-    if args.average {
-        let overall_bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
-        overall_bar.set_message("mental average of the whole concept");
-        let (overall, overall_index) = seeded_mental_average(&model, &settings, &align, latents, &|n| overall_bar.inc(n))?;
-        overall_bar.finish_and_clear();
+    if let Some((overall, overall_index, per_mode)) = chain_results {
         let overall_image = model.decode(&overall.latents.get(overall_index).unsqueeze(0));
-
-        let bar = progress_bar(0, common.quiet);
-        let phase = |message: String, len: u64| {
-            // A fresh count, elapsed time and ETA for each stage.
-            bar.reset();
-            bar.set_message(message);
-            bar.set_length(len);
-        };
-        let per_mode = prototypes_per_mode(&mut model, &modes, &settings, &align, &chain, &phase, &|n| bar.inc(n))?;
-        bar.finish_and_clear();
-
         write_atomic(&out.file("prototype.png"), &png_bytes(&overall_image.get(0), &text)?)?;
         written.push("prototype.png".into());
         let mut figure = vec![overall_image];

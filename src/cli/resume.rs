@@ -1,10 +1,15 @@
-//! `dma average --resume DIR`: the stopped run's own arguments come back from its checkpoint; any flag given again
-//! must say the same, so a resumed run cannot silently become another one.
-use super::average::AverageArgs;
-use anyhow::{bail, Result};
+//! `dma <command> --resume DIR`: the stopped run's own arguments come back from its record; any flag given again
+//! must say the same, and the settings they resolve to must not have changed, so a resumed run cannot silently
+//! become another one.
+use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
+use dma::files::read_json;
+use dma::output::checkpoint::RUN_RECORD;
+use dma::output::OutDir;
+use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};
+use std::path::Path;
 
 /// Flags that may differ on resume: they change how the run is shown or where it is, not what it computes.
 const FREE: [&str; 3] = ["resume", "quiet", "out"];
@@ -24,7 +29,7 @@ fn leaves(value: &Value, into: &mut Map<String, Value>) {
 }
 
 /// Fails, naming the first flag given on the command line whose value differs from the recorded run's.
-pub fn refuse_differences(given: &AverageArgs, recorded: &AverageArgs, matches: &ArgMatches) -> Result<()> {
+fn refuse_differences<A: Serialize>(given: &A, recorded: &A, matches: &ArgMatches) -> Result<()> {
     let (mut now, mut then) = (Map::new(), Map::new());
     leaves(&serde_json::to_value(given)?, &mut now);
     leaves(&serde_json::to_value(recorded)?, &mut then);
@@ -39,4 +44,33 @@ pub fn refuse_differences(given: &AverageArgs, recorded: &AverageArgs, matches: 
         }
     }
     Ok(())
+}
+
+/// A stopped `dma <command>` run taken up again: its folder, its record, and the arguments it was started with.
+pub fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
+    let out = OutDir::resume(dir)?;
+    let record: Value = read_json(&out.staging().join(RUN_RECORD))?;
+    if record["command"] != command {
+        bail!("--resume {}: the run there is a `dma {}`, not a `dma {command}`", dir.display(), record["command"].as_str().unwrap_or("?"));
+    }
+    let recorded: A = serde_json::from_value(record["args"].clone())
+        .with_context(|| format!("--resume {}: the record does not hold the arguments of a `dma {command}` run", dir.display()))?;
+    refuse_differences(given, &recorded, matches)?;
+    Ok((out, record, recorded))
+}
+
+/// The run's folder: the resumed run's (`take_up`), whose settings must resolve to `settings` again (a changed
+/// dma_defaults.json or prompts file would make it another run), or a new one from `create`.
+pub fn resumed_or_new(resumed: Option<(OutDir, Value)>, settings: &Value, create: impl FnOnce() -> Result<OutDir>) -> Result<OutDir> {
+    let Some((out, record)) = resumed else {
+        return create();
+    };
+    if record["settings"] != *settings {
+        bail!(
+            "--resume {}: the model's defaults have changed since the run started (then {}, now {settings})",
+            out.target().display(),
+            record["settings"]
+        );
+    }
+    Ok(out)
 }

@@ -15,11 +15,33 @@ use serde::Serialize;
 use std::cmp::Reverse;
 use tch::Tensor;
 
-/// How many clusters: a fixed number, or chosen by BIC among 1..=max.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+/// How many clusters: a fixed number, or chosen by BIC among 1..=max. Written as the flag's text ("auto:8", "3").
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ClusterCount {
     Auto { max: usize },
     Fixed(usize),
+}
+
+impl std::fmt::Display for ClusterCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Self::Auto { max } => write!(f, "auto:{max}"),
+            Self::Fixed(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+impl Serialize for ClusterCount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClusterCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl ClusterCount {
@@ -50,7 +72,7 @@ impl ClusterCount {
 }
 
 /// How `ClusterCount::Auto` chooses the number of clusters among the mixtures it fits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Criterion {
     /// One cluster when BIC prefers a single Gaussian to every mixture; otherwise the k >= 2 whose clusters have

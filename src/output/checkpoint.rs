@@ -1,9 +1,12 @@
-//! A sampling run's checkpoint in its staging folder, written after every DDIM step (`checkpoint_files`): the
-//! latents after the step and the recorded trajectory frames as tensors, and a record of the step, the per-step
-//! log and the run's arguments.
+//! A stopped run's files in its staging folder: the run's record (`checkpoint.json`: the command, its arguments
+//! and the settings they resolved to), written with the first checkpoint, and one folder per expensive stage under
+//! `checkpoints/` (`checkpoints/samples`, `checkpoints/mode-1/adapter`). A sampling stage keeps, after every DDIM
+//! step (`checkpoint_files`), the latents after the step and the recorded trajectory frames as tensors, and the
+//! step and the per-step log as its record.
 //!
 //! Nothing random is drawn after the initial noise (DDIM with eta = 0; each aligned step starts Adam afresh), so
-//! the latents and the log are the whole state: a resumed run computes exactly what the uninterrupted one would.
+//! the latents and the log are a sampling stage's whole state: a resumed run computes exactly what the
+//! uninterrupted one would.
 use crate::checkpoint_files;
 use crate::files::read_json;
 use crate::method::StepLog;
@@ -11,11 +14,24 @@ use crate::pipelines::mental_average::{Start, StepState};
 use crate::weights::read_safetensors;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-pub use checkpoint_files::{remove, RECORD};
+/// The run's record in its staging folder; its presence marks a run that can be resumed.
+pub const RUN_RECORD: &str = "checkpoint.json";
+/// The folder of the stages' checkpoints in the staging folder.
+const STAGES: &str = "checkpoints";
+
+/// The checkpoint folder of `stage` in the staging folder `staging`.
+pub fn stage_dir(staging: &Path, stage: &str) -> PathBuf {
+    staging.join(STAGES).join(stage)
+}
+
+/// Removes the run's record and every stage's checkpoint (when the run has finished).
+pub fn remove_all(staging: &Path) {
+    let _ = std::fs::remove_dir_all(staging.join(STAGES));
+    let _ = std::fs::remove_file(staging.join(RUN_RECORD));
+}
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -25,24 +41,26 @@ struct Record {
     log: Vec<StepLog>,
     /// (step, timestep) of each trajectory frame, stored as `frame<i>` tensors.
     frames: Vec<(usize, i64)>,
-    /// What the command needs to continue, as it chose to record it (its arguments and resolved settings).
-    run: Value,
 }
 
-/// Saves `state` with `run` into `dir`, replacing the previous checkpoint.
-pub fn save(dir: &Path, state: &StepState, run: &Value) -> Result<()> {
+/// Saves `state` into the stage folder `dir`, replacing its previous checkpoint.
+pub fn save(dir: &Path, state: &StepState) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let frame_names: Vec<String> = (0..state.frames.len()).map(|i| format!("frame{i}")).collect();
     let mut tensors: Vec<(&str, &Tensor)> = vec![("latents", state.latents)];
     tensors.extend(frame_names.iter().zip(state.frames).map(|(n, (_, _, t))| (n.as_str(), t)));
     let frames = state.frames.iter().map(|(s, t, _)| (*s, *t)).collect();
     let tensors_name = checkpoint_files::tensors_name(state.next_step);
-    let record = Record { next_step: state.next_step, tensors: tensors_name, log: state.log.to_vec(), frames, run: run.clone() };
+    let record = Record { next_step: state.next_step, tensors: tensors_name, log: state.log.to_vec(), frames };
     checkpoint_files::save(dir, state.next_step, &tensors, &record)
 }
 
-/// The checkpoint in `dir`: where to start and the run it belongs to.
-pub fn load(dir: &Path) -> Result<(Start, Value)> {
-    let record: Record = read_json(&dir.join(RECORD))?;
+/// The checkpoint in the stage folder `dir`, if it has one.
+pub fn load(dir: &Path) -> Result<Option<Start>> {
+    if !dir.join(checkpoint_files::RECORD).is_file() {
+        return Ok(None);
+    }
+    let record: Record = read_json(&dir.join(checkpoint_files::RECORD))?;
     let path = dir.join(&record.tensors);
     let mut tensors: std::collections::HashMap<String, Tensor> =
         read_safetensors(&path).with_context(|| format!("the checkpoint {} is damaged", path.display()))?.into_iter().collect();
@@ -50,7 +68,7 @@ pub fn load(dir: &Path) -> Result<(Start, Value)> {
     let latents = take("latents")?;
     let frames = record.frames.iter().enumerate().map(|(i, &(s, t))| Ok((s, t, take(&format!("frame{i}"))?))).collect::<Result<Vec<_>>>()?;
     if record.log.len() > record.next_step {
-        bail!("the checkpoint {} logs more steps than it has done", dir.join(RECORD).display());
+        bail!("the checkpoint {} logs more steps than it has done", dir.join(checkpoint_files::RECORD).display());
     }
-    Ok((Start { first_step: record.next_step, latents, log: record.log, frames }, record.run))
+    Ok(Some(Start { first_step: record.next_step, latents, log: record.log, frames }))
 }

@@ -1,6 +1,7 @@
 //! An output folder that appears whole or not at all: files go to a hidden staging folder beside it
 //! (`.NAME.partial`), which is renamed into place when the run succeeds and removed when it fails, unless the run
 //! left a checkpoint there to resume from.
+use super::checkpoint::RUN_RECORD;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -41,7 +42,8 @@ impl OutDir {
     /// Refuses an --out that already holds files unless `replace` (a finished run is never overwritten by
     /// accident), and checks it can be written by creating the staging folder now, before any long work. An
     /// unfinished run's staging folder is refused too: it is resumed with `resume`, or started over with `replace`.
-    pub fn create(target: &Path, replace: bool) -> Result<Self> {
+    /// `command` is the `dma` subcommand writing it (named in the message about an unfinished run).
+    pub fn create(target: &Path, replace: bool, command: &str) -> Result<Self> {
         if target.exists() {
             if !target.is_dir() {
                 bail!("--out {}: exists and is not a folder", target.display());
@@ -56,9 +58,9 @@ impl OutDir {
             if owner_alive(&staging) {
                 bail!("--out {}: another dma process is writing it ({})", target.display(), staging.display());
             }
-            if staging.join(super::checkpoint::RECORD).is_file() && !replace {
+            if staging.join(RUN_RECORD).is_file() && !replace {
                 bail!(
-                    "--out {}: an unfinished run is there ({}); continue it with `dma average --resume {0}`, or pass --force to start over",
+                    "--out {}: an unfinished run is there ({}); continue it with `dma {command} --resume {0}`, or pass --force to start over",
                     target.display(),
                     staging.display()
                 );
@@ -75,7 +77,7 @@ impl OutDir {
     /// Takes over the staging folder of an unfinished run at `target`, checkpoint and all.
     pub fn resume(target: &Path) -> Result<Self> {
         let staging = staging_of(target)?;
-        if !staging.join(super::checkpoint::RECORD).is_file() {
+        if !staging.join(RUN_RECORD).is_file() {
             bail!("--resume {}: no unfinished run there (no checkpoint in {})", target.display(), staging.display());
         }
         if owner_alive(&staging) {
@@ -108,7 +110,7 @@ impl OutDir {
     /// Moves the finished outputs into place (replacing an earlier result when asked to).
     pub fn finish(mut self) -> Result<PathBuf> {
         let _ = std::fs::remove_file(self.staging.join(OWNER));
-        super::checkpoint::remove(&self.staging);
+        super::checkpoint::remove_all(&self.staging);
         let mut old = None;
         if self.target.is_dir() {
             if self.replace {

@@ -3,7 +3,8 @@
 //! sharpness and zero-shot classes. No files, no UI.
 use super::baselines::averages::{avg_vae, latent_centre, pixel_average};
 use super::baselines::{d4m::d4m, mgd3::mgd3, typical::most_typical, BaselineSettings};
-use super::mental_average::{alignment_work, run, seeded_latents, seeded_mental_average, SamplingSettings};
+use super::checkpoints::Checkpoints;
+use super::mental_average::{alignment_work, run_stage, seeded_latents, seeded_mental_average, SamplingSettings};
 use super::StableDiffusion;
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::metrics::{consistency, distances_to_mean, mean, median};
@@ -90,7 +91,9 @@ pub struct SeedOutcome {
     pub dma_log: Vec<StepLog>,
 }
 
-/// The samples of `prompt` from `seed` and every method's prototype from them.
+/// The samples of `prompt` from `seed` and every method's prototype from them. The samples and DMA are the stages
+/// `<stage>/samples` and `<stage>/dma` of `checkpoints` (the other methods take a step or two).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_seed(
     model: &StableDiffusion,
     embedder: &ClipEmbedder,
@@ -98,9 +101,12 @@ pub fn evaluate_seed(
     settings: &EvalSettings,
     seed: u64,
     progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
 ) -> Result<SeedOutcome> {
     let sampling = SamplingSettings { prompt: prompt.to_string(), seed, ..settings.sampling.clone() };
-    let latents = run(model, &sampling, &seeded_latents(model, settings.samples, seed), None, 0, progress)?.latents;
+    let init = seeded_latents(model, settings.samples, seed);
+    let latents = run_stage(model, &sampling, &init, None, 0, progress, &format!("{stage}/samples"), checkpoints)?.latents;
     let samples = model.decode_batched(&latents, sampling.batch);
     let sample_embeds = embedder.image_embeds(&samples)?;
     let centre = latent_centre(&latents);
@@ -115,7 +121,7 @@ pub fn evaluate_seed(
             Method::Mgd3 => decode_one(&mgd3(model, &sampling, &settings.baselines, &centre, seed)?),
             Method::Typical => samples.get(most_typical(&sample_embeds) as i64),
             Method::Dma => {
-                let (result, prototype) = seeded_mental_average(model, &sampling, &settings.align, settings.latents, progress)?;
+                let (result, prototype) = seeded_mental_average(model, &sampling, &settings.align, settings.latents, progress, &format!("{stage}/dma"), checkpoints)?;
                 dma_log = result.log;
                 decode_one(&result.latents.narrow(0, prototype, 1))
             }

@@ -1,5 +1,6 @@
 //! The whole computation behind `dma average` and `dma sample`: prompts to contexts, noise to latents through
 //! guided DDIM (with DMA's alignment hooked in when asked), latents to images. No files, no UI.
+use super::checkpoints::{Checkpoints, NoCheckpoints};
 use super::StableDiffusion;
 use crate::method::hspace::{distance_to, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
@@ -72,8 +73,9 @@ impl Start {
 
 /// A run's state after a step: what a checkpoint keeps.
 pub struct StepState<'a> {
-    /// The first step not yet done.
+    /// The first step not yet done, of `steps`.
     pub next_step: usize,
+    pub steps: usize,
     pub latents: &'a Tensor,
     pub log: &'a [StepLog],
     pub frames: &'a [(usize, i64, Tensor)],
@@ -84,6 +86,7 @@ pub struct StepState<'a> {
 struct RunHooks<'a, 'b> {
     alignment: Alignment<'a>,
     recorder: TrajectoryRecorder,
+    steps: usize,
     progress: &'a dyn Fn(u64),
     after_each_step: &'b mut dyn FnMut(StepState) -> Result<()>,
 }
@@ -96,7 +99,7 @@ impl StepHooks for RunHooks<'_, '_> {
     fn after_step(&mut self, index: usize, timestep: i64, latents: &Tensor, pred_x0: &Tensor) -> Result<()> {
         self.recorder.after_step(index, timestep, latents, pred_x0)?;
         (self.progress)(1);
-        (self.after_each_step)(StepState { next_step: index + 1, latents, log: &self.alignment.log, frames: &self.recorder.frames })
+        (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents, log: &self.alignment.log, frames: &self.recorder.frames })
     }
 }
 
@@ -110,7 +113,34 @@ pub fn run(
     trajectory_latents: i64,
     progress: &dyn Fn(u64),
 ) -> Result<SamplingResult> {
-    run_from(model, settings, Start::fresh(init), align, trajectory_latents, progress, &mut |_| Ok(()))
+    run_stage(model, settings, init, align, trajectory_latents, progress, "sampling", &mut NoCheckpoints)
+}
+
+/// As `run`, as stage `stage` of a longer run: from the stage's checkpoint when `checkpoints` has one (telling
+/// `progress` of the work behind it), showing them the state after every step.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stage(
+    model: &StableDiffusion,
+    settings: &SamplingSettings,
+    init: &Tensor,
+    align: Option<&AlignSettings>,
+    trajectory_latents: i64,
+    progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<SamplingResult> {
+    let start = match checkpoints.sampling_start(stage)? {
+        Some(start) => {
+            if start.latents.size() != init.size() {
+                bail!("the checkpoint of {stage} holds latents of shape {:?}, but this run starts from {:?}", start.latents.size(), init.size());
+            }
+            let latents = init.size()[0];
+            progress(align.map_or(start.first_step as u64, |a| alignment_work_until(a, settings, latents, start.first_step)));
+            start
+        }
+        None => Start::fresh(init),
+    };
+    run_from(model, settings, start, align, trajectory_latents, progress, &mut |state| checkpoints.after_sampling_step(stage, state))
 }
 
 /// As `run`, from `start` (a fresh start or a checkpoint), showing `after_each_step` the state after every step.
@@ -138,7 +168,7 @@ pub fn run_from(
     let mut alignment = Alignment::new(HSpace { unet: &model.unet, context, batch: settings.batch }, align, progress);
     alignment.log = start.log;
     let recorder = TrajectoryRecorder { latents: trajectory_latents, frames: start.frames };
-    let mut hooks = RunHooks { alignment, recorder, progress, after_each_step };
+    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, after_each_step };
     let latents = sample_from(&scheduler, start.first_step, latents, &mut denoise, &mut hooks)?;
     Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log })
 }
@@ -154,26 +184,32 @@ pub fn alignment_work_until(align: &AlignSettings, sampling: &SamplingSettings, 
     align.align_steps.min(steps) as u64 * batches * align.iters as u64 + steps as u64
 }
 
-/// A mental average from `count` latents seeded by `settings.seed`: the run and the index of its prototype.
+/// A mental average from `count` latents seeded by `settings.seed`, as stage `stage` of `checkpoints`: the run
+/// and the index of its prototype.
 pub fn seeded_mental_average(
     model: &StableDiffusion,
     settings: &SamplingSettings,
     align: &AlignSettings,
     count: i64,
     progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
 ) -> Result<(SamplingResult, i64)> {
-    mental_average_from(model, settings, align, &seeded_latents(model, count, settings.seed), progress)
+    mental_average_from(model, settings, align, &seeded_latents(model, count, settings.seed), progress, stage, checkpoints)
 }
 
-/// DMA from the given initial noise [K,C,H,W], and the index of its prototype among the K final latents.
+/// DMA from the given initial noise [K,C,H,W] as stage `stage` of `checkpoints`, and the index of its prototype
+/// among the K final latents.
 pub fn mental_average_from(
     model: &StableDiffusion,
     settings: &SamplingSettings,
     align: &AlignSettings,
     init: &Tensor,
     progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
 ) -> Result<(SamplingResult, i64)> {
-    let result = run(model, settings, init, Some(align), 0, progress)?;
+    let result = run_stage(model, settings, init, Some(align), 0, progress, stage, checkpoints)?;
     let prototype = prototype_index(model, settings, align.branch, &result.latents)?;
     Ok((result, prototype))
 }

@@ -1,5 +1,6 @@
 //! Composing models into something that turns prompts into images; loading them from disk.
 pub mod baselines;
+pub mod checkpoints;
 pub mod defaults;
 pub mod evaluation;
 pub mod memory;

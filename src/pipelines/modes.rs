@@ -1,7 +1,8 @@
 //! Multimodal concepts (`dma modes`): draw samples of a prompt, embed them with CLIP, cluster them into modes,
 //! and, for the whole chain, learn one adapter per mode and compute each mode's prototype with DMA.
 //! No files, no UI: the command line writes what this returns.
-use super::mental_average::{alignment_work, mental_average_from, run, seeded_latents, SamplingResult, SamplingSettings};
+use super::checkpoints::Checkpoints;
+use super::mental_average::{alignment_work, mental_average_from, run_stage, seeded_latents, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
 use crate::adapters::{lora, Adapter, AdapterKind};
@@ -102,17 +103,19 @@ fn clustering_dims(settings: &DiscoverySettings) -> usize {
 }
 
 /// Draws `settings.samples` samples with the sampler of `dma sample` (seeded by `sampling.seed`), embeds and
-/// clusters them. The cluster seed is the sampling seed, so one seed reproduces the whole result.
+/// clusters them. The cluster seed is the sampling seed, so one seed reproduces the whole result. The sampling is
+/// stage `samples` of `checkpoints`.
 pub fn discover(
     model: &StableDiffusion,
     sampling: &SamplingSettings,
     embedder: &ClipEmbedder,
     settings: &DiscoverySettings,
     progress: &dyn Fn(u64),
+    checkpoints: &mut dyn Checkpoints,
 ) -> Result<Modes> {
     settings.clusters.validate(settings.samples.max(0) as usize)?;
     let init = seeded_latents(model, settings.samples, sampling.seed);
-    let latents = run(model, sampling, &init, None, 0, progress)?.latents;
+    let latents = run_stage(model, sampling, &init, None, 0, progress, "samples", checkpoints)?.latents;
     let images = model.decode_batched(&latents, sampling.batch);
     let clustering = cluster_images(embedder, &images, settings, sampling.seed)?;
     Ok(Modes { noise: init, latents, images, clustering })
@@ -174,7 +177,8 @@ pub fn mode_token(prompt: &str, k: usize) -> String {
 /// Mental averages, one per mode: for each cluster, learn an adapter on its samples (less the held-out ones),
 /// then run DMA with it from the noise of the mode's own samples. `phase` names each stage and its length, `progress` advances it.
 /// Empty clusters are skipped. Leaves no LoRA on the model (Textual Inversion tokens stay; each mode's is
-/// distinct).
+/// distinct). Mode k's training and DMA are stages `mode-k/adapter` and `mode-k/average` of `checkpoints`.
+#[allow(clippy::too_many_arguments)]
 pub fn prototypes_per_mode(
     model: &mut StableDiffusion,
     modes: &Modes,
@@ -183,6 +187,7 @@ pub fn prototypes_per_mode(
     chain: &ChainSettings,
     phase: &dyn Fn(String, u64),
     progress: &dyn Fn(u64),
+    checkpoints: &mut dyn Checkpoints,
 ) -> Result<Vec<ModePrototype>> {
     let mut out = Vec::new();
     for k in 0..modes.clustering.k {
@@ -197,7 +202,7 @@ pub fn prototypes_per_mode(
 
         phase(format!("mode {}/{}: learning a {} adapter", k + 1, modes.clustering.k, chain.adapter.kind.name()), chain.adapter.steps as u64);
         let token = mode_token(&sampling.prompt, k);
-        let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress)?;
+        let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress, &format!("mode-{k}/adapter"), checkpoints)?;
         let mode_sampling = match chain.adapter.kind {
             AdapterKind::Ti => SamplingSettings { prompt: prompt_with_token(&sampling.prompt, &token), ..sampling.clone() },
             AdapterKind::Lora => SamplingSettings { guidance: chain.lora_guidance, ..sampling.clone() },
@@ -210,7 +215,7 @@ pub fn prototypes_per_mode(
         let started_from: Vec<i64> = modes.members(k).into_iter().take(chain.latents.max(0) as usize).collect();
         let init = modes.noise.index_select(0, &Tensor::from_slice(&started_from).to_device(modes.noise.device()));
         phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, started_from.len() as i64));
-        let (result, prototype) = mental_average_from(model, &mode_sampling, align, &init, progress)?;
+        let (result, prototype) = mental_average_from(model, &mode_sampling, align, &init, progress, &format!("mode-{k}/average"), checkpoints)?;
         lora::remove(model);
         out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, started_from, result, prototype, held_out });
     }

@@ -32,11 +32,16 @@ pub struct Resume {
 }
 
 impl Resume {
+    /// A fresh start (`source` names it in errors).
+    pub fn fresh(source: &str) -> Self {
+        Self { step: 0, tensors: None, source: source.to_string() }
+    }
+
     /// Opens the checkpoint in `dir`, if one was completed there; one made with other settings is refused.
     pub fn open<S: Serialize + DeserializeOwned + PartialEq + Debug>(dir: &Path, settings: &S) -> Result<Self> {
         let source = dir.display().to_string();
         if !dir.join(RECORD).is_file() {
-            return Ok(Self { step: 0, tensors: None, source });
+            return Ok(Self::fresh(&source));
         }
         let record: Record<S> = read_json(&dir.join(RECORD))?;
         if record.settings != *settings {
