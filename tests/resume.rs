@@ -1,6 +1,8 @@
 //! Long runs that survive (issue "Long runs that survive"): a run killed by a real signal mid-way resumes from its
-//! last checkpoint to exactly the result of a run never stopped; Ctrl-C saves and says how to resume; resuming
-//! with other settings, or writing over an unfinished run or a finished result, is refused unless asked.
+//! last checkpoint to exactly the result of a run never stopped (`dma average`; `dma modes --average` stopped in an
+//! adapter's training or in a mode's mental average; `dma eval`; `dma train`); Ctrl-C saves and says how to
+//! resume; resuming with other settings, or writing over an unfinished run or a finished result, is refused unless
+//! asked.
 mod common;
 use common::{fixture, read_json};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,13 @@ fn average_args(out: &Path) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// The runs here are timed against each other (a signal once a checkpoint appears) and each uses every core, so
+/// the tests take turns: run side by side on a small machine they took four times as long.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn dma(args: &[String]) -> Output {
@@ -68,6 +77,7 @@ fn succeeded(output: &Output) {
 
 #[test]
 fn a_killed_run_resumes_to_the_result_of_one_never_stopped() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let reference = tmp.path().join("reference");
     succeeded(&dma(&average_args(&reference)));
@@ -111,6 +121,7 @@ fn a_killed_run_resumes_to_the_result_of_one_never_stopped() {
 
 #[test]
 fn resuming_refuses_other_settings_and_runs_that_are_not_there() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let mut child = spawn(&average_args(&out));
@@ -137,6 +148,7 @@ fn resuming_refuses_other_settings_and_runs_that_are_not_there() {
 
 #[test]
 fn a_finished_result_is_replaced_only_with_force() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let quick = |extra: &[&str]| {
@@ -158,4 +170,167 @@ fn a_finished_result_is_replaced_only_with_force() {
     assert_ne!(std::fs::read(out.join("prototype.png")).unwrap(), first, "--force replaced it");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("out")], "nothing is left beside the result");
+}
+
+/// A `dma modes --average` on the tiny fixture (2 modes, each with 120 adapter steps and a 4-step DMA) slow
+/// enough to be stopped in either mode's adapter training or mental average.
+fn modes_args(out: &Path, adapter_kind: &str) -> Vec<String> {
+    let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+    [
+        "modes", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--samples", "6",
+        "--steps", "4", "--clusters", "2", "--average", "--adapter-kind", adapter_kind, "--adapter-steps", "120", "--adapter-batch", "2",
+        "--latents", "2", "--align-steps", "3", "--iters", "20", "--tol", "0", "--save-latents", "--quiet", "--out", out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Every file of a finished result but run.json and results.json (which record times), by path.
+fn result_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if !["run.json", "results.json"].contains(&path.file_name().unwrap().to_str().unwrap()) {
+                files.push((path.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `value` without its timings (`seconds` fields), which differ from run to run.
+fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| *k != "seconds").map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
+        serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn a_modes_chain_stopped_in_training_or_in_a_mode_s_average_resumes_to_the_same_result() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    // (adapter kind, the stage to stop in, the step to wait for, the signal)
+    for (kind, stage, step, signal_name) in [("lora", "mode-0/adapter", 50, "KILL"), ("ti", "mode-1/average", 1, "INT")] {
+        let reference = tmp.path().join(format!("reference-{kind}"));
+        succeeded(&dma(&modes_args(&reference, kind)));
+        let stopped = tmp.path().join(format!("stopped-{kind}"));
+        let child = spawn(&modes_args(&stopped, kind));
+        wait_for_stage(&stopped, stage, step);
+        signal(&child, signal_name);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stopped.exists(), "{kind}: no result appears for a run that did not finish");
+        if signal_name == "INT" {
+            assert_eq!(output.status.code(), Some(130), "{stderr}");
+            assert!(stderr.contains(&format!("dma modes --resume {}", stopped.display())), "{stderr}");
+        }
+        let samples_done = staging(&stopped).join("checkpoints/samples/checkpoint.json");
+        assert!(samples_done.is_file(), "{kind}: the samples' checkpoint is kept");
+        let refused = dma(&["modes".into(), "--resume".into(), stopped.display().to_string(), "--adapter-steps".into(), "10".into()]);
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--adapter-steps 10 differs"), "{}", String::from_utf8_lossy(&refused.stderr));
+        succeeded(&dma(&["modes".into(), "--resume".into(), stopped.display().to_string(), "--quiet".into()]));
+        same_results(&stopped, &reference, kind);
+        let (a, b) = (read_json(&stopped.join("run.json")), read_json(&reference.join("run.json")));
+        assert_eq!(without_seconds(&a["chain"]), without_seconds(&b["chain"]), "{kind}: the per-step logs");
+        assert!(!staging(&stopped).exists());
+    }
+}
+
+/// Asserts that `resumed` holds exactly the files of `original`, byte for byte.
+fn same_results(resumed: &Path, original: &Path, what: &str) {
+    let (a, b) = (result_files(resumed), result_files(original));
+    assert_eq!(a.iter().map(|f| &f.0).collect::<Vec<_>>(), b.iter().map(|f| &f.0).collect::<Vec<_>>(), "{what}: the same files");
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{what}: {name} differs after resuming");
+    }
+}
+
+/// A `dma eval` of two concepts over two seeds on the tiny fixture, slow enough to be stopped in the second
+/// concept's mental average.
+fn eval_args(out: &Path) -> Vec<String> {
+    let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+    [
+        "eval", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--prompt", "a photo of a cat",
+        "--seeds", "2", "--samples", "4", "--steps", "6", "--latents", "2", "--align-steps", "4", "--iters", "20", "--tol", "0", "--quiet",
+        "--out", out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn an_evaluation_killed_midway_resumes_to_the_same_results() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    succeeded(&dma(&eval_args(&reference)));
+    let killed = tmp.path().join("killed");
+    let mut child = spawn(&eval_args(&killed));
+    let reached = wait_for_stage(&killed, "subject-1/seed-0/dma", 2);
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    assert!(reached < 6 && !killed.exists());
+    let refused = dma(&eval_args(&killed));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("dma eval --resume"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let wrong = dma(&["modes".into(), "--resume".into(), killed.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && stderr.contains("is a `dma eval`, not a `dma modes`"), "{stderr}");
+    succeeded(&dma(&["eval".into(), "--resume".into(), killed.display().to_string(), "--quiet".into()]));
+    same_results(&killed, &reference, "eval");
+    let (a, b) = (read_json(&killed.join("results.json")), read_json(&reference.join("results.json")));
+    assert_eq!(without_seconds(&a), without_seconds(&b));
+}
+
+/// A short `dma train` of the embedded model's architecture (20 steps of 8 images, a checkpoint every step).
+fn train_args(dir: &Path) -> Vec<String> {
+    let (model, state) = (dir.join("model"), dir.join("state"));
+    ["train", "--model-out", model.to_str().unwrap(), "--state", state.to_str().unwrap(), "--steps", "20", "--batch", "8", "--checkpoint-every", "1", "--quiet"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The training step of the checkpoint in `state`, once there is one.
+fn wait_for_training(state: &Path, steps: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let step = std::fs::read_to_string(state.join("checkpoint.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["step"].as_u64());
+        if step.is_some_and(|s| s >= steps) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no training checkpoint of {steps} steps within two minutes");
+}
+
+#[test]
+fn model_training_killed_or_interrupted_resumes_to_the_same_weights() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    succeeded(&dma(&train_args(&reference)));
+    for signal_name in ["KILL", "INT"] {
+        let dir = tmp.path().join(signal_name);
+        let child = spawn(&train_args(&dir));
+        wait_for_training(&dir.join("state"), 3);
+        signal(&child, signal_name);
+        let output = child.wait_with_output().unwrap();
+        if signal_name == "INT" {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(130), "{stderr}");
+            assert!(stderr.contains("run the same command again"), "{stderr}");
+        }
+        let step = read_json(&dir.join("state/checkpoint.json"))["step"].as_u64().unwrap();
+        assert!(step < 20, "{signal_name}: the training had finished before it was stopped");
+        succeeded(&dma(&train_args(&dir)));
+        same_results(&dir.join("model"), &reference.join("model"), signal_name);
+        let log = |d: &Path| std::fs::read_to_string(d.join("state/loss.csv")).unwrap();
+        assert_eq!(log(&dir), log(&reference), "{signal_name}: the loss log");
+    }
 }

@@ -1,6 +1,8 @@
 //! `dma train`: trains the embedded model (a miniature Stable Diffusion in pixel space) on Fashion-MNIST and MNIST
-//! digits with captions, resumably: stop it at any time and run the same command again to continue.
+//! digits with captions, resumably: stop it at any time (Ctrl-C saves the step it is on) and run the same command
+//! again to continue.
 use super::common::progress_bar;
+use super::interrupt::{self, Interrupted};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::data::captions::{classes_described_by, vocabulary, Captioner, DEFAULT_P_BROAD};
@@ -187,10 +189,12 @@ fn training_loop(
     if steps == 0 || every == 0 {
         bail!("--steps and --checkpoint-every must be at least 1");
     }
+    std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
     let log_path = state.join("loss.csv");
     let mut log = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(steps as u64, quiet);
     bar.set_position(trainer.step() as u64);
+    interrupt::listen();
     while trainer.step() < steps {
         let step = trainer.step();
         let loss = trainer.train_on(&next_batch(step)?)?;
@@ -200,9 +204,17 @@ fn training_loop(
         log.push(format!("{},{loss:.6},{:.3e}", step + 1, trainer.lr_at(step)));
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
-        if (step + 1) % every == 0 || step + 1 == steps {
-            trainer.save(state, model_out)?;
+        let stop = interrupt::requested();
+        if (step + 1) % every == 0 || step + 1 == steps || stop {
+            // The log first: a run killed between the two writes resumes from the older checkpoint and reads
+            // the log only up to that checkpoint's step; the other order would lose this step's line.
             write_atomic(&log_path, format!("step,loss,lr\n{}\n", log.join("\n")).as_bytes())?;
+            trainer.save(state, model_out)?;
+        }
+        if stop && step + 1 < steps {
+            bar.abandon();
+            let resume = "run the same command again to continue".to_string();
+            return Err(Interrupted { at: format!("training step {} of {steps} (checkpoint saved in {})", step + 1, state.display()), resume }.into());
         }
     }
     bar.finish_and_clear();
