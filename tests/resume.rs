@@ -334,3 +334,28 @@ fn model_training_killed_or_interrupted_resumes_to_the_same_weights() {
         assert_eq!(log(&dir), log(&reference), "{signal_name}: the loss log");
     }
 }
+
+#[test]
+fn plain_sampling_killed_midway_resumes_to_the_same_samples() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-sd1");
+    let args = |out: &Path| -> Vec<String> {
+        ["sample", "--model", model.to_str().unwrap(), "--prompt", "a photo of a dog", "--num", "32", "--steps", "20", "--save-latents", "--quiet", "--out", out.to_str().unwrap()]
+            .map(String::from)
+            .to_vec()
+    };
+    let reference = tmp.path().join("reference");
+    succeeded(&dma(&args(&reference)));
+    let killed = tmp.path().join("killed");
+    let mut child = spawn(&args(&killed));
+    let reached = wait_for_stage(&killed, "sample", 2);
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    assert!(reached < 20 && !killed.exists());
+    succeeded(&dma(&["sample".into(), "--resume".into(), killed.display().to_string(), "--quiet".into()]));
+    same_results(&killed, &reference, "sample");
+    // The run may have finished another step between the checkpoint seen and the signal.
+    let resumed_at = read_json(&killed.join("run.json"))["resumed_at_step"].as_u64().unwrap();
+    assert!((reached..20).contains(&resumed_at), "resumed at step {resumed_at}, the checkpoint seen was of {reached}");
+}

@@ -13,8 +13,9 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{check_latents, prototype_index, run, run_from, seeded_latents, SamplingSettings, Start};
-use dma::pipelines::mental_average::{alignment_work, alignment_work_until};
+use dma::pipelines::mental_average::{check_latents, prototype_index, run_from, seeded_latents, SamplingResult, SamplingSettings, Start};
+use dma::pipelines::mental_average::alignment_work_until;
+use dma::pipelines::StableDiffusion;
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -156,13 +157,16 @@ pub struct AverageArgs {
     pub resume: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct SampleArgs {
     #[command(flatten)]
     pub common: SamplingArgs,
     /// Number of samples.
     #[arg(long, default_value_t = 16)]
     pub num: i64,
+    /// Continue the stopped run that was writing to DIR (its --out), from its last finished step.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
 }
 
 impl SamplingArgs {
@@ -185,7 +189,7 @@ impl SamplingArgs {
 }
 
 /// The initial latents: from --init-latents, or `count` seeded ones.
-fn initial_latents(args: &SamplingArgs, model: &dma::pipelines::StableDiffusion, count: i64) -> Result<Tensor> {
+fn initial_latents(args: &SamplingArgs, model: &StableDiffusion, count: i64) -> Result<Tensor> {
     match &args.init_latents {
         Some(path) => {
             let latents = read_latents(path)?;
@@ -204,9 +208,6 @@ fn read_latents(path: &Path) -> Result<Tensor> {
         .with_context(|| format!("--init-latents {}: no tensor named `latents`", path.display()))?;
     Ok(latents.to_kind(tch::Kind::Float))
 }
-
-/// The one stage of `dma average`, as its checkpoint folder is named.
-const STAGE: &str = "average";
 
 pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = match &args.resume {
@@ -243,22 +244,10 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     }
     memory::check_fits(&model, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let mut checkpoints = RunCheckpoints::new(&mut out, "average", json!({ "command": "average", "args": args, "settings": resolved }));
-    // The start is the checkpoint's when there is one: --init-latents is only read for a fresh run.
-    let start = match checkpoints.sampling_start(STAGE)? {
-        Some(start) => start,
-        None => Start::fresh(&initial_latents(common, &model, count)?),
-    };
-    let resumed_at_step = is_resumed.then_some(start.first_step);
-    let latents = start.latents.size()[0];
-    let bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
-    bar.set_message("aligning");
-    bar.set_position(alignment_work_until(&align, &settings, latents, start.first_step));
+    let record = json!({ "command": "average", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
-    let result = run_from(&model, &settings, start, Some(&align), 4, &|n| bar.inc(n), &mut |state| checkpoints.after_sampling_step(STAGE, state))
-        .map_err(|e| checkpoints.explain(e))?;
-    drop(checkpoints);
-    bar.finish_and_clear();
+    let (result, first_step) = sample_resumably(&mut out, "average", record, &model, common, &settings, Some(&align), count)?;
+    let resumed_at_step = is_resumed.then_some(first_step);
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
@@ -279,21 +268,28 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     })
 }
 
-pub fn sample(args: SampleArgs) -> Result<()> {
+pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
+    let (resumed, args) = match &args.resume {
+        Some(dir) => {
+            let (out, record, recorded) = take_up("sample", dir, &args, matches)?;
+            let common = SamplingArgs { quiet: args.common.quiet, out: Some(dir.clone()), ..recorded.common };
+            (Some((out, record)), SampleArgs { common, resume: None, ..recorded })
+        }
+        None => (None, args),
+    };
     let common = &args.common;
     let source = common.model.source()?;
     let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
-    let out = common.out_dir("sample")?;
+    let resolved = json!({ "sampling": settings });
+    let is_resumed = resumed.is_some();
+    let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
     memory::check_fits(&model, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let init = initial_latents(common, &model, args.num)?;
-    let bar = progress_bar(settings.steps as u64, common.quiet);
-    bar.set_message("sampling");
+    let record = json!({ "command": "sample", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
-    let result = run(&model, &settings, &init, None, 4, &|n| bar.inc(n))?;
-    bar.finish_and_clear();
+    let (result, first_step) = sample_resumably(&mut out, "sample", record, &model, common, &settings, None, args.num)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
         command: "sample",
@@ -307,8 +303,38 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         save_latents: common.save_latents,
         result: &result,
         prototype: None,
-        resumed_at_step: None,
+        resumed_at_step: is_resumed.then_some(first_step),
         seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
         out,
     })
+}
+
+/// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar and a checkpoint in `out` after
+/// every step: from the checkpoint when the run is resumed (--init-latents is then not read again), else from the
+/// initial latents (`count` seeded ones, or --init-latents). The result and the step it started at.
+#[allow(clippy::too_many_arguments)]
+fn sample_resumably(
+    out: &mut OutDir,
+    command: &'static str,
+    record: serde_json::Value,
+    model: &StableDiffusion,
+    common: &SamplingArgs,
+    settings: &SamplingSettings,
+    align: Option<&AlignSettings>,
+    count: i64,
+) -> Result<(SamplingResult, usize)> {
+    let mut checkpoints = RunCheckpoints::new(out, command, record);
+    let start = match checkpoints.sampling_start(command)? {
+        Some(start) => start,
+        None => Start::fresh(&initial_latents(common, model, count)?),
+    };
+    let (first_step, latents) = (start.first_step, start.latents.size()[0]);
+    let work = |steps| align.map_or(steps as u64, |a| alignment_work_until(a, settings, latents, steps));
+    let bar = progress_bar(work(settings.steps), common.quiet);
+    bar.set_message(if align.is_some() { "aligning" } else { "sampling" });
+    bar.set_position(work(first_step));
+    let result = run_from(model, settings, start, align, 4, &|n| bar.inc(n), &mut |state| checkpoints.after_sampling_step(command, state))
+        .map_err(|e| checkpoints.explain(e))?;
+    bar.finish_and_clear();
+    Ok((result, first_step))
 }

@@ -44,7 +44,7 @@ pub fn main() -> anyhow::Result<()> {
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
     match cli.command {
         Command::Average(args) => average::average(args, &sub("average")),
-        Command::Sample(args) => average::sample(args),
+        Command::Sample(args) => average::sample(args, &sub("sample")),
         Command::Modes(args) => modes::modes(args, &sub("modes")),
         Command::Eval(args) => eval::eval(args, &sub("eval")),
         Command::Compare(args) => eval::compare(args, &sub("compare")),
