@@ -25,7 +25,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = temp_file_in(dir)?;
     tmp.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    persist(tmp, path)
+}
+
+/// Gives the finished temporary file `tmp` its name `path`: its data reaches the disk first and the rename after,
+/// so after a crash or a power cut `path` is the old file or the whole new one, never an empty or partial one (a
+/// checkpoint's record must not name tensors that were still in the page cache).
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The rename itself is durable once the folder is synced; not every file system lets a folder be opened.
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
     Ok(())
 }
 

@@ -80,8 +80,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()>
     let tmp = crate::files::temp_file_in(dir)?;
     let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (*n, t.to_device(Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&named, tmp.path()).with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::files::persist(tmp, path)
 }
 
 impl Weights {
