@@ -2,7 +2,7 @@
 use super::common::{out_dir, progress_bar, ModelArgs};
 use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
-use super::resume::{resumed_or_new, take_up};
+use super::resume::{arguments, resumed_or_new, Resumable};
 use dma::pipelines::checkpoints::Checkpoints;
 use dma::pipelines::memory;
 use serde_json::json;
@@ -186,6 +186,29 @@ impl SamplingArgs {
     pub fn out_dir(&self, command: &str) -> Result<OutDir> {
         out_dir(self.out.as_deref(), command, self.prompt()?, self.force)
     }
+
+    /// The recorded options of a run resumed into `dir`, shown as `given` asks.
+    pub fn resumed(self, given: &SamplingArgs, dir: PathBuf) -> Self {
+        Self { quiet: given.quiet, out: Some(dir), ..self }
+    }
+}
+
+impl Resumable for AverageArgs {
+    fn resume_dir(&self) -> Option<PathBuf> {
+        self.resume.clone()
+    }
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self {
+        Self { common: self.common.resumed(&given.common, dir), resume: None, ..self }
+    }
+}
+
+impl Resumable for SampleArgs {
+    fn resume_dir(&self) -> Option<PathBuf> {
+        self.resume.clone()
+    }
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self {
+        Self { common: self.common.resumed(&given.common, dir), resume: None, ..self }
+    }
 }
 
 /// The initial latents: from --init-latents, or `count` seeded ones.
@@ -210,14 +233,7 @@ fn read_latents(path: &Path) -> Result<Tensor> {
 }
 
 pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = match &args.resume {
-        Some(dir) => {
-            let (out, record, recorded) = take_up("average", dir, &args, matches)?;
-            let common = SamplingArgs { quiet: args.common.quiet, out: Some(dir.clone()), ..recorded.common };
-            (Some((out, record)), AverageArgs { common, resume: None, ..recorded })
-        }
-        None => (None, args),
-    };
+    let (resumed, args) = arguments("average", args, matches)?;
     let common = &args.common;
     let source = common.model.source()?;
     let mut defaults = RunDefaults::for_source(&source)?;
@@ -269,14 +285,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = match &args.resume {
-        Some(dir) => {
-            let (out, record, recorded) = take_up("sample", dir, &args, matches)?;
-            let common = SamplingArgs { quiet: args.common.quiet, out: Some(dir.clone()), ..recorded.common };
-            (Some((out, record)), SampleArgs { common, resume: None, ..recorded })
-        }
-        None => (None, args),
-    };
+    let (resumed, args) = arguments("sample", args, matches)?;
     let common = &args.common;
     let source = common.model.source()?;
     let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;

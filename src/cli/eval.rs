@@ -4,7 +4,7 @@ use super::average::{AlignArgs, SamplerArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text};
-use super::resume::{resumed_or_new, take_up};
+use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,24 @@ pub struct CompareArgs {
     pub prompt: String,
     #[command(flatten)]
     pub common: EvalCommon,
+}
+
+impl Resumable for EvalArgs {
+    fn resume_dir(&self) -> Option<PathBuf> {
+        self.common.resume.clone()
+    }
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self {
+        Self { common: self.common.resumed(&given.common, dir), ..self }
+    }
+}
+
+impl Resumable for CompareArgs {
+    fn resume_dir(&self) -> Option<PathBuf> {
+        self.common.resume.clone()
+    }
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self {
+        Self { common: self.common.resumed(&given.common, dir), ..self }
+    }
 }
 
 fn read_prompts(args: &EvalArgs) -> Result<Vec<String>> {
@@ -282,14 +300,7 @@ fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Ins
 }
 
 pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = match args.common.resume.clone() {
-        Some(dir) => {
-            let (out, record, recorded) = take_up("eval", &dir, &args, matches)?;
-            let common = recorded.common.resumed(&args.common, dir);
-            (Some((out, record)), EvalArgs { common, ..recorded })
-        }
-        None => (None, args),
-    };
+    let (resumed, args) = arguments("eval", args, matches)?;
     let prompts = read_prompts(&args)?;
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
@@ -319,14 +330,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = match args.common.resume.clone() {
-        Some(dir) => {
-            let (out, record, recorded) = take_up("compare", &dir, &args, matches)?;
-            let common = recorded.common.resumed(&args.common, dir);
-            (Some((out, record)), CompareArgs { common, ..recorded })
-        }
-        None => (None, args),
-    };
+    let (resumed, args) = arguments("compare", args, matches)?;
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()

@@ -4,7 +4,7 @@ use super::average::{AlignArgs, SamplingArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{load_clip, progress_bar};
 use super::report::{model_record, png_text};
-use super::resume::{resumed_or_new, take_up};
+use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -82,15 +82,17 @@ pub struct ModesArgs {
     pub resume: Option<PathBuf>,
 }
 
+impl Resumable for ModesArgs {
+    fn resume_dir(&self) -> Option<PathBuf> {
+        self.resume.clone()
+    }
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self {
+        Self { common: self.common.resumed(&given.common, dir), resume: None, ..self }
+    }
+}
+
 pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = match &args.resume {
-        Some(dir) => {
-            let (out, record, recorded) = take_up("modes", dir, &args, matches)?;
-            let common = SamplingArgs { quiet: args.common.quiet, out: Some(dir.clone()), ..recorded.common };
-            (Some((out, record)), ModesArgs { common, resume: None, ..recorded })
-        }
-        None => (None, args),
-    };
+    let (resumed, args) = arguments("modes", args, matches)?;
     let common = &args.common;
     if common.init_latents.is_some() {
         bail!("--init-latents does not apply to `dma modes`: its samples are drawn from --seed");

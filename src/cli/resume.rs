@@ -9,7 +9,7 @@ use dma::output::checkpoint::RUN_RECORD;
 use dma::output::OutDir;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Flags that may differ on resume: they change how the run is shown or where it is, not what it computes.
 const FREE: [&str; 3] = ["resume", "quiet", "out"];
@@ -46,8 +46,27 @@ fn refuse_differences<A: Serialize>(given: &A, recorded: &A, matches: &ArgMatche
     Ok(())
 }
 
+/// A command's arguments that `--resume` can replace.
+pub trait Resumable: Serialize + DeserializeOwned {
+    /// --resume DIR, when given.
+    fn resume_dir(&self) -> Option<PathBuf>;
+    /// These recorded arguments as the run resumed into `dir` uses them: shown as `given` asks (--quiet), writing to
+    /// `dir`, resuming nothing further.
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self;
+}
+
+/// The arguments to run with: `given`, or with --resume DIR those the stopped run was started with, with its folder
+/// and record.
+pub fn arguments<A: Resumable>(command: &str, given: A, matches: &ArgMatches) -> Result<(Option<(OutDir, Value)>, A)> {
+    let Some(dir) = given.resume_dir() else {
+        return Ok((None, given));
+    };
+    let (out, record, recorded) = take_up(command, &dir, &given, matches)?;
+    Ok((Some((out, record)), recorded.resumed(&given, dir)))
+}
+
 /// A stopped `dma <command>` run taken up again: its folder, its record, and the arguments it was started with.
-pub fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
+fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
     let out = OutDir::resume(dir)?;
     let record: Value = read_json(&out.staging().join(RUN_RECORD))?;
     if record["command"] != command {
