@@ -16,7 +16,10 @@
 //! - `enc_fwd_bwd`: the alignment iteration: `encode_h`, loss = sum over latents of `distance_to(h, target)`,
 //!   gradient with respect to the latent;
 //! - `full_fwd`: the full UNet forward without autograd;
-//! - `full_fwd_bwd`: the full forward with autograd, the same loss on its h, gradient to the latent.
+//! - `full_fwd_bwd`: the full forward with autograd, the same loss on its h, gradient to the latent;
+//! - `train_fwd_bwd` (not in the default list, nor in PyTorch's script): what an adapter's training step keeps for
+//!   its backward, the full forward with autograd and a loss on the UNet's output (mean square, as the
+//!   noise-prediction loss), gradient to the latent (for memory: `dma modes` checks its --adapter-batch with it).
 //!
 //! Memory: VmHWM is reset (`/proc/self/clear_refs`, 5) once the model and the inputs are in memory, so
 //! `rss.peak_bytes` is the peak while the modes ran (weights included), not the transient peak of loading.
@@ -31,7 +34,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-const MODES: [&str; 4] = ["enc_fwd", "enc_fwd_bwd", "full_fwd", "full_fwd_bwd"];
+const MODES: [&str; 5] = ["enc_fwd", "enc_fwd_bwd", "full_fwd", "full_fwd_bwd", "train_fwd_bwd"];
 
 #[derive(Parser)]
 #[command(about = "Times DMA's alignment iteration on a diffusers UNet folder")]
@@ -39,7 +42,7 @@ struct Args {
     /// The UNet folder (config.json + diffusion_pytorch_model.safetensors).
     #[arg(long)]
     unet: Option<PathBuf>,
-    /// Comma-separated modes, run interleaved: enc_fwd, enc_fwd_bwd, full_fwd, full_fwd_bwd.
+    /// Comma-separated modes, run interleaved: enc_fwd, enc_fwd_bwd, full_fwd, full_fwd_bwd, train_fwd_bwd.
     #[arg(long, value_delimiter = ',', default_value = "enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd")]
     modes: Vec<String>,
     #[arg(long, default_value_t = 1)]
@@ -128,6 +131,13 @@ fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String
                 (distance_to(&out.h, &inp.target), Some(out))
             };
             let loss = losses.sum(Kind::Float);
+            let grad = Tensor::run_backward(&[&loss], &[&leaf], false, false).pop().unwrap();
+            put("loss", &loss.detach());
+            put("grad_abs_mean", &grad.abs().mean(Kind::Double));
+        }
+        "train_fwd_bwd" => {
+            let leaf = inp.latent.detach().set_requires_grad(true);
+            let loss = unet.forward(&leaf, &inp.timestep, &inp.context).sample.square().mean(Kind::Float);
             let grad = Tensor::run_backward(&[&loss], &[&leaf], false, false).pop().unwrap();
             put("loss", &loss.detach());
             put("grad_abs_mean", &grad.abs().mean(Kind::Double));

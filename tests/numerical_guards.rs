@@ -76,4 +76,17 @@ fn a_run_that_cannot_fit_in_memory_is_refused_with_a_batch_that_would() {
     let output = run("1e3", "1");
     assert!(String::from_utf8_lossy(&output.stderr).contains("even --batch 1"), "nothing fits in 1 kB");
     assert!(run("100e9", "4").status.success(), "a run that fits starts");
+
+    // An adapter's training keeps the whole UNet's activations per sample: `dma modes --average` checks its batch.
+    let clip = fixture("tiny-clip");
+    let out = tmp.path().join("modes");
+    let output = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .env("DMA_MEMORY_LIMIT", "100e9")
+        .args(["modes", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog"])
+        .args(["--samples", "4", "--steps", "2", "--align-steps", "1", "--average", "--adapter-batch", "1000000000", "--quiet", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !out.exists(), "{stderr}");
+    assert!(stderr.contains("--adapter-batch 1000000000 needs") && stderr.contains("--adapter-batch") && stderr.contains("would fit"), "{stderr}");
 }

@@ -4,7 +4,7 @@ use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use dma::pipelines::checkpoints::Checkpoints;
-use dma::pipelines::memory;
+use dma::pipelines::memory::{self, Work};
 use serde_json::json;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
@@ -258,7 +258,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
         adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
     }
-    memory::check_fits(&model, settings.batch, &common.model.device)?;
+    memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let record = json!({ "command": "average", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
@@ -294,7 +294,7 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
-    memory::check_fits(&model, settings.batch, &common.model.device)?;
+    memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let record = json!({ "command": "sample", "args": args, "settings": resolved });
     let sampling_start = Instant::now();

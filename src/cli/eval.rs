@@ -18,7 +18,7 @@ use dma::output::tables::{results_csv, results_markdown};
 use dma::output::OutDir;
 use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::memory;
+use dma::pipelines::memory::{self, Work};
 use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettings, Method, SeedOutcome};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use serde_json::{json, Value};
@@ -309,7 +309,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
-    memory::check_fits(&model, settings.sampling.batch, &args.model.device)?;
+    memory::check_fits(&model, Work::Alignment, settings.sampling.batch, &args.model.device)?;
     let (judge, clip) = Judge::load(args.common.clip.as_deref(), &model)?;
     for prompt in &prompts {
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
@@ -351,7 +351,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     let mut clip = PathBuf::new();
     for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
         let model = model_args.load(source)?;
-        memory::check_fits(&model, settings.sampling.batch, &model_args.device)?;
+        memory::check_fits(&model, Work::Alignment, settings.sampling.batch, &model_args.device)?;
         model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
         let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {}", source.path().display(), args.prompt);

@@ -13,7 +13,7 @@ use dma::clustering::{ClusterCount, Criterion};
 use dma::files::{write_atomic, write_json};
 use dma::output::images::{enlarge_to, grid, png_bytes, square_grid};
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::memory;
+use dma::pipelines::memory::{self, Work};
 use dma::pipelines::mental_average::seeded_mental_average;
 use dma::pipelines::mental_average::alignment_work;
 use dma::pipelines::modes::{discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
@@ -130,7 +130,10 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     if let Some(g) = &discovery.grounding {
         let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
     }
-    memory::check_fits(&model, settings.batch, &common.model.device)?;
+    memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
+    if args.average {
+        memory::check_fits(&model, Work::Training, chain.adapter.batch, &common.model.device)?;
+    }
     let load_seconds = started.elapsed().as_secs_f64();
 
     let mut checkpoints = RunCheckpoints::new(&mut out, "modes", json!({ "command": "modes", "args": args, "settings": resolved }));

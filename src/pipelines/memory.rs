@@ -1,10 +1,12 @@
 //! Whether a run fits in the device's memory, checked before any long work: the model's weights plus the
-//! activations that one alignment iteration keeps per latent of a batch (the encoder half's forward and backward,
-//! the largest user of memory in a run).
+//! activations kept per latent of a batch by the run's largest user of memory: one alignment iteration (the
+//! encoder half's forward and backward) for sampling and DMA, one adapter training step (the whole UNet's forward
+//! and backward) for `dma modes --average`.
 //!
-//! The per-latent figure is scaled from the one measured: 0.65 GB per latent for SD 1.5 at 64x64 latents in f32
-//! (BENCHMARKS.md "Peak memory of one alignment iteration"), in proportion to the encoder's activation volume
-//! (channels x pixels summed over the down blocks, times the layers per block) and to the dtype's width.
+//! The per-latent figures are scaled from those measured on SD 1.5 at 64x64 latents in f32: 0.65 GB per latent of
+//! an alignment iteration and 1.90 GB per sample of a training step (BENCHMARKS.md "Peak memory of one alignment
+//! iteration"), in proportion to the encoder's activation volume (channels x pixels summed over the down blocks,
+//! times the layers per block) and to the dtype's width.
 use super::StableDiffusion;
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
@@ -12,6 +14,8 @@ use tch::{Device, Kind};
 /// Measured on SD 1.5: bytes per latent of one alignment iteration, and what libtorch and the process need beside
 /// the weights (3.95 GB fixed less 3.44 GB of weights).
 const SD15_BYTES_PER_LATENT: f64 = 0.646e9;
+/// Measured on SD 1.5 in the same way: bytes per sample of one training step's forward and backward.
+const SD15_TRAINING_BYTES_PER_SAMPLE: f64 = 1.904e9;
 const RUNTIME_BYTES: f64 = 0.51e9;
 /// Refuse only what clearly does not fit: the estimate is a line fitted to three points.
 const MARGIN: f64 = 1.25;
@@ -45,13 +49,37 @@ fn dtype_bytes(kind: Kind) -> f64 {
     }
 }
 
-/// The estimated memory of a run: (fixed bytes, bytes per latent of a batch).
-pub fn estimate(model: &StableDiffusion) -> (f64, f64) {
+/// What a batch is of: the latents of an alignment iteration (`--batch`), or the samples of an adapter's training
+/// step (`--adapter-batch`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Work {
+    Alignment,
+    Training,
+}
+
+impl Work {
+    fn flag(self) -> &'static str {
+        match self {
+            Work::Alignment => "--batch",
+            Work::Training => "--adapter-batch",
+        }
+    }
+
+    fn sd15_bytes(self) -> f64 {
+        match self {
+            Work::Alignment => SD15_BYTES_PER_LATENT,
+            Work::Training => SD15_TRAINING_BYTES_PER_SAMPLE,
+        }
+    }
+}
+
+/// The estimated memory of `work` on `model`: (fixed bytes, bytes per latent of a batch).
+pub fn estimate(model: &StableDiffusion, work: Work) -> (f64, f64) {
     let weights: f64 = model.info.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum();
     let [_, side, _] = model.latent_shape();
     let config = &model.unet.config;
     let volume = activation_volume(&config.block_out_channels, config.layers_per_block, side);
-    let per_latent = SD15_BYTES_PER_LATENT * volume / sd15_volume() * dtype_bytes(model.kind) / 4.0;
+    let per_latent = work.sd15_bytes() * volume / sd15_volume() * dtype_bytes(model.kind) / 4.0;
     (weights + RUNTIME_BYTES, per_latent)
 }
 
@@ -78,9 +106,10 @@ pub fn available(device: Device) -> Option<f64> {
     }
 }
 
-/// Refuses a run of `batch` latents per UNet call whose estimated need clearly exceeds `available` bytes, naming
-/// the largest --batch that fits.
-pub fn check(estimate: (f64, f64), batch: i64, available: f64, device: &str) -> Result<()> {
+/// Refuses a run of `batch` latents per UNet call of `work` whose estimated need clearly exceeds `available`
+/// bytes, naming the largest batch that fits.
+pub fn check(estimate: (f64, f64), work: Work, batch: i64, available: f64, device: &str) -> Result<()> {
+    let flag = work.flag();
     let (fixed, per_latent) = estimate;
     let need = fixed + per_latent * batch as f64;
     if need <= available * MARGIN {
@@ -88,12 +117,12 @@ pub fn check(estimate: (f64, f64), batch: i64, available: f64, device: &str) -> 
     }
     let fits = ((available * MARGIN - fixed) / per_latent).floor();
     let advice = if fits >= 1.0 {
-        format!("--batch {} would fit", fits as i64)
+        format!("{flag} {} would fit", fits as i64)
     } else {
-        "even --batch 1 does not: try --dtype f16, or a device with more memory".to_string()
+        format!("even {flag} 1 does not: try --dtype f16, or a device with more memory")
     };
     bail!(
-        "--batch {batch} needs about {} ({} for the model, {} per latent), more than the {} free on {device}; {advice}",
+        "{flag} {batch} needs about {} ({} for the model, {} per latent), more than the {} free on {device}; {advice}",
         size(need),
         size(fixed),
         size(per_latent),
@@ -111,9 +140,9 @@ fn size(bytes: f64) -> String {
 }
 
 /// `check` against what `model`'s device has free; nothing is checked where that cannot be told.
-pub fn check_fits(model: &StableDiffusion, batch: i64, device_name: &str) -> Result<()> {
+pub fn check_fits(model: &StableDiffusion, work: Work, batch: i64, device_name: &str) -> Result<()> {
     match available(model.device) {
-        Some(free) => check(estimate(model), batch, free, device_name),
+        Some(free) => check(estimate(model, work), work, batch, free, device_name),
         None => Ok(()),
     }
 }
@@ -136,12 +165,14 @@ mod tests {
     #[test]
     fn a_batch_that_clearly_does_not_fit_is_refused_with_one_that_does() {
         let estimate = (4e9, 0.65e9);
-        assert!(check(estimate, 16, 24e9, "cuda:0").is_ok());
-        let error = check(estimate, 64, 24e9, "cuda:0").unwrap_err().to_string();
+        assert!(check(estimate, Work::Alignment, 16, 24e9, "cuda:0").is_ok());
+        let error = check(estimate, Work::Alignment, 64, 24e9, "cuda:0").unwrap_err().to_string();
         // (24 x 1.25 - 4) / 0.65 = 40.
         assert!(error.contains("--batch 64") && error.contains("--batch 40 would fit") && error.contains("cuda:0"), "{error}");
-        let error = check(estimate, 1, 2e9, "cpu").unwrap_err().to_string();
+        let error = check(estimate, Work::Alignment, 1, 2e9, "cpu").unwrap_err().to_string();
         assert!(error.contains("4.7 GB (4.0 GB for the model, 650.0 MB per latent)") && error.contains("2.0 GB free on cpu"), "{error}");
         assert!(error.contains("even --batch 1"), "{error}");
+        let error = check(estimate, Work::Training, 64, 24e9, "cuda:0").unwrap_err().to_string();
+        assert!(error.contains("--adapter-batch 64") && error.contains("--adapter-batch 40 would fit"), "{error}");
     }
 }
