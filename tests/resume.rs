@@ -265,6 +265,35 @@ fn eval_args(out: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// A `dma compare` of two models on one concept, stopped in the second model's mental average.
+fn compare_args(out: &Path) -> Vec<String> {
+    let models = format!("{},{}", fixture("tiny-sd1").display(), fixture("tiny-sd2").display());
+    let clip = fixture("tiny-clip");
+    [
+        "compare", "--models", &models, "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--methods", "dma,typical", "--seeds", "2",
+        "--samples", "4", "--steps", "6", "--latents", "2", "--align-steps", "4", "--iters", "20", "--tol", "0", "--quiet", "--out", out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn a_comparison_interrupted_midway_resumes_to_the_same_results() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    succeeded(&dma(&compare_args(&reference)));
+    let stopped = tmp.path().join("stopped");
+    let child = spawn(&compare_args(&stopped));
+    wait_for_stage(&stopped, "subject-1/seed-0/dma", 2);
+    signal(&child, "INT");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() == Some(130) && stderr.contains(&format!("dma compare --resume {}", stopped.display())), "{stderr}");
+    succeeded(&dma(&["compare".into(), "--resume".into(), stopped.display().to_string(), "--quiet".into()]));
+    same_results(&stopped, &reference, "compare");
+}
+
 #[test]
 fn an_evaluation_killed_midway_resumes_to_the_same_results() {
     let _turn = one_at_a_time();

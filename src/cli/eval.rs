@@ -100,7 +100,7 @@ pub struct EvalArgs {
 pub struct CompareArgs {
     /// The models, comma-separated (diffusers folders, Hugging Face repo ids in the local cache, or single-file
     /// checkpoints; `embedded` for the embedded model).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "resume")]
     pub models: Vec<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -108,9 +108,9 @@ pub struct CompareArgs {
     /// f32, f16, bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// The concept.
-    #[arg(long)]
-    pub prompt: String,
+    /// The concept (required, except with --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub prompt: Option<String>,
     #[command(flatten)]
     pub common: EvalCommon,
 }
@@ -331,6 +331,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
 
 pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("compare", args, matches)?;
+    let prompt = args.prompt.as_deref().context("--prompt is required: the concept")?;
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
@@ -343,7 +344,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
     let resolved = json!(settings);
-    let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", &args.prompt, args.common.force))?;
+    let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", prompt, args.common.force))?;
     let started = Instant::now();
     let mut checkpoints = RunCheckpoints::new(&mut out, "compare", json!({ "command": "compare", "args": args, "settings": resolved }));
     let mut subjects = Vec::new();
@@ -352,10 +353,10 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
         let model = model_args.load(source)?;
         memory::check_fits(&model, Work::Alignment, settings.sampling.batch, &model_args.device)?;
-        model.tokenizer.encode(&args.prompt).with_context(|| format!("--prompt {:?} with the model {}", args.prompt, source.path().display()))?;
+        model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?} with the model {}", source.path().display()))?;
         let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
-        let title = format!("{}: {}", source.path().display(), args.prompt);
-        subjects.push(evaluate((&model, source), &judge, title, &args.prompt, settings, args.common.quiet, &format!("subject-{i}"), &mut checkpoints)?);
+        let title = format!("{}: {prompt}", source.path().display());
+        subjects.push(evaluate((&model, source), &judge, title, prompt, settings, args.common.quiet, &format!("subject-{i}"), &mut checkpoints)?);
         models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
         clip = dir;
     }
@@ -364,6 +365,6 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     record["models"] = json!(models);
     record["device"] = json!(args.device);
     record["dtype"] = json!(args.dtype);
-    let title = format!("dma compare: {}", args.prompt);
+    let title = format!("dma compare: {prompt}");
     write_results(out, "compare", &title, &subjects, record)
 }
