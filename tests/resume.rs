@@ -385,6 +385,8 @@ fn plain_sampling_killed_midway_resumes_to_the_same_samples() {
     succeeded(&dma(&["sample".into(), "--resume".into(), killed.display().to_string(), "--quiet".into()]));
     same_results(&killed, &reference, "sample");
     // The run may have finished another step between the checkpoint seen and the signal.
-    let resumed_at = read_json(&killed.join("run.json"))["resumed_at_step"].as_u64().unwrap();
+    let run = read_json(&killed.join("run.json"));
+    assert_eq!(run["resumed"]["argv_at_start"], serde_json::json!([env!("CARGO_BIN_EXE_dma")].iter().map(|s| s.to_string()).chain(args(&killed)).collect::<Vec<_>>()));
+    let resumed_at = run["resumed"]["at_step"].as_u64().unwrap();
     assert!((reached..20).contains(&resumed_at), "resumed at step {resumed_at}, the checkpoint seen was of {reached}");
 }

@@ -2,7 +2,7 @@
 use super::common::{out_dir, progress_bar, ModelArgs};
 use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
-use super::resume::{arguments, resumed_or_new, Resumable};
+use super::resume::{arguments, resumed_or_new, resumption, Resumable};
 use dma::pipelines::checkpoints::Checkpoints;
 use dma::pipelines::memory::{self, Work};
 use serde_json::json;
@@ -251,7 +251,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let settings = common.settings(&defaults, "--latents", count)?;
     let align = args.align.settings(&defaults, settings.steps)?;
     let resolved = json!({ "sampling": settings, "alignment": align });
-    let is_resumed = resumed.is_some();
+    let mut resumption = resumption(&resumed);
     let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
@@ -263,7 +263,9 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let record = json!({ "command": "average", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
     let (result, first_step) = sample_resumably(&mut out, "average", record, &model, common, &settings, Some(&align), count)?;
-    let resumed_at_step = is_resumed.then_some(first_step);
+    if resumption.is_object() {
+        resumption["at_step"] = json!(first_step);
+    }
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
@@ -278,7 +280,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
         save_latents: common.save_latents,
         result: &result,
         prototype: Some(prototype),
-        resumed_at_step,
+        resumed: resumption,
         seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
         out,
     })
@@ -290,7 +292,7 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let source = common.model.source()?;
     let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
     let resolved = json!({ "sampling": settings });
-    let is_resumed = resumed.is_some();
+    let mut resumption = resumption(&resumed);
     let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
@@ -299,6 +301,9 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let record = json!({ "command": "sample", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
     let (result, first_step) = sample_resumably(&mut out, "sample", record, &model, common, &settings, None, args.num)?;
+    if resumption.is_object() {
+        resumption["at_step"] = json!(first_step);
+    }
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
         command: "sample",
@@ -312,7 +317,7 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
         save_latents: common.save_latents,
         result: &result,
         prototype: None,
-        resumed_at_step: is_resumed.then_some(first_step),
+        resumed: resumption,
         seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
         out,
     })

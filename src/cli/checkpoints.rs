@@ -26,9 +26,11 @@ pub struct RunCheckpoints<'a> {
 }
 
 impl<'a> RunCheckpoints<'a> {
-    /// Checkpoints of a `dma <command>` run into `out`'s staging folder; listens for Ctrl-C from now on.
-    pub fn new(out: &'a mut OutDir, command: &'static str, record: Value) -> Self {
+    /// Checkpoints of a `dma <command>` run into `out`'s staging folder; listens for Ctrl-C from now on. The
+    /// record gains the command line (`argv`) the run was started with.
+    pub fn new(out: &'a mut OutDir, command: &'static str, mut record: Value) -> Self {
         interrupt::listen();
+        record["argv"] = serde_json::json!(std::env::args().collect::<Vec<_>>());
         let recorded = out.staging().join(RUN_RECORD).is_file();
         Self { out, command, record, recorded }
     }

@@ -4,7 +4,7 @@ use super::average::{AlignArgs, SamplerArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text};
-use super::resume::{arguments, resumed_or_new, Resumable};
+use super::resume::{arguments, resumed_or_new, resumption, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -288,11 +288,12 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
 }
 
 /// What every evaluation's run.json holds besides its subjects.
-fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Instant) -> Value {
+fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Instant, resumed: Value) -> Value {
     json!({
         "command": command,
         "dma_version": env!("CARGO_PKG_VERSION"),
         "argv": std::env::args().collect::<Vec<_>>(),
+        "resumed": resumed,
         "settings": settings,
         "clip": clip.display().to_string(),
         "timings_seconds": { "total": started.elapsed().as_secs_f64() },
@@ -306,6 +307,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;
     let resolved = json!({ "prompts": prompts, "evaluation": settings });
+    let resumption = resumption(&resumed);
     let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
@@ -321,7 +323,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
         subjects.push(evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.quiet, &stage, &mut checkpoints)?);
     }
     drop(checkpoints);
-    let mut record = base_record("eval", &settings, &clip, started);
+    let mut record = base_record("eval", &settings, &clip, started, resumption);
     record["model"] = model_record(&source, &model)?;
     record["device"] = json!(args.model.device);
     record["dtype"] = json!(args.model.dtype);
@@ -344,6 +346,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
     let resolved = json!(settings);
+    let resumption = resumption(&resumed);
     let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", prompt, args.common.force))?;
     let started = Instant::now();
     let mut checkpoints = RunCheckpoints::new(&mut out, "compare", json!({ "command": "compare", "args": args, "settings": resolved }));
@@ -361,7 +364,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         clip = dir;
     }
     drop(checkpoints);
-    let mut record = base_record("compare", &settings[0], &clip, started);
+    let mut record = base_record("compare", &settings[0], &clip, started, resumption);
     record["models"] = json!(models);
     record["device"] = json!(args.device);
     record["dtype"] = json!(args.dtype);

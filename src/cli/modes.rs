@@ -4,7 +4,7 @@ use super::average::{AlignArgs, SamplingArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{load_clip, progress_bar};
 use super::report::{model_record, png_text};
-use super::resume::{arguments, resumed_or_new, Resumable};
+use super::resume::{arguments, resumed_or_new, resumption, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
     let resolved = json!({ "sampling": settings, "discovery": discovery, "alignment": align, "chain": chain });
+    let resumption = resumption(&resumed);
     let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
 
     let started = Instant::now();
@@ -225,6 +226,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
         "command": "modes",
         "dma_version": env!("CARGO_PKG_VERSION"),
         "argv": std::env::args().collect::<Vec<_>>(),
+        "resumed": resumption,
         "model": model_record(&source, &model)?,
         "clip": clip_dir.display().to_string(),
         "device": common.model.device,

@@ -34,7 +34,8 @@ pub struct RunOutputs<'a> {
     /// Index of the prototype among the final latents (DMA runs only).
     pub prototype: Option<i64>,
     /// The step a resumed run took up from (None: it ran from the start).
-    pub resumed_at_step: Option<usize>,
+    /// Null, or how the run was resumed (`resume::resumption`, with the step it resumed at).
+    pub resumed: Value,
     /// Loading, sampling and total wall time (of this process, for a resumed run).
     pub seconds: [f64; 3],
     pub out: OutDir,
@@ -111,7 +112,7 @@ pub fn write_outputs(o: RunOutputs) -> Result<()> {
         "sampling": o.settings,
         "alignment": o.align,
         "prototype_index": o.prototype,
-        "resumed_at_step": o.resumed_at_step,
+        "resumed": o.resumed,
         "timings_seconds": { "load": o.seconds[0], "sampling": o.seconds[1], "total": o.seconds[2] },
         "steps": o.result.log,
         "outputs": written,

@@ -65,6 +65,15 @@ pub fn arguments<A: Resumable>(command: &str, given: A, matches: &ArgMatches) ->
     Ok((Some((out, record)), recorded.resumed(&given, dir)))
 }
 
+/// What a run's run.json says of its resumption: null for a run never stopped, else the command line it was
+/// started with (its own `argv` is the `--resume` one).
+pub fn resumption(resumed: &Option<(OutDir, Value)>) -> Value {
+    match resumed {
+        Some((_, record)) => serde_json::json!({ "argv_at_start": record["argv"] }),
+        None => Value::Null,
+    }
+}
+
 /// A stopped `dma <command>` run taken up again: its folder, its record, and the arguments it was started with.
 fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
     let out = OutDir::resume(dir)?;
