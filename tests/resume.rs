@@ -390,3 +390,25 @@ fn plain_sampling_killed_midway_resumes_to_the_same_samples() {
     let resumed_at = run["resumed"]["at_step"].as_u64().unwrap();
     assert!((reached..20).contains(&resumed_at), "resumed at step {resumed_at}, the checkpoint seen was of {reached}");
 }
+
+#[test]
+fn a_run_whose_model_defaults_changed_is_not_resumed() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    assert!(Command::new("cp").arg("-r").arg(fixture("tiny-sd1")).arg(&model).status().unwrap().success());
+    let out = tmp.path().join("out");
+    let mut args = average_args(&out);
+    let at = args.iter().position(|a| a == "--model").unwrap() + 1;
+    args[at] = model.display().to_string();
+    let mut child = spawn(&args);
+    wait_for_checkpoint(&out, 1);
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    // The model's own defaults now say guidance 5 where the run resolved the built-in 7.
+    std::fs::write(model.join("dma_defaults.json"), r#"{"guidance": 5.0}"#).unwrap();
+    let output = dma(&["average".into(), "--resume".into(), out.display().to_string(), "--quiet".into()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("defaults have changed") && stderr.contains("\"guidance\":5.0"), "{stderr}");
+    assert!(staging(&out).join("checkpoint.json").is_file(), "the refused run's checkpoint is kept");
+}
