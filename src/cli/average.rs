@@ -2,7 +2,7 @@
 use super::common::{out_dir, progress_bar, ModelArgs};
 use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
-use super::resume::{arguments, resumed_or_new, resumption, Resumable};
+use super::resume::{arguments, resumed_or_new, Resumable};
 use dma::pipelines::checkpoints::Checkpoints;
 use dma::pipelines::memory::{self, Work};
 use serde_json::json;
@@ -14,7 +14,7 @@ use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{check_latents, prototype_index, run_from, seeded_latents, SamplingResult, SamplingSettings, Start};
-use dma::pipelines::mental_average::alignment_work_until;
+use dma::pipelines::mental_average::work_until;
 use dma::pipelines::StableDiffusion;
 use dma::weights::read_safetensors;
 use std::path::{Path, PathBuf};
@@ -251,8 +251,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let settings = common.settings(&defaults, "--latents", count)?;
     let align = args.align.settings(&defaults, settings.steps)?;
     let resolved = json!({ "sampling": settings, "alignment": align });
-    let mut resumption = resumption(&resumed);
-    let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
+    let (mut out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
@@ -260,12 +259,9 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     }
     memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let record = json!({ "command": "average", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
-    let (result, first_step) = sample_resumably(&mut out, "average", record, &model, common, &settings, Some(&align), count)?;
-    if resumption.is_object() {
-        resumption["at_step"] = json!(first_step);
-    }
+    let checkpoints = RunCheckpoints::new(&mut out, "average", &args, &resolved);
+    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), count)?;
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
@@ -292,18 +288,14 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let source = common.model.source()?;
     let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
     let resolved = json!({ "sampling": settings });
-    let mut resumption = resumption(&resumed);
-    let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
+    let (mut out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
     memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let record = json!({ "command": "sample", "args": args, "settings": resolved });
     let sampling_start = Instant::now();
-    let (result, first_step) = sample_resumably(&mut out, "sample", record, &model, common, &settings, None, args.num)?;
-    if resumption.is_object() {
-        resumption["at_step"] = json!(first_step);
-    }
+    let checkpoints = RunCheckpoints::new(&mut out, "sample", &args, &resolved);
+    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, None, args.num)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
         command: "sample",
@@ -323,32 +315,32 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     })
 }
 
-/// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar and a checkpoint in `out` after
-/// every step: from the checkpoint when the run is resumed (--init-latents is then not read again), else from the
-/// initial latents (`count` seeded ones, or --init-latents). The result and the step it started at.
-#[allow(clippy::too_many_arguments)]
+/// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar and a checkpoint after every step
+/// (its stage named as the command): from the checkpoint when the run is resumed (--init-latents is then not read
+/// again, and `resumption` gains the step), else from the initial latents (`count` seeded ones, or --init-latents).
 fn sample_resumably(
-    out: &mut OutDir,
-    command: &'static str,
-    record: serde_json::Value,
+    mut checkpoints: RunCheckpoints,
+    resumption: &mut serde_json::Value,
     model: &StableDiffusion,
     common: &SamplingArgs,
     settings: &SamplingSettings,
     align: Option<&AlignSettings>,
     count: i64,
-) -> Result<(SamplingResult, usize)> {
-    let mut checkpoints = RunCheckpoints::new(out, command, record);
-    let start = match checkpoints.sampling_start(command)? {
+) -> Result<SamplingResult> {
+    let stage = checkpoints.command();
+    let start = match checkpoints.sampling_start(stage)? {
         Some(start) => start,
         None => Start::fresh(&initial_latents(common, model, count)?),
     };
-    let (first_step, latents) = (start.first_step, start.latents.size()[0]);
-    let work = |steps| align.map_or(steps as u64, |a| alignment_work_until(a, settings, latents, steps));
-    let bar = progress_bar(work(settings.steps), common.quiet);
+    if resumption.is_object() {
+        resumption["at_step"] = json!(start.first_step);
+    }
+    let latents = start.latents.size()[0];
+    let bar = progress_bar(work_until(align, settings, latents, settings.steps), common.quiet);
     bar.set_message(if align.is_some() { "aligning" } else { "sampling" });
-    bar.set_position(work(first_step));
-    let result = run_from(model, settings, start, align, 4, &|n| bar.inc(n), &mut |state| checkpoints.after_sampling_step(command, state))
+    bar.set_position(work_until(align, settings, latents, start.first_step));
+    let result = run_from(model, settings, start, align, 4, &|n| bar.inc(n), &mut |state| checkpoints.after_sampling_step(stage, state))
         .map_err(|e| checkpoints.explain(e))?;
     bar.finish_and_clear();
-    Ok((result, first_step))
+    Ok(result)
 }

@@ -11,7 +11,8 @@ use dma::output::OutDir;
 use dma::pipelines::checkpoints::Checkpoints;
 use dma::pipelines::mental_average::{Start, StepState};
 use dma::training::checkpoint::Resume;
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{json, Value};
 
 /// Adapter training steps between checkpoints: a step of SD 1.5 LoRA training is well under a second on a GPU,
 /// so at most a minute or so is lost, and the files are small.
@@ -20,19 +21,25 @@ const TRAINING_EVERY: usize = 50;
 pub struct RunCheckpoints<'a> {
     out: &'a mut OutDir,
     command: &'static str,
-    /// The run's record: `command`, `args` (what `--resume` starts again from) and the settings they resolved to.
+    /// The run's record: `command`, `args` (what `--resume` starts again from), the settings they resolved to, and
+    /// the command line (`argv`).
     record: Value,
     recorded: bool,
 }
 
 impl<'a> RunCheckpoints<'a> {
-    /// Checkpoints of a `dma <command>` run into `out`'s staging folder; listens for Ctrl-C from now on. The
-    /// record gains the command line (`argv`) the run was started with.
-    pub fn new(out: &'a mut OutDir, command: &'static str, mut record: Value) -> Self {
+    /// Checkpoints of a `dma <command>` run with arguments `args`, which resolved to `settings`, into `out`'s
+    /// staging folder; listens for Ctrl-C from now on.
+    pub fn new(out: &'a mut OutDir, command: &'static str, args: &impl Serialize, settings: &Value) -> Self {
         interrupt::listen();
-        record["argv"] = serde_json::json!(std::env::args().collect::<Vec<_>>());
+        let record = json!({ "command": command, "args": args, "settings": settings, "argv": std::env::args().collect::<Vec<_>>() });
         let recorded = out.staging().join(RUN_RECORD).is_file();
         Self { out, command, record, recorded }
+    }
+
+    /// The command whose run this is.
+    pub fn command(&self) -> &'static str {
+        self.command
     }
 
     /// Writes the run's record once, and from then on keeps the staging folder when the run fails.

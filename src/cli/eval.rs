@@ -4,7 +4,7 @@ use super::average::{AlignArgs, SamplerArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text};
-use super::resume::{arguments, resumed_or_new, resumption, Resumable};
+use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -307,8 +307,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;
     let resolved = json!({ "prompts": prompts, "evaluation": settings });
-    let resumption = resumption(&resumed);
-    let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
+    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
     memory::check_fits(&model, Work::Alignment, settings.sampling.batch, &args.model.device)?;
@@ -316,7 +315,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     for prompt in &prompts {
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
     }
-    let mut checkpoints = RunCheckpoints::new(&mut out, "eval", json!({ "command": "eval", "args": args, "settings": resolved }));
+    let mut checkpoints = RunCheckpoints::new(&mut out, "eval", &args, &resolved);
     let mut subjects = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let stage = format!("subject-{i}");
@@ -346,10 +345,9 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
     let resolved = json!(settings);
-    let resumption = resumption(&resumed);
-    let mut out = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", prompt, args.common.force))?;
+    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", prompt, args.common.force))?;
     let started = Instant::now();
-    let mut checkpoints = RunCheckpoints::new(&mut out, "compare", json!({ "command": "compare", "args": args, "settings": resolved }));
+    let mut checkpoints = RunCheckpoints::new(&mut out, "compare", &args, &resolved);
     let mut subjects = Vec::new();
     let mut models = Vec::new();
     let mut clip = PathBuf::new();

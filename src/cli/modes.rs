@@ -4,7 +4,7 @@ use super::average::{AlignArgs, SamplingArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{load_clip, progress_bar};
 use super::report::{model_record, png_text};
-use super::resume::{arguments, resumed_or_new, resumption, Resumable};
+use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -121,8 +121,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
     let resolved = json!({ "sampling": settings, "discovery": discovery, "alignment": align, "chain": chain });
-    let resumption = resumption(&resumed);
-    let mut out = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
+    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
 
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
@@ -137,7 +136,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     }
     let load_seconds = started.elapsed().as_secs_f64();
 
-    let mut checkpoints = RunCheckpoints::new(&mut out, "modes", json!({ "command": "modes", "args": args, "settings": resolved }));
+    let mut checkpoints = RunCheckpoints::new(&mut out, "modes", &args, &resolved);
     let bar = progress_bar(settings.steps as u64, common.quiet);
     bar.set_message(format!("sampling {samples}"));
     let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n), &mut checkpoints).map_err(|e| checkpoints.explain(e))?;

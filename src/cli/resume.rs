@@ -65,15 +65,6 @@ pub fn arguments<A: Resumable>(command: &str, given: A, matches: &ArgMatches) ->
     Ok((Some((out, record)), recorded.resumed(&given, dir)))
 }
 
-/// What a run's run.json says of its resumption: null for a run never stopped, else the command line it was
-/// started with (its own `argv` is the `--resume` one).
-pub fn resumption(resumed: &Option<(OutDir, Value)>) -> Value {
-    match resumed {
-        Some((_, record)) => serde_json::json!({ "argv_at_start": record["argv"] }),
-        None => Value::Null,
-    }
-}
-
 /// A stopped `dma <command>` run taken up again: its folder, its record, and the arguments it was started with.
 fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
     let out = OutDir::resume(dir)?;
@@ -87,11 +78,13 @@ fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A
     Ok((out, record, recorded))
 }
 
-/// The run's folder: the resumed run's (`take_up`), whose settings must resolve to `settings` again (a changed
-/// dma_defaults.json or prompts file would make it another run), or a new one from `create`.
-pub fn resumed_or_new(resumed: Option<(OutDir, Value)>, settings: &Value, create: impl FnOnce() -> Result<OutDir>) -> Result<OutDir> {
+/// The run's folder: the resumed run's (`arguments`), whose settings must resolve to `settings` again (a changed
+/// dma_defaults.json or prompts file would make it another run), or a new one from `create`. With it, what the
+/// run's run.json says of its resumption: null for a run never stopped, else the command line it was started with
+/// (its own `argv` is the `--resume` one).
+pub fn resumed_or_new(resumed: Option<(OutDir, Value)>, settings: &Value, create: impl FnOnce() -> Result<OutDir>) -> Result<(OutDir, Value)> {
     let Some((out, record)) = resumed else {
-        return create();
+        return Ok((create()?, Value::Null));
     };
     if record["settings"] != *settings {
         bail!(
@@ -100,5 +93,5 @@ pub fn resumed_or_new(resumed: Option<(OutDir, Value)>, settings: &Value, create
             record["settings"]
         );
     }
-    Ok(out)
+    Ok((out, serde_json::json!({ "argv_at_start": record["argv"] })))
 }

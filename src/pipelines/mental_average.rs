@@ -134,8 +134,7 @@ pub fn run_stage(
             if start.latents.size() != init.size() {
                 bail!("the checkpoint of {stage} holds latents of shape {:?}, but this run starts from {:?}", start.latents.size(), init.size());
             }
-            let latents = init.size()[0];
-            progress(align.map_or(start.first_step as u64, |a| alignment_work_until(a, settings, latents, start.first_step)));
+            progress(work_until(align, settings, init.size()[0], start.first_step));
             start
         }
         None => Start::fresh(init),
@@ -175,13 +174,14 @@ pub fn run_from(
 
 /// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
 pub fn alignment_work(align: &AlignSettings, sampling: &SamplingSettings, latents: i64) -> u64 {
-    alignment_work_until(align, sampling, latents, sampling.steps)
+    work_until(Some(align), sampling, latents, sampling.steps)
 }
 
-/// The progress units of the first `steps` steps of a DMA run (what a resumed run has behind it).
-pub fn alignment_work_until(align: &AlignSettings, sampling: &SamplingSettings, latents: i64, steps: usize) -> u64 {
+/// The progress units of the first `steps` steps of a run, aligned by `align` or plain sampling (one per step):
+/// what a resumed run has behind it.
+pub fn work_until(align: Option<&AlignSettings>, sampling: &SamplingSettings, latents: i64, steps: usize) -> u64 {
     let batches = ((latents + sampling.batch - 1) / sampling.batch.max(1)) as u64;
-    align.align_steps.min(steps) as u64 * batches * align.iters as u64 + steps as u64
+    align.map_or(0, |a| a.align_steps.min(steps) as u64 * batches * a.iters as u64) + steps as u64
 }
 
 /// A mental average from `count` latents seeded by `settings.seed`, as stage `stage` of `checkpoints`: the run
