@@ -13,11 +13,10 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{check_latents, prototype_index, run_from, seeded_latents, SamplingResult, SamplingSettings, Start};
+use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings, Start};
 use dma::pipelines::mental_average::work_until;
 use dma::pipelines::StableDiffusion;
-use dma::weights::read_safetensors;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::Tensor;
 
@@ -214,22 +213,9 @@ impl Resumable for SampleArgs {
 /// The initial latents: from --init-latents, or `count` seeded ones.
 fn initial_latents(args: &SamplingArgs, model: &StableDiffusion, count: i64) -> Result<Tensor> {
     match &args.init_latents {
-        Some(path) => {
-            let latents = read_latents(path)?;
-            check_latents(model, &latents, &format!("--init-latents {}", path.display()))?;
-            Ok(latents)
-        }
+        Some(path) => read_latents(path, model),
         None => Ok(seeded_latents(model, count, args.seed)),
     }
-}
-
-fn read_latents(path: &Path) -> Result<Tensor> {
-    let tensors = read_safetensors(path).with_context(|| format!("--init-latents {}", path.display()))?;
-    let (_, latents) = tensors
-        .into_iter()
-        .find(|(name, _)| name == "latents")
-        .with_context(|| format!("--init-latents {}: no tensor named `latents`", path.display()))?;
-    Ok(latents.to_kind(tch::Kind::Float))
 }
 
 pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {

@@ -6,7 +6,9 @@ use crate::method::hspace::{distance_to, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
 use crate::sampling::{sample_from, GuidedDenoiser, StepHooks, TrajectoryRecorder};
 use crate::schedulers::ddim::DdimScheduler;
-use anyhow::{bail, Result};
+use crate::weights::read_safetensors;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -37,14 +39,40 @@ pub fn seeded_latents(model: &StableDiffusion, count: i64, seed: u64) -> Tensor 
     Tensor::randn([count, c, h, w], (Kind::Float, Device::Cpu))
 }
 
-/// Checks latents given by the user against the model's latent shape.
+/// Checks latents given by the user against the model: [K, C, H, W] with the model's channels, and a height and
+/// width its UNet can take (each down block but the last halves them, and the up path must meet the same sizes).
 pub fn check_latents(model: &StableDiffusion, latents: &Tensor, what: &str) -> Result<()> {
     let [c, h, w] = model.latent_shape();
     let size = latents.size();
     if size.len() != 4 || size[0] == 0 || size[1] != c {
         bail!("{what}: latents have shape {size:?}; this model needs [K, {c}, H, W] with K > 0 (e.g. [K, {c}, {h}, {w}])");
     }
+    let factor = 1i64 << (model.unet.config.block_out_channels.len().saturating_sub(1)).min(30);
+    if size[2..].iter().any(|&side| side < factor || side % factor != 0) {
+        bail!(
+            "{what}: latents of {}x{}; this model's UNet needs a height and width that are multiples of {factor} (its native size is {h}x{w})",
+            size[2],
+            size[3]
+        );
+    }
     Ok(())
+}
+
+/// The latents of a file given by the user (`--init-latents`): the tensor `latents` of a safetensors file, checked
+/// against the model (`check_latents`) and for NaN or Inf, as f32.
+pub fn read_latents(path: &Path, model: &StableDiffusion) -> Result<Tensor> {
+    let what = format!("--init-latents {}", path.display());
+    let tensors = read_safetensors(path).with_context(|| what.clone())?;
+    let (_, latents) = tensors.into_iter().find(|(name, _)| name == "latents").with_context(|| format!("{what}: no tensor named `latents`"))?;
+    if !latents.is_floating_point() {
+        bail!("{what}: `latents` holds {:?} values; expected floating-point numbers", latents.kind());
+    }
+    check_latents(model, &latents, &what)?;
+    let latents = latents.to_kind(Kind::Float);
+    if !bool::try_from(latents.isfinite().all())? {
+        bail!("{what}: `latents` holds NaN or infinite values");
+    }
+    Ok(latents)
 }
 
 pub struct SamplingResult {
