@@ -15,6 +15,19 @@ pub fn tensors_name(step: usize) -> String {
     format!("checkpoint-step{step}.safetensors")
 }
 
+/// Refuses a record whose tensor file is not the one its step's checkpoint writes (`legacy` aside: the one fixed
+/// name older checkpoints used): a record names a file beside it, never a path elsewhere, and never another step's.
+pub fn check_tensors_name(dir: &Path, named: &str, step: usize, legacy: Option<&str>) -> Result<()> {
+    if named != tensors_name(step) && Some(named) != legacy {
+        anyhow::bail!(
+            "the checkpoint record {} is damaged: it is at step {step} but names the tensor file `{named}` (expected `{}`)",
+            dir.join(RECORD).display(),
+            tensors_name(step)
+        );
+    }
+    Ok(())
+}
+
 /// The tensor file the record in `dir` names, if there is a record.
 fn recorded_tensors(dir: &Path) -> Option<String> {
     read_json::<serde_json::Value>(&dir.join(RECORD)).ok()?.get("tensors")?.as_str().map(String::from)

@@ -185,7 +185,7 @@ struct StopAt {
 }
 
 impl Checkpoints for StopAt {
-    fn sampling_start(&self, _: &str) -> anyhow::Result<Option<Start>> {
+    fn sampling_start(&self, _: &str, _: usize) -> anyhow::Result<Option<Start>> {
         Ok(None)
     }
     fn after_sampling_step(&mut self, _: &str, _: StepState) -> anyhow::Result<()> {

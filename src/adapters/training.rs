@@ -10,7 +10,7 @@ use crate::pipelines::StableDiffusion;
 use crate::schedulers::ddim::DdimScheduler;
 use crate::training::checkpoint::Resume;
 use crate::training::diffusion::noise_prediction_loss;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -89,6 +89,9 @@ pub fn train(
     ensure!(settings.steps > 0 && settings.batch > 0 && settings.lr > 0.0, "adapter training needs steps, batch and lr above 0");
     let scheduler = DdimScheduler::new(&model.scheduler, 1)?;
     let resume = checkpoints.training_start(stage, settings)?;
+    if resume.step > settings.steps {
+        bail!("{stage}: the checkpoint is at training step {} of {}; it is damaged or belongs to another run", resume.step, settings.steps);
+    }
     let (params, conditioning) = match settings.kind {
         AdapterKind::Ti => {
             let row = learnable(&resume, "token", initial_embedding(model, prompt)?, model.device)?;

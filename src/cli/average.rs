@@ -18,7 +18,6 @@ use dma::pipelines::mental_average::work_until;
 use dma::pipelines::StableDiffusion;
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::Tensor;
 
 /// Options shared by `average` and `sample`.
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
@@ -210,14 +209,6 @@ impl Resumable for SampleArgs {
     }
 }
 
-/// The initial latents: from --init-latents, or `count` seeded ones.
-fn initial_latents(args: &SamplingArgs, model: &StableDiffusion, count: i64) -> Result<Tensor> {
-    match &args.init_latents {
-        Some(path) => read_latents(path, model),
-        None => Ok(seeded_latents(model, count, args.seed)),
-    }
-}
-
 pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("average", args, matches)?;
     let common = &args.common;
@@ -243,11 +234,10 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
         adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
     }
-    memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
     let checkpoints = RunCheckpoints::new(&mut out, "average", &args, &resolved);
-    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), count)?;
+    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), ("--latents", count))?;
     let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
@@ -277,11 +267,10 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let (mut out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
-    memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
     let checkpoints = RunCheckpoints::new(&mut out, "sample", &args, &resolved);
-    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, None, args.num)?;
+    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, None, ("--num", args.num))?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
         command: "sample",
@@ -301,9 +290,42 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     })
 }
 
+/// Where a run of `dma average` or `dma sample` starts: the checkpoint of its stage when it is resumed
+/// (--init-latents is then not read again), else the latents of --init-latents, else `count` seeded ones (`count`
+/// set by its flag). The run's latents are checked against the device's memory before seeded ones are drawn.
+fn start_of(checkpoints: &RunCheckpoints, model: &StableDiffusion, common: &SamplingArgs, settings: &SamplingSettings, (flag, count): (&str, i64)) -> Result<Start> {
+    let stage = checkpoints.command();
+    let start = checkpoints.sampling_start(stage, settings.steps)?;
+    let given = match (&start, &common.init_latents) {
+        (None, Some(path)) => Some(read_latents(path, model)?),
+        _ => None,
+    };
+    let shape = match (&start, &given) {
+        (Some(start), _) => start.latents.size(),
+        (None, Some(latents)) => latents.size(),
+        (None, None) => [count].into_iter().chain(model.latent_shape()).collect(),
+    };
+    let count_text = match (&common.init_latents, shape.first()) {
+        (Some(path), Some(k)) => format!("{k} latents of {:?} from --init-latents {}", &shape[1..], path.display()),
+        _ => format!("{flag} {count}"),
+    };
+    let shape: [i64; 4] = shape.try_into().map_err(|s| anyhow::anyhow!("the checkpoint of {stage} holds latents of shape {s:?}, not [K, C, H, W]"))?;
+    memory::check_fits(model, Work::Alignment, settings.batch, shape, &count_text, &common.model.device)?;
+    Ok(match (start, given) {
+        (Some(start), _) => {
+            // Seeded latents are `count`; latents from a file are whatever it held (`run_from` checks the rest).
+            if common.init_latents.is_none() && shape[0] != count {
+                bail!("the checkpoint of {stage} holds {} latents, but the run has {flag} {count}", shape[0]);
+            }
+            start
+        }
+        (None, Some(latents)) => Start::fresh(&latents),
+        (None, None) => Start::fresh(&seeded_latents(model, count, common.seed)),
+    })
+}
+
 /// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar and a checkpoint after every step
-/// (its stage named as the command): from the checkpoint when the run is resumed (--init-latents is then not read
-/// again, and `resumption` gains the step), else from the initial latents (`count` seeded ones, or --init-latents).
+/// (its stage named as the command), from `start_of`; a resumed run's `resumption` gains the step it resumed at.
 fn sample_resumably(
     mut checkpoints: RunCheckpoints,
     resumption: &mut serde_json::Value,
@@ -311,13 +333,10 @@ fn sample_resumably(
     common: &SamplingArgs,
     settings: &SamplingSettings,
     align: Option<&AlignSettings>,
-    count: i64,
+    count: (&str, i64),
 ) -> Result<SamplingResult> {
     let stage = checkpoints.command();
-    let start = match checkpoints.sampling_start(stage)? {
-        Some(start) => start,
-        None => Start::fresh(&initial_latents(common, model, count)?),
-    };
+    let start = start_of(&checkpoints, model, common, settings, count)?;
     if resumption.is_object() {
         resumption["at_step"] = json!(start.first_step);
     }

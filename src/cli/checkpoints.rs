@@ -32,6 +32,8 @@ impl<'a> RunCheckpoints<'a> {
     /// staging folder; listens for Ctrl-C from now on.
     pub fn new(out: &'a mut OutDir, command: &'static str, args: &impl Serialize, settings: &Value) -> Self {
         interrupt::listen();
+        let resume = format!("continue with `dma {command} --resume {}`", out.target().display());
+        interrupt::running(out.staging().to_path_buf(), out.staging().join(RUN_RECORD), resume);
         let record = json!({ "command": command, "args": args, "settings": settings, "argv": std::env::args().collect::<Vec<_>>() });
         let recorded = out.staging().join(RUN_RECORD).is_file();
         Self { out, command, record, recorded }
@@ -71,8 +73,8 @@ impl<'a> RunCheckpoints<'a> {
 }
 
 impl Checkpoints for RunCheckpoints<'_> {
-    fn sampling_start(&self, stage: &str) -> Result<Option<Start>> {
-        checkpoint::load(&stage_dir(self.out.staging(), stage))
+    fn sampling_start(&self, stage: &str, steps: usize) -> Result<Option<Start>> {
+        checkpoint::load(&stage_dir(self.out.staging(), stage), steps)
     }
 
     fn after_sampling_step(&mut self, stage: &str, state: StepState) -> Result<()> {

@@ -300,6 +300,13 @@ fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Ins
     })
 }
 
+/// Whether an evaluation's sampling and DMA (its larger of --samples and --latents) fit in `device`'s memory.
+fn check_fits(model: &StableDiffusion, settings: &EvalSettings, device: &str) -> Result<()> {
+    let [c, h, w] = model.latent_shape();
+    let count = format!("--samples {} and --latents {}", settings.samples, settings.latents);
+    memory::check_fits(model, Work::Alignment, settings.sampling.batch, [settings.samples.max(settings.latents), c, h, w], &count, device)
+}
+
 pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("eval", args, matches)?;
     let prompts = read_prompts(&args)?;
@@ -310,7 +317,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
-    memory::check_fits(&model, Work::Alignment, settings.sampling.batch, &args.model.device)?;
+    check_fits(&model, &settings, &args.model.device)?;
     let (judge, clip) = Judge::load(args.common.clip.as_deref(), &model)?;
     for prompt in &prompts {
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
@@ -353,7 +360,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     let mut clip = PathBuf::new();
     for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
         let model = model_args.load(source)?;
-        memory::check_fits(&model, Work::Alignment, settings.sampling.batch, &model_args.device)?;
+        check_fits(&model, settings, &model_args.device)?;
         model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?} with the model {}", source.path().display()))?;
         let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {prompt}", source.path().display());

@@ -1,21 +1,85 @@
-//! Ctrl-C during a run: the first asks the run to stop after the step in progress, once its checkpoint is saved;
-//! a second stops at once (losing that step's work, not the checkpoint before it).
+//! Stopping a run by signal. The first Ctrl-C (SIGINT) asks the run to stop after the step in progress, once its
+//! checkpoint is saved. A second Ctrl-C, or SIGTERM or SIGHUP (what a scheduler or a closed terminal sends, often
+//! with a short grace before SIGKILL), stops at once: checkpoints are written atomically, so the last one is intact
+//! whatever the moment, and the process leaves with `_exit`, which runs no destructor while libtorch may still be
+//! computing on another thread (a plain `exit` there crashed: "Invalid (backend, op) pair", or a segfault).
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static LISTENING: Once = Once::new();
+/// The run being written, for what a hard stop says and cleans up.
+static RUN: Mutex<Option<Run>> = Mutex::new(None);
 
 /// The exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_STATUS: i32 = 130;
 
-/// Listens for Ctrl-C (SIGINT) from now on.
+struct Run {
+    /// The folder its checkpoints go to.
+    folder: PathBuf,
+    /// The file whose presence means there is a checkpoint to resume from.
+    record: PathBuf,
+    /// How to continue it ("continue with `dma average --resume out`").
+    resume: String,
+    /// Whether `folder` is the run's own staging folder, removed when it holds no checkpoint yet.
+    staging: bool,
+}
+
+/// Listens for SIGINT, SIGTERM and SIGHUP from now on (once per process).
 pub fn listen() {
-    let _ = ctrlc::set_handler(|| {
-        if REQUESTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\nstopped; the last checkpoint is kept");
-            std::process::exit(EXIT_STATUS);
-        }
-        eprintln!("\nstopping after this step, once its checkpoint is saved (Ctrl-C again to stop now)");
+    LISTENING.call_once(|| {
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("warning: cannot listen for Ctrl-C ({e}); it will stop the run without a checkpoint");
+                return;
+            }
+        };
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGINT && !REQUESTED.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nstopping after this step, once its checkpoint is saved (Ctrl-C again to stop now)");
+                } else {
+                    stop_now(signal);
+                }
+            }
+        });
     });
+}
+
+/// From now on a hard stop speaks of the run writing into its staging folder `staging` (removed if the stop
+/// comes before the first checkpoint, `record`); `resume` says how to continue it.
+pub fn running(staging: PathBuf, record: PathBuf, resume: String) {
+    *RUN.lock().unwrap_or_else(|e| e.into_inner()) = Some(Run { folder: staging, record, resume, staging: true });
+}
+
+/// From now on a hard stop speaks of a training run checkpointing into `folder` (its record `record`).
+pub fn training(folder: PathBuf, record: PathBuf, resume: String) {
+    *RUN.lock().unwrap_or_else(|e| e.into_inner()) = Some(Run { folder, record, resume, staging: false });
+}
+
+/// Ends the process at once, saying what was kept; a staging folder with nothing to resume is removed.
+fn stop_now(signal: i32) -> ! {
+    let name = if signal == SIGINT { "Ctrl-C" } else if signal == SIGTERM { "SIGTERM" } else { "SIGHUP" };
+    let message = match RUN.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(run) if run.record.is_file() => format!("stopped by {name}; the last checkpoint is kept in {}; {}", run.folder.display(), run.resume),
+        Some(run) => {
+            if run.staging {
+                let _ = std::fs::remove_dir_all(&run.folder);
+            }
+            format!("stopped by {name} before the first checkpoint; nothing was kept")
+        }
+        None => format!("stopped by {name}"),
+    };
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "\n{message}");
+    let _ = stderr.flush();
+    // SAFETY: _exit ends the process without running anything else; it is async-signal-safe and we are not even
+    // in a signal handler (signal-hook delivers signals to this thread).
+    unsafe { libc::_exit(128 + signal) }
 }
 
 /// Whether Ctrl-C was pressed.

@@ -130,9 +130,11 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     if let Some(g) = &discovery.grounding {
         let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
     }
-    memory::check_fits(&model, Work::Alignment, settings.batch, &common.model.device)?;
+    let [c, h, w] = model.latent_shape();
+    let count = format!("--samples {} and --latents {latents}", discovery.samples);
+    memory::check_fits(&model, Work::Alignment, settings.batch, [discovery.samples.max(latents), c, h, w], &count, &common.model.device)?;
     if args.average {
-        memory::check_fits(&model, Work::Training, chain.adapter.batch, &common.model.device)?;
+        memory::check_fits(&model, Work::Training, chain.adapter.batch, [discovery.samples, c, h, w], &count, &common.model.device)?;
     }
     let load_seconds = started.elapsed().as_secs_f64();
 

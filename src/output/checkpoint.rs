@@ -35,8 +35,9 @@ pub fn remove_all(staging: &Path) {
 
 #[derive(Serialize, Deserialize)]
 struct Record {
-    /// The first step not yet done.
+    /// The first step not yet done, of `steps`.
     next_step: usize,
+    steps: usize,
     tensors: String,
     log: Vec<StepLog>,
     /// (step, timestep) of each trajectory frame, stored as `frame<i>` tensors.
@@ -51,24 +52,32 @@ pub fn save(dir: &Path, state: &StepState) -> Result<()> {
     tensors.extend(frame_names.iter().zip(state.frames).map(|(n, (_, _, t))| (n.as_str(), t)));
     let frames = state.frames.iter().map(|(s, t, _)| (*s, *t)).collect();
     let tensors_name = checkpoint_files::tensors_name(state.next_step);
-    let record = Record { next_step: state.next_step, tensors: tensors_name, log: state.log.to_vec(), frames };
+    let record = Record { next_step: state.next_step, steps: state.steps, tensors: tensors_name, log: state.log.to_vec(), frames };
     checkpoint_files::save(dir, state.next_step, &tensors, &record)
 }
 
-/// The checkpoint in the stage folder `dir`, if it has one.
-pub fn load(dir: &Path) -> Result<Option<Start>> {
-    if !dir.join(checkpoint_files::RECORD).is_file() {
+/// The checkpoint in the stage folder `dir`, if it has one, for a run of `steps` steps. Its record is checked
+/// against its tensor file and that step count here; `Start::check` checks the rest against the run.
+pub fn load(dir: &Path, steps: usize) -> Result<Option<Start>> {
+    let record_path = dir.join(checkpoint_files::RECORD);
+    if !record_path.is_file() {
         return Ok(None);
     }
-    let record: Record = read_json(&dir.join(checkpoint_files::RECORD))?;
+    let record: Record = read_json(&record_path)?;
+    if record.steps != steps || record.next_step > steps {
+        bail!(
+            "the checkpoint record {} is at step {} of {} steps, but this run has {steps}: it is damaged or belongs to another run",
+            record_path.display(),
+            record.next_step,
+            record.steps
+        );
+    }
+    checkpoint_files::check_tensors_name(dir, &record.tensors, record.next_step, None)?;
     let path = dir.join(&record.tensors);
     let mut tensors: std::collections::HashMap<String, Tensor> =
         read_safetensors(&path).with_context(|| format!("the checkpoint {} is damaged", path.display()))?.into_iter().collect();
     let mut take = |name: &str| tensors.remove(name).with_context(|| format!("the checkpoint {} lacks `{name}`", path.display()));
     let latents = take("latents")?;
     let frames = record.frames.iter().enumerate().map(|(i, &(s, t))| Ok((s, t, take(&format!("frame{i}"))?))).collect::<Result<Vec<_>>>()?;
-    if record.log.len() > record.next_step {
-        bail!("the checkpoint {} logs more steps than it has done", dir.join(checkpoint_files::RECORD).display());
-    }
     Ok(Some(Start { first_step: record.next_step, latents, log: record.log, frames }))
 }

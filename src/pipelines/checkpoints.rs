@@ -9,8 +9,8 @@ use crate::training::checkpoint::Resume;
 use anyhow::Result;
 
 pub trait Checkpoints {
-    /// The saved state of sampling stage `stage`, if it has one.
-    fn sampling_start(&self, stage: &str) -> Result<Option<Start>>;
+    /// The saved state of sampling stage `stage` of `steps` steps, if it has one.
+    fn sampling_start(&self, stage: &str, steps: usize) -> Result<Option<Start>>;
     /// Shown the state after every DDIM step of `stage`; an error stops the run (e.g. on Ctrl-C).
     fn after_sampling_step(&mut self, stage: &str, state: StepState) -> Result<()>;
     /// Where adapter training `stage` starts: its saved state, or a fresh start.
@@ -23,7 +23,7 @@ pub trait Checkpoints {
 pub struct NoCheckpoints;
 
 impl Checkpoints for NoCheckpoints {
-    fn sampling_start(&self, _: &str) -> Result<Option<Start>> {
+    fn sampling_start(&self, _: &str, _: usize) -> Result<Option<Start>> {
         Ok(None)
     }
     fn after_sampling_step(&mut self, _: &str, _: StepState) -> Result<()> {

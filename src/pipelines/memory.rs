@@ -1,7 +1,9 @@
-//! Whether a run fits in the device's memory, checked before any long work: the model's weights plus the
-//! activations kept per latent of a batch by the run's largest user of memory: one alignment iteration (the
-//! encoder half's forward and backward) for sampling and DMA, one adapter training step (the whole UNet's forward
-//! and backward) for `dma modes --average`.
+//! Whether a run fits in the device's memory, checked before any long work (and before its latents are drawn):
+//! the model's weights, what the run keeps for all of its latents at once (the latents, their h, their decoded
+//! images), plus the activations kept per latent of a batch by the run's largest user of memory: one alignment
+//! iteration (the encoder half's forward and backward) for sampling and DMA, one adapter training step (the whole
+//! UNet's forward and backward) for `dma modes --average`. Everything is counted in f64, so no count, however
+//! large, overflows on the way to its refusal.
 //!
 //! The per-latent figures are scaled from those measured on SD 1.5 at 64x64 latents in f32: 0.65 GB per latent of
 //! an alignment iteration and 1.90 GB per sample of a training step (BENCHMARKS.md "Peak memory of one alignment
@@ -22,15 +24,16 @@ const MARGIN: f64 = 1.25;
 /// A run may say how much memory to assume instead of asking the system (for tests, or to leave room).
 pub const LIMIT_VARIABLE: &str = "DMA_MEMORY_LIMIT";
 
-/// The encoder's activation volume per latent whose side is `side`, in channel-pixels: each down block's width
+/// The encoder's activation volume per latent of `height` x `width`, in channel-pixels: each down block's width
 /// times its resolution (halved after every block but the last) times its layers.
-fn activation_volume(block_out_channels: &[i64], layers_per_block: i64, side: i64) -> f64 {
-    let mut side = side as f64;
+fn activation_volume(block_out_channels: &[i64], layers_per_block: i64, [height, width]: [i64; 2]) -> f64 {
+    let (mut height, mut width) = (height as f64, width as f64);
     let mut volume = 0.0;
     for (i, &channels) in block_out_channels.iter().enumerate() {
-        volume += channels as f64 * side * side * (layers_per_block + 1) as f64;
+        volume += channels as f64 * height * width * (layers_per_block + 1) as f64;
         if i + 1 < block_out_channels.len() {
-            side = (side / 2.0).ceil();
+            height = (height / 2.0).ceil();
+            width = (width / 2.0).ceil();
         }
     }
     volume
@@ -38,7 +41,7 @@ fn activation_volume(block_out_channels: &[i64], layers_per_block: i64, side: i6
 
 /// SD 1.5's (block widths 320/640/1280/1280, 2 layers per block, 64x64 latents): what the measurement was of.
 fn sd15_volume() -> f64 {
-    activation_volume(&[320, 640, 1280, 1280], 2, 64)
+    activation_volume(&[320, 640, 1280, 1280], 2, [64, 64])
 }
 
 fn dtype_bytes(kind: Kind) -> f64 {
@@ -73,14 +76,23 @@ impl Work {
     }
 }
 
-/// The estimated memory of `work` on `model`: (fixed bytes, bytes per latent of a batch).
-pub fn estimate(model: &StableDiffusion, work: Work) -> (f64, f64) {
+/// The estimated memory of `work` on `model` over latents of shape `latents` [K, C, H, W]: (fixed bytes, bytes per
+/// latent of a batch). The fixed part holds the weights, the runtime, and per latent of the K: the latents (f32,
+/// with the copy a step makes), its h (in the model's dtype) and its decoded image (f32).
+pub fn estimate(model: &StableDiffusion, work: Work, latents: [i64; 4]) -> (f64, f64) {
     let weights: f64 = model.info.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum();
-    let [_, side, _] = model.latent_shape();
+    let [count, channels, height, width] = latents.map(|n| n as f64);
     let config = &model.unet.config;
-    let volume = activation_volume(&config.block_out_channels, config.layers_per_block, side);
-    let per_latent = work.sd15_bytes() * volume / sd15_volume() * dtype_bytes(model.kind) / 4.0;
-    (weights + RUNTIME_BYTES, per_latent)
+    let bytes = dtype_bytes(model.kind);
+    let volume = activation_volume(&config.block_out_channels, config.layers_per_block, [latents[2], latents[3]]);
+    let per_latent = work.sd15_bytes() * volume / sd15_volume() * bytes / 4.0;
+    let halvings = 2f64.powi(config.block_out_channels.len().saturating_sub(1) as i32);
+    let h = *config.block_out_channels.last().unwrap_or(&0) as f64 * (height / halvings).ceil() * (width / halvings).ceil() * bytes;
+    let [image_channels, image_height, image_width] = model.image_shape().map(|n| n as f64);
+    let [_, native_height, native_width] = model.latent_shape().map(|n| n as f64);
+    let image = image_channels * image_height * image_width * (height * width) / (native_height * native_width) * 4.0;
+    let kept = count * (2.0 * channels * height * width * 4.0 + h + image);
+    (weights + RUNTIME_BYTES + kept, per_latent)
 }
 
 /// What the device has free, in bytes, if it can be told: the CPU's MemAvailable, a GPU's free memory from
@@ -107,8 +119,9 @@ pub fn available(device: Device) -> Option<f64> {
 }
 
 /// Refuses a run of `batch` latents per UNet call of `work` whose estimated need clearly exceeds `available`
-/// bytes, naming the largest batch that fits.
-pub fn check(estimate: (f64, f64), work: Work, batch: i64, available: f64, device: &str) -> Result<()> {
+/// bytes, naming the largest batch that fits, or, when not even one latent of a batch fits beside what the run keeps
+/// for all of them, the run's size (`count`: the flag that set it, with its value).
+pub fn check(estimate: (f64, f64), work: Work, batch: i64, count: &str, available: f64, device: &str) -> Result<()> {
     let flag = work.flag();
     let (fixed, per_latent) = estimate;
     let need = fixed + per_latent * batch as f64;
@@ -119,10 +132,10 @@ pub fn check(estimate: (f64, f64), work: Work, batch: i64, available: f64, devic
     let advice = if fits >= 1.0 {
         format!("{flag} {} would fit", fits as i64)
     } else {
-        format!("even {flag} 1 does not: try --dtype f16, or a device with more memory")
+        format!("even {flag} 1 does not: use fewer or smaller latents than {count}, --dtype f16, or a device with more memory")
     };
     bail!(
-        "{flag} {batch} needs about {} ({} for the model, {} per latent), more than the {} free on {device}; {advice}",
+        "{flag} {batch} with {count} needs about {} ({} for the model and all latents, {} per latent of a batch), more than the {} free on {device}; {advice}",
         size(need),
         size(fixed),
         size(per_latent),
@@ -130,19 +143,24 @@ pub fn check(estimate: (f64, f64), work: Work, batch: i64, available: f64, devic
     )
 }
 
-/// Bytes as a person reads them: GB, or MB below a gigabyte.
+/// Bytes as a person reads them: GB, or MB below a gigabyte, or powers of ten beyond a petabyte.
 fn size(bytes: f64) -> String {
-    if bytes >= 1e9 {
+    if bytes >= 1e15 {
+        format!("{bytes:.1e} bytes")
+    } else if bytes >= 1e9 {
         format!("{:.1} GB", bytes / 1e9)
     } else {
         format!("{:.1} MB", bytes / 1e6)
     }
 }
 
-/// `check` against what `model`'s device has free; nothing is checked where that cannot be told.
-pub fn check_fits(model: &StableDiffusion, work: Work, batch: i64, device_name: &str) -> Result<()> {
+/// `check` against what `model`'s device has free, for a run over latents of shape `latents` set by `count` (the
+/// flag and its value); nothing is checked where that cannot be told.
+pub fn check_fits(model: &StableDiffusion, work: Work, batch: i64, latents: [i64; 4], count: &str, device_name: &str) -> Result<()> {
+    // A batch larger than the run's latents holds only those.
+    let batch = batch.min(latents[0]).max(1);
     match available(model.device) {
-        Some(free) => check(estimate(model, work), work, batch, free, device_name),
+        Some(free) => check(estimate(model, work, latents), work, batch, count, free, device_name),
         None => Ok(()),
     }
 }
@@ -155,24 +173,26 @@ mod tests {
     fn activations_scale_with_width_and_area() {
         let sd15 = [320, 640, 1280, 1280];
         // Half the side (SD 1.5 at 256 px), a quarter of the activations; twice the layers, 3/2 of them.
-        assert!((activation_volume(&sd15, 2, 32) / sd15_volume() - 0.25).abs() < 1e-12);
-        assert!((activation_volume(&sd15, 5, 64) / sd15_volume() - 2.0).abs() < 1e-12);
+        assert!((activation_volume(&sd15, 2, [32, 32]) / sd15_volume() - 0.25).abs() < 1e-12);
+        assert!((activation_volume(&sd15, 5, [64, 64]) / sd15_volume() - 2.0).abs() < 1e-12);
+        // A wide image: twice the width, twice the activations.
+        assert!((activation_volume(&sd15, 2, [64, 128]) / sd15_volume() - 2.0).abs() < 1e-12);
         // The embedded model (32/64/128, 2 layers, 32x32): a small fraction of SD 1.5's.
-        let embedded = activation_volume(&[32, 64, 128], 2, 32) / sd15_volume();
+        let embedded = activation_volume(&[32, 64, 128], 2, [32, 32]) / sd15_volume();
         assert!((embedded - 172_032.0 / 7_127_040.0).abs() < 1e-12, "{embedded}");
     }
 
     #[test]
     fn a_batch_that_clearly_does_not_fit_is_refused_with_one_that_does() {
         let estimate = (4e9, 0.65e9);
-        assert!(check(estimate, Work::Alignment, 16, 24e9, "cuda:0").is_ok());
-        let error = check(estimate, Work::Alignment, 64, 24e9, "cuda:0").unwrap_err().to_string();
+        assert!(check(estimate, Work::Alignment, 16, "--latents 32", 24e9, "cuda:0").is_ok());
+        let error = check(estimate, Work::Alignment, 64, "--latents 64", 24e9, "cuda:0").unwrap_err().to_string();
         // (24 x 1.25 - 4) / 0.65 = 40.
         assert!(error.contains("--batch 64") && error.contains("--batch 40 would fit") && error.contains("cuda:0"), "{error}");
-        let error = check(estimate, Work::Alignment, 1, 2e9, "cpu").unwrap_err().to_string();
-        assert!(error.contains("4.7 GB (4.0 GB for the model, 650.0 MB per latent)") && error.contains("2.0 GB free on cpu"), "{error}");
-        assert!(error.contains("even --batch 1"), "{error}");
-        let error = check(estimate, Work::Training, 64, 24e9, "cuda:0").unwrap_err().to_string();
+        let error = check(estimate, Work::Alignment, 1, "--latents 8", 2e9, "cpu").unwrap_err().to_string();
+        assert!(error.contains("4.7 GB (4.0 GB for the model and all latents, 650.0 MB per latent of a batch)") && error.contains("2.0 GB free on cpu"), "{error}");
+        assert!(error.contains("even --batch 1") && error.contains("--latents 8"), "{error}");
+        let error = check(estimate, Work::Training, 64, "--samples 64", 24e9, "cuda:0").unwrap_err().to_string();
         assert!(error.contains("--adapter-batch 64") && error.contains("--adapter-batch 40 would fit"), "{error}");
     }
 }

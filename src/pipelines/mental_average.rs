@@ -97,6 +97,28 @@ impl Start {
     pub fn fresh(init: &Tensor) -> Self {
         Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new() }
     }
+
+    /// Refuses a start (a checkpoint read back) that a run of `steps` steps, the first `align_steps` aligned, on
+    /// `model` cannot have reached: a step out of range, a log of another length, frames from the future, latents
+    /// of the wrong shape or not finite.
+    fn check(&self, model: &StableDiffusion, steps: usize, align_steps: usize) -> Result<()> {
+        let what = format!("the checkpoint at step {} of {steps}", self.first_step);
+        if self.first_step > steps {
+            bail!("{what}: the step is past the run's end; it is damaged or belongs to another run");
+        }
+        let logged: Vec<usize> = self.log.iter().map(|l| l.step).collect();
+        if logged != (0..self.first_step.min(align_steps)).collect::<Vec<_>>() {
+            bail!("{what}: it logs aligned steps {logged:?}, but the run aligns the first {align_steps}; it is damaged or belongs to another run");
+        }
+        if self.frames.iter().any(|(step, _, _)| *step >= self.first_step) {
+            bail!("{what}: it holds trajectory frames of steps not yet done; it is damaged");
+        }
+        check_latents(model, &self.latents, &what)?;
+        if !bool::try_from(self.latents.isfinite().all())? {
+            bail!("{what}: its latents hold NaN or infinite values; it is damaged");
+        }
+        Ok(())
+    }
 }
 
 /// A run's state after a step: what a checkpoint keeps.
@@ -157,7 +179,7 @@ pub fn run_stage(
     stage: &str,
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<SamplingResult> {
-    let start = match checkpoints.sampling_start(stage)? {
+    let start = match checkpoints.sampling_start(stage, settings.steps)? {
         Some(start) => {
             if start.latents.size() != init.size() {
                 bail!("the checkpoint of {stage} holds latents of shape {:?}, but this run starts from {:?}", start.latents.size(), init.size());
@@ -191,6 +213,7 @@ pub fn run_from(
     // Plain sampling is alignment of zero steps: the hook then returns every latent untouched.
     let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
     align.validate(settings.steps)?;
+    start.check(model, settings.steps, align.align_steps)?;
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
     let mut alignment = Alignment::new(HSpace { unet: &model.unet, context, batch: settings.batch }, align, progress);
     alignment.log = start.log;

@@ -50,6 +50,7 @@ impl Resume {
                 record.settings
             );
         }
+        checkpoint_files::check_tensors_name(dir, &record.tensors, record.step, Some(&legacy_tensors()))?;
         let tensors = read_safetensors(&dir.join(&record.tensors))?.into_iter().collect();
         Ok(Self { step: record.step, tensors: Some(tensors), source })
     }
