@@ -4,7 +4,10 @@
 //! against into an rpath, so `target/release/dma` runs without LD_LIBRARY_PATH. The linker drops
 //! libtorch_cuda (nothing references it by symbol), which would make `--device cuda` report no GPU, so it is
 //! linked with --no-as-needed when the libtorch in use ships it.
-use std::path::PathBuf;
+//!
+//! It also lists the embedded model's files for `include_bytes!` (src/pipelines/embedded.rs), so the binary carries
+//! them and runs wherever it is installed.
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn torch_lib_dir() -> Option<PathBuf> {
@@ -18,7 +21,44 @@ fn torch_lib_dir() -> Option<PathBuf> {
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// The embedded model's folder, of which the binary carries every file but the training logs.
+const EMBEDDED: &str = "models/embedded";
+const NOT_EMBEDDED: &str = "training";
+
+fn files_under(dir: &Path, into: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            files_under(&path, into);
+        } else {
+            into.push(path);
+        }
+    }
+}
+
+/// Writes `$OUT_DIR/embedded_files.rs`: `FILES`, each embedded file's path inside the folder and its bytes.
+fn list_embedded_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(EMBEDDED);
+    println!("cargo:rerun-if-changed={}", root.display());
+    let mut files = Vec::new();
+    files_under(&root, &mut files);
+    let mut code = String::from("pub const FILES: &[(&str, &[u8])] = &[\n");
+    for file in files {
+        let relative = file.strip_prefix(&root).unwrap();
+        if relative.starts_with(NOT_EMBEDDED) {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", file.display());
+        code.push_str(&format!("    ({:?}, include_bytes!({:?})),\n", relative.to_str().unwrap(), file.to_str().unwrap()));
+    }
+    code.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded_files.rs");
+    std::fs::write(out, code).unwrap();
+}
+
 fn main() {
+    list_embedded_files();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     if let Some(dir) = torch_lib_dir() {

@@ -75,7 +75,7 @@ fn a_valid_run_succeeds_and_writes_its_outputs() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    assert_mentions(&String::from_utf8_lossy(&again.stderr), &["--out", "earlier result", "--force"]);
+    assert_mentions(&String::from_utf8_lossy(&again.stderr), &["--out", "the result of an earlier `dma average`", "--force"]);
     assert_eq!(std::fs::read(out.join("prototype.png")).unwrap(), png, "the earlier result is untouched");
 }
 

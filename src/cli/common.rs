@@ -1,6 +1,7 @@
 //! Options shared by the subcommands: which model, on which device, in which precision; progress display.
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use dma::pipelines::embedded::embedded_model_dir;
 use dma::pipelines::{single_file, ModelSource, StableDiffusion};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use dma::evaluation::clip_embedder::ClipEmbedder;
@@ -26,22 +27,11 @@ pub struct ModelArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The embedded model's folder, shipped in the repository.
-pub fn embedded_model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join("embedded")
-}
-
 impl ModelArgs {
     pub fn source(&self) -> Result<ModelSource> {
         match &self.model {
             Some(spec) => ModelSource::resolve(spec),
-            None => {
-                let dir = embedded_model_dir();
-                if !dir.join("model_index.json").is_file() {
-                    bail!("no --model given and the embedded model is missing at {}", dir.display());
-                }
-                Ok(ModelSource::Folder(dir))
-            }
+            None => Ok(ModelSource::Folder(embedded_model_dir()?)),
         }
     }
 
@@ -123,8 +113,11 @@ pub fn slug(text: &str, max: usize) -> String {
 }
 
 /// The CLIP folder a command uses: `clip`, or the embedded model's.
-pub fn clip_dir(clip: Option<&Path>) -> PathBuf {
-    clip.map_or_else(|| embedded_model_dir().join("clip"), Path::to_path_buf)
+pub fn clip_dir(clip: Option<&Path>) -> Result<PathBuf> {
+    Ok(match clip {
+        Some(dir) => dir.to_path_buf(),
+        None => embedded_model_dir()?.join("clip"),
+    })
 }
 
 /// Checks now, before any long work, that the CLIP model from `dir` takes this model's images.
@@ -138,7 +131,7 @@ pub fn check_clip(embedder: &ClipEmbedder, dir: &Path, model: &StableDiffusion) 
 
 /// The CLIP model at `clip` (default: the embedded model's), checked to take this model's images.
 pub fn load_clip(clip: Option<&Path>, model: &StableDiffusion) -> Result<(ClipEmbedder, PathBuf)> {
-    let dir = clip_dir(clip);
+    let dir = clip_dir(clip)?;
     let embedder = ClipEmbedder::load(&dir, model.device)?;
     check_clip(&embedder, &dir, model)?;
     Ok((embedder, dir))

@@ -3,7 +3,7 @@
 use super::average::{AlignArgs, SamplerArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
-use super::report::{model_record, png_text};
+use super::report::{model_record, png_text, write_samples};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
@@ -185,7 +185,7 @@ enum Judge {
 
 impl Judge {
     fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<(Self, PathBuf)> {
-        let dir = clip_dir(clip);
+        let dir = clip_dir(clip)?;
         let judge = match clip {
             None => Judge::Classes(ZeroShot::embedded(&dir, model.device)?),
             Some(_) => Judge::Plain(ClipEmbedder::load(&dir, model.device)?),
@@ -253,6 +253,9 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
         }
         std::fs::create_dir_all(out.file(&folder)).with_context(|| format!("cannot create {folder} in the output folder"))?;
         for outcome in &subject.outcomes {
+            let parameters = json!({ "seed": outcome.seed, "settings": record["settings"] });
+            let text = png_text(&subject.scores.prompt, &subject.source, &parameters);
+            written.push(write_samples(&out, &format!("{folder}/samples-seed{}", outcome.seed), &outcome.samples, &text, outcome.seed)?);
             for (method, image) in &outcome.prototypes {
                 let name = format!("{folder}/{}-seed{}.png", method.slug(), outcome.seed);
                 let parameters = json!({ "method": method, "seed": outcome.seed, "settings": record["settings"] });

@@ -3,7 +3,7 @@
 use super::average::{AlignArgs, SamplingArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{load_clip, progress_bar};
-use super::report::{model_record, png_text};
+use super::report::{model_record, png_text, write_samples};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
@@ -170,6 +170,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     let text = png_text(&settings.prompt, &source, &parameters);
     let mut written = vec!["samples.png".to_string()];
     write_atomic(&out.file("samples.png"), &png_bytes(&square_grid(&modes.images, MAX_GRID_WIDTH), &text)?)?;
+    written.push(write_samples(&out, "samples", &modes.images, &text, settings.seed)?);
     let mut clusters = Vec::new();
     for k in 0..modes.clustering.k {
         let name = format!("cluster-{k}.png");

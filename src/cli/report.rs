@@ -1,7 +1,7 @@
 //! Writes a run's outputs: images (with the parameters in their text chunks), the final latents, and run.json
 //! with everything needed to reproduce the run.
 use super::common::ModelArgs;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dma::files::{write_atomic, write_json};
 use dma::method::AlignSettings;
 use dma::output::images::{grid, png_bytes, square_grid};
@@ -80,24 +80,43 @@ pub fn png_text(prompt: &str, source: &ModelSource, parameters: &Value) -> Vec<(
     ]
 }
 
+/// Writes every image of `images` [N,C,H,W] as its own PNG into the folder `dir` of `out` (`0000.png`, ...; wider
+/// numbers past 10,000 so names sort), each carrying `text`, the seed and its index; returns the folder's name as
+/// run.json lists it.
+pub fn write_samples(out: &OutDir, dir: &str, images: &Tensor, text: &[(&'static str, String)], seed: u64) -> Result<String> {
+    std::fs::create_dir_all(out.file(dir)).with_context(|| format!("cannot create {dir} in the output folder"))?;
+    let count = images.size()[0];
+    let width = (count.max(1) - 1).to_string().len().max(4);
+    for i in 0..count {
+        let mut chunks = text.to_vec();
+        chunks.extend([("seed", seed.to_string()), ("index", i.to_string())]);
+        write_atomic(&out.file(&format!("{dir}/{i:0width$}.png")), &png_bytes(&images.get(i), &chunks)?)?;
+    }
+    Ok(format!("{dir}/"))
+}
+
 pub fn write_outputs(o: RunOutputs) -> Result<()> {
     let adapter = o.adapter.map(input_record).transpose()?;
     let parameters = json!({ "sampling": o.settings, "alignment": o.align, "adapter": adapter });
     let text = png_text(&o.settings.prompt, o.source, &parameters);
     let images = o.model.decode_batched(&o.result.latents, o.settings.batch);
-    let mut written = vec!["grid.png"];
+    let mut written = vec!["grid.png".to_string()];
     write_atomic(&o.out.file("grid.png"), &png_bytes(&square_grid(&images, MAX_GRID_WIDTH), &text)?)?;
-    if let Some(index) = o.prototype {
-        write_atomic(&o.out.file("prototype.png"), &png_bytes(&images.get(index), &text)?)?;
-        written.push("prototype.png");
+    match o.prototype {
+        Some(index) => {
+            write_atomic(&o.out.file("prototype.png"), &png_bytes(&images.get(index), &text)?)?;
+            written.push("prototype.png".into());
+        }
+        // Plain samples are each worth a look (or a label, or another tool's input); DMA's K converge to one.
+        None => written.push(write_samples(&o.out, "samples", &images, &text, o.settings.seed)?),
     }
     if let Some(figure) = trajectory_image(o.model, &o.result.trajectory) {
         write_atomic(&o.out.file("trajectory.png"), &png_bytes(&figure, &text)?)?;
-        written.push("trajectory.png");
+        written.push("trajectory.png".into());
     }
     if o.save_latents {
         write_safetensors(&o.out.file("latents.safetensors"), &[("latents", &o.result.latents)])?;
-        written.push("latents.safetensors");
+        written.push("latents.safetensors".into());
     }
     let record = json!({
         "command": o.command,

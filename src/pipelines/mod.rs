@@ -2,6 +2,7 @@
 pub mod baselines;
 pub mod checkpoints;
 pub mod defaults;
+pub mod embedded;
 pub mod evaluation;
 pub mod memory;
 pub mod mental_average;
