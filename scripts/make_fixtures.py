@@ -12,6 +12,20 @@ It is deterministic (fixed seeds, float32 on CPU) and rewrites, from scratch:
     file, MIT, see assets/clip/LICENSE), loaded into transformers' CLIPTokenizer; 27 varied prompts with their
     ids padded to 77 (what Stable Diffusion pipelines feed the text encoder).
 
+* tests/fixtures/word-tokenizer/
+    WordLevel tokenizer.json files that name their own special tokens (`[BOS]`, `[EOS]`, `[PAD]`, not CLIP's),
+    written by the `tokenizers` library, in four folders that declare them in the ways transformers reads:
+      - template/: TemplateProcessing `[BOS] $A [EOS]`, padding and truncation sections (length 8), nothing else;
+      - config/: the same tokenizer.json with a tokenizer_config.json naming other tokens (`<s>`, `</s>`,
+        `<pad>`, model_max_length 6): transformers still puts the template's tokens around the text, but pads with
+        the config's pad token and matches the config's tokens whole in the text;
+      - roberta/: RobertaProcessing (cls `[BOS]`, sep `[EOS]`), truncation 8, pad token from special_tokens_map.json;
+      - bert/: BertProcessing, pad token and model_max_length 7 from tokenizer_config.json.
+    cases.json holds, per folder, the ids of transformers' PreTrainedTokenizerFast loaded from it, called as
+    StableDiffusionPipeline calls its tokenizer (padding="max_length", truncation=True) with max_length the
+    config's model_max_length or, without one, tokenizer.json's truncation length (transformers then leaves
+    model_max_length unset, 1e30); `ids` is null where transformers raises (a word outside the vocabulary).
+
 * tests/fixtures/tiny-sd1/ and tests/fixtures/tiny-sd2/
     Tiny random Stable Diffusion pipelines in diffusers layout (model_index.json, unet/, vae/, text_encoder/,
     tokenizer/, scheduler/; no safety checker or feature extractor), SD 1.x and SD 2.x flavoured:
@@ -223,6 +237,119 @@ def make_tokenizer_cases(out_path):
         f.write(header[:-2] + ',\n "cases": [\n' + body + "\n ]\n}\n")
     assert json.load(open(out_path, encoding="utf-8")) == doc
     log(f"wrote {out_path.relative_to(ROOT)} ({len(cases)} cases)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Word-level tokenizers that name their own special tokens
+# ----------------------------------------------------------------------------------------------------------------
+
+WORD_SPECIALS = ["[PAD]", "[BOS]", "[EOS]"]
+# `<s>`, `</s>` and `<pad>` are what config/'s tokenizer_config.json names instead; as vocabulary entries the
+# Whitespace pre-tokenizer can never produce, they are reached only by being matched whole as special tokens.
+WORD_VOCAB = WORD_SPECIALS + ["a", "an", "ankle", "boot", "of", "photo", "red", "sneaker", "<s>", "</s>", "<pad>"]
+WORD_LENGTH = 8
+WORD_PROMPTS = [
+    "a photo of a sneaker",
+    "A PHOTO of an Ankle  Boot",
+    "",
+    "a [EOS] red sneaker",
+    " ".join(["a red sneaker"] * 4),
+    "a photo of a cat",
+]
+
+
+def word_tokenizer(post_processor, padding, truncation):
+    """A lowercasing, whitespace-splitting WordLevel tokenizer as the `tokenizers` library builds and saves it."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(WORD_VOCAB)}
+    # The unknown token is left out of the vocabulary, so an unknown word is an error (as in dma) not an id.
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(WORD_SPECIALS)
+    tok.post_processor = post_processor
+    if padding:
+        tok.enable_padding(length=WORD_LENGTH, pad_id=vocab["[PAD]"], pad_token="[PAD]")
+    if truncation:
+        tok.enable_truncation(WORD_LENGTH)
+    return tok
+
+
+def make_word_tokenizer_cases(out):
+    """tests/fixtures/word-tokenizer: the folders and cases.json described at the top of this file."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos = ("[BOS]", 1), ("[EOS]", 2)
+    template = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", pair="[BOS] $A [EOS] $B:1 [EOS]:1", special_tokens=[bos, eos]
+    )
+    # folder: (tokenizer, tokenizer_config.json, special_tokens_map.json, prompts beyond WORD_PROMPTS)
+    folders = {
+        "template": (word_tokenizer(template, padding=True, truncation=True), None, None, []),
+        "config": (
+            word_tokenizer(template, padding=True, truncation=True),
+            {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+             "pad_token": "<pad>", "model_max_length": 6},
+            None,
+            ["a <pad> sneaker <s>"],
+        ),
+        "roberta": (
+            word_tokenizer(processors.RobertaProcessing(eos, bos), padding=False, truncation=True),
+            None,
+            {"pad_token": "[PAD]"},
+            [],
+        ),
+        "bert": (
+            word_tokenizer(processors.BertProcessing(eos, bos), padding=False, truncation=False),
+            {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]", "model_max_length": 7},
+            None,
+            [],
+        ),
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    doc = {
+        "description": "ids of transformers' PreTrainedTokenizerFast for each folder, called as "
+        "StableDiffusionPipeline calls its tokenizer: padding='max_length', max_length as given, truncation=True; "
+        "ids null where transformers raises. See scripts/make_fixtures.py.",
+        "folders": {},
+    }
+    for name, (backend, config, special_map, extra) in folders.items():
+        folder = out / name
+        folder.mkdir(parents=True)
+        backend.save(str(folder / "tokenizer.json"))
+        for file, content in (("tokenizer_config.json", config), ("special_tokens_map.json", special_map)):
+            if content is not None:
+                with open(folder / file, "w") as f:
+                    json.dump(content, f, indent=2)
+                    f.write("\n")
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        max_length = config["model_max_length"] if config else WORD_LENGTH
+        assert tok.model_max_length == (max_length if config else int(1e30)), tok.model_max_length
+        cases = []
+        for text in WORD_PROMPTS + extra:
+            try:
+                ids = tok(text, padding="max_length", max_length=max_length, truncation=True).input_ids
+            except Exception as e:  # `tokenizers` raises a bare Exception for an unknown word
+                assert "Missing [UNK] token" in str(e), e
+                ids = None
+            if ids is not None and name == "template":
+                # The file's own padding and truncation give the same ids through the `tokenizers` library alone.
+                assert backend.encode(text).ids == ids, (text, backend.encode(text).ids, ids)
+            cases.append({"text": text, "ids": ids})
+        # Whatever the config names, the ids start and end with the post-processor's tokens.
+        assert all(c["ids"] is None or (c["ids"][0], 2 in c["ids"]) == (1, True) for c in cases), cases
+        doc["folders"][name] = {"max_length": max_length, "cases": cases}
+    # One case per line keeps the file short and diffable.
+    text = json.dumps(doc, indent=1)
+    for folder in doc["folders"].values():
+        for case in folder["cases"]:
+            text = text.replace(json.dumps(case, indent=1).replace("\n", "\n    "), json.dumps(case), 1)
+    assert json.loads(text) == doc
+    with open(out / "cases.json", "w") as f:
+        f.write(text + "\n")
+    log(f"wrote {out.relative_to(ROOT)} ({len(folders)} folders)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -797,6 +924,7 @@ def main():
     assert BPE_PATH.exists(), f"missing {BPE_PATH}"
     FIXTURES.mkdir(parents=True, exist_ok=True)
     make_tokenizer_cases(FIXTURES / "clip_tokenizer_cases.json")
+    make_word_tokenizer_cases(FIXTURES / "word-tokenizer")
     for flavour in ("sd1", "sd2"):
         folder = FIXTURES / f"tiny-{flavour}"
         log(f"building {folder.relative_to(ROOT)}")

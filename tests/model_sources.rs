@@ -1,6 +1,7 @@
 //! Resolving --model: a folder, or a Hugging Face repo id found offline in the local cache.
 mod common;
 use common::fixture;
+use dma::pipelines::stable_diffusion::StableDiffusion;
 use dma::pipelines::ModelSource;
 use std::process::Command;
 
@@ -85,4 +86,25 @@ fn a_bad_defaults_file_is_named() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("dma_defaults.json"));
+}
+
+#[test]
+fn a_tokenizer_longer_than_the_text_encoder_is_refused_at_load() {
+    // tiny-sd1 with its tokenizer padding prompts to 78 tokens; its text encoder has 77 positions.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-sd1")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tokenizer" {
+            std::os::unix::fs::symlink(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let tokenizer = dir.path().join("tokenizer");
+    std::fs::create_dir(&tokenizer).unwrap();
+    for file in ["vocab.json", "merges.txt"] {
+        std::fs::copy(fixture("tiny-sd1/tokenizer").join(file), tokenizer.join(file)).unwrap();
+    }
+    std::fs::write(tokenizer.join("tokenizer_config.json"), r#"{"model_max_length": 78}"#).unwrap();
+    let loaded = StableDiffusion::load_folder(dir.path(), tch::Device::Cpu, tch::Kind::Float);
+    let err = format!("{:#}", loaded.err().expect("the folder should be refused"));
+    assert!(err.contains("prompts are padded to 78 tokens, but the text encoder has only 77 positions"), "{err}");
 }

@@ -1,5 +1,8 @@
 //! The word-level tokenizer of the embedded model: built from a word list, saved in the `tokenizers` format, read
-//! back through `Tokenizer::from_folder` as a model folder's tokenizer is.
+//! back through `Tokenizer::from_folder` as a model folder's tokenizer is; and WordLevel folders that name their own
+//! special tokens, against transformers' ids (tests/fixtures/word-tokenizer, made by scripts/make_fixtures.py).
+mod common;
+use common::{fixture, read_json};
 use dma::models::tokenizer::{Tokenizer, WordTokenizer, WORD_BOS, WORD_EOS, WORD_PAD};
 use std::path::Path;
 
@@ -115,5 +118,114 @@ fn from_folder_picks_the_tokenizer_by_model_type() {
 
     write(r#"{"model": {"type": "WordLevel", "vocab": {"a": 0}}, "pre_tokenizer": {"type": "Whitespace"}}"#);
     let err = format!("{:#}", Tokenizer::from_folder(dir.path()).err().unwrap());
-    assert!(err.contains("tokenizer.json: special token `<|startoftext|>` is not in the vocabulary"), "{err}");
+    assert!(err.contains("tokenizer.json: no post_processor puts start and end tokens around the text"), "{err}");
+}
+
+#[test]
+fn folders_naming_their_own_special_tokens_match_transformers() {
+    let cases = read_json(&fixture("word-tokenizer/cases.json"));
+    let folders = cases["folders"].as_object().unwrap();
+    assert_eq!(folders.len(), 4);
+    for (name, folder) in folders {
+        let tok = load_word(&fixture("word-tokenizer").join(name));
+        assert_eq!(tok.max_length() as u64, folder["max_length"].as_u64().unwrap(), "{name}");
+        for case in folder["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let got = tok.encode(text);
+            match case["ids"].as_array() {
+                Some(ids) => {
+                    let want: Vec<i64> = ids.iter().map(|v| v.as_i64().unwrap()).collect();
+                    assert_eq!(got.unwrap(), want, "{name}: ids differ from transformers' for {text:?}");
+                }
+                None => assert!(got.is_err(), "{name}: transformers refuses {text:?} (unknown word), dma took it"),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_template_puts_the_ends_and_the_config_the_padding() {
+    // config/ names `<s>`, `</s>`, `<pad>` in tokenizer_config.json; its tokenizer.json's template has [BOS], [EOS].
+    let tok = load_word(&fixture("word-tokenizer/config"));
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (1, 2, 13));
+    let tok = load_word(&fixture("word-tokenizer/template"));
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (1, 2, 0));
+}
+
+/// A copy of a fixture folder, with `edit` applied, loaded: the error it gives.
+fn load_error(name: &str, edit: impl FnOnce(&Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("word-tokenizer").join(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    edit(dir.path());
+    format!("{:#}", Tokenizer::from_folder(dir.path()).err().expect("the edited folder should be refused"))
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json = read_json(path);
+    edit(&mut json);
+    std::fs::write(path, serde_json::to_string(&json).unwrap()).unwrap();
+}
+
+#[test]
+fn special_tokens_missing_from_the_vocabulary_are_errors_naming_file_and_token() {
+    // transformers would add such a token with a new id, which the text encoder has no embedding for.
+    let err = load_error("config", |dir| {
+        edit_json(&dir.join("tokenizer_config.json"), |c| c["eos_token"] = "<eos>".into())
+    });
+    assert!(err.contains("tokenizer_config.json: its eos_token `<eos>` is not in the vocabulary"), "{err}");
+    let err = load_error("roberta", |dir| {
+        edit_json(&dir.join("special_tokens_map.json"), |c| c["pad_token"] = "<p>".into())
+    });
+    assert!(err.contains("special_tokens_map.json: its pad_token `<p>` is not in the vocabulary"), "{err}");
+    let err = load_error("template", |dir| {
+        edit_json(&dir.join("tokenizer.json"), |t| t["padding"]["pad_token"] = "<p>".into())
+    });
+    assert!(err.contains("tokenizer.json: its padding's pad_token `<p>` is not in the vocabulary"), "{err}");
+    let err = load_error("roberta", |dir| {
+        edit_json(&dir.join("tokenizer.json"), |t| t["post_processor"]["cls"] = serde_json::json!(["<cls>", 1]))
+    });
+    assert!(err.contains("tokenizer.json: its post_processor's `<cls>` is not in the vocabulary"), "{err}");
+    let err = load_error("template", |dir| {
+        edit_json(&dir.join("tokenizer.json"), |t| {
+            t["post_processor"]["special_tokens"]["[EOS]"]["ids"] = serde_json::json!([5])
+        })
+    });
+    assert!(err.contains("tokenizer.json: its post_processor gives `[EOS]` the id 5, the vocabulary 2"), "{err}");
+}
+
+#[test]
+fn folders_without_a_pad_token_or_ends_are_refused() {
+    // transformers refuses to pad to max_length without a pad token, as Stable Diffusion pipelines do.
+    let err = load_error("roberta", |dir| std::fs::remove_file(dir.join("special_tokens_map.json")).unwrap());
+    assert!(err.contains("tokenizer.json: no pad token is declared"), "{err}");
+    // transformers would encode the text with no start or end token at all.
+    let err = load_error("bert", |dir| {
+        edit_json(&dir.join("tokenizer.json"), |t| t["post_processor"] = serde_json::Value::Null)
+    });
+    assert!(err.contains("tokenizer.json: no post_processor puts start and end tokens around the text"), "{err}");
+    let err = load_error("template", |dir| {
+        edit_json(&dir.join("tokenizer.json"), |t| {
+            t["post_processor"]["single"].as_array_mut().unwrap().remove(0);
+        });
+    });
+    assert!(err.contains("tokenizer.json: post_processor template"), "{err}");
+}
+
+#[test]
+fn special_tokens_map_is_read_only_without_added_tokens_decoder() {
+    // As transformers 5: the map is a legacy file, read (and overriding the config) only when tokenizer_config.json
+    // has no `added_tokens_decoder`.
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["tokenizer.json", "special_tokens_map.json"] {
+        std::fs::copy(fixture("word-tokenizer/roberta").join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"pad_token": "<pad>"}"#).unwrap();
+    let config = dir.path().join("tokenizer_config.json");
+    std::fs::write(&config, r#"{"pad_token": "[PAD]"}"#).unwrap();
+    assert_eq!(load_word(dir.path()).pad_id(), 13, "special_tokens_map.json's <pad>");
+    std::fs::write(&config, r#"{"pad_token": "[PAD]", "added_tokens_decoder": {}}"#).unwrap();
+    assert_eq!(load_word(dir.path()).pad_id(), 0, "tokenizer_config.json's [PAD]");
 }

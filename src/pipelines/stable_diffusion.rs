@@ -57,6 +57,15 @@ impl StableDiffusion {
         let tokenizer = Tokenizer::from_folder(&component("tokenizer")?)?;
         let text_dir = component("text_encoder")?;
         let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
+        // Refused here rather than at the first prompt, where the text encoder would run out of positions.
+        let (length, positions) = (tokenizer.max_length(), text_config.max_position_embeddings);
+        anyhow::ensure!(
+            length as i64 <= positions,
+            "{}: prompts are padded to {length} tokens, but the text encoder has only {positions} positions \
+             (max_position_embeddings in {})",
+            dir.join("tokenizer").display(),
+            text_dir.join("config.json").display()
+        );
         let (text_encoder, text_files) =
             load_component(&text_dir, "model", device, kind, |p| ClipTextModel::load(p, &text_config))?;
         let unet_dir = component("unet")?;

@@ -1,6 +1,6 @@
 use super::{
-    added_entry, alternation, max_length, read_vocab, special_names, split_on, AddedToken, SpecialNames,
-    DEFAULT_MAX_LENGTH,
+    added_entry, alternation, declared, declared_specials, model_max_length, read_vocab, split_on, AddedToken,
+    Declared, DEFAULT_MAX_LENGTH,
 };
 use crate::files::read_json;
 use anyhow::{bail, ensure, Context, Result};
@@ -39,6 +39,30 @@ pub struct ClipTokenizer {
     /// Symbols outside the vocabulary become this token (tiny test vocabularies lack most bytes).
     unk: i64,
     max_length: usize,
+}
+
+/// The special tokens' names.
+struct SpecialNames {
+    bos: String,
+    eos: String,
+    unk: String,
+    pad: String,
+}
+
+impl SpecialNames {
+    /// The names a folder declares, and transformers' CLIPTokenizer's defaults for the others: `<|startoftext|>`,
+    /// and `<|endoftext|>` for the rest. (CLIPTokenizer builds its start and end tokens from these names, whatever
+    /// post-processor a tokenizer.json holds.)
+    fn clip(specials: &[Declared]) -> Self {
+        let name = |key: &str, default: &str| declared(specials, key).unwrap_or(default).to_string();
+        let eot = "<|endoftext|>";
+        Self {
+            bos: name("bos_token", "<|startoftext|>"),
+            eos: name("eos_token", eot),
+            unk: name("unk_token", eot),
+            pad: name("pad_token", eot),
+        }
+    }
 }
 
 /// The `tokenizers` normalizer of CLIPTokenizer: NFC, runs of whitespace become one space, then lowercase
@@ -117,12 +141,12 @@ impl ClipTokenizer {
     /// CLIP's own vocabulary (49408 tokens) from OpenAI's merge list, padding with `<|endoftext|>` as SD 1.x does;
     /// for checkpoints that ship no tokenizer.
     pub fn openai_default() -> Result<Self> {
-        Self::openai(SpecialNames::clip_defaults())
+        Self::openai(SpecialNames::clip(&[]))
     }
 
     /// As `openai_default`, padding with `pad` (SD 2.x: "!", id 0), which is then also cut out of prompts whole.
     pub fn openai_default_with_pad(pad: &str) -> Result<Self> {
-        Self::openai(SpecialNames { pad: pad.into(), ..SpecialNames::clip_defaults() })
+        Self::openai(SpecialNames { pad: pad.into(), ..SpecialNames::clip(&[]) })
     }
 
     fn openai(names: SpecialNames) -> Result<Self> {
@@ -182,8 +206,9 @@ impl ClipTokenizer {
             (vocab, merges, source)
         };
 
-        let names = special_names(dir, config.as_ref())?;
-        Self::build(vocab, &merges, added, names, max_length(config.as_ref()), &source)
+        let names = SpecialNames::clip(&declared_specials(dir, config.as_ref())?);
+        let max_length = model_max_length(config.as_ref()).unwrap_or(DEFAULT_MAX_LENGTH);
+        Self::build(vocab, &merges, added, names, max_length, &source)
     }
 
     fn build(

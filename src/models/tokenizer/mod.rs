@@ -15,6 +15,11 @@
 //! `WordTokenizer` reads a `tokenizers` WordLevel model instead: a closed vocabulary of lowercased words, as the
 //! embedded model uses (it knows only the words of its training captions), with ids laid out as CLIP's. `Tokenizer`
 //! picks one of the two from a folder's files.
+//!
+//! Each finds its special tokens as the transformers class it stands for does. CLIPTokenizer builds its start and
+//! end tokens from the names tokenizer_config.json / special_tokens_map.json give (CLIP's where they give none).
+//! PreTrainedTokenizerFast, which loads a WordLevel tokenizer.json, keeps that file's post-processor for the start
+//! and end tokens, and pads with the pad token the config files name, else the one of tokenizer.json's padding.
 use crate::files::read_json;
 use anyhow::{bail, Context, Result};
 use regex::Regex;
@@ -29,7 +34,7 @@ use clip_bpe::clean;
 pub use clip_bpe::ClipTokenizer;
 pub use word_level::{words, WordTokenizer, WORD_BOS, WORD_EOS, WORD_PAD};
 
-/// Used when tokenizer_config.json gives no `model_max_length` (CLIP's context length).
+/// Used when a tokenizer folder gives no length (CLIP's context length).
 const DEFAULT_MAX_LENGTH: usize = 77;
 
 /// A token matched whole in the text instead of going through BPE.
@@ -92,46 +97,43 @@ fn split_on<'t>(text: &'t str, split: Option<&Regex>) -> Vec<(&'t str, bool)> {
     out
 }
 
-/// Where the special tokens' names come from, with CLIPTokenizer's defaults.
-struct SpecialNames {
-    bos: String,
-    eos: String,
-    unk: String,
-    pad: String,
+/// A special token that a tokenizer folder's files name.
+struct Declared {
+    /// Its role: `bos_token`, `eos_token`, `unk_token` or `pad_token`.
+    key: &'static str,
+    content: String,
+    /// Where it is named ("<file>: its pad_token"), for errors.
+    origin: String,
 }
 
-impl SpecialNames {
-    fn clip_defaults() -> Self {
-        let eot = "<|endoftext|>".to_string();
-        Self { bos: "<|startoftext|>".into(), eos: eot.clone(), unk: eot.clone(), pad: eot }
-    }
-}
-
-/// The special tokens' names: CLIPTokenizer's defaults, overridden by tokenizer_config.json (`config`), itself
-/// overridden by special_tokens_map.json, as in transformers.
-fn special_names(dir: &Path, config: Option<&Value>) -> Result<SpecialNames> {
+/// The special tokens tokenizer_config.json (`config`) and special_tokens_map.json name, as transformers 5 reads
+/// them: the map's names replace the config's, but only where the config has no `added_tokens_decoder`
+/// (transformers reads the map, a legacy file, only then).
+fn declared_specials(dir: &Path, config: Option<&Value>) -> Result<Vec<Declared>> {
     let map_path = dir.join("special_tokens_map.json");
-    let map = if map_path.exists() { Some(read_json::<Value>(&map_path)?) } else { None };
-    let mut names = SpecialNames::clip_defaults();
-    for cfg in [config, map.as_ref()].into_iter().flatten() {
-        for (key, slot) in [
-            ("bos_token", &mut names.bos),
-            ("eos_token", &mut names.eos),
-            ("unk_token", &mut names.unk),
-            ("pad_token", &mut names.pad),
-        ] {
-            if let Some(content) = cfg.get(key).and_then(token_content) {
-                *slot = content;
+    let legacy = config.is_none_or(|c| c.get("added_tokens_decoder").is_none());
+    let map = if legacy && map_path.exists() { Some(read_json::<Value>(&map_path)?) } else { None };
+    let mut found: Vec<Declared> = Vec::new();
+    for (json, path) in [(config, dir.join("tokenizer_config.json")), (map.as_ref(), map_path)] {
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+            if let Some(content) = json.and_then(|j| j.get(key)).and_then(token_content) {
+                found.retain(|d| d.key != key);
+                found.push(Declared { key, content, origin: format!("{}: its {key}", path.display()) });
             }
         }
     }
-    Ok(names)
+    Ok(found)
 }
 
-/// tokenizer_config.json's `model_max_length`. Where no length was set transformers writes an enormous float;
-/// CLIP's context length is the right default.
-fn max_length(config: Option<&Value>) -> usize {
-    config.and_then(|c| c.get("model_max_length")).and_then(Value::as_u64).map_or(DEFAULT_MAX_LENGTH, |n| n as usize)
+/// The content of the declared special token `key`, if any.
+fn declared<'a>(declared: &'a [Declared], key: &str) -> Option<&'a str> {
+    declared.iter().find(|d| d.key == key).map(|d| d.content.as_str())
+}
+
+/// tokenizer_config.json's `model_max_length`. Where no length was set transformers writes an enormous float, read
+/// as none.
+fn model_max_length(config: Option<&Value>) -> Option<usize> {
+    config.and_then(|c| c.get("model_max_length")).and_then(Value::as_u64).map(|n| n as usize)
 }
 
 fn added_entry(t: &Value, id: Option<i64>, source: &str) -> Result<AddedToken> {
@@ -186,6 +188,14 @@ impl Tokenizer {
         match self {
             Self::Clip(t) => t.vocab_size(),
             Self::Word(t) => t.vocab_size(),
+        }
+    }
+
+    /// The length `encode` pads and truncates to.
+    pub fn max_length(&self) -> usize {
+        match self {
+            Self::Clip(t) => t.max_length(),
+            Self::Word(t) => t.max_length(),
         }
     }
 

@@ -1,4 +1,7 @@
-use super::{added_entry, alternation, max_length, read_vocab, special_names, split_on, SpecialNames};
+use super::{
+    added_entry, alternation, declared, declared_specials, model_max_length, read_vocab, split_on, Declared,
+    DEFAULT_MAX_LENGTH,
+};
 use crate::files::{read_json, write_json};
 use anyhow::{bail, ensure, Context, Result};
 use regex::Regex;
@@ -28,6 +31,66 @@ fn lowercase(text: &str) -> String {
 /// The words of `text` as a lowercasing word-level tokenizer sees them: what its vocabulary must hold to encode it.
 pub fn words(text: &str) -> Vec<String> {
     WORD_PIECES.find_iter(&lowercase(text)).map(|m| m.as_str().to_string()).collect()
+}
+
+/// The ids of the start and end tokens `tokenizers` puts around the text: tokenizer.json's `post_processor`, which
+/// transformers' PreTrainedTokenizerFast keeps as it is (tokenizer_config.json's bos_token and eos_token rename the
+/// tokenizer's attributes but do not change the ids). Supported: one special token on each side, as a CLIP text
+/// encoder expects (TemplateProcessing `[BOS] $A [EOS]`, RobertaProcessing, BertProcessing). The tokens must be in
+/// the vocabulary (`token_id`) with the ids the post-processor gives them.
+fn text_ends(json: &Value, token_id: impl Fn(&str) -> Option<i64>, source: &str) -> Result<(i64, i64)> {
+    let post = json.get("post_processor").filter(|p| !p.is_null()).with_context(|| {
+        format!(
+            "{source}: no post_processor puts start and end tokens around the text, as the text encoder expects \
+             (transformers would encode the text alone)"
+        )
+    })?;
+    let ends = match post.get("type").and_then(Value::as_str) {
+        Some("TemplateProcessing") => {
+            let single = post.get("single").unwrap_or(&Value::Null);
+            let special = |piece: &Value| -> Option<(String, i64)> {
+                let name = piece.pointer("/SpecialToken/id")?.as_str()?;
+                match post.get("special_tokens")?.get(name)?.get("ids")?.as_array()?.as_slice() {
+                    [id] => Some((name.to_string(), id.as_i64()?)),
+                    _ => None,
+                }
+            };
+            let ends = match single.as_array().map(Vec::as_slice) {
+                Some([first, text, last]) if text.pointer("/Sequence/id") == Some(&Value::from("A")) => {
+                    special(first).zip(special(last))
+                }
+                _ => None,
+            };
+            ends.with_context(|| {
+                format!(
+                    "{source}: post_processor template {single} is not supported: it must be one special token of \
+                     one id, the text ($A), one special token (as `[BOS] $A [EOS]`)"
+                )
+            })?
+        }
+        Some(kind @ ("RobertaProcessing" | "BertProcessing")) => {
+            let token = |key: &str| {
+                let pair = match post.get(key).and_then(Value::as_array).map(Vec::as_slice) {
+                    Some([name, id]) => name.as_str().map(str::to_string).zip(id.as_i64()),
+                    _ => None,
+                };
+                let found = post.get(key).unwrap_or(&Value::Null);
+                pair.with_context(|| format!("{source}: {kind}'s `{key}` is not a [token, id] pair: {found}"))
+            };
+            (token("cls")?, token("sep")?)
+        }
+        other => bail!(
+            "{source}: post_processor {} is not supported (TemplateProcessing, RobertaProcessing or BertProcessing)",
+            other.unwrap_or("without a type")
+        ),
+    };
+    let (start, end) = ends;
+    for (token, id) in [&start, &end] {
+        let vocab_id = token_id(token)
+            .with_context(|| format!("{source}: its post_processor's `{token}` is not in the vocabulary"))?;
+        ensure!(vocab_id == *id, "{source}: its post_processor gives `{token}` the id {id}, the vocabulary {vocab_id}");
+    }
+    Ok((start.1, end.1))
 }
 
 /// A `tokenizers` WordLevel model: each word of the text (see `words`) is one id; a word outside the vocabulary is
@@ -64,14 +127,14 @@ impl WordTokenizer {
         let vocab: HashMap<String, i64> =
             sorted.into_iter().chain(specials).enumerate().map(|(id, t)| (t.to_string(), id as i64)).collect();
         let added = specials.iter().map(|t| (t.to_string(), vocab[*t])).collect();
-        let names = SpecialNames { bos: WORD_BOS.into(), eos: WORD_EOS.into(), unk: WORD_UNK.into(), pad: WORD_PAD.into() };
-        Self::build(vocab, added, true, &names, max_length, "the given word list")
+        let (ends, pad) = ((vocab[WORD_BOS], vocab[WORD_EOS]), vocab[WORD_PAD]);
+        Self::build(vocab, added, true, ends, pad, max_length, "the given word list")
     }
 
-    /// A folder with a WordLevel tokenizer.json, and tokenizer_config.json / special_tokens_map.json for the special
-    /// tokens and `model_max_length` as for CLIP. Supported: what `save` writes (a `Lowercase` normalizer or none,
-    /// the `Whitespace` pre-tokenizer, added tokens matched in the raw text); anything else is an error rather than
-    /// ids that differ from `tokenizers`'.
+    /// A folder with a WordLevel tokenizer.json, read as transformers' PreTrainedTokenizerFast reads it (see
+    /// `from_json`). Supported: a `Lowercase` normalizer or none, the `Whitespace` pre-tokenizer, added tokens matched
+    /// in the raw text, a post-processor with one special token on each side of the text (as `save` writes); anything
+    /// else is an error rather than ids that differ from transformers'.
     pub fn from_folder(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         Self::from_json(dir, &read_json(&path)?, &path.display().to_string())
@@ -103,29 +166,59 @@ impl WordTokenizer {
             );
             added.insert(token.content, token.id);
         }
+        let token_id = |token: &str| added.get(token).or_else(|| vocab.get(token)).copied();
+        let ends = text_ends(json, token_id, source)?;
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.exists() { Some(read_json::<Value>(&config_path)?) } else { None };
-        let names = special_names(dir, config.as_ref())?;
-        Self::build(vocab, added, lowercase, &names, max_length(config.as_ref()), source)
+        let mut specials = declared_specials(dir, config.as_ref())?;
+        // Where the config files name no pad token, transformers takes tokenizer.json's padding's.
+        if let (None, Some(pad)) = (declared(&specials, "pad_token"), json.pointer("/padding/pad_token")) {
+            let content = pad.as_str().with_context(|| format!("{source}: padding's pad_token {pad} is not a string"))?;
+            let origin = format!("{source}: its padding's pad_token");
+            specials.push(Declared { key: "pad_token", content: content.to_string(), origin });
+        }
+        // transformers makes every declared special token an added token, matched whole in the raw text. One the
+        // vocabulary lacks it would add with a new id, which the text encoder has no embedding for.
+        for special in &specials {
+            let id = added.get(&special.content).or_else(|| vocab.get(&special.content)).copied().with_context(|| {
+                format!(
+                    "{} `{}` is not in the vocabulary of {source} (transformers would add it with a new id, which \
+                     the text encoder has no embedding for)",
+                    special.origin, special.content
+                )
+            })?;
+            added.insert(special.content.clone(), id);
+        }
+        let pad = declared(&specials, "pad_token").map(|name| added[name]).with_context(|| {
+            format!(
+                "{source}: no pad token is declared (no pad_token in tokenizer_config.json or special_tokens_map.json, \
+                 no padding in tokenizer.json), and prompts are padded to the text encoder's length; transformers \
+                 refuses to pad such a tokenizer too. Name one, e.g. \"pad_token\": \"[PAD]\" in tokenizer_config.json"
+            )
+        })?;
+        // Without a config's model_max_length transformers leaves the length unset (Stable Diffusion pipelines then
+        // fail); the length the file itself truncates or pads to is the one it was made for.
+        let file_length = json.pointer("/truncation/max_length").or_else(|| json.pointer("/padding/strategy/Fixed"));
+        let max_length = model_max_length(config.as_ref())
+            .or_else(|| file_length.and_then(Value::as_u64).map(|n| n as usize))
+            .unwrap_or(DEFAULT_MAX_LENGTH);
+        Self::build(vocab, added, lowercase, ends, pad, max_length, source)
     }
 
     fn build(
         vocab: HashMap<String, i64>,
         added: HashMap<String, i64>,
         lowercase: bool,
-        names: &SpecialNames,
+        (bos, eos): (i64, i64),
+        pad: i64,
         max_length: usize,
         source: &str,
     ) -> Result<Self> {
         ensure!(max_length >= 2, "{source}: model_max_length {max_length} leaves no room for the start and end tokens");
-        let id = |name: &str| {
-            let id = added.get(name).or_else(|| vocab.get(name)).copied();
-            id.with_context(|| format!("{source}: special token `{name}` is not in the vocabulary"))
-        };
         Ok(Self {
-            bos: id(&names.bos)?,
-            eos: id(&names.eos)?,
-            pad: id(&names.pad)?,
+            bos,
+            eos,
+            pad,
             added_split: alternation(added.keys().map(String::as_str)),
             vocab,
             added,
@@ -135,7 +228,7 @@ impl WordTokenizer {
         })
     }
 
-    /// `<|startoftext|>`, the words' ids (truncated so the end token fits), `<|endoftext|>`, then padding: always
+    /// The start token, the words' ids (truncated so the end token fits), the end token, then padding: always
     /// `max_length()` ids. A word outside the vocabulary is an error that lists the vocabulary.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let mut ids = vec![self.bos];
