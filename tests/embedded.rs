@@ -72,7 +72,11 @@ fn the_main_command_runs_without_a_model_argument() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
-    assert!(run["model"]["source"].as_str().unwrap().ends_with("models/embedded"));
+    // The binary's own copy of models/embedded, unpacked into the cache: the same weights.
+    assert!(run["model"]["source"].as_str().unwrap().contains("embedded-model-"), "{}", run["model"]["source"]);
+    let shipped: Vec<String> = run["model"]["weight_files"].as_array().unwrap().iter().map(|f| f["sha256"].as_str().unwrap().to_string()).collect();
+    let unet = dma::pipelines::stable_diffusion::sha256_file(&embedded_dir().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    assert!(shipped.contains(&unet), "the run used the repository's embedded UNet");
     let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
     assert_eq!(run["sampling"]["guidance"], defaults.guidance, "the embedded model's own defaults apply");
     assert_eq!(run["sampling"]["use_clipped_model_output"], true);

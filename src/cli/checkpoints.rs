@@ -29,11 +29,8 @@ pub struct RunCheckpoints<'a> {
 
 impl<'a> RunCheckpoints<'a> {
     /// Checkpoints of a `dma <command>` run with arguments `args`, which resolved to `settings`, into `out`'s
-    /// staging folder; listens for Ctrl-C from now on.
+    /// staging folder.
     pub fn new(out: &'a mut OutDir, command: &'static str, args: &impl Serialize, settings: &Value) -> Self {
-        interrupt::listen();
-        let resume = format!("continue with `dma {command} --resume {}`", out.target().display());
-        interrupt::running(out.staging().to_path_buf(), out.staging().join(RUN_RECORD), resume);
         let record = json!({ "command": command, "args": args, "settings": settings, "argv": std::env::args().collect::<Vec<_>>() });
         let recorded = out.staging().join(RUN_RECORD).is_file();
         Self { out, command, record, recorded }

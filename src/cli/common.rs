@@ -95,13 +95,15 @@ pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
 /// The run's output folder: `out`, or out/<command>-<label>-<unix time> (with -2, -3, ... when that is taken) when
 /// none is given; `force` replaces a result there.
 pub fn out_dir(out: Option<&Path>, command: &str, label: &str, force: bool) -> Result<OutDir> {
-    match out {
+    let out = match out {
         Some(path) => OutDir::create(path, force, command),
         None => {
             let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             OutDir::create_unique(&PathBuf::from("out").join(format!("{command}-{}-{stamp}", slug(label, 40))))
         }
-    }
+    }?;
+    super::interrupt::running(&out, command);
+    Ok(out)
 }
 
 /// A file-system name for `text`: lower-case letters and digits, other runs of characters as one `-`, at most

@@ -3,6 +3,8 @@
 //! with a short grace before SIGKILL), stops at once: checkpoints are written atomically, so the last one is intact
 //! whatever the moment, and the process leaves with `_exit`, which runs no destructor while libtorch may still be
 //! computing on another thread (a plain `exit` there crashed: "Invalid (backend, op) pair", or a segfault).
+use dma::output::checkpoint::RUN_RECORD;
+use dma::output::OutDir;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,10 +52,12 @@ pub fn listen() {
     });
 }
 
-/// From now on a hard stop speaks of the run writing into its staging folder `staging` (removed if the stop
-/// comes before the first checkpoint, `record`); `resume` says how to continue it.
-pub fn running(staging: PathBuf, record: PathBuf, resume: String) {
-    *RUN.lock().unwrap_or_else(|e| e.into_inner()) = Some(Run { folder: staging, record, resume, staging: true });
+/// From now on a hard stop speaks of the `dma <command>` run writing into `out`: its staging folder is kept when it
+/// holds the run's record (`output::checkpoint::RUN_RECORD`), and removed when the stop comes before that.
+pub fn running(out: &OutDir, command: &str) {
+    let resume = format!("continue with `dma {command} --resume {}`", out.target().display());
+    let run = Run { folder: out.staging().to_path_buf(), record: out.staging().join(RUN_RECORD), resume, staging: true };
+    *RUN.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
 }
 
 /// From now on a hard stop speaks of a training run checkpointing into `folder` (its record `record`).

@@ -41,6 +41,8 @@ pub fn main() -> anyhow::Result<()> {
     // The matches are kept beside the parsed arguments: `--resume` asks which flags were given.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
+    interrupt::listen();
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
     match cli.command {
         Command::Average(args) => average::average(args, &sub("average")),

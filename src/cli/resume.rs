@@ -68,6 +68,7 @@ pub fn arguments<A: Resumable>(command: &str, given: A, matches: &ArgMatches) ->
 /// A stopped `dma <command>` run taken up again: its folder, its record, and the arguments it was started with.
 fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
     let out = OutDir::resume(dir)?;
+    super::interrupt::running(&out, command);
     let record: Value = read_json(&out.staging().join(RUN_RECORD))?;
     if record["command"] != command {
         bail!("--resume {}: the run there is a `dma {}`, not a `dma {command}`", dir.display(), record["command"].as_str().unwrap_or("?"));

@@ -194,7 +194,6 @@ fn training_loop(
     let mut log = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(steps as u64, quiet);
     bar.set_position(trainer.step() as u64);
-    interrupt::listen();
     let record = state.join(dma::checkpoint_files::RECORD);
     interrupt::training(state.to_path_buf(), record, "run the same command again to continue".into());
     while trainer.step() < steps {
