@@ -57,6 +57,14 @@ fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
 /// Reads every tensor of a safetensors file onto the CPU, keeping its stored dtype.
 /// A truncated or corrupt file is an error naming the file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    // A folder cannot be read, and a FIFO or a device would block or never end: only a plain file is opened.
+    let metadata = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if metadata.is_dir() {
+        bail!("{} is a folder, not a safetensors file", path.display());
+    }
+    if !metadata.is_file() {
+        bail!("{} is not a plain file (a pipe or a device?); expected a safetensors file", path.display());
+    }
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the map is read-only and dropped before this function returns; tensors are copied out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;

@@ -1,5 +1,5 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
-use super::common::{out_dir, progress_bar, ModelArgs};
+use super::common::{check_prompt, out_dir, progress_bar, ModelArgs};
 use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
 use super::resume::{arguments, resumed_or_new, Resumable};
@@ -234,6 +234,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
         adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
     }
+    check_prompt(&model, common.prompt()?, None)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
     let checkpoints = RunCheckpoints::new(&mut out, "average", &args, &resolved);
@@ -267,6 +268,7 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let (mut out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
+    check_prompt(&model, common.prompt()?, None)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
     let checkpoints = RunCheckpoints::new(&mut out, "sample", &args, &resolved);

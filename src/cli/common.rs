@@ -25,12 +25,20 @@ pub struct ModelArgs {
     /// built-in SD 1.5 / SD 2.1 ones (e.g. SD 2.1-base, which predicts epsilon, or an inpainting model).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The flag that named the model, for messages: `--model`, or `--models` where several are compared.
+    #[arg(skip = "--model")]
+    #[serde(skip, default = "model_flag")]
+    pub flag: &'static str,
+}
+
+fn model_flag() -> &'static str {
+    "--model"
 }
 
 impl ModelArgs {
     pub fn source(&self) -> Result<ModelSource> {
         match &self.model {
-            Some(spec) => ModelSource::resolve(spec),
+            Some(spec) => ModelSource::resolve(spec).context(self.flag),
             None => Ok(ModelSource::Folder(embedded_model_dir()?)),
         }
     }
@@ -77,6 +85,24 @@ pub fn parse_device(name: &str) -> Result<Device> {
         }
     }
     Ok(device)
+}
+
+/// Checks `prompt` against `model`'s tokenizer before any long work: a word it does not know is an error (naming
+/// `model_name` when several models are in play), and what a user would not expect is said: an empty prompt (the
+/// unconditional branch), and a prompt longer than the text encoder reads (the rest is dropped, as diffusers does).
+pub fn check_prompt(model: &StableDiffusion, prompt: &str, model_name: Option<&Path>) -> Result<()> {
+    let named = || match model_name {
+        Some(path) => format!("--prompt {prompt:?} with the model {}", path.display()),
+        None => format!("--prompt {prompt:?}"),
+    };
+    model.tokenizer.encode(prompt).with_context(named)?;
+    if prompt.trim().is_empty() {
+        eprintln!("warning: {}: an empty prompt is the unconditional branch; its average is of whatever the model draws", named());
+    }
+    if let Some((length, room)) = model.tokenizer.truncation(prompt)? {
+        eprintln!("warning: {} is {length} tokens long; the text encoder reads only the first {room} (the rest is dropped, as in diffusers)", named());
+    }
+    Ok(())
 }
 
 /// A progress bar with ETA on stderr, or nothing when quiet.

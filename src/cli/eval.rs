@@ -2,7 +2,7 @@
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
 use super::checkpoints::RunCheckpoints;
-use super::common::{check_clip, clip_dir, out_dir, progress_bar, slug, ModelArgs};
+use super::common::{check_clip, check_prompt, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text, write_samples};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
@@ -323,7 +323,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     check_fits(&model, &settings, &args.model.device)?;
     let (judge, clip) = Judge::load(args.common.clip.as_deref(), &model)?;
     for prompt in &prompts {
-        model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?}"))?;
+        check_prompt(&model, prompt, None)?;
     }
     let mut checkpoints = RunCheckpoints::new(&mut out, "eval", &args, &resolved);
     let mut subjects = Vec::new();
@@ -346,7 +346,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
-        .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None })
+        .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, flag: "--models" })
         .collect();
     let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;
     // Each model's own defaults; the flags given apply to all of them.
@@ -364,7 +364,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
     for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
         let model = model_args.load(source)?;
         check_fits(&model, settings, &model_args.device)?;
-        model.tokenizer.encode(prompt).with_context(|| format!("--prompt {prompt:?} with the model {}", source.path().display()))?;
+        check_prompt(&model, prompt, Some(source.path()))?;
         let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
         let title = format!("{}: {prompt}", source.path().display());
         subjects.push(evaluate((&model, source), &judge, title, prompt, settings, args.common.quiet, &format!("subject-{i}"), &mut checkpoints)?);

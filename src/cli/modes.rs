@@ -2,7 +2,7 @@
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
 use super::average::{AlignArgs, SamplingArgs};
 use super::checkpoints::RunCheckpoints;
-use super::common::{load_clip, progress_bar};
+use super::common::{check_prompt, load_clip, progress_bar};
 use super::report::{model_record, png_text, write_samples};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
@@ -125,6 +125,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
 
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
+    check_prompt(&model, common.prompt()?, None)?;
     let (embedder, clip_dir) = load_clip(args.clip.as_deref(), &model)?;
     // The values' texts must be words the CLIP's tokenizer knows: checked now, not after sampling.
     if let Some(g) = &discovery.grounding {

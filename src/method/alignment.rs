@@ -34,6 +34,9 @@ impl AlignSettings {
         if self.align_steps > steps {
             bail!("--align-steps {} is more than --steps {steps}", self.align_steps);
         }
+        if self.align_steps > 0 && self.iters == 0 {
+            bail!("--iters 0 aligns nothing; give --iters 1 or more (plain samples come from `dma sample`)");
+        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", self.lr);
         }

@@ -188,6 +188,9 @@ impl OutDir {
     pub fn resume(target: &Path) -> Result<Self> {
         let staging = staging_of(target)?;
         if !staging.join(RUN_RECORD).is_file() {
+            if let Ok(Contents::DmaResult { command }) = contents(target) {
+                bail!("--resume {}: the `dma {command}` run there has finished; its result is in {0}", target.display());
+            }
             bail!("--resume {}: no unfinished run there (no checkpoint in {})", target.display(), staging.display());
         }
         let lock = lock(&staging)?.with_context(|| format!("--resume {}: another dma process is still running it", target.display()))?;

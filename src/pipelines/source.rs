@@ -24,12 +24,12 @@ impl ModelSource {
             if path.extension().is_some_and(|e| e == "safetensors") {
                 return Ok(Self::SingleFile(path.to_path_buf()));
             }
-            bail!("--model {spec}: a single-file checkpoint must be a .safetensors file (.ckpt pickles are not loaded)");
+            bail!("{spec}: a single-file checkpoint must be a .safetensors file (.ckpt pickles are not loaded)");
         }
         if looks_like_repo_id(spec) {
             return hf_cache_snapshot(spec).map(Self::Folder);
         }
-        bail!("--model {spec}: no such file or folder")
+        bail!("{spec}: no such file or folder")
     }
 
     /// The path a run records as the model's identity.
@@ -72,10 +72,10 @@ fn hf_cache_snapshot(repo_id: &str) -> Result<PathBuf> {
     }
     let refs_main = repo.join("refs").join("main");
     let revision = std::fs::read_to_string(&refs_main)
-        .with_context(|| format!("--model {repo_id}: cannot read {}", refs_main.display()))?;
+        .with_context(|| format!("{repo_id}: cannot read {}", refs_main.display()))?;
     let snapshot = repo.join("snapshots").join(revision.trim());
     if !snapshot.is_dir() {
-        bail!("--model {repo_id}: the cache names revision {} but {} is missing", revision.trim(), snapshot.display());
+        bail!("{repo_id}: the cache names revision {} but {} is missing", revision.trim(), snapshot.display());
     }
     Ok(snapshot)
 }

@@ -302,6 +302,15 @@ impl ClipTokenizer {
     /// `<|startoftext|>`, the text's tokens (truncated so the end token fits), `<|endoftext|>`, then padding:
     /// always `max_length()` ids, as `tokenizer(text, padding="max_length", truncation=True)`.
     pub fn encode(&self, text: &str) -> Vec<i64> {
+        let mut ids = self.untruncated(text);
+        ids.truncate(self.max_length - 1);
+        ids.push(self.eos);
+        ids.resize(self.max_length, self.pad);
+        ids
+    }
+
+    /// The start token and all of the text's tokens, however many.
+    pub fn untruncated(&self, text: &str) -> Vec<i64> {
         let added_id = |matched: &str, normalized: bool| {
             let token = self.added.iter().find(|t| t.normalized == normalized && t.matched == matched);
             token.expect("split patterns are built from the added tokens").id
@@ -325,9 +334,6 @@ impl ClipTokenizer {
                 }
             }
         }
-        ids.truncate(self.max_length - 1);
-        ids.push(self.eos);
-        ids.resize(self.max_length, self.pad);
         ids
     }
 

@@ -199,6 +199,17 @@ impl Tokenizer {
         }
     }
 
+    /// The tokens of `text` that `encode` drops for want of room (as transformers truncates), if any: (the text's
+    /// length in tokens, the room there is).
+    pub fn truncation(&self, text: &str) -> Result<Option<(usize, usize)>> {
+        let with_start = match self {
+            Self::Clip(t) => t.untruncated(text),
+            Self::Word(t) => t.untruncated(text)?,
+        };
+        let (length, room) = (with_start.len() - 1, self.max_length() - 2);
+        Ok((length > room).then_some((length, room)))
+    }
+
     /// `max_length` ids for `text`; an error only for a word a word-level vocabulary lacks.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         match self {

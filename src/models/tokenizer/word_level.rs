@@ -231,6 +231,15 @@ impl WordTokenizer {
     /// The start token, the words' ids (truncated so the end token fits), the end token, then padding: always
     /// `max_length()` ids. A word outside the vocabulary is an error that lists the vocabulary.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let mut ids = self.untruncated(text)?;
+        ids.truncate(self.max_length - 1);
+        ids.push(self.eos);
+        ids.resize(self.max_length, self.pad);
+        Ok(ids)
+    }
+
+    /// The start token and all of the text's tokens, however many.
+    pub fn untruncated(&self, text: &str) -> Result<Vec<i64>> {
         let mut ids = vec![self.bos];
         for (part, is_added) in split_on(text, self.added_split.as_ref()) {
             if is_added {
@@ -251,9 +260,6 @@ impl WordTokenizer {
                 ids.push(*id);
             }
         }
-        ids.truncate(self.max_length - 1);
-        ids.push(self.eos);
-        ids.resize(self.max_length, self.pad);
         Ok(ids)
     }
 
