@@ -127,7 +127,8 @@ pub fn write_outputs(o: RunOutputs) -> Result<()> {
         "device": o.model_args.device,
         "dtype": o.model_args.dtype,
         "latents": o.result.latents.size()[0],
-        "init_latents": o.init_latents.map(|p| p.display().to_string()),
+        // With its hash: the file may change or go after the run (a resumed run did not read it again).
+        "init_latents": o.init_latents.map(|p| input_record(p).unwrap_or_else(|_| json!({ "path": p.display().to_string(), "sha256": null }))),
         "sampling": o.settings,
         "alignment": o.align,
         "prototype_index": o.prototype,
