@@ -1,7 +1,7 @@
 //! Single-file (LDM layout) checkpoints: the committed fixtures' ldm.safetensors hold the same weights as their
 //! diffusers folders (written by scripts/make_fixtures.py and checked there with diffusers' own single-file loader).
 mod common;
-use common::{fixture, max_abs_diff, reference_json, references};
+use common::{assert_caught, closeness, fixture, fixture_with_edited_tensor, max_abs_diff, reference_json, references, Closeness};
 use dma::pipelines::single_file::{self, convert, detect_family, read_checkpoint, Configs, Family};
 use dma::models::tokenizer::Tokenizer;
 use dma::pipelines::StableDiffusion;
@@ -59,22 +59,33 @@ fn sd2_open_clip_ldm_converts_to_the_folder_weights() {
     check_conversion("tiny-sd2");
 }
 
+/// The UNet and text encoder built from the single file of the fixture folder `dir` (configs from the folder)
+/// against diffusers' reference outputs, with the tolerances of tests/unet_parity.rs (3e-5 of the largest magnitude)
+/// and tests/clip_parity.rs (1e-5): the same weights through the same model code, so the same rounding.
+fn single_file_parity(dir: &Path) -> (StableDiffusion, Vec<Closeness>) {
+    let ldm_file = dir.join("ldm.safetensors");
+    let sd = single_file::load_with_configs(&ldm_file, dir, Device::Cpu, Kind::Float).unwrap();
+    let refs = references(dir);
+    let t = Tensor::from(reference_json(dir)["unet_timestep"].as_i64().unwrap());
+    let out = tch::no_grad(|| sd.unet.forward(&refs["unet_sample"], &t, &refs["unet_encoder_hidden_states"]));
+    let ids = Tensor::from_slice(&sd.tokenizer.encode(reference_json(dir)["prompt"].as_str().unwrap()).unwrap()).unsqueeze(0);
+    let hidden = tch::no_grad(|| sd.text_encoder.forward(&ids));
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let checks = vec![
+        closeness(&format!("{name} single-file UNet output"), &out.sample, &refs["unet_out"], 3e-5, 0.0),
+        closeness(&format!("{name} single-file text encoder"), &hidden, &refs["cond_embeddings"], 1e-5, 0.0),
+    ];
+    assert_eq!(sd.info.weight_files, vec![ldm_file]);
+    (sd, checks)
+}
+
 /// The whole loader, end to end: the UNet and text encoder built from the single file give diffusers' reference
 /// outputs, and the pipeline records the file.
 fn check_loaded(name: &str) -> StableDiffusion {
-    let dir = fixture(name);
-    let ldm_file = dir.join("ldm.safetensors");
-    let sd = single_file::load_with_configs(&ldm_file, &dir, Device::Cpu, Kind::Float).unwrap();
-    let refs = references(name);
-    let t = Tensor::from(reference_json(name)["unet_timestep"].as_i64().unwrap());
-    let out = tch::no_grad(|| sd.unet.forward(&refs["unet_sample"], &t, &refs["unet_encoder_hidden_states"]));
-    let diff = max_abs_diff(&out.sample, &refs["unet_out"]);
-    println!("{name}: single-file UNet max |out - ref| {diff:.2e}");
-    assert!(diff < 1e-4, "{name}: the single-file UNet's output differs from diffusers' by {diff}");
-    let ids = Tensor::from_slice(&sd.tokenizer.encode(reference_json(name)["prompt"].as_str().unwrap()).unwrap()).unsqueeze(0);
-    let text_diff = max_abs_diff(&tch::no_grad(|| sd.text_encoder.forward(&ids)), &refs["cond_embeddings"]);
-    assert!(text_diff < 1e-4, "{name}: the single-file text encoder differs from diffusers' by {text_diff}");
-    assert_eq!(sd.info.weight_files, vec![ldm_file]);
+    let (sd, checks) = single_file_parity(&fixture(name));
+    for c in checks {
+        c.check();
+    }
     sd
 }
 
@@ -89,6 +100,24 @@ fn sd2_single_file_matches_diffusers() {
     // The scheduler comes from the configs folder: this is how a v-prediction override reaches the model.
     let sd = check_loaded("tiny-sd2");
     assert_eq!(sd.scheduler.prediction_type, PredictionType::VPrediction);
+}
+
+/// The tolerances still catch what a converter gets wrong: the UNet's input convolution 1% too large in the file,
+/// or OpenCLIP's fused attention projection split with the query and key swapped, fail the UNet or the text
+/// encoder by orders of magnitude (BENCHMARKS.md, "Parity tests: tolerances and margins").
+#[test]
+fn a_wrong_weight_in_the_single_file_fails_its_parity_by_orders_of_magnitude() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conv_in = "model.diffusion_model.input_blocks.0.0.weight";
+    let dir = fixture_with_edited_tensor(&tmp.path().join("unet"), "tiny-sd2", "ldm.safetensors", conv_in, |w| w * 1.01);
+    assert_caught(&format!("{conv_in} x 1.01"), &single_file_parity(&dir).1[0], 100.0);
+    let in_proj = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight";
+    let swap_query_and_key = |w: &Tensor| {
+        let [q, k, v] = <[Tensor; 3]>::try_from(w.chunk(3, 0)).unwrap();
+        Tensor::cat(&[k, q, v], 0)
+    };
+    let dir = fixture_with_edited_tensor(&tmp.path().join("text"), "tiny-sd2", "ldm.safetensors", in_proj, swap_query_and_key);
+    assert_caught(&format!("{in_proj} with query and key swapped"), &single_file_parity(&dir).1[1], 100.0);
 }
 
 /// Spot checks of SD 1.5's real numbering (12 input and output blocks, upsamplers at output_blocks.2.1, 5.2 and 8.2,

@@ -78,6 +78,8 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
     };
     let (a, b) = (exported(&straight), exported(&second));
     assert_eq!(a.len(), b.len());
+    // Exact: the resumed steps run the same ops in the same order on the same machine, from a checkpoint that
+    // restores the whole training state bit for bit.
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
         assert!(ta.equal(tb), "{ka} differs after resuming");

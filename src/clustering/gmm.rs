@@ -167,6 +167,7 @@ mod tests {
         let parameters = 2.0; // a mean and a variance; one weight is fixed at 1
         let expected = -2.0 * ll + parameters * 3f64.ln();
         let bic = mixture.bic(&points).unwrap();
+        // float64 on three points: rounding about 1e-15 of the BIC's magnitude (about 10).
         assert!((bic - expected).abs() < 1e-9, "bic {bic}, expected {expected}");
         assert_eq!(free_parameters(3, 2), 17);
     }

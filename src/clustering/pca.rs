@@ -79,6 +79,7 @@ mod tests {
         assert_eq!(pca.explained_variance.len(), 4);
         // Four directions hold all the variance of five points.
         let total: f64 = pca.explained_variance.iter().sum();
+        // A float64 SVD (LAPACK, whose blocking differs between CPUs): rounding near 1e-15 of these O(1) values.
         assert!((total - 1.0).abs() < 1e-9, "total {total}");
     }
 
@@ -86,6 +87,7 @@ mod tests {
     fn component_signs_do_not_depend_on_the_data_sign() {
         let (points, _) = points_on_a_line(50, 6, 3);
         let (a, b) = (fit(&points, 3).unwrap(), fit(&-&points, 3).unwrap());
+        // Two float64 SVDs of X and -X: equal to their rounding, near 1e-15 of these O(1) values.
         assert!(a.components.allclose(&b.components, 1e-9, 1e-9, false));
         assert!(a.projection.allclose(&-b.projection, 1e-9, 1e-9, false));
     }

@@ -25,6 +25,7 @@ mod tests {
         let rows = Tensor::arange(16, (Kind::Float, Device::Cpu)).view([16, 1]);
         let board = ((&rows + rows.view([1, 16])).remainder(2.0)).view([1, 1, 16, 16]);
         let sharp = laplacian_variance(&board)[0];
+        // Small integers throughout (0/1 pixels, a -4/1 kernel, 98 values of +4 and 98 of -4): exact in float32.
         assert!((sharp - 16.0).abs() < 1e-9, "{sharp}");
         let blurred = board.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None::<i64>);
         let soft = laplacian_variance(&blurred)[0];
@@ -37,7 +38,11 @@ mod tests {
         let flat = Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu));
         let both = laplacian_variance(&Tensor::cat(&[&noise, &flat], 0));
         assert_eq!(both.len(), 2);
+        // A flat image's Laplacian is 0 - 0 exactly.
         assert!(both[0] > 0.0 && both[1] == 0.0, "{both:?}");
-        assert_eq!(both[0], laplacian_variance(&noise)[0]);
+        // Alone or in a batch of two: a convolution may pick another kernel for another batch size, which sums the
+        // 9 taps in another order; a few float32 ulps of the variance.
+        let alone = laplacian_variance(&noise)[0];
+        assert!((both[0] - alone).abs() <= 8.0 * f32::EPSILON as f64 * alone, "{} alone, {} in a batch", alone, both[0]);
     }
 }

@@ -172,6 +172,7 @@ mod tests {
     #[test]
     fn activations_scale_with_width_and_area() {
         let sd15 = [320, 640, 1280, 1280];
+        // Ratios of integer counts in float64: exact to about 1e-16.
         // Half the side (SD 1.5 at 256 px), a quarter of the activations; twice the layers, 3/2 of them.
         assert!((activation_volume(&sd15, 2, [32, 32]) / sd15_volume() - 0.25).abs() < 1e-12);
         assert!((activation_volume(&sd15, 5, [64, 64]) / sd15_volume() - 2.0).abs() < 1e-12);

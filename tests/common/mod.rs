@@ -30,6 +30,129 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
 }
 
+/// float32's machine epsilon, 2^-23: the spacing of floats just above 1, so a rounding moves a value x by at most
+/// `EPS_F32 / 2 * |x|`. Tolerances below are written as multiples of it.
+pub const EPS_F32: f64 = f32::EPSILON as f64;
+
+/// How far a result is from its reference: the largest elementwise difference, against
+/// `tolerance = rtol * max |want| + atol`.
+///
+/// The bound is scaled to the reference's largest magnitude rather than to each element: the rounding of a sum,
+/// a matmul or a convolution (which another CPU, BLAS or oneDNN build does in another order, with or without FMA)
+/// is relative to the terms it adds, so an element that cancels to near zero still carries the error of its large
+/// terms, and a per-element relative bound would fail on it.
+#[derive(Debug)]
+pub struct Closeness {
+    pub what: String,
+    /// max |got - want|; NaN when either holds a NaN.
+    pub diff: f64,
+    /// max |want|.
+    pub scale: f64,
+    pub tolerance: f64,
+}
+
+impl Closeness {
+    /// The difference in units of the tolerance: below 1 passes; a bug's ratio is the margin by which it fails.
+    pub fn ratio(&self) -> f64 {
+        self.diff / self.tolerance
+    }
+
+    pub fn passes(&self) -> bool {
+        // Written so that a NaN difference fails.
+        self.diff <= self.tolerance
+    }
+}
+
+/// Measures `got` against `want` (same shape) with the tolerance `rtol * max |want| + atol`; asserts nothing.
+pub fn closeness(what: &str, got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Closeness {
+    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
+    let (got, want) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+    let diff = (&got - &want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    Closeness { what: what.to_string(), diff, scale, tolerance: rtol * scale + atol }
+}
+
+/// Asserts that `got` is within `rtol * max |want| + atol` of `want` everywhere, printing the measured difference,
+/// the reference's scale and the share of the tolerance used.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Closeness {
+    closeness(what, got, want, rtol, atol).check()
+}
+
+impl Closeness {
+    /// Prints the measurement and asserts that it is within the tolerance.
+    pub fn check(self) -> Self {
+        println!(
+            "{}: max |got - want| {:.2e}, max |want| {:.3e}, tolerance {:.2e}: {:.1}% used",
+            self.what,
+            self.diff,
+            self.scale,
+            self.tolerance,
+            100.0 * self.ratio()
+        );
+        assert!(
+            self.passes(),
+            "{}: differs from the reference by {:e}, above the tolerance {:e} (max |want| {:e})",
+            self.what,
+            self.diff,
+            self.tolerance,
+            self.scale
+        );
+        self
+    }
+}
+
+/// The other half of a parity test: with a deliberate bug (`bug` says which), the comparison must fail by at least
+/// `min_ratio` times its tolerance, so a real mistake cannot hide inside it. Prints the margin (BENCHMARKS.md,
+/// "Parity tests: tolerances and margins").
+pub fn assert_caught(bug: &str, c: &Closeness, min_ratio: f64) {
+    println!(
+        "margin: {bug}: {} differs by {:.2e} against a tolerance of {:.2e}: {:.0}x the tolerance",
+        c.what,
+        c.diff,
+        c.tolerance,
+        c.ratio()
+    );
+    assert!(
+        c.ratio() >= min_ratio,
+        "{bug}: {} moved only {:.1}x its tolerance ({:e} against {:e}); a bug must fail by at least {min_ratio}x",
+        c.what,
+        c.ratio(),
+        c.diff,
+        c.tolerance
+    );
+}
+
+/// A copy of the fixture folder `name` in `dir` with the tensor `key` of `file` (relative to the folder) replaced
+/// by `edit` of it (kept in the file's dtype): the same model with one weight wrong, for the parity tests' margins.
+pub fn fixture_with_edited_tensor(dir: &Path, name: &str, file: &str, key: &str, edit: impl Fn(&Tensor) -> Tensor) -> PathBuf {
+    let source = fixture(name);
+    let target = dir.join(name.replace('/', "_"));
+    copy_dir(&source, &target);
+    let path = target.join(file);
+    let mut tensors = read_safetensors(&path).unwrap();
+    let entry = tensors.iter_mut().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{file} has no `{key}`"));
+    let edited = edit(&entry.1).to_kind(entry.1.kind()).contiguous();
+    assert!(!edited.equal(&entry.1), "the edit of `{key}` changes nothing");
+    entry.1 = edited;
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    dma::weights::write_safetensors(&path, &named).unwrap();
+    target
+}
+
+/// Copies the folder `from` (recursively) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
 /// Seeded noise and training draw from libtorch's one global generator, so tests that need reproducible random
 /// numbers hold this lock: the test harness runs a file's tests on parallel threads.
 pub fn global_rng() -> std::sync::MutexGuard<'static, ()> {
