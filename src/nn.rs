@@ -1,4 +1,7 @@
 //! The few layers every model here is built from, loaded by checkpoint path like torch.nn modules.
+//!
+//! A layer computes in its input's dtype, converting its weights when theirs differs (a no-op when it does not):
+//! alignment evaluates h of a half-precision UNet in f32 (see `method::hspace`).
 use crate::weights::WeightPath;
 use anyhow::Result;
 use tch::Tensor;
@@ -26,7 +29,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = x.linear(&self.weight.to_kind(x.kind()), self.bias.as_ref().map(|b| b.to_kind(x.kind())).as_ref());
         match &self.lora {
             Some(lora) => y + lora.forward(x),
             None => y,
@@ -68,7 +71,8 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride; 2], [self.padding; 2], [1, 1], 1)
+        let bias = self.bias.as_ref().map(|b| b.to_kind(x.kind()));
+        x.conv2d(&self.weight.to_kind(x.kind()), bias.as_ref(), [self.stride; 2], [self.padding; 2], [1, 1], 1)
     }
 }
 
@@ -89,7 +93,7 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.group_norm(self.groups, Some(&self.weight.to_kind(x.kind())), Some(&self.bias.to_kind(x.kind())), self.eps, true)
     }
 }
 
@@ -106,6 +110,6 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = self.weight.size()[0];
-        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm([dim], Some(&self.weight.to_kind(x.kind())), Some(&self.bias.to_kind(x.kind())), self.eps, true)
     }
 }

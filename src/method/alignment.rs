@@ -66,6 +66,37 @@ pub struct StepLog {
     pub seconds: f64,
 }
 
+/// Each latent's alignment loss (`distance_to`: mean square over h's elements) and the gradient of their sum with
+/// respect to `x` [n,C,H,W], in `x`'s dtype. `target` is one h for all latents or one per latent.
+///
+/// In f32 and f64, autograd's gradient of the loss. In half precision, the gradient reaching h, 2 (h - target) /
+/// numel(h) per element (RMS 1.1e-5 on SD 1.5's 81,920 elements at the start of a step, less as the loss falls),
+/// would enter the f16 backward among f16's subnormals (below 6.1e-5: bits lost) or as zero. The backward is
+/// linear in it, so it gets the residual h - target scaled to unit RMS instead, and its result is multiplied by
+/// the true size, 2 sqrt(loss) / numel(h), in `x`'s dtype. For bf16 the residual's h is computed in f32
+/// (`HSpace::values_in_latent_dtype`). BENCHMARKS.md "Half-precision alignment gradients" has the figures.
+pub fn loss_and_gradient(hspace: &HSpace, x: &Tensor, target: &Tensor, timestep: i64) -> (Vec<f64>, Tensor) {
+    let to_vec = |losses: &Tensor| Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double)).unwrap();
+    let leaf = x.detach().set_requires_grad(true);
+    if !hspace.half_precision() {
+        let losses = distance_to(&hspace.h(&leaf, timestep), target);
+        let grad = Tensor::run_backward(&[losses.sum(losses.kind())], &[&leaf], false, false).pop().unwrap();
+        return (to_vec(&losses), grad);
+    }
+    // Before the differentiable forward, so its activations are not held beside the graph's.
+    let exact = hspace.values_in_latent_dtype().then(|| hspace.h_all(x, timestep));
+    let h = hspace.h(&leaf, timestep);
+    let values = exact.unwrap_or_else(|| h.detach());
+    let losses = distance_to(&values, target);
+    let per_latent: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat(1).take(x.dim() - 1)).collect();
+    let rms = losses.sqrt().reshape(&per_latent);
+    // A latent already on its target (residual 0) gets a zero direction, not 0/0.
+    let direction = (&values - target) / rms.clamp_min(f64::from(f32::MIN_POSITIVE));
+    let grad = Tensor::run_backward(&[(h * direction).sum(x.kind())], &[&leaf], false, false).pop().unwrap();
+    let elements = values.numel() as f64 / x.size()[0] as f64;
+    (to_vec(&losses), grad * (rms * (2.0 / elements)))
+}
+
 pub struct Alignment<'a> {
     pub hspace: HSpace<'a>,
     pub settings: AlignSettings,
@@ -92,11 +123,8 @@ impl<'a> Alignment<'a> {
         let mut adam = Adam::new(&work, s.lr);
         let mut history: Vec<Vec<f64>> = vec![Vec::new(); n];
         for iter in 0..s.iters {
-            let leaf = work.detach().set_requires_grad(true);
-            let losses = distance_to(&self.hspace.h(&leaf, timestep), target);
-            let grad = Tensor::run_backward(&[losses.sum(losses.kind())], &[&leaf], false, false).pop().unwrap();
-            work = tch::no_grad(|| adam.update(&leaf.detach(), &grad));
-            let losses = Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double)).unwrap();
+            let (losses, grad) = loss_and_gradient(&self.hspace, &work, target, timestep);
+            work = tch::no_grad(|| adam.update(&work, &grad));
             let mut keep = Vec::with_capacity(rows.len());
             for (j, (&row, loss)) in rows.iter().zip(losses).enumerate() {
                 if !loss.is_finite() {

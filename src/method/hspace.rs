@@ -1,7 +1,7 @@
 //! Reading h (the UNet mid-block output) for many latents at one timestep.
 use crate::models::unet::UNet2DConditionModel;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Which classifier-free-guidance branch h is read from (the paper does not say; Haas et al. used uncond).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -20,18 +20,41 @@ pub struct HSpace<'a> {
 }
 
 impl HSpace<'_> {
-    /// h for latents `x` [n,C,H,W] at `timestep`, in the latents' dtype (f32, or f64 for checks);
-    /// differentiable with respect to `x`.
-    pub fn h(&self, x: &Tensor, timestep: i64) -> Tensor {
-        let n = x.size()[0];
-        let input = x.to_device(self.context.device()).to_kind(self.context.kind());
-        let t = Tensor::from(timestep).to_device(self.context.device());
-        self.unet.encode_h(&input, &t, &self.context.expand([n, -1, -1], false)).to_kind(x.kind())
+    /// Whether the UNet runs in half precision (f16 or bf16).
+    pub fn half_precision(&self) -> bool {
+        matches!(self.context.kind(), Kind::Half | Kind::BFloat16)
     }
 
-    /// h for any number of latents, in batches, without autograd.
+    /// Whether h's values (the step's target, the logged losses, the residual the gradient follows) are computed
+    /// in the latents' dtype (f32) rather than the UNet's: for bf16, whose 8 significant bits leave rounding noise
+    /// of 1.5% of h's RMS in a random-weight SD 1.5 UNet, enough to hide h - target once the loss has fallen
+    /// 100-fold (gradient cosine 0.92 against f32). f16's 11 bits leave 0.19% there (cosine 0.9986), not worth an
+    /// f32 forward per iteration. BENCHMARKS.md "Half-precision alignment gradients".
+    pub fn values_in_latent_dtype(&self) -> bool {
+        self.context.kind() == Kind::BFloat16
+    }
+
+    /// h for latents `x` [n,C,H,W] at `timestep`, computed in the UNet's dtype and returned in the latents'
+    /// (f32, or f64 for checks); differentiable with respect to `x`.
+    pub fn h(&self, x: &Tensor, timestep: i64) -> Tensor {
+        self.h_in(x, timestep, self.context.kind()).to_kind(x.kind())
+    }
+
+    /// h computed in `kind`, whatever the UNet's dtype (its layers convert their weights).
+    fn h_in(&self, x: &Tensor, timestep: i64, kind: Kind) -> Tensor {
+        let n = x.size()[0];
+        let input = x.to_device(self.context.device()).to_kind(kind);
+        let t = Tensor::from(timestep).to_device(self.context.device());
+        self.unet.encode_h(&input, &t, &self.context.to_kind(kind).expand([n, -1, -1], false))
+    }
+
+    /// h's values for any number of latents, in batches, without autograd, in the latents' dtype; computed in the
+    /// UNet's dtype, or in the latents' where `values_in_latent_dtype`.
     pub fn h_all(&self, x: &Tensor, timestep: i64) -> Tensor {
-        tch::no_grad(|| Tensor::cat(&x.split(self.batch, 0).iter().map(|c| self.h(c, timestep)).collect::<Vec<_>>(), 0))
+        let kind = if self.values_in_latent_dtype() { x.kind() } else { self.context.kind() };
+        tch::no_grad(|| {
+            Tensor::cat(&x.split(self.batch, 0).iter().map(|c| self.h_in(c, timestep, kind).to_kind(x.kind())).collect::<Vec<_>>(), 0)
+        })
     }
 }
 
