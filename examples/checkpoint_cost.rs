@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
             save(&stage, &state)?;
             saves.push(start.elapsed().as_secs_f64());
             let start = Instant::now();
-            let loaded = load(&stage)?.expect("a checkpoint was just saved");
+            let loaded = load(&stage, repeats + 1)?.expect("a checkpoint was just saved");
             loads.push(start.elapsed().as_secs_f64());
             assert!(loaded.latents.equal(&latents));
         }
