@@ -10,8 +10,8 @@ use tch::{Device, Kind, Tensor};
 /// a multiply-add, divide where this one multiplies by a reciprocal, or round a coefficient one ulp apart (a vector
 /// math library's CPU-specific path, say): a few ulps of the largest term. Dividing by sqrt(alpha_cumprod) (0.40 at
 /// the fixture's t = 601, 0.07 at t = 999) scales the terms and their rounding alike, so the bound is relative to
-/// the output's largest magnitude: 16 ulps of it. (An Intel Xeon measured 1.43e-6 on pred_x0 of magnitude 11.4,
-/// 1.5 ulps, where the old absolute 1e-6 failed; this bound is 2.2e-5 there.)
+/// the output's largest magnitude: 16 float32 epsilons of it (8 to 16 of its ulps). (An Intel Xeon measured 1.43e-6
+/// on pred_x0 of magnitude 11.4, 1.5 ulps, where the old absolute 1e-6 failed; this bound is 2.2e-5 there.)
 const RTOL: f64 = 16.0 * EPS_F32;
 
 fn scheduler_config(name: &str) -> DdimConfig {
