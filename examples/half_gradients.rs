@@ -58,12 +58,13 @@ fn exact_in_half(w: &Tensor) -> Tensor {
     rounded.where_scalarother(&rounded.abs().ge(6.103515625e-5), 0.0)
 }
 
-/// The gradient as the alignment computed it before this fix: the summed loss of the UNet's own h backpropagated
-/// as it is.
-fn gradient_before(hspace: &HSpace, x: &Tensor, target: &Tensor, timestep: i64) -> Tensor {
+/// The gradient as the alignment computed it before this fix (the summed loss of the UNet's own h backpropagated
+/// as it is), and that h.
+fn gradient_before(hspace: &HSpace, x: &Tensor, target: &Tensor, timestep: i64) -> (Tensor, Tensor) {
     let leaf = x.detach().set_requires_grad(true);
-    let losses = distance_to(&hspace.h(&leaf, timestep), target);
-    Tensor::run_backward(&[losses.sum(losses.kind())], &[&leaf], false, false).pop().unwrap()
+    let h = hspace.h(&leaf, timestep);
+    let losses = distance_to(&h, target);
+    (Tensor::run_backward(&[losses.sum(losses.kind())], &[&leaf], false, false).pop().unwrap(), h.detach())
 }
 
 /// Cosine similarity of each row of `a` with the same row of `b`, in f64.
@@ -119,7 +120,7 @@ fn main() -> Result<()> {
     let context = exact_in_half(&Tensor::randn([1, 77, config.cross_attention_dim], (Kind::Float, Device::Cpu)));
     // Row 0: the start of a step; row 1: the target 90% of the way to latent 0's h, so its loss is 100x lower.
     let x = latents.narrow(0, 0, 1).repeat([2, 1, 1, 1]);
-    let (targets, losses32, grad32, f32_s, h_numel) = {
+    let (targets, h32, losses32, grad32, f32_s) = {
         let unet = model(&exact, Kind::Float)?;
         let hspace = HSpace { unet: &unet, context: context.shallow_clone(), batch: args.latents };
         let h = hspace.h_all(&latents, t);
@@ -128,13 +129,15 @@ fn main() -> Result<()> {
         let targets = Tensor::cat(&[&target, &(&own + (&target - &own) * 0.1)], 0);
         let t0 = Instant::now();
         let (losses, grad) = loss_and_gradient(&hspace, &x, &targets, t);
-        (targets, losses, grad, t0.elapsed().as_secs_f64(), own.numel())
+        (targets, own, losses, grad, t0.elapsed().as_secs_f64())
     };
     let rms = |g: &Tensor| Vec::<f64>::try_from(g.flatten(1, -1).square().mean_dim(1, false, Kind::Double).sqrt()).unwrap();
-    let h_grad_rms: Vec<f64> = losses32.iter().map(|l| 2.0 * l.sqrt() / h_numel as f64).collect();
+    let h_numel = h32.numel() as f64;
+    let h_rms = h32.square().mean(Kind::Double).sqrt().double_value(&[]);
+    let h_grad_rms: Vec<f64> = losses32.iter().map(|l| 2.0 * l.sqrt() / h_numel).collect();
     println!(
         "{}",
-        json!({"kind": "f32", "config": args.config, "latent_shape": &x.size()[1..], "h_elements": h_numel,
+        json!({"kind": "f32", "config": args.config, "latent_shape": &x.size()[1..], "h_elements": h32.numel(), "h_rms": h_rms,
             "build_s": build_s, "seconds": f32_s, "loss": points(&losses32), "h_grad_rms": points(&h_grad_rms),
             "latent_grad_rms": points(&rms(&grad32))})
     );
@@ -150,14 +153,16 @@ fn main() -> Result<()> {
         let unet = model(&exact, kind)?;
         let hspace = HSpace { unet: &unet, context: context.to_kind(kind), batch: 2 };
         let t0 = Instant::now();
-        let before = gradient_before(&hspace, &x, &targets, t);
+        let (before, h) = gradient_before(&hspace, &x, &targets, t);
+        // Rounding noise of this precision's own h (row 0, latent 0 as in f32), relative to h's RMS.
+        let noise = (h.narrow(0, 0, 1) - &h32).square().mean(Kind::Double).sqrt().double_value(&[]) / h_rms;
         let before_s = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let (losses, after) = loss_and_gradient(&hspace, &x, &targets, t);
         let after_s = t0.elapsed().as_secs_f64();
         println!(
             "{}",
-            json!({"kind": name, "loss": points(&losses),
+            json!({"kind": name, "loss": points(&losses), "h_noise_relative_rms": noise,
                 "cosine_vs_f32": {"before": points(&row_cosines(&before, &grad32)), "after": points(&row_cosines(&after, &grad32))},
                 "zero_share": {"before": points(&row_zero_shares(&before)), "after": points(&row_zero_shares(&after))},
                 "seconds": {"before": before_s, "after": after_s}})

@@ -1,7 +1,7 @@
 //! The few layers every model here is built from, loaded by checkpoint path like torch.nn modules.
 //!
 //! A layer computes in its input's dtype, converting its weights when theirs differs (a no-op when it does not):
-//! alignment evaluates h of a half-precision UNet in f32 (see `method::hspace`).
+//! alignment computes h of a bf16 UNet in f32 (`method::hspace::HSpace::values_in_latent_dtype`).
 use crate::weights::WeightPath;
 use anyhow::Result;
 use tch::Tensor;

@@ -70,11 +70,12 @@ pub struct StepLog {
 /// respect to `x` [n,C,H,W], in `x`'s dtype. `target` is one h for all latents or one per latent.
 ///
 /// In f32 and f64, autograd's gradient of the loss. In half precision, the gradient reaching h, 2 (h - target) /
-/// numel(h) per element (RMS 1.1e-5 on SD 1.5's 81,920 elements at the start of a step, less as the loss falls),
-/// would enter the f16 backward among f16's subnormals (below 6.1e-5: bits lost) or as zero. The backward is
-/// linear in it, so it gets the residual h - target scaled to unit RMS instead, and its result is multiplied by
-/// the true size, 2 sqrt(loss) / numel(h), in `x`'s dtype. For bf16 the residual's h is computed in f32
-/// (`HSpace::values_in_latent_dtype`). BENCHMARKS.md "Half-precision alignment gradients" has the figures.
+/// numel(h) per element (RMS 1.1e-5 at the start of a step on a random-weight SD 1.5 UNet, whose h has 81,920
+/// elements, and less as the loss falls), would enter the f16 backward among f16's subnormals (below 6.1e-5: bits
+/// lost) or as zero. The backward is linear in it, so it gets the residual h - target scaled to unit RMS instead,
+/// and its result is multiplied by the true size, 2 sqrt(loss) / numel(h), in `x`'s dtype. For bf16 the residual's
+/// h is computed in f32 (`HSpace::values_in_latent_dtype`). BENCHMARKS.md "Half-precision alignment gradients" has
+/// the figures.
 pub fn loss_and_gradient(hspace: &HSpace, x: &Tensor, target: &Tensor, timestep: i64) -> (Vec<f64>, Tensor) {
     let to_vec = |losses: &Tensor| Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double)).unwrap();
     let leaf = x.detach().set_requires_grad(true);
