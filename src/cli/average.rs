@@ -297,30 +297,25 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
 /// set by its flag). The run's latents are checked against the device's memory before seeded ones are drawn.
 fn start_of(checkpoints: &RunCheckpoints, model: &StableDiffusion, common: &SamplingArgs, settings: &SamplingSettings, (flag, count): (&str, i64)) -> Result<Start> {
     let stage = checkpoints.command();
-    let start = checkpoints.sampling_start(stage, settings.steps)?;
-    let given = match (&start, &common.init_latents) {
+    let resumed = checkpoints.sampling_start(stage, settings.steps)?;
+    let given = match (&resumed, &common.init_latents) {
         (None, Some(path)) => Some(read_latents(path, model)?),
         _ => None,
     };
-    let shape = match (&start, &given) {
-        (Some(start), _) => start.latents.size(),
-        (None, Some(latents)) => latents.size(),
-        (None, None) => [count].into_iter().chain(model.latent_shape()).collect(),
-    };
-    let count_text = match (&common.init_latents, shape.first()) {
-        (Some(path), Some(k)) => format!("{k} latents of {:?} from --init-latents {}", &shape[1..], path.display()),
-        _ => format!("{flag} {count}"),
+    // The latents the run holds (none yet when they are to be seeded), and what set their count, for the messages.
+    let (shape, count_text) = match (resumed.as_ref().map(|s| &s.latents).or(given.as_ref()), &common.init_latents) {
+        (Some(latents), Some(path)) => (latents.size(), format!("{} latents of {:?} from --init-latents {}", latents.size()[0], &latents.size()[1..], path.display())),
+        (Some(latents), None) => (latents.size(), format!("{flag} {count}")),
+        (None, _) => ([count].into_iter().chain(model.latent_shape()).collect(), format!("{flag} {count}")),
     };
     let shape: [i64; 4] = shape.try_into().map_err(|s| anyhow::anyhow!("the checkpoint of {stage} holds latents of shape {s:?}, not [K, C, H, W]"))?;
+    // Seeded latents are `count`; latents from a file are whatever it held (`run_from` checks the rest).
+    if resumed.is_some() && common.init_latents.is_none() && shape[0] != count {
+        bail!("the checkpoint of {stage} holds {} latents, but the run has {flag} {count}", shape[0]);
+    }
     memory::check_fits(model, Work::Alignment, settings.batch, shape, &count_text, &common.model.device)?;
-    Ok(match (start, given) {
-        (Some(start), _) => {
-            // Seeded latents are `count`; latents from a file are whatever it held (`run_from` checks the rest).
-            if common.init_latents.is_none() && shape[0] != count {
-                bail!("the checkpoint of {stage} holds {} latents, but the run has {flag} {count}", shape[0]);
-            }
-            start
-        }
+    Ok(match (resumed, given) {
+        (Some(start), _) => start,
         (None, Some(latents)) => Start::fresh(&latents),
         (None, None) => Start::fresh(&seeded_latents(model, count, common.seed)),
     })

@@ -5,12 +5,23 @@
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 // `FILES: &[(&str, &[u8])]`: each file's path inside models/embedded and its bytes.
 include!(concat!(env!("OUT_DIR"), "/embedded_files.rs"));
 
-/// The folder holding the embedded model's files, written there first if needed.
+/// The folder holding the embedded model's files, written there first if needed; found once per process (the
+/// model and its CLIP both ask, and hashing the files is the cost).
 pub fn embedded_model_dir() -> Result<PathBuf> {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = FOUND.get() {
+        return Ok(dir.clone());
+    }
+    let dir = find_or_unpack()?;
+    Ok(FOUND.get_or_init(|| dir).clone())
+}
+
+fn find_or_unpack() -> Result<PathBuf> {
     let mut hasher = Sha256::new();
     for (name, bytes) in FILES {
         hasher.update((name.len() as u64).to_le_bytes());

@@ -39,8 +39,9 @@ pub fn seeded_latents(model: &StableDiffusion, count: i64, seed: u64) -> Tensor 
     Tensor::randn([count, c, h, w], (Kind::Float, Device::Cpu))
 }
 
-/// Checks latents given by the user against the model: [K, C, H, W] with the model's channels, and a height and
-/// width its UNet can take (each down block but the last halves them, and the up path must meet the same sizes).
+/// Checks latents given by the user (or read back from a checkpoint) against the model: [K, C, H, W] with the
+/// model's channels, a height and width its UNet can take (each down block but the last halves them, and the up
+/// path must meet the same sizes), and finite values.
 pub fn check_latents(model: &StableDiffusion, latents: &Tensor, what: &str) -> Result<()> {
     let [c, h, w] = model.latent_shape();
     let size = latents.size();
@@ -55,11 +56,14 @@ pub fn check_latents(model: &StableDiffusion, latents: &Tensor, what: &str) -> R
             size[3]
         );
     }
+    if !bool::try_from(latents.isfinite().all())? {
+        bail!("{what}: the latents hold NaN or infinite values");
+    }
     Ok(())
 }
 
-/// The latents of a file given by the user (`--init-latents`): the tensor `latents` of a safetensors file, checked
-/// against the model (`check_latents`) and for NaN or Inf, as f32.
+/// The latents of a file given by the user (`--init-latents`): the tensor `latents` of a safetensors file, of
+/// floating-point values checked against the model (`check_latents`), as f32.
 pub fn read_latents(path: &Path, model: &StableDiffusion) -> Result<Tensor> {
     let what = format!("--init-latents {}", path.display());
     let tensors = read_safetensors(path).with_context(|| what.clone())?;
@@ -68,11 +72,7 @@ pub fn read_latents(path: &Path, model: &StableDiffusion) -> Result<Tensor> {
         bail!("{what}: `latents` holds {:?} values; expected floating-point numbers", latents.kind());
     }
     check_latents(model, &latents, &what)?;
-    let latents = latents.to_kind(Kind::Float);
-    if !bool::try_from(latents.isfinite().all())? {
-        bail!("{what}: `latents` holds NaN or infinite values");
-    }
-    Ok(latents)
+    Ok(latents.to_kind(Kind::Float))
 }
 
 pub struct SamplingResult {
@@ -113,11 +113,7 @@ impl Start {
         if self.frames.iter().any(|(step, _, _)| *step >= self.first_step) {
             bail!("{what}: it holds trajectory frames of steps not yet done; it is damaged");
         }
-        check_latents(model, &self.latents, &what)?;
-        if !bool::try_from(self.latents.isfinite().all())? {
-            bail!("{what}: its latents hold NaN or infinite values; it is damaged");
-        }
-        Ok(())
+        check_latents(model, &self.latents, &what)
     }
 }
 
