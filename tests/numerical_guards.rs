@@ -60,22 +60,23 @@ fn a_run_that_cannot_fit_in_memory_is_refused_with_a_batch_that_would() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let model = fixture("tiny-sd1");
-    let run = |limit: &str, batch: &str| {
+    let run = |limit: &str, latents: &str, batch: &str| {
         Command::new(env!("CARGO_BIN_EXE_dma"))
             .env("DMA_MEMORY_LIMIT", limit)
-            .args(["average", "--model", model.to_str().unwrap(), "--prompt", "a photo of a dog", "--latents", "4", "--steps", "2"])
+            .args(["average", "--model", model.to_str().unwrap(), "--prompt", "a photo of a dog", "--latents", latents, "--steps", "2"])
             .args(["--align-steps", "1", "--iters", "2", "--batch", batch, "--quiet", "--out", out.to_str().unwrap()])
             .output()
             .unwrap()
     };
-    // The tiny model's weights take about 0.8 MB; 10 MB leaves room for a few latents, not a million.
-    let output = run("10e6", "1000000");
+    // The tiny model's weights take about 0.8 MB and the runtime is counted as 0.5 GB; each latent of a batch about
+    // 1 MB: 1 GB leaves room for a few hundred latents in a batch, not 4000.
+    let output = run("1e9", "4000", "4000");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && !out.exists(), "{stderr}");
-    assert!(stderr.contains("--batch 1000000 needs") && stderr.contains("would fit") || stderr.contains("even --batch 1"), "{stderr}");
-    let output = run("1e3", "1");
+    assert!(stderr.contains("--batch 4000 with --latents 4000 needs") && stderr.contains("would fit"), "{stderr}");
+    let output = run("1e3", "4", "1");
     assert!(String::from_utf8_lossy(&output.stderr).contains("even --batch 1"), "nothing fits in 1 kB");
-    assert!(run("100e9", "4").status.success(), "a run that fits starts");
+    assert!(run("100e9", "4", "4").status.success(), "a run that fits starts");
 
     // An adapter's training keeps the whole UNet's activations per sample: `dma modes --average` checks its batch.
     let clip = fixture("tiny-clip");
@@ -88,5 +89,5 @@ fn a_run_that_cannot_fit_in_memory_is_refused_with_a_batch_that_would() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && !out.exists(), "{stderr}");
-    assert!(stderr.contains("--adapter-batch 1000000000 needs") && stderr.contains("--adapter-batch") && stderr.contains("would fit"), "{stderr}");
+    assert!(stderr.contains("--adapter-batch 1000000000 with --samples 4") && stderr.contains("needs") && stderr.contains("would fit"), "{stderr}");
 }

@@ -157,8 +157,12 @@ fn size(bytes: f64) -> String {
 /// `check` against what `model`'s device has free, for a run over latents of shape `latents` set by `count` (the
 /// flag and its value); nothing is checked where that cannot be told.
 pub fn check_fits(model: &StableDiffusion, work: Work, batch: i64, latents: [i64; 4], count: &str, device_name: &str) -> Result<()> {
-    // A batch larger than the run's latents holds only those.
-    let batch = batch.min(latents[0]).max(1);
+    // An alignment batch larger than the run's latents holds only those; a training step draws its batch with
+    // replacement, so its batch is what it says.
+    let batch = match work {
+        Work::Alignment => batch.min(latents[0]).max(1),
+        Work::Training => batch,
+    };
     match available(model.device) {
         Some(free) => check(estimate(model, work, latents), work, batch, count, free, device_name),
         None => Ok(()),
