@@ -122,7 +122,7 @@ fn main() -> Result<()> {
     let x = latents.narrow(0, 0, 1).repeat([2, 1, 1, 1]);
     let (targets, h32, losses32, grad32, f32_s) = {
         let unet = model(&exact, Kind::Float)?;
-        let hspace = HSpace { unet: &unet, context: context.shallow_clone(), batch: args.latents };
+        let hspace = HSpace::new(&unet, context.shallow_clone(), args.latents);
         let h = hspace.h_all(&latents, t);
         let target = h.mean_dim(0, true, Kind::Float);
         let own = h.narrow(0, 0, 1);
@@ -143,7 +143,7 @@ fn main() -> Result<()> {
     );
     {
         let unet = model(&original, Kind::Float)?;
-        let hspace = HSpace { unet: &unet, context: context.shallow_clone(), batch: 2 };
+        let hspace = HSpace::new(&unet, context.shallow_clone(), 2);
         let (_, grad) = loss_and_gradient(&hspace, &x, &targets, t);
         println!("{}", json!({"weights": "f32 as initialised vs rounded (exact_in_half)", "cosine": points(&row_cosines(&grad, &grad32))}));
     }
@@ -151,7 +151,7 @@ fn main() -> Result<()> {
 
     for (name, kind) in kinds {
         let unet = model(&exact, kind)?;
-        let hspace = HSpace { unet: &unet, context: context.to_kind(kind), batch: 2 };
+        let hspace = HSpace::new(&unet, context.to_kind(kind), 2);
         let t0 = Instant::now();
         let (before, h) = gradient_before(&hspace, &x, &targets, t);
         // Rounding noise of this precision's own h (row 0, latent 0 as in f32), relative to h's RMS.

@@ -28,10 +28,10 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         for seed in 0..seeds {
             let settings = defaults.sampling(&prompt, seed);
-            let result = run(&model, &settings, &seeded_latents(&model, k, seed), Some(&align), 0, &|_| {})?;
+            let mut result = run(&model, &settings, &seeded_latents(&model, k, seed), Some(&align), 0, &|_| {})?;
             let images = model.decode(&result.latents);
             spreads.push((&images - images.mean_dim(0, true, Kind::Float)).abs().mean(Kind::Float).double_value(&[]));
-            prototypes.push(images.get(prototype_index(&model, &settings, align.branch, &result.latents)?));
+            prototypes.push(images.get(prototype_index(&model, &settings, &align, &mut result)?));
         }
         let seconds = start.elapsed().as_secs_f64() / seeds as f64;
         let mut pairs = Vec::new();

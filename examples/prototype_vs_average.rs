@@ -41,8 +41,8 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for prompt in &prompts {
         let dma_settings = defaults.sampling(prompt, 0);
-        let result = run(&model, &dma_settings, &seeded_latents(&model, defaults.latents, 0), Some(&align), 0, &|_| {})?;
-        let index = prototype_index(&model, &dma_settings, align.branch, &result.latents)?;
+        let mut result = run(&model, &dma_settings, &seeded_latents(&model, defaults.latents, 0), Some(&align), 0, &|_| {})?;
+        let index = prototype_index(&model, &dma_settings, &align, &mut result)?;
         let prototype = model.decode(&result.latents.narrow(0, index, 1));
 
         let sample_settings = defaults.sampling(prompt, 1);

@@ -16,6 +16,7 @@ pub mod clustering;
 pub mod checkpoint_files;
 pub mod files;
 pub mod method;
+pub mod passes;
 pub mod pipelines;
 pub mod sampling;
 pub mod training;

@@ -16,7 +16,7 @@ fn settings(batch: i64) -> SamplingSettings {
 }
 
 fn align() -> AlignSettings {
-    AlignSettings { align_steps: 3, iters: 15, lr: 2e-2, tol: 0.0, window: 5, branch: HBranch::Cond }
+    AlignSettings { align_steps: 3, iters: 15, lr: 2e-2, tol: 0.0, window: 5, ..AlignSettings::paper(HBranch::Cond) }
 }
 
 #[test]

@@ -23,13 +23,13 @@ fn embedded_prototype(model: &StableDiffusion, class: usize) -> tch::Tensor {
     let prompt = class_captions(class)[0].clone();
     let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
     let settings = SamplingSettings { batch: 8, ..defaults.sampling(&prompt, 0) };
-    let align = AlignSettings { align_steps: 6, iters: 15, lr: 2e-2, tol: 0.01, window: 5, branch: HBranch::Cond };
-    let result = run(model, &settings, &seeded_latents(model, 8, 0), Some(&align), 0, &|_| {}).unwrap();
+    let align = AlignSettings { align_steps: 6, iters: 15, lr: 2e-2, tol: 0.01, window: 5, ..AlignSettings::paper(HBranch::Cond) };
+    let mut result = run(model, &settings, &seeded_latents(model, 8, 0), Some(&align), 0, &|_| {}).unwrap();
     assert_eq!(result.log.len(), 6);
     for step in &result.log {
         assert!(step.spread_after < step.spread_before, "{prompt}: step {} did not shrink the spread of h: {step:?}", step.step);
     }
-    let index = prototype_index(model, &settings, align.branch, &result.latents).unwrap();
+    let index = prototype_index(model, &settings, &align, &mut result).unwrap();
     model.decode(&result.latents.narrow(0, index, 1))
 }
 

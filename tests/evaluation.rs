@@ -2,7 +2,7 @@
 //! writing their tables and a report that a real headless browser renders with every image, and bad input
 //! failing with one clear message before any long work.
 mod common;
-use common::{assert_close, fixture, global_rng, max_abs_diff, read_json, EPS_F32};
+use common::{assert_close, fixture, global_rng, max_abs_diff, read_json, render, EPS_F32};
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::evaluation::metrics::consistency;
 use dma::pipelines::baselines::averages::{avg_vae, latent_centre, pixel_average};
@@ -12,7 +12,7 @@ use dma::pipelines::baselines::typical::most_typical;
 use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
 use dma::pipelines::{ModelSource, StableDiffusion};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
@@ -126,40 +126,6 @@ fn tiny_eval(out: &Path, extra: &[&str]) -> Output {
     args.extend(["--out", out.to_str().unwrap()]);
     args.extend(extra);
     dma(&args)
-}
-
-/// Debian's Chromium (scripts/setup_chromium.sh installs it; `scripts/test.sh` runs that).
-fn chromium() -> PathBuf {
-    let path = PathBuf::from(std::env::var("DMA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    assert!(path.is_file(), "no Chromium at {}: run scripts/setup_chromium.sh (scripts/test.sh does)", path.display());
-    path
-}
-
-/// What a headless Chromium makes of `page`: (images decoded, images in all, plot lines drawn), read from the DOM
-/// after load by a script appended to a copy of the page (the report itself runs no script).
-fn render(page: &Path) -> (usize, usize, usize) {
-    let html = std::fs::read_to_string(page).unwrap();
-    let probe = "<script>window.addEventListener('load', () => { const images = [...document.images]; \
-        document.body.dataset.decoded = images.filter(i => i.complete && i.naturalWidth > 0).length; \
-        document.body.dataset.total = images.length; \
-        document.body.dataset.lines = document.querySelectorAll('svg polyline').length; });</script>";
-    let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("probe.html");
-    std::fs::write(&copy, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
-    let output = Command::new(chromium())
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
-        .args(["--disable-component-update", "--disable-sync", "--virtual-time-budget=10000", "--dump-dom"])
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
-        .arg(format!("file://{}", copy.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
-    let attribute = |name: &str| -> usize {
-        let key = format!("data-{name}=\"");
-        let start = dom.find(&key).unwrap_or_else(|| panic!("Chromium did not render the page: {}", String::from_utf8_lossy(&output.stderr))) + key.len();
-        dom[start..].split('"').next().unwrap().parse().unwrap()
-    };
-    (attribute("decoded"), attribute("total"), attribute("lines"))
 }
 
 #[test]

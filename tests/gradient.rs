@@ -11,7 +11,7 @@ fn hspace_loss_gradient_matches_finite_differences() {
     let _rng = common::global_rng();
     let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Double).unwrap();
     let context = model.encode_prompt("a photo of a dog").unwrap();
-    let hspace = HSpace { unet: &model.unet, context, batch: 4 };
+    let hspace = HSpace::new(&model.unet, context, 4);
     tch::manual_seed(7);
     let x = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
     let timestep = 601;
@@ -29,7 +29,7 @@ fn alignment_computes_no_weight_gradients() {
     let _rng = common::global_rng();
     let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap();
     let context = model.encode_prompt("a photo of a dog").unwrap();
-    let hspace = HSpace { unet: &model.unet, context, batch: 4 };
+    let hspace = HSpace::new(&model.unet, context, 4);
     let x = Tensor::randn([1, 4, 16, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let loss = hspace.h(&x, 500).square().mean(Kind::Float);
     loss.backward();

@@ -53,7 +53,7 @@ fn half_precision_alignment_gradients_follow_f32() {
     let timestep = 951;
 
     let unet32 = model(Kind::Float);
-    let hspace32 = HSpace { unet: &unet32, context: context.shallow_clone(), batch: 2 };
+    let hspace32 = HSpace::new(&unet32, context.shallow_clone(), 2);
     let h = hspace32.h_all(&latents, timestep);
     assert_eq!(h.size(), [2, 1280, 8, 8], "h must have SD 1.5's shape");
     // Row 0: the start of a step (the target is the latents' mean h); row 1: the target 90% of the way to latent
@@ -69,7 +69,7 @@ fn half_precision_alignment_gradients_follow_f32() {
     let mut failures = Vec::new();
     for kind in [Kind::Half, Kind::BFloat16] {
         let unet = model(kind);
-        let hspace = HSpace { unet: &unet, context: context.to_kind(kind), batch: 2 };
+        let hspace = HSpace::new(&unet, context.to_kind(kind), 2);
         let (losses, grad) = loss_and_gradient(&hspace, &x, &targets, timestep);
         let cos = cosines(&grad, &grad32);
         println!("{kind:?}: losses {losses:?}, gradient cosine vs f32: start {:.6}, 100x lower {:.6}", cos[0], cos[1]);

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 use dma::adapters::{Adapter, AdapterKind};
-use dma::method::{AlignSettings, HBranch};
+use dma::method::{AlignSettings, HBranch, Schedule};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings, Start};
@@ -119,19 +119,48 @@ pub struct AlignArgs {
     /// Which guidance branch h is read from.
     #[arg(long, value_enum, default_value_t = HBranch::Cond)]
     pub hspace_branch: HBranch,
+    /// The alignment schedule the other flags start from: the model's defaults, or the paper's recipe (10 aligned
+    /// steps x 300 Adam iterations, no early stop; K is --latents) [default: default].
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
+    /// Adam iterations of every aligned step after the first, at most [default: --iters].
+    #[arg(long)]
+    pub later_iters: Option<usize>,
+    /// "Mean of many, align few": optimise only this many of the K latents; the others are sampled unaligned and
+    /// only move the target (forward passes) [default: all K].
+    #[arg(long)]
+    pub optimise: Option<i64>,
+    /// With --optimise: the aligned steps, from the first, whose target is the mean h of all K latents; later
+    /// steps' target is the optimised latents' mean [default: every aligned step].
+    #[arg(long)]
+    pub wide_target_steps: Option<usize>,
+    /// End the alignment after the first aligned step whose spread of h fell to more than this fraction of its
+    /// start (the trajectories have met) [default: align every --align-steps step].
+    #[arg(long)]
+    pub settle: Option<f64>,
+    /// Rescale each latent after every Adam iteration to the norm it had before the step.
+    #[arg(long)]
+    #[serde(default)]
+    pub keep_norm: bool,
 }
 
 impl AlignArgs {
-    /// The flags over the model's defaults, checked against the sampling steps.
+    /// The flags over the schedule (the model's defaults unless --schedule says otherwise), checked against the
+    /// sampling steps.
     pub fn settings(&self, defaults: &RunDefaults, steps: usize) -> Result<AlignSettings> {
-        let defaults = defaults.align(self.hspace_branch);
+        let schedule = self.schedule.unwrap_or(Schedule::Default).settings(defaults.align(self.hspace_branch));
         let align = AlignSettings {
-            align_steps: self.align_steps.unwrap_or(defaults.align_steps),
-            iters: self.iters.unwrap_or(defaults.iters),
-            lr: self.lr.unwrap_or(defaults.lr),
-            tol: self.tol.unwrap_or(defaults.tol),
-            window: self.window.unwrap_or(defaults.window),
-            ..defaults
+            align_steps: self.align_steps.unwrap_or(schedule.align_steps),
+            iters: self.iters.unwrap_or(schedule.iters),
+            lr: self.lr.unwrap_or(schedule.lr),
+            tol: self.tol.unwrap_or(schedule.tol),
+            window: self.window.unwrap_or(schedule.window),
+            later_iters: self.later_iters.or(schedule.later_iters),
+            optimised: self.optimise.or(schedule.optimised),
+            wide_target_steps: self.wide_target_steps.or(schedule.wide_target_steps),
+            settle: self.settle.or(schedule.settle),
+            keep_norm: self.keep_norm || schedule.keep_norm,
+            ..schedule
         };
         align.validate(steps)?;
         Ok(align)
@@ -238,8 +267,8 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
     let checkpoints = RunCheckpoints::new(&mut out, "average", &args, &resolved);
-    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), ("--latents", count))?;
-    let prototype = prototype_index(&model, &settings, align.branch, &result.latents)?;
+    let mut result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), ("--latents", count))?;
+    let prototype = prototype_index(&model, &settings, &align, &mut result)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {
         command: "average",

@@ -25,22 +25,73 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// What `eval` and `compare` share: the sampler, DMA, the baselines, the seeds and the metrics' CLIP.
+/// How prototypes are judged, shared by `eval`, `compare` and `sweep`: the seeds they are made from, the samples
+/// they are judged against, the metrics' CLIP, and where the results go.
 #[derive(Args, Debug, Serialize, Deserialize)]
-pub struct EvalCommon {
-    #[command(flatten)]
-    pub sampler: SamplerArgs,
-    #[command(flatten)]
-    pub align: AlignArgs,
+pub struct JudgingArgs {
     /// Repetitions: every method runs from seeds --seed, --seed + 1, ... (consistency is measured across them).
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
     /// The first seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Samples drawn per seed, the set every baseline is computed from [default: 100, or the model's].
+    /// Samples drawn per seed: what representativeness and sharpness are judged against, and the set every
+    /// baseline is computed from [default: 100, or the model's].
     #[arg(long)]
     pub samples: Option<i64>,
+    /// A CLIP model folder in transformers' layout for the metrics (e.g. openai/clip-vit-large-patch14)
+    /// [default: the embedded model's small CLIP, which also gives zero-shot classes].
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Output folder (must not exist or be empty); default out/<command>-<label>-<time>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace the result already in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Continue the stopped run that was writing to DIR (its --out) from its last checkpoint (each seed's samples
+    /// and mental averages after every step), with the same settings.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+}
+
+impl JudgingArgs {
+    /// The recorded arguments of a run resumed into `dir`, shown as `given` asks.
+    pub(super) fn resumed(self, given: &JudgingArgs, dir: PathBuf) -> Self {
+        Self { quiet: given.quiet, out: Some(dir), resume: None, ..self }
+    }
+
+    /// The seeds, checked.
+    pub(super) fn seeds(&self) -> Result<Vec<u64>> {
+        if self.seeds == 0 {
+            bail!("--seeds must be at least 1 (2 or more to measure consistency)");
+        }
+        Ok((self.seed..).take(self.seeds as usize).collect())
+    }
+
+    /// Samples per seed with these defaults, checked.
+    pub(super) fn samples(&self, defaults: &RunDefaults) -> Result<i64> {
+        let samples = self.samples.unwrap_or(defaults.mode_samples);
+        if samples < 1 {
+            bail!("--samples must be at least 1, got {samples}");
+        }
+        Ok(samples)
+    }
+}
+
+/// What `eval` and `compare` share: the sampler, DMA, the baselines, and how they are judged.
+#[derive(Args, Debug, Serialize, Deserialize)]
+pub struct EvalCommon {
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub align: AlignArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub judging: JudgingArgs,
     /// The methods, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
@@ -56,29 +107,12 @@ pub struct EvalCommon {
     /// MGD3: the fraction of the steps (from the first) guided toward the mode.
     #[arg(long, default_value_t = 0.5)]
     pub mgd3_fraction: f64,
-    /// A CLIP model folder in transformers' layout for the metrics (e.g. openai/clip-vit-large-patch14)
-    /// [default: the embedded model's small CLIP, which also gives zero-shot classes].
-    #[arg(long)]
-    pub clip: Option<PathBuf>,
-    /// Output folder (must not exist or be empty); default out/<command>-<label>-<time>.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Replace the result already in --out.
-    #[arg(long)]
-    pub force: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Continue the stopped run that was writing to DIR (its --out) from its last checkpoint (each seed's samples
-    /// and mental average after every step), with the same settings.
-    #[arg(long, value_name = "DIR", conflicts_with = "out")]
-    pub resume: Option<PathBuf>,
 }
 
 impl EvalCommon {
     /// The recorded arguments of a run resumed into `dir`, shown as `given` asks.
     fn resumed(self, given: &EvalCommon, dir: PathBuf) -> Self {
-        Self { quiet: given.quiet, out: Some(dir), resume: None, ..self }
+        Self { judging: self.judging.resumed(&given.judging, dir), ..self }
     }
 }
 
@@ -117,7 +151,7 @@ pub struct CompareArgs {
 
 impl Resumable for EvalArgs {
     fn resume_dir(&self) -> Option<PathBuf> {
-        self.common.resume.clone()
+        self.common.judging.resume.clone()
     }
     fn resumed(self, given: &Self, dir: PathBuf) -> Self {
         Self { common: self.common.resumed(&given.common, dir), ..self }
@@ -126,19 +160,20 @@ impl Resumable for EvalArgs {
 
 impl Resumable for CompareArgs {
     fn resume_dir(&self) -> Option<PathBuf> {
-        self.common.resume.clone()
+        self.common.judging.resume.clone()
     }
     fn resumed(self, given: &Self, dir: PathBuf) -> Self {
         Self { common: self.common.resumed(&given.common, dir), ..self }
     }
 }
 
-fn read_prompts(args: &EvalArgs) -> Result<Vec<String>> {
-    let mut prompts = args.prompt.clone();
-    if let Some(path) = &args.prompts {
+/// The concepts of --prompt (repeated) and of the file --prompts.
+pub(super) fn read_prompts(given: &[String], file: Option<&Path>) -> Result<Vec<String>> {
+    let mut prompts = given.to_vec();
+    if let Some(path) = file {
         let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
         prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
-        if prompts.len() == args.prompt.len() {
+        if prompts.len() == given.len() {
             bail!("--prompts {}: no prompts in the file", path.display());
         }
     }
@@ -151,16 +186,14 @@ fn read_prompts(args: &EvalArgs) -> Result<Vec<String>> {
 impl EvalCommon {
     /// The evaluation's settings for a model with these defaults, checked before anything long starts.
     fn settings(&self, defaults: &RunDefaults, default_methods: &[Method]) -> Result<EvalSettings> {
-        let sampling = self.sampler.settings(defaults, "", self.seed)?;
+        let sampling = self.sampler.settings(defaults, "", self.judging.seed)?;
         let align = self.align.settings(defaults, sampling.steps)?;
         let latents = self.align.latents.unwrap_or(defaults.latents);
-        let samples = self.samples.unwrap_or(defaults.mode_samples);
-        if latents < 1 || samples < 1 {
-            bail!("--latents and --samples must be at least 1, got {latents} and {samples}");
+        if latents < 1 {
+            bail!("--latents must be at least 1, got {latents}");
         }
-        if self.seeds == 0 {
-            bail!("--seeds must be at least 1 (2 or more to measure consistency)");
-        }
+        let samples = self.judging.samples(defaults)?;
+        let seeds = self.judging.seeds()?;
         let baselines = BaselineSettings { d4m_strength: self.d4m_strength, d4m_guidance: self.d4m_guidance, mgd3_scale: self.mgd3_scale, mgd3_fraction: self.mgd3_fraction };
         baselines.validate()?;
         let mut methods: Vec<Method> = Vec::new();
@@ -172,19 +205,18 @@ impl EvalCommon {
         if methods.is_empty() {
             bail!("--methods: name at least one method");
         }
-        let seeds = (self.seed..).take(self.seeds as usize).collect();
         Ok(EvalSettings { sampling, align, latents, samples, seeds, methods, baselines })
     }
 }
 
 /// The metrics' CLIP: the embedded one with its zero-shot classes, or the one given with --clip.
-enum Judge {
+pub(super) enum Judge {
     Classes(ZeroShot),
     Plain(ClipEmbedder),
 }
 
 impl Judge {
-    fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<(Self, PathBuf)> {
+    pub(super) fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<(Self, PathBuf)> {
         let dir = clip_dir(clip)?;
         let judge = match clip {
             None => Judge::Classes(ZeroShot::embedded(&dir, model.device)?),
@@ -194,14 +226,14 @@ impl Judge {
         Ok((judge, dir))
     }
 
-    fn embedder(&self) -> &ClipEmbedder {
+    pub(super) fn embedder(&self) -> &ClipEmbedder {
         match self {
             Judge::Classes(zero_shot) => &zero_shot.embedder,
             Judge::Plain(embedder) => embedder,
         }
     }
 
-    fn zero_shot(&self) -> Option<&ZeroShot> {
+    pub(super) fn zero_shot(&self) -> Option<&ZeroShot> {
         match self {
             Judge::Classes(zero_shot) => Some(zero_shot),
             Judge::Plain(_) => None,
@@ -276,7 +308,7 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
         .iter()
         .zip(&folders)
         .map(|(s, folder)| {
-            let logs: Vec<Value> = s.outcomes.iter().map(|o| json!({ "seed": o.seed, "dma_steps": o.dma_log })).collect();
+            let logs: Vec<Value> = s.outcomes.iter().map(|o| json!({ "seed": o.seed, "dma_steps": o.dma_log, "dma_cost": o.dma_cost })).collect();
             json!({ "subject": s.title, "folder": folder, "scores": s.scores, "runs": logs })
         })
         .collect();
@@ -312,16 +344,16 @@ fn check_fits(model: &StableDiffusion, settings: &EvalSettings, device: &str) ->
 
 pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("eval", args, matches)?;
-    let prompts = read_prompts(&args)?;
+    let prompts = read_prompts(&args.prompt, args.prompts.as_deref())?;
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;
     let resolved = json!({ "prompts": prompts, "evaluation": settings });
-    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "eval", &prompts[0], args.common.force))?;
+    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "eval", &prompts[0], args.common.judging.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
     check_fits(&model, &settings, &args.model.device)?;
-    let (judge, clip) = Judge::load(args.common.clip.as_deref(), &model)?;
+    let (judge, clip) = Judge::load(args.common.judging.clip.as_deref(), &model)?;
     for prompt in &prompts {
         check_prompt(&model, prompt, None)?;
     }
@@ -329,7 +361,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let mut subjects = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let stage = format!("subject-{i}");
-        subjects.push(evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.quiet, &stage, &mut checkpoints)?);
+        subjects.push(evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.judging.quiet, &stage, &mut checkpoints)?);
     }
     drop(checkpoints);
     let mut record = base_record("eval", &settings, &clip, started, resumption);
@@ -355,7 +387,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
     let resolved = json!(settings);
-    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.out.as_deref(), "compare", prompt, args.common.force))?;
+    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "compare", prompt, args.common.judging.force))?;
     let started = Instant::now();
     let mut checkpoints = RunCheckpoints::new(&mut out, "compare", &args, &resolved);
     let mut subjects = Vec::new();
@@ -365,9 +397,9 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         let model = model_args.load(source)?;
         check_fits(&model, settings, &model_args.device)?;
         check_prompt(&model, prompt, Some(source.path()))?;
-        let (judge, dir) = Judge::load(args.common.clip.as_deref(), &model)?;
+        let (judge, dir) = Judge::load(args.common.judging.clip.as_deref(), &model)?;
         let title = format!("{}: {prompt}", source.path().display());
-        subjects.push(evaluate((&model, source), &judge, title, prompt, settings, args.common.quiet, &format!("subject-{i}"), &mut checkpoints)?);
+        subjects.push(evaluate((&model, source), &judge, title, prompt, settings, args.common.judging.quiet, &format!("subject-{i}"), &mut checkpoints)?);
         models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
         clip = dir;
     }

@@ -7,6 +7,7 @@ pub mod interrupt;
 mod modes;
 mod report;
 mod resume;
+mod sweep;
 mod train;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -31,6 +32,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Prototypes of one concept from several models side by side, with the same figures and report.
     Compare(eval::CompareArgs),
+    /// DMA's cost-quality frontier: DMA under a grid of settings (--sweep KEY=V1,V2,...) on the same concepts and
+    /// seeds, each setting's consistency, representativeness, sharpness and zero-shot classes against its cost in
+    /// network passes: results.csv, results.md, report.html.
+    Sweep(sweep::SweepArgs),
     /// Train the embedded model (resumable: run the same command again to continue).
     Train(train::TrainArgs),
     /// Train the embedded CLIP model (for embeddings, zero-shot classes and clustering; resumable).
@@ -50,6 +55,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Modes(args) => modes::modes(args, &sub("modes")),
         Command::Eval(args) => eval::eval(args, &sub("eval")),
         Command::Compare(args) => eval::compare(args, &sub("compare")),
+        Command::Sweep(args) => sweep::sweep(args, &sub("sweep")),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),
     }

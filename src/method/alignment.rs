@@ -1,6 +1,7 @@
 //! Progressive trajectory alignment: at each of the first `align_steps` steps, pull every latent's h toward the
 //! mean h of all latents, then let the sampler take its step from the aligned latents.
 use crate::optim::Adam;
+use crate::passes::Passes;
 use super::hspace::{distance_to, spread, HBranch, HSpace};
 use crate::sampling::{ensure_finite, StepHooks};
 use anyhow::{bail, Result};
@@ -20,6 +21,26 @@ pub struct AlignSettings {
     pub tol: f64,
     pub window: usize,
     pub branch: HBranch,
+    /// Adam iterations of every aligned step after the first, at most (None: `iters`). The spread of h falls most
+    /// in the first steps; later ones change it little (BENCHMARKS.md "Cost-quality frontier").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub later_iters: Option<usize>,
+    /// "Mean of many, align few": only the first `optimised` of the K latents are optimised and make the result;
+    /// the others are sampled unaligned while their h (forward passes only) is in the target, for the first
+    /// `wide_target_steps` aligned steps (None: all of them), and dropped after. None: all K are optimised, as in
+    /// the paper.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimised: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide_target_steps: Option<usize>,
+    /// Alignment ends after the first aligned step whose spread of h fell to more than this fraction of its
+    /// spread before the step (the step changed little; the trajectories have met). None: all `align_steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<f64>,
+    /// After every Adam iteration each latent is rescaled to the norm it had before the step, keeping it on the
+    /// shell where Gaussian noise (and the sampler's latents at that step) lie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_norm: bool,
 }
 
 impl AlignSettings {
@@ -27,7 +48,19 @@ impl AlignSettings {
     /// (most of the work happens in the first iterations; NOTES §4): stop a latent whose loss improved by
     /// less than 1% over 20 iterations.
     pub fn paper(branch: HBranch) -> Self {
-        Self { align_steps: 10, iters: 300, lr: 2e-2, tol: 0.01, window: 20, branch }
+        Self {
+            align_steps: 10,
+            iters: 300,
+            lr: 2e-2,
+            tol: 0.01,
+            window: 20,
+            branch,
+            later_iters: None,
+            optimised: None,
+            wide_target_steps: None,
+            settle: None,
+            keep_norm: false,
+        }
     }
 
     pub fn validate(&self, steps: usize) -> Result<()> {
@@ -36,6 +69,9 @@ impl AlignSettings {
         }
         if self.align_steps > 0 && self.iters == 0 {
             bail!("--iters 0 aligns nothing; give --iters 1 or more (plain samples come from `dma sample`)");
+        }
+        if self.later_iters == Some(0) {
+            bail!("--later-iters 0 aligns nothing after the first step; give --align-steps 1 instead");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", self.lr);
@@ -46,7 +82,75 @@ impl AlignSettings {
         if self.window == 0 {
             bail!("--window must be at least 1");
         }
+        if self.optimised.is_some_and(|m| m < 1) {
+            bail!("--optimise must be at least 1 latent, got {}", self.optimised.unwrap_or_default());
+        }
+        if self.wide_target_steps.is_some() && self.optimised.is_none() {
+            bail!("--wide-target-steps needs --optimise (without it every latent is optimised and in the target)");
+        }
+        if let Some(settle) = self.settle {
+            if !(settle > 0.0 && settle <= 1.0) {
+                bail!("--settle must be a fraction in (0, 1], got {settle}");
+            }
+        }
         Ok(())
+    }
+
+    /// Adam iterations of aligned step `index`, at most.
+    pub fn iters_at(&self, index: usize) -> usize {
+        if index == 0 {
+            self.iters
+        } else {
+            self.later_iters.unwrap_or(self.iters)
+        }
+    }
+
+    /// How many of a run's `latents` are optimised.
+    pub fn optimised_of(&self, latents: i64) -> i64 {
+        self.optimised.map_or(latents, |m| m.min(latents))
+    }
+
+    /// The step from which a run carries only its optimised latents: the others have moved their last target
+    /// (after the wide-target steps, the aligned steps, or the step after which the alignment settled).
+    fn wide_until(&self, log: &[StepLog]) -> usize {
+        let settled = log.iter().position(|l| self.settles_after(l)).map_or(usize::MAX, |i| i + 1);
+        self.wide_target_steps.unwrap_or(self.align_steps).min(self.align_steps).min(settled)
+    }
+
+    /// How many latents a run of `latents` holds once its first `steps` steps are done (with `log`, their
+    /// alignment log): all of them until the others are dropped (`wide_until`), the optimised ones after.
+    pub fn latents_after(&self, steps: usize, latents: i64, log: &[StepLog]) -> i64 {
+        if steps > self.wide_until(log) {
+            self.optimised_of(latents)
+        } else {
+            latents
+        }
+    }
+
+    /// Whether alignment ends after the step `log` describes (`settle`).
+    pub fn settles_after(&self, log: &StepLog) -> bool {
+        self.settle.is_some_and(|fraction| log.spread_after > fraction * log.spread_before)
+    }
+
+    /// The aligned steps a run's log must hold once its first `steps` steps are done: 0, 1, ... up to
+    /// `align_steps`, or to the step after which it settled.
+    pub fn logged_steps(&self, log: &[StepLog], steps: usize) -> Vec<usize> {
+        let mut expected = Vec::new();
+        for index in 0..self.align_steps.min(steps) {
+            expected.push(index);
+            if log.get(index).is_some_and(|l| self.settles_after(l)) {
+                break;
+            }
+        }
+        expected
+    }
+
+    /// Adam iterations, at most, of the first `steps` steps of a run of `latents` in batches of `batch`: the units
+    /// the alignment tells its progress in.
+    pub fn iterations_until(&self, steps: usize, latents: i64, batch: i64) -> u64 {
+        let optimised = self.optimised_of(latents);
+        let batches = ((optimised + batch - 1) / batch.max(1)) as u64;
+        (0..self.align_steps.min(steps)).map(|index| batches * self.iters_at(index) as u64).sum()
     }
 }
 
@@ -64,6 +168,10 @@ pub struct StepLog {
     pub iterations_mean: f64,
     pub iterations_max: usize,
     pub seconds: f64,
+    /// The step's passes through the encoder half: the target's and the check's forward passes, and one forward
+    /// and backward per latent and Adam iteration.
+    #[serde(default)]
+    pub passes: Passes,
 }
 
 /// Each latent's alignment loss (`distance_to`: mean square over h's elements) and the gradient of their sum with
@@ -79,6 +187,7 @@ pub struct StepLog {
 pub fn loss_and_gradient(hspace: &HSpace, x: &Tensor, target: &Tensor, timestep: i64) -> (Vec<f64>, Tensor) {
     let to_vec = |losses: &Tensor| Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double)).unwrap();
     let leaf = x.detach().set_requires_grad(true);
+    hspace.passes.add(Passes { encoder_backward: x.size()[0] as u64, ..Passes::default() });
     if !hspace.half_precision() {
         let losses = distance_to(&hspace.h(&leaf, timestep), target);
         let grad = Tensor::run_backward(&[losses.sum(losses.kind())], &[&leaf], false, false).pop().unwrap();
@@ -89,8 +198,7 @@ pub fn loss_and_gradient(hspace: &HSpace, x: &Tensor, target: &Tensor, timestep:
     let h = hspace.h(&leaf, timestep);
     let values = exact.unwrap_or_else(|| h.detach());
     let losses = distance_to(&values, target);
-    let per_latent: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat(1).take(x.dim() - 1)).collect();
-    let rms = losses.sqrt().reshape(&per_latent);
+    let rms = losses.sqrt().reshape(per_row(x));
     // A latent already on its target (residual 0) gets a zero direction, not 0/0.
     let direction = (&values - target) / rms.clamp_min(f64::from(f32::MIN_POSITIVE));
     let grad = Tensor::run_backward(&[(h * direction).sum(x.kind())], &[&leaf], false, false).pop().unwrap();
@@ -115,6 +223,7 @@ impl<'a> Alignment<'a> {
     /// new latents and each one's iteration count. A non-finite loss stops it, naming the latent.
     fn align_batch(&mut self, x: &Tensor, target: &Tensor, (index, timestep): (usize, i64), first: i64) -> Result<(Tensor, Vec<usize>)> {
         let s = &self.settings;
+        let iters = s.iters_at(index);
         let n = x.size()[0] as usize;
         let mut out = x.copy();
         let mut iterations = vec![0usize; n];
@@ -123,9 +232,13 @@ impl<'a> Alignment<'a> {
         let mut work = x.copy();
         let mut adam = Adam::new(&work, s.lr);
         let mut history: Vec<Vec<f64>> = vec![Vec::new(); n];
-        for iter in 0..s.iters {
+        let mut norms = s.keep_norm.then(|| row_norms(x));
+        for iter in 0..iters {
             let (losses, grad) = loss_and_gradient(&self.hspace, &work, target, timestep);
             work = tch::no_grad(|| adam.update(&work, &grad));
+            if let Some(norms) = &norms {
+                work = tch::no_grad(|| &work * (norms / row_norms(&work)));
+            }
             let mut keep = Vec::with_capacity(rows.len());
             for (j, (&row, loss)) in rows.iter().zip(losses).enumerate() {
                 if !loss.is_finite() {
@@ -150,9 +263,10 @@ impl<'a> Alignment<'a> {
                 let keep_t = Tensor::from_slice(&keep).to_device(out.device());
                 work = work.index_select(0, &keep_t);
                 adam.keep_rows(&keep_t);
+                norms = norms.map(|n| n.index_select(0, &keep_t));
                 rows = keep.iter().map(|&j| rows[j as usize]).collect();
                 if rows.is_empty() {
-                    (self.progress)((s.iters - iter - 1) as u64);
+                    (self.progress)((iters - iter - 1) as u64);
                     break;
                 }
             }
@@ -164,21 +278,49 @@ impl<'a> Alignment<'a> {
     }
 }
 
+/// The shape of one value per row of `x` that broadcasts over the row: [-1, 1, 1, ...].
+fn per_row(x: &Tensor) -> Vec<i64> {
+    std::iter::once(-1).chain(std::iter::repeat_n(1, x.dim() - 1)).collect()
+}
+
+/// Each row's Euclidean norm, shaped to broadcast over the row.
+fn row_norms(x: &Tensor) -> Tensor {
+    x.flatten(1, -1).norm_scalaropt_dim(2, [1], false).reshape(per_row(x))
+}
+
 impl StepHooks for Alignment<'_> {
     fn before_step(&mut self, index: usize, timestep: i64, latents: Tensor) -> Result<Tensor> {
+        let m = self.settings.optimised_of(latents.size()[0]);
+        let latents = if m < latents.size()[0] && index >= self.settings.wide_until(&self.log) {
+            // The latents beyond the optimised ones have moved their last target: they are not sampled further.
+            latents.narrow(0, 0, m)
+        } else {
+            latents
+        };
         if index >= self.settings.align_steps {
             return Ok(latents);
         }
+        let k = latents.size()[0];
+        if self.log.last().is_some_and(|last| self.settings.settles_after(last)) {
+            // Settled: the step is sampled as it is; the bar still counts the iterations it could have had.
+            (self.progress)(self.settings.iterations_until(index + 1, k, self.hspace.batch) - self.settings.iterations_until(index, k, self.hspace.batch));
+            return Ok(latents);
+        }
         let start = Instant::now();
-        let h = self.hspace.h_all(&latents, timestep);
+        let passes_before = self.hspace.passes.get();
+        // The target is the mean h over all the latents carried (past the wide-target steps, the optimised ones),
+        // held fixed for the whole step.
+        let wide = m < k;
+        let optimised = if m < k { latents.narrow(0, 0, m) } else { latents.shallow_clone() };
+        let h = self.hspace.h_all(if wide { &latents } else { &optimised }, timestep);
         ensure_finite(&h, "h", index, timestep)?;
-        // The target is the mean over all K latents, held fixed for the whole step.
         let target = h.mean_dim(0, true, h.kind());
+        let h = if wide { h.narrow(0, 0, m) } else { h };
         let loss_before = distance_to(&h, &target).mean(h.kind()).double_value(&[]);
         let spread_before = spread(&h);
         let mut aligned = Vec::new();
         let mut iterations = Vec::new();
-        for (c, chunk) in latents.split(self.hspace.batch, 0).iter().enumerate() {
+        for (c, chunk) in optimised.split(self.hspace.batch, 0).iter().enumerate() {
             let (x, its) = self.align_batch(chunk, &target, (index, timestep), c as i64 * self.hspace.batch)?;
             aligned.push(x);
             iterations.extend(its);
@@ -188,6 +330,7 @@ impl StepHooks for Alignment<'_> {
         let h_after = self.hspace.h_all(&aligned, timestep);
         ensure_finite(&h_after, "h after alignment", index, timestep)?;
         let loss_after = distance_to(&h_after, &target).mean(h.kind()).double_value(&[]);
+        let passes = self.hspace.passes.get() - passes_before;
         self.log.push(StepLog {
             step: index,
             timestep,
@@ -198,7 +341,8 @@ impl StepHooks for Alignment<'_> {
             iterations_mean: iterations.iter().sum::<usize>() as f64 / iterations.len() as f64,
             iterations_max: iterations.iter().copied().max().unwrap_or(0),
             seconds: start.elapsed().as_secs_f64(),
+            passes,
         });
-        Ok(aligned)
+        Ok(if m < k { Tensor::cat(&[aligned, latents.narrow(0, m, k - m)], 0) } else { aligned })
     }
 }

@@ -1,5 +1,6 @@
 //! Reading h (the UNet mid-block output) for many latents at one timestep.
 use crate::models::unet::UNet2DConditionModel;
+use crate::passes::{PassCounter, Passes};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -17,9 +18,16 @@ pub struct HSpace<'a> {
     /// The branch's text context [1, L, D], in the model's dtype and on its device.
     pub context: Tensor,
     pub batch: i64,
+    /// The encoder passes made through this h-space: forward only here, forward and backward where a gradient
+    /// is taken (`alignment::loss_and_gradient`).
+    pub passes: PassCounter,
 }
 
-impl HSpace<'_> {
+impl<'a> HSpace<'a> {
+    pub fn new(unet: &'a UNet2DConditionModel, context: Tensor, batch: i64) -> Self {
+        Self { unet, context, batch, passes: PassCounter::default() }
+    }
+
     /// Whether the UNet runs in half precision (f16 or bf16).
     pub fn half_precision(&self) -> bool {
         matches!(self.context.kind(), Kind::Half | Kind::BFloat16)
@@ -52,6 +60,7 @@ impl HSpace<'_> {
     /// UNet's dtype, or in the latents' where `values_in_latent_dtype`.
     pub fn h_all(&self, x: &Tensor, timestep: i64) -> Tensor {
         let kind = if self.values_in_latent_dtype() { x.kind() } else { self.context.kind() };
+        self.passes.add(Passes { encoder_forward: x.size()[0] as u64, ..Passes::default() });
         tch::no_grad(|| {
             Tensor::cat(&x.split(self.batch, 0).iter().map(|c| self.h_in(c, timestep, kind).to_kind(x.kind())).collect::<Vec<_>>(), 0)
         })

@@ -42,6 +42,9 @@ struct Record {
     log: Vec<StepLog>,
     /// (step, timestep) of each trajectory frame, stored as `frame<i>` tensors.
     frames: Vec<(usize, i64)>,
+    /// The sampler's UNet passes so far (absent from checkpoints written before passes were counted).
+    #[serde(default)]
+    unet_passes: Option<u64>,
 }
 
 /// Saves `state` into the stage folder `dir`, replacing its previous checkpoint.
@@ -52,7 +55,7 @@ pub fn save(dir: &Path, state: &StepState) -> Result<()> {
     tensors.extend(frame_names.iter().zip(state.frames).map(|(n, (_, _, t))| (n.as_str(), t)));
     let frames = state.frames.iter().map(|(s, t, _)| (*s, *t)).collect();
     let tensors_name = checkpoint_files::tensors_name(state.next_step);
-    let record = Record { next_step: state.next_step, steps: state.steps, tensors: tensors_name, log: state.log.to_vec(), frames };
+    let record = Record { next_step: state.next_step, steps: state.steps, tensors: tensors_name, log: state.log.to_vec(), frames, unet_passes: Some(state.unet_passes) };
     checkpoint_files::save(dir, state.next_step, &tensors, &record)
 }
 
@@ -79,5 +82,7 @@ pub fn load(dir: &Path, steps: usize) -> Result<Option<Start>> {
     let mut take = |name: &str| tensors.remove(name).with_context(|| format!("the checkpoint {} lacks `{name}`", path.display()));
     let latents = take("latents")?;
     let frames = record.frames.iter().enumerate().map(|(i, &(s, t))| Ok((s, t, take(&format!("frame{i}"))?))).collect::<Result<Vec<_>>>()?;
-    Ok(Some(Start { first_step: record.next_step, latents, log: record.log, frames }))
+    // Before passes were counted every step sampled all of a run's latents: two UNet passes per latent and step.
+    let unet_passes = record.unet_passes.unwrap_or(2 * record.next_step as u64 * latents.size()[0] as u64);
+    Ok(Some(Start { first_step: record.next_step, latents, log: record.log, frames, unet_passes }))
 }

@@ -5,6 +5,7 @@ pub mod images;
 pub mod out_dir;
 pub mod plots;
 pub mod report_html;
+pub mod sweep_report;
 pub mod tables;
 
 pub use out_dir::OutDir;

@@ -22,7 +22,7 @@ pub struct Section<'a> {
     pub outcomes: &'a [SeedOutcome],
 }
 
-fn image_tag(image: &Tensor, alt: &str) -> Result<String> {
+pub(crate) fn image_tag(image: &Tensor, alt: &str) -> Result<String> {
     let bytes = png_bytes(image, &[])?;
     let side = image.size()[2].max(MIN_SIDE);
     Ok(format!(

@@ -10,7 +10,7 @@ pub fn figure(value: Option<f64>) -> String {
 }
 
 /// A CSV field: quoted when it holds a comma, quote or line break.
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {

@@ -100,6 +100,6 @@ impl RunDefaults {
 
     /// Alignment settings with these defaults, reading h from `branch`.
     pub fn align(&self, branch: HBranch) -> AlignSettings {
-        AlignSettings { align_steps: self.align_steps, iters: self.iters, lr: self.lr, tol: self.tol, window: self.window, branch }
+        AlignSettings { align_steps: self.align_steps, iters: self.iters, lr: self.lr, tol: self.tol, window: self.window, ..AlignSettings::paper(branch) }
     }
 }

@@ -4,13 +4,14 @@
 use super::baselines::averages::{avg_vae, latent_centre, pixel_average};
 use super::baselines::{d4m::d4m, mgd3::mgd3, typical::most_typical, BaselineSettings};
 use super::checkpoints::Checkpoints;
-use super::mental_average::{alignment_work, run_stage, seeded_latents, seeded_mental_average, SamplingSettings};
+use super::mental_average::{alignment_work, run_stage, seeded_latents, seeded_mental_average, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::metrics::{consistency, distances_to_mean, mean, median};
 use crate::evaluation::sharpness::laplacian_variance;
 use crate::evaluation::zero_shot::ZeroShot;
 use crate::method::{AlignSettings, StepLog};
+use crate::passes::Passes;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -79,6 +80,61 @@ impl EvalSettings {
     }
 }
 
+/// A concept's samples from one seed: the set every baseline is computed from and every prototype is judged by.
+pub struct SampleSet {
+    /// The final latents [N,C,H,W], their images [N,C,H,W] in [0,1], and the images' CLIP embeddings [N,D].
+    pub latents: Tensor,
+    pub images: Tensor,
+    pub embeds: Tensor,
+}
+
+/// `count` samples of `sampling`'s prompt from its seed, as stage `stage` of `checkpoints`.
+pub fn draw_samples(
+    model: &StableDiffusion,
+    embedder: &ClipEmbedder,
+    sampling: &SamplingSettings,
+    count: i64,
+    progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<SampleSet> {
+    let init = seeded_latents(model, count, sampling.seed);
+    let latents = run_stage(model, sampling, &init, None, 0, progress, stage, checkpoints)?.latents;
+    let images = model.decode_batched(&latents, sampling.batch);
+    let embeds = embedder.image_embeds(&images)?;
+    Ok(SampleSet { latents, images, embeds })
+}
+
+/// What a DMA run cost: its passes (`Passes`) and the seconds its aligned steps took (kept in its log, so a
+/// resumed run counts the steps done before it stopped).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RunCost {
+    pub passes: Passes,
+    pub alignment_seconds: f64,
+}
+
+impl RunCost {
+    pub fn of(result: &SamplingResult) -> Self {
+        Self { passes: result.passes, alignment_seconds: result.log.iter().map(|l| l.seconds).sum() }
+    }
+}
+
+/// DMA's prototype image [C,H,W] from `count` latents seeded by `sampling.seed`, as stage `stage`, with its log and cost.
+pub fn dma_prototype(
+    model: &StableDiffusion,
+    sampling: &SamplingSettings,
+    align: &AlignSettings,
+    count: i64,
+    progress: &dyn Fn(u64),
+    stage: &str,
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<(Tensor, Vec<StepLog>, RunCost)> {
+    let (result, prototype) = seeded_mental_average(model, sampling, align, count, progress, stage, checkpoints)?;
+    let image = model.decode(&result.latents.narrow(0, prototype, 1)).squeeze_dim(0);
+    let cost = RunCost::of(&result);
+    Ok((image, result.log, cost))
+}
+
 /// One seed of one concept: its samples and each method's prototype.
 pub struct SeedOutcome {
     pub seed: u64,
@@ -87,8 +143,9 @@ pub struct SeedOutcome {
     pub sample_embeds: Tensor,
     /// Each method's prototype image [C,H,W], in the order of the settings' methods.
     pub prototypes: Vec<(Method, Tensor)>,
-    /// DMA's per-step alignment log (empty without DMA).
+    /// DMA's per-step alignment log (empty without DMA) and its cost.
     pub dma_log: Vec<StepLog>,
+    pub dma_cost: RunCost,
 }
 
 /// The samples of `prompt` from `seed` and every method's prototype from them. The samples and DMA are the stages
@@ -105,14 +162,12 @@ pub fn evaluate_seed(
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<SeedOutcome> {
     let sampling = SamplingSettings { prompt: prompt.to_string(), seed, ..settings.sampling.clone() };
-    let init = seeded_latents(model, settings.samples, seed);
-    let latents = run_stage(model, &sampling, &init, None, 0, progress, &format!("{stage}/samples"), checkpoints)?.latents;
-    let samples = model.decode_batched(&latents, sampling.batch);
-    let sample_embeds = embedder.image_embeds(&samples)?;
+    let SampleSet { latents, images: samples, embeds: sample_embeds } = draw_samples(model, embedder, &sampling, settings.samples, progress, &format!("{stage}/samples"), checkpoints)?;
     let centre = latent_centre(&latents);
     let decode_one = |latent: &Tensor| model.decode(latent).squeeze_dim(0);
     let mut prototypes = Vec::new();
     let mut dma_log = Vec::new();
+    let mut dma_cost = RunCost::default();
     for &method in &settings.methods {
         let image = match method {
             Method::PixelAverage => pixel_average(&samples),
@@ -121,9 +176,9 @@ pub fn evaluate_seed(
             Method::Mgd3 => decode_one(&mgd3(model, &sampling, &settings.baselines, &centre, seed)?),
             Method::Typical => samples.get(most_typical(&sample_embeds) as i64),
             Method::Dma => {
-                let (result, prototype) = seeded_mental_average(model, &sampling, &settings.align, settings.latents, progress, &format!("{stage}/dma"), checkpoints)?;
-                dma_log = result.log;
-                decode_one(&result.latents.narrow(0, prototype, 1))
+                let (image, log, cost) = dma_prototype(model, &sampling, &settings.align, settings.latents, progress, &format!("{stage}/dma"), checkpoints)?;
+                (dma_log, dma_cost) = (log, cost);
+                image
             }
         };
         if matches!(method, Method::D4m | Method::Mgd3) {
@@ -131,7 +186,7 @@ pub fn evaluate_seed(
         }
         prototypes.push((method, image));
     }
-    Ok(SeedOutcome { seed, samples, sample_embeds, prototypes, dma_log })
+    Ok(SeedOutcome { seed, samples, sample_embeds, prototypes, dma_log, dma_cost })
 }
 
 /// One method's figures over the seeds.

@@ -4,6 +4,7 @@ use super::checkpoints::{Checkpoints, NoCheckpoints};
 use super::StableDiffusion;
 use crate::method::hspace::{distance_to, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
+use crate::passes::{PassCounter, Passes};
 use crate::sampling::{sample_from, GuidedDenoiser, StepHooks, TrajectoryRecorder};
 use crate::schedulers::ddim::DdimScheduler;
 use crate::weights::read_safetensors;
@@ -80,6 +81,9 @@ pub struct SamplingResult {
     /// Predicted clean samples of the first few latents after every step.
     pub trajectory: Vec<(usize, i64, Tensor)>,
     pub log: Vec<StepLog>,
+    /// The run's passes: sampling's through the whole UNet, the alignment's through its encoder half (each
+    /// aligned step's, from the log, so a resumed run counts the steps done before it stopped).
+    pub passes: Passes,
 }
 
 /// Where a run starts: from noise at step 0, or where a stopped run left off (its checkpoint).
@@ -87,28 +91,30 @@ pub struct Start {
     pub first_step: usize,
     /// The latents about to be denoised at `first_step`, [K,C,H,W].
     pub latents: Tensor,
-    /// The alignment log and trajectory frames of the steps already done.
+    /// The alignment log and trajectory frames of the steps already done, and the sampler's UNet passes in them.
     pub log: Vec<StepLog>,
     pub frames: Vec<(usize, i64, Tensor)>,
+    pub unet_passes: u64,
 }
 
 impl Start {
     /// A run from the initial noise `init`.
     pub fn fresh(init: &Tensor) -> Self {
-        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new() }
+        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new(), unet_passes: 0 }
     }
 
     /// Refuses a start (a checkpoint read back) that a run of `steps` steps, the first `align_steps` aligned, on
     /// `model` cannot have reached: a step out of range, a log of another length, frames from the future, latents
     /// of the wrong shape or not finite.
-    fn check(&self, model: &StableDiffusion, steps: usize, align_steps: usize) -> Result<()> {
+    fn check(&self, model: &StableDiffusion, steps: usize, align: &AlignSettings) -> Result<()> {
         let what = format!("the checkpoint at step {} of {steps}", self.first_step);
         if self.first_step > steps {
             bail!("{what}: the step is past the run's end; it is damaged or belongs to another run");
         }
         let logged: Vec<usize> = self.log.iter().map(|l| l.step).collect();
-        if logged != (0..self.first_step.min(align_steps)).collect::<Vec<_>>() {
-            bail!("{what}: it logs aligned steps {logged:?}, but the run aligns the first {align_steps}; it is damaged or belongs to another run");
+        let expected = align.logged_steps(&self.log, self.first_step);
+        if logged != expected {
+            bail!("{what}: it logs aligned steps {logged:?}, but the run aligns steps {expected:?} by then; it is damaged or belongs to another run");
         }
         if self.frames.iter().any(|(step, _, _)| *step >= self.first_step) {
             bail!("{what}: it holds trajectory frames of steps not yet done; it is damaged");
@@ -125,6 +131,8 @@ pub struct StepState<'a> {
     pub latents: &'a Tensor,
     pub log: &'a [StepLog],
     pub frames: &'a [(usize, i64, Tensor)],
+    /// The sampler's UNet passes so far.
+    pub unet_passes: u64,
 }
 
 /// The hooks of one run: the alignment (a no-op past its steps), the trajectory recorder, the progress count, and
@@ -134,6 +142,8 @@ struct RunHooks<'a, 'b> {
     recorder: TrajectoryRecorder,
     steps: usize,
     progress: &'a dyn Fn(u64),
+    /// The sampler's UNet passes, counted by the denoiser.
+    unet_passes: &'a PassCounter,
     after_each_step: &'b mut dyn FnMut(StepState) -> Result<()>,
 }
 
@@ -145,7 +155,8 @@ impl StepHooks for RunHooks<'_, '_> {
     fn after_step(&mut self, index: usize, timestep: i64, latents: &Tensor, pred_x0: &Tensor) -> Result<()> {
         self.recorder.after_step(index, timestep, latents, pred_x0)?;
         (self.progress)(1);
-        (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents, log: &self.alignment.log, frames: &self.recorder.frames })
+        let unet_passes = self.unet_passes.get().unet_forward;
+        (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents, log: &self.alignment.log, frames: &self.recorder.frames, unet_passes })
     }
 }
 
@@ -177,8 +188,10 @@ pub fn run_stage(
 ) -> Result<SamplingResult> {
     let start = match checkpoints.sampling_start(stage, settings.steps)? {
         Some(start) => {
-            if start.latents.size() != init.size() {
-                bail!("the checkpoint of {stage} holds latents of shape {:?}, but this run starts from {:?}", start.latents.size(), init.size());
+            // Past the steps whose targets need all of them, a run of --optimise holds only its optimised latents.
+            let rows = align.map_or(init.size()[0], |a| a.latents_after(start.first_step, init.size()[0], &start.log));
+            if start.latents.size()[0] != rows || start.latents.size()[1..] != init.size()[1..] {
+                bail!("the checkpoint of {stage} holds latents of shape {:?}, but this run holds {rows} of shape {:?} by then", start.latents.size(), &init.size()[1..]);
             }
             progress(work_until(align, settings, init.size()[0], start.first_step));
             start
@@ -204,19 +217,27 @@ pub fn run_from(
     let scheduler = settings.scheduler(model)?;
     let (cond, uncond) = model.guidance_contexts(&settings.prompt)?;
     let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
-    let mut denoise = |x: &Tensor, t: i64| Ok(denoiser.predict(x, t));
+    // Both guidance branches run for every latent: two passes each.
+    let unet_passes = PassCounter::default();
+    let mut denoise = |x: &Tensor, t: i64| {
+        unet_passes.add(Passes { unet_forward: 2 * x.size()[0] as u64, ..Passes::default() });
+        Ok(denoiser.predict(x, t))
+    };
+    // The steps before a checkpoint were counted by the run that wrote it.
+    unet_passes.add(Passes { unet_forward: start.unet_passes, ..Passes::default() });
     let latents = start.latents.to_device(model.device).to_kind(model.latent_kind());
     // Plain sampling is alignment of zero steps: the hook then returns every latent untouched.
     let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
     align.validate(settings.steps)?;
-    start.check(model, settings.steps, align.align_steps)?;
+    start.check(model, settings.steps, &align)?;
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
-    let mut alignment = Alignment::new(HSpace { unet: &model.unet, context, batch: settings.batch }, align, progress);
+    let mut alignment = Alignment::new(HSpace::new(&model.unet, context, settings.batch), align, progress);
     alignment.log = start.log;
     let recorder = TrajectoryRecorder { latents: trajectory_latents, frames: start.frames };
-    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, after_each_step };
+    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, unet_passes: &unet_passes, after_each_step };
     let latents = sample_from(&scheduler, start.first_step, latents, &mut denoise, &mut hooks)?;
-    Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log })
+    let passes = unet_passes.get() + hooks.alignment.log.iter().map(|l| l.passes).sum();
+    Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log, passes })
 }
 
 /// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
@@ -227,8 +248,7 @@ pub fn alignment_work(align: &AlignSettings, sampling: &SamplingSettings, latent
 /// The progress units of the first `steps` steps of a run, aligned by `align` or plain sampling (one per step):
 /// what a resumed run has behind it.
 pub fn work_until(align: Option<&AlignSettings>, sampling: &SamplingSettings, latents: i64, steps: usize) -> u64 {
-    let batches = ((latents + sampling.batch - 1) / sampling.batch.max(1)) as u64;
-    align.map_or(0, |a| a.align_steps.min(steps) as u64 * batches * a.iters as u64) + steps as u64
+    align.map_or(0, |a| a.iterations_until(steps, latents, sampling.batch)) + steps as u64
 }
 
 /// A mental average from `count` latents seeded by `settings.seed`, as stage `stage` of `checkpoints`: the run
@@ -256,17 +276,20 @@ pub fn mental_average_from(
     stage: &str,
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<(SamplingResult, i64)> {
-    let result = run_stage(model, settings, init, Some(align), 0, progress, stage, checkpoints)?;
-    let prototype = prototype_index(model, settings, align.branch, &result.latents)?;
+    let mut result = run_stage(model, settings, init, Some(align), 0, progress, stage, checkpoints)?;
+    let prototype = prototype_index(model, settings, align, &mut result)?;
     Ok((result, prototype))
 }
 
-/// The index of the latent whose h (at the last timestep, from `branch`) is nearest the mean h of all latents.
-pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, branch: HBranch, latents: &Tensor) -> Result<i64> {
+/// The index of the latent whose h (at the last timestep, from the alignment's branch) is nearest the mean h of the
+/// run's final latents; its forward passes are added to the run's.
+pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, align: &AlignSettings, result: &mut SamplingResult) -> Result<i64> {
     let scheduler = settings.scheduler(model)?;
     let last = *scheduler.timesteps().last().expect("at least one step");
-    let context = model.encode_prompt(if branch == HBranch::Cond { &settings.prompt } else { "" })?;
-    let hspace = HSpace { unet: &model.unet, context, batch: settings.batch };
-    let h = hspace.h_all(latents, last);
+    let context = model.encode_prompt(if align.branch == HBranch::Cond { &settings.prompt } else { "" })?;
+    let hspace = HSpace::new(&model.unet, context, settings.batch);
+    // A run of --optimise ends with its optimised latents only (the others were dropped after their last target).
+    let h = hspace.h_all(&result.latents, last);
+    result.passes += hspace.passes.get();
     Ok(distance_to(&h, &h.mean_dim(0, true, h.kind())).argmin(0, false).int64_value(&[]))
 }

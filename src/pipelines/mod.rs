@@ -10,6 +10,7 @@ pub mod modes;
 pub mod single_file;
 pub mod source;
 pub mod stable_diffusion;
+pub mod sweep;
 
 pub use source::ModelSource;
 pub use stable_diffusion::StableDiffusion;

@@ -3,6 +3,7 @@
 use dma::weights::read_safetensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use tch::{Kind, Tensor};
 
 /// A fixture under tests/fixtures (`tiny-sd1`, `tiny-sd2`, `tiny-clip/grayscale`, ...); an absolute path is kept.
@@ -185,4 +186,38 @@ pub fn check_gradient(params: &[Tensor], loss: &dyn Fn() -> Tensor, eps: f64, to
         println!("direction {seed}: autograd {analytic:.10e}, finite differences {numeric:.10e}, relative error {relative:.2e}");
         assert!(relative < tolerance, "gradient disagrees with finite differences: {analytic} vs {numeric}");
     }
+}
+
+/// Debian's Chromium (scripts/setup_chromium.sh installs it; `scripts/test.sh` runs that).
+pub fn chromium() -> PathBuf {
+    let path = PathBuf::from(std::env::var("DMA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    assert!(path.is_file(), "no Chromium at {}: run scripts/setup_chromium.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// What a headless Chromium makes of `page`: (images decoded, images in all, plot lines drawn), read from the DOM
+/// after load by a script appended to a copy of the page (the report itself runs no script).
+pub fn render(page: &Path) -> (usize, usize, usize) {
+    let html = std::fs::read_to_string(page).unwrap();
+    let probe = "<script>window.addEventListener('load', () => { const images = [...document.images]; \
+        document.body.dataset.decoded = images.filter(i => i.complete && i.naturalWidth > 0).length; \
+        document.body.dataset.total = images.length; \
+        document.body.dataset.lines = document.querySelectorAll('svg polyline').length; });</script>";
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("probe.html");
+    std::fs::write(&copy, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
+    let output = Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--virtual-time-budget=10000", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!("file://{}", copy.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let attribute = |name: &str| -> usize {
+        let key = format!("data-{name}=\"");
+        let start = dom.find(&key).unwrap_or_else(|| panic!("Chromium did not render the page: {}", String::from_utf8_lossy(&output.stderr))) + key.len();
+        dom[start..].split('"').next().unwrap().parse().unwrap()
+    };
+    (attribute("decoded"), attribute("total"), attribute("lines"))
 }

@@ -1,0 +1,221 @@
+//! `dma sweep`: DMA's cost-quality frontier on the user's own model. Each --sweep KEY=V1,V2,... is an axis over one
+//! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
+//! scores DMA, with its cost counted in network passes.
+use super::average::{AlignArgs, SamplerArgs};
+use super::checkpoints::RunCheckpoints;
+use super::common::{check_prompt, out_dir, progress_bar, slug, ModelArgs};
+use super::eval::{read_prompts, Judge, JudgingArgs};
+use super::report::{model_record, png_text};
+use super::resume::{arguments, resumed_or_new, Resumable};
+use anyhow::{bail, Context, Result};
+use clap::{ArgMatches, Args, ValueEnum};
+use dma::data::class_names;
+use dma::files::{write_atomic, write_json};
+use dma::method::Schedule;
+use dma::output::images::png_bytes;
+use dma::output::sweep_report::{sweep_csv, sweep_html, sweep_markdown};
+use dma::pipelines::defaults::RunDefaults;
+use dma::pipelines::memory::{self, Work};
+use dma::pipelines::sweep::{sweep_concept, work_per_concept, SweepPoint};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Instant;
+
+#[derive(Args, Debug, Serialize, Deserialize)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A concept (repeat for several).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A file of concepts, one prompt per line (blank lines and lines starting with # are skipped).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// An axis of the grid: KEY=V1,V2,... where KEY is one of DMA's flags without its dashes (latents,
+    /// align-steps, iters, later-iters, lr, tol, window, optimise, wide-target-steps, settle, keep-norm) or
+    /// `schedule` (default, paper); `none` unsets an optional one. Repeat for more axes: every combination runs,
+    /// the first axis varying slowest. The other flags set what no axis sweeps.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub sweep: Vec<String>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub align: AlignArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub judging: JudgingArgs,
+}
+
+impl Resumable for SweepArgs {
+    fn resume_dir(&self) -> Option<PathBuf> {
+        self.judging.resume.clone()
+    }
+    fn resumed(self, given: &Self, dir: PathBuf) -> Self {
+        Self { judging: self.judging.resumed(&given.judging, dir), ..self }
+    }
+}
+
+/// The keys an axis can sweep.
+const KEYS: &str = "latents, align-steps, iters, later-iters, lr, tol, window, optimise, wide-target-steps, settle, keep-norm, schedule";
+
+/// The axes of `--sweep` specs, each key once, each with at least one value.
+fn axes(specs: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+    let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+    for spec in specs {
+        let (key, values) = spec.split_once('=').with_context(|| format!("--sweep {spec:?}: expected KEY=V1,V2,... (keys: {KEYS})"))?;
+        let key = key.trim().to_string();
+        let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
+        if values.iter().any(String::is_empty) {
+            bail!("--sweep {spec:?}: an empty value");
+        }
+        if axes.iter().any(|(k, _)| *k == key) {
+            bail!("--sweep {key}: given twice; list all its values in one --sweep {key}=V1,V2,...");
+        }
+        axes.push((key, values));
+    }
+    Ok(axes)
+}
+
+/// Sets `key` (a flag of DMA's, or `schedule`) to `value` in `align`.
+fn set(align: &mut AlignArgs, key: &str, value: &str) -> Result<()> {
+    fn parse<T: FromStr>(key: &str, value: &str) -> Result<T> {
+        value.parse().map_err(|_| anyhow::anyhow!("--sweep {key}={value}: not a valid value for --{key}"))
+    }
+    fn optional<T: FromStr>(key: &str, value: &str) -> Result<Option<T>> {
+        if value == "none" { Ok(None) } else { parse(key, value).map(Some) }
+    }
+    match key {
+        "latents" => align.latents = Some(parse(key, value)?),
+        "align-steps" => align.align_steps = Some(parse(key, value)?),
+        "iters" => align.iters = Some(parse(key, value)?),
+        "lr" => align.lr = Some(parse(key, value)?),
+        "tol" => align.tol = Some(parse(key, value)?),
+        "window" => align.window = Some(parse(key, value)?),
+        "later-iters" => align.later_iters = optional(key, value)?,
+        "optimise" => align.optimise = optional(key, value)?,
+        "wide-target-steps" => align.wide_target_steps = optional(key, value)?,
+        "settle" => align.settle = optional(key, value)?,
+        "keep-norm" => align.keep_norm = parse(key, value)?,
+        "schedule" => {
+            align.schedule = Some(Schedule::from_str(value, true).map_err(|_| anyhow::anyhow!("--sweep schedule={value}: not a schedule (default, paper)"))?)
+        }
+        _ => bail!("--sweep {key}: not a setting a sweep can vary (keys: {KEYS})"),
+    }
+    Ok(())
+}
+
+/// Every combination of the axes' values over the flags given, resolved against the model's defaults and checked.
+fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], defaults: &RunDefaults, steps: usize) -> Result<Vec<SweepPoint>> {
+    let mut combinations: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for (key, values) in axes {
+        combinations = combinations.into_iter().flat_map(|c| values.iter().map(move |v| [c.clone(), vec![(key.clone(), v.clone())]].concat())).collect();
+    }
+    combinations
+        .into_iter()
+        .map(|values| {
+            let mut args = align.clone();
+            for (key, value) in &values {
+                set(&mut args, key, value)?;
+            }
+            let label = if values.is_empty() { "as given".to_string() } else { values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") };
+            let align = args.settings(defaults, steps).with_context(|| format!("the setting {label}"))?;
+            let latents = args.latents.unwrap_or(defaults.latents);
+            if latents < 1 {
+                bail!("the setting {label}: --latents must be at least 1, got {latents}");
+            }
+            Ok(SweepPoint { label, values, latents, align })
+        })
+        .collect()
+}
+
+pub fn sweep(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
+    let (resumed, args) = arguments("sweep", args, matches)?;
+    let prompts = read_prompts(&args.prompt, args.prompts.as_deref())?;
+    let source = args.model.source()?;
+    let defaults = RunDefaults::for_source(&source)?;
+    let judging = &args.judging;
+    let sampling = args.sampler.settings(&defaults, "", judging.seed)?;
+    let points = points(&args.align, &axes(&args.sweep)?, &defaults, sampling.steps)?;
+    let samples = judging.samples(&defaults)?;
+    let seeds = judging.seeds()?;
+    let resolved = json!({ "prompts": prompts, "sampling": sampling, "points": points, "seeds": seeds, "samples": samples });
+    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(judging.out.as_deref(), "sweep", &prompts[0], judging.force))?;
+    let started = Instant::now();
+    let model = args.model.load(&source)?;
+    let [c, h, w] = model.latent_shape();
+    let largest = points.iter().map(|p| p.latents).max().unwrap_or(1).max(samples);
+    memory::check_fits(&model, Work::Alignment, sampling.batch, [largest, c, h, w], &format!("--samples {samples} and the largest --latents {largest}"), &args.model.device)?;
+    let (judge, clip) = Judge::load(judging.clip.as_deref(), &model)?;
+    for prompt in &prompts {
+        check_prompt(&model, prompt, None)?;
+    }
+    let names = class_names();
+    let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
+    let mut checkpoints = RunCheckpoints::new(&mut out, "sweep", &args, &resolved);
+    let mut concepts = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let bar = progress_bar(work_per_concept(&sampling, &points, seeds.len()), judging.quiet);
+        bar.set_message(prompt.clone());
+        let concept = sweep_concept(&model, (judge.embedder(), zero_shot), prompt, &sampling, (&points, &seeds, samples), &|n| bar.inc(n), &format!("concept-{i}"), &mut checkpoints);
+        concepts.push(concept.map_err(|e| checkpoints.explain(e))?);
+        bar.finish_and_clear();
+    }
+    drop(checkpoints);
+
+    let mut written = Vec::new();
+    let mut folders: Vec<String> = Vec::new();
+    for concept in &concepts {
+        let mut folder = slug(&concept.prompt, 60);
+        while folders.contains(&folder) {
+            folder.push('_');
+        }
+        std::fs::create_dir_all(out.file(&folder)).with_context(|| format!("cannot create {folder} in the output folder"))?;
+        for (j, (point, result)) in points.iter().zip(&concept.points).enumerate() {
+            for (seed, image, _) in &result.runs {
+                let name = format!("{folder}/setting-{j}-seed{seed}.png");
+                let text = png_text(&concept.prompt, &source, &json!({ "setting": point, "seed": seed }));
+                write_atomic(&out.file(&name), &png_bytes(image, &text)?)?;
+                written.push(name);
+            }
+        }
+        folders.push(folder);
+    }
+    let title = format!("dma sweep: {}", source.path().display());
+    let settings_text = serde_json::to_string_pretty(&resolved)?;
+    write_atomic(&out.file("results.csv"), sweep_csv(&concepts, &points).as_bytes())?;
+    write_atomic(&out.file("results.md"), sweep_markdown(&concepts, &points).as_bytes())?;
+    write_atomic(&out.file("report.html"), sweep_html(&title, &settings_text, &concepts, &points)?.as_bytes())?;
+    let results: Vec<serde_json::Value> = concepts
+        .iter()
+        .zip(&folders)
+        .map(|(concept, folder)| {
+            let settings: Vec<serde_json::Value> = points
+                .iter()
+                .zip(&concept.points)
+                .map(|(point, r)| json!({ "setting": point.label, "scores": r.scores, "runs": r.runs.iter().map(|(seed, _, cost)| json!({ "seed": seed, "cost": cost })).collect::<Vec<_>>() }))
+                .collect();
+            json!({ "prompt": concept.prompt, "folder": folder, "samples": concept.samples, "settings": settings })
+        })
+        .collect();
+    write_json(&out.file("results.json"), &json!({ "command": "sweep", "results": results }))?;
+    written.extend(["results.csv", "results.md", "report.html", "results.json", "run.json"].map(String::from));
+    let record = json!({
+        "command": "sweep",
+        "dma_version": env!("CARGO_PKG_VERSION"),
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "resumed": resumption,
+        "settings": resolved,
+        "model": model_record(&source, &model)?,
+        "device": args.model.device,
+        "dtype": args.model.dtype,
+        "clip": clip.display().to_string(),
+        "timings_seconds": { "total": started.elapsed().as_secs_f64() },
+        "outputs": written,
+    });
+    write_json(&out.file("run.json"), &record)?;
+    let folder = out.finish()?;
+    eprintln!("wrote {} (open report.html in a browser)", folder.display());
+    Ok(())
+}

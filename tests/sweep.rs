@@ -1,0 +1,74 @@
+//! `dma sweep` as a user runs it on the embedded model: a grid of settings, each scored and costed, written as
+//! tables, a frontier plot that renders, and prototypes; bad axes refused before anything runs.
+mod common;
+use common::{read_json, render};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dma_sweep(out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(["sweep", "--prompt", "a sneaker", "--prompt", "a digit", "--steps", "4", "--align-steps", "2", "--tol", "0"])
+        .args(["--seeds", "2", "--samples", "3", "--quiet", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_sweep_writes_each_setting_s_scores_and_counted_cost_and_a_frontier_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = dma_sweep(&out, &["--sweep", "latents=2,3", "--sweep", "iters=1,2"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    let column = |name: &str| rows[0].iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name}: {csv}"));
+    assert_eq!(rows.len(), 1 + 2 * 4, "2 concepts x 4 settings: {csv}");
+    let labels: Vec<&str> = rows[1..5].iter().map(|r| r[column("setting")]).collect();
+    assert_eq!(labels, ["latents=2 iters=1", "latents=2 iters=2", "latents=3 iters=1", "latents=3 iters=2"], "the first axis varies slowest");
+    // Hand counts per run (4 steps, 2 aligned, every iteration run): each aligned step K forward passes for the
+    // target, K x iters forward+backward, K forward after it; K forward to choose the prototype; the sampler 4 steps
+    // x K x 2 guidance branches through the whole UNet.
+    for row in &rows[1..] {
+        let (k, iters): (f64, f64) = (row[column("latents")].parse().unwrap(), row[column("iters")].parse().unwrap());
+        let figure = |name: &str| row[column(name)].parse::<f64>().unwrap();
+        assert_eq!(figure("encoder_forward"), 2.0 * 2.0 * k + k, "{row:?}");
+        assert_eq!(figure("encoder_backward"), 2.0 * k * iters, "{row:?}");
+        assert_eq!(figure("unet_forward"), 4.0 * k * 2.0, "{row:?}");
+        for name in ["consistency", "representativeness", "sharpness_vs_samples", "alignment_seconds"] {
+            assert!(figure(name).is_finite() && figure(name) >= 0.0, "{name} in {row:?}");
+        }
+        assert_eq!(row[column("classes")].split(' ').count(), 2, "a zero-shot class per seed: {row:?}");
+    }
+    let markdown = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(markdown.contains("## Mean over 2 concepts") && markdown.contains("| latents=3 iters=2 | 3 |"), "{markdown}");
+    let run = read_json(&out.join("run.json"));
+    for file in run["outputs"].as_array().unwrap() {
+        assert!(out.join(file.as_str().unwrap()).is_file(), "{file} is listed and written");
+    }
+    assert!(out.join("a-digit/setting-3-seed1.png").is_file());
+    // 2 concepts x 4 settings x 2 seeds of prototypes; one frontier curve per concept.
+    assert_eq!(render(&out.join("report.html")), (16, 16, 2));
+}
+
+#[test]
+fn a_bad_axis_is_refused_by_name_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (axis, says) in [
+        ("colour=red", "--sweep colour: not a setting a sweep can vary"),
+        ("latents", "expected KEY=V1,V2"),
+        ("latents=2,", "an empty value"),
+        ("latents=two", "--sweep latents=two: not a valid value for --latents"),
+        ("latents=0", "--latents must be at least 1"),
+        ("schedule=fastest", "not a schedule"),
+        ("optimise=0", "--optimise must be at least 1"),
+        ("settle=2", "--settle must be a fraction"),
+    ] {
+        let out = tmp.path().join("out");
+        let output = dma_sweep(&out, &["--sweep", axis]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "--sweep {axis}: {stderr}");
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
+        assert!(!out.exists(), "--sweep {axis} left an output folder");
+    }
+}
