@@ -52,6 +52,24 @@ fn a_sweep_writes_each_setting_s_scores_and_counted_cost_and_a_frontier_plot() {
 }
 
 #[test]
+fn points_beside_a_grid_run_with_their_own_settings_and_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = dma_sweep(&out, &["--prompt", "footwear", "--iters", "3", "--point", "latents=2", "--point", "latents=4 optimise=2 wide-target-steps=1"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    let column = |name: &str| rows[0].iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name}: {csv}"));
+    assert_eq!(rows.len(), 1 + 3 * 2, "3 concepts x 2 points: {csv}");
+    assert_eq!((rows[1][column("optimise")], rows[2][column("optimise")]), ("", "2"), "a key only the second point sets");
+    // The second point by hand: 4 latents in the first step's target (4 + 2 forward), 2 optimised (3 iterations x
+    // 2 aligned steps), the other two dropped before the second step (2 + 2 forward), 2 forward for the prototype;
+    // the sampler ran 4 latents for the first step and 2 for the other three, 2 guidance branches each.
+    let figure = |row: usize, name: &str| rows[row][column(name)].parse::<f64>().unwrap();
+    assert_eq!([figure(2, "encoder_forward"), figure(2, "encoder_backward"), figure(2, "unet_forward")], [12.0, 12.0, 20.0], "{csv}");
+}
+
+#[test]
 fn a_bad_axis_is_refused_by_name_before_anything_runs() {
     let tmp = tempfile::tempdir().unwrap();
     for (axis, says) in [
@@ -70,5 +88,12 @@ fn a_bad_axis_is_refused_by_name_before_anything_runs() {
         assert!(!output.status.success() && stderr.contains(says), "--sweep {axis}: {stderr}");
         assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
         assert!(!out.exists(), "--sweep {axis} left an output folder");
+    }
+    for (point, says) in [("latents=2,3", "needs one value"), ("latents", "is not KEY=VALUE"), ("", "empty"), ("iters=2 wide-target-steps=1", "needs --optimise")] {
+        let out = tmp.path().join("out");
+        let output = dma_sweep(&out, &["--point", point]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "--point {point:?}: {stderr}");
+        assert!(!out.exists(), "--point {point:?} left an output folder");
     }
 }

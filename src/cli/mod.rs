@@ -55,7 +55,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Modes(args) => modes::modes(args, &sub("modes")),
         Command::Eval(args) => eval::eval(args, &sub("eval")),
         Command::Compare(args) => eval::compare(args, &sub("compare")),
-        Command::Sweep(args) => sweep::sweep(args, &sub("sweep")),
+        Command::Sweep(args) => sweep::run(args, &sub("sweep")),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),
     }

@@ -16,7 +16,7 @@ use dma::output::images::png_bytes;
 use dma::output::sweep_report::{sweep_csv, sweep_html, sweep_markdown};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
-use dma::pipelines::sweep::{sweep_concept, work_per_concept, SweepPoint};
+use dma::pipelines::sweep::{sweep, sweep_work, SweepPoint};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::PathBuf;
@@ -39,6 +39,10 @@ pub struct SweepArgs {
     /// the first axis varying slowest. The other flags set what no axis sweeps.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
+    /// One setting beside the grid's: KEY=VALUE pairs separated by spaces, e.g. "latents=256 optimise=16"
+    /// (keys as for --sweep). Repeat for more; with --point and no --sweep only the points run.
+    #[arg(long, value_name = "KEY=VALUE ...")]
+    pub point: Vec<String>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     #[command(flatten)]
@@ -107,10 +111,34 @@ fn set(align: &mut AlignArgs, key: &str, value: &str) -> Result<()> {
 }
 
 /// Every combination of the axes' values over the flags given, resolved against the model's defaults and checked.
-fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], defaults: &RunDefaults, steps: usize) -> Result<Vec<SweepPoint>> {
+/// The KEY=VALUE pairs of a --point.
+fn point_values(spec: &str) -> Result<Vec<(String, String)>> {
+    let pairs = spec.split_whitespace().map(|pair| {
+        let (key, value) = pair.split_once('=').with_context(|| format!("--point {spec:?}: {pair:?} is not KEY=VALUE (keys: {KEYS})"))?;
+        if value.is_empty() || value.contains(',') {
+            bail!("--point {spec:?}: {key} needs one value (a list of values is for --sweep)");
+        }
+        Ok((key.to_string(), value.to_string()))
+    });
+    let values: Vec<(String, String)> = pairs.collect::<Result<_>>()?;
+    if values.is_empty() {
+        bail!("--point: empty; give KEY=VALUE pairs");
+    }
+    Ok(values)
+}
+
+/// The grid's combinations (the first axis varying slowest), then the extra points; one "as given" setting when
+/// there is neither.
+fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], extra: &[String], defaults: &RunDefaults, steps: usize) -> Result<Vec<SweepPoint>> {
     let mut combinations: Vec<Vec<(String, String)>> = vec![Vec::new()];
     for (key, values) in axes {
         combinations = combinations.into_iter().flat_map(|c| values.iter().map(move |v| [c.clone(), vec![(key.clone(), v.clone())]].concat())).collect();
+    }
+    if axes.is_empty() && !extra.is_empty() {
+        combinations.clear();
+    }
+    for spec in extra {
+        combinations.push(point_values(spec)?);
     }
     combinations
         .into_iter()
@@ -130,14 +158,14 @@ fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], defaults: &RunDefau
         .collect()
 }
 
-pub fn sweep(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
+pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("sweep", args, matches)?;
     let prompts = read_prompts(&args.prompt, args.prompts.as_deref())?;
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
     let judging = &args.judging;
     let sampling = args.sampler.settings(&defaults, "", judging.seed)?;
-    let points = points(&args.align, &axes(&args.sweep)?, &defaults, sampling.steps)?;
+    let points = points(&args.align, &axes(&args.sweep)?, &args.point, &defaults, sampling.steps)?;
     let samples = judging.samples(&defaults)?;
     let seeds = judging.seeds()?;
     let resolved = json!({ "prompts": prompts, "sampling": sampling, "points": points, "seeds": seeds, "samples": samples });
@@ -154,14 +182,11 @@ pub fn sweep(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
     let names = class_names();
     let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
     let mut checkpoints = RunCheckpoints::new(&mut out, "sweep", &args, &resolved);
-    let mut concepts = Vec::new();
-    for (i, prompt) in prompts.iter().enumerate() {
-        let bar = progress_bar(work_per_concept(&sampling, &points, seeds.len()), judging.quiet);
-        bar.set_message(prompt.clone());
-        let concept = sweep_concept(&model, (judge.embedder(), zero_shot), prompt, &sampling, (&points, &seeds, samples), &|n| bar.inc(n), &format!("concept-{i}"), &mut checkpoints);
-        concepts.push(concept.map_err(|e| checkpoints.explain(e))?);
-        bar.finish_and_clear();
-    }
+    let bar = progress_bar(sweep_work(&sampling, &points, prompts.len(), seeds.len()), judging.quiet);
+    let starting = |point: &SweepPoint, prompt: &str| bar.set_message(format!("{}: {prompt}", point.label));
+    let concepts = sweep(&model, (judge.embedder(), zero_shot), &prompts, &sampling, (&points, &seeds, samples), (&starting, &|n| bar.inc(n)), &mut checkpoints);
+    let concepts = concepts.map_err(|e| checkpoints.explain(e))?;
+    bar.finish_and_clear();
     drop(checkpoints);
 
     let mut written = Vec::new();

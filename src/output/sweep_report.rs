@@ -37,7 +37,13 @@ fn one_class(result: &PointResult) -> Option<bool> {
 }
 
 pub fn sweep_csv(concepts: &[ConceptSweep], points: &[SweepPoint]) -> String {
-    let keys: Vec<&str> = points.first().map(|p| p.values.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+    // A column per key any setting sets, in order of first appearance; empty where a setting leaves it alone.
+    let mut keys: Vec<&str> = Vec::new();
+    for (key, _) in points.iter().flat_map(|p| &p.values) {
+        if !keys.contains(&key.as_str()) {
+            keys.push(key);
+        }
+    }
     let mut out = String::from("prompt,setting");
     for key in &keys {
         let _ = write!(out, ",{}", csv_field(key));
@@ -51,7 +57,7 @@ pub fn sweep_csv(concepts: &[ConceptSweep], points: &[SweepPoint]) -> String {
             let s = &result.scores;
             let [forward, backward, unet, seconds] = cost(result);
             let mut fields = vec![csv_field(&concept.prompt), csv_field(&point.label)];
-            fields.extend(point.values.iter().map(|(_, v)| csv_field(v)));
+            fields.extend(keys.iter().map(|key| point.values.iter().find(|(k, _)| k == key).map_or_else(String::new, |(_, v)| csv_field(v))));
             fields.extend([
                 point.latents.to_string(),
                 s.consistency.map_or_else(String::new, |v| v.to_string()),

@@ -37,55 +37,53 @@ pub struct ConceptSweep {
     pub points: Vec<PointResult>,
 }
 
-/// Progress units of one concept of a sweep (sampling steps and Adam iterations at most), as `sweep_concept`
-/// reports them.
-pub fn work_per_concept(sampling: &SamplingSettings, points: &[SweepPoint], seeds: usize) -> u64 {
+/// Progress units of a whole sweep (sampling steps and Adam iterations at most), as `sweep` reports them.
+pub fn sweep_work(sampling: &SamplingSettings, points: &[SweepPoint], concepts: usize, seeds: usize) -> u64 {
     let per_seed: u64 = sampling.steps as u64 + points.iter().map(|p| alignment_work(&p.align, sampling, p.latents)).sum::<u64>();
-    per_seed * seeds as u64
+    per_seed * (concepts * seeds) as u64
 }
 
-/// Sweeps `points` on `prompt`: per seed, `samples` samples (stage `<stage>/seed-<s>/samples`), then per setting j
-/// DMA from the seed (stage `<stage>/point-<j>/seed-<s>`); scored with `embedder`, classed by `zero_shot` when
-/// given (with the class names).
+/// Sweeps `points` over `prompts`, setting by setting (so a long sweep finishes its cheap settings on every concept
+/// first, when they come first): per concept and seed, `samples` samples (stage `concept-<i>/seed-<s>/samples`,
+/// drawn once: later settings read them back from their checkpoint), then DMA from the seed (stage
+/// `concept-<i>/point-<j>/seed-<s>`). Scored with `embedder`, classed by `zero_shot` when given (with the class
+/// names). `progress` is told of each setting and concept as it starts, and of the work done.
 #[allow(clippy::too_many_arguments)]
-pub fn sweep_concept(
+pub fn sweep(
     model: &StableDiffusion,
     (embedder, zero_shot): (&ClipEmbedder, Option<(&ZeroShot, &[&str])>),
-    prompt: &str,
+    prompts: &[String],
     sampling: &SamplingSettings,
     (points, seeds, samples): (&[SweepPoint], &[u64], i64),
-    progress: &dyn Fn(u64),
-    stage: &str,
+    (starting, progress): (&dyn Fn(&SweepPoint, &str), &dyn Fn(u64)),
     checkpoints: &mut dyn Checkpoints,
-) -> Result<ConceptSweep> {
-    let sampling_of = |seed: u64| SamplingSettings { prompt: prompt.to_string(), seed, ..sampling.clone() };
-    let mut sets: Vec<SampleSet> = Vec::new();
-    for &seed in seeds {
-        sets.push(draw_samples(model, embedder, &sampling_of(seed), samples, progress, &format!("{stage}/seed-{seed}/samples"), checkpoints)?);
-    }
-    let mut concept_samples = None;
-    let mut results = Vec::new();
+) -> Result<Vec<ConceptSweep>> {
+    let mut concepts: Vec<ConceptSweep> = Vec::new();
+    let mut sampled = vec![false; prompts.len()];
     for (j, point) in points.iter().enumerate() {
-        let mut outcomes = Vec::new();
-        let mut runs = Vec::new();
-        for (&seed, set) in seeds.iter().zip(&sets) {
-            let run_stage = format!("{stage}/point-{j}/seed-{seed}");
-            let (image, dma_log, cost) = dma_prototype(model, &sampling_of(seed), &point.align, point.latents, progress, &run_stage, checkpoints)?;
-            runs.push((seed, image.shallow_clone(), cost));
-            outcomes.push(SeedOutcome {
-                seed,
-                samples: set.images.shallow_clone(),
-                sample_embeds: set.embeds.shallow_clone(),
-                prototypes: vec![(Method::Dma, image)],
-                dma_log,
-                dma_cost: cost,
-            });
+        for (i, prompt) in prompts.iter().enumerate() {
+            starting(point, prompt);
+            let sampling_of = |seed: u64| SamplingSettings { prompt: prompt.clone(), seed, ..sampling.clone() };
+            let mut outcomes = Vec::new();
+            let mut runs = Vec::new();
+            for &seed in seeds {
+                // The samples' sampling steps count once, when first drawn.
+                let first = !sampled[i];
+                let told = |n: u64| if first { progress(n) };
+                let set: SampleSet = draw_samples(model, embedder, &sampling_of(seed), samples, &told, &format!("concept-{i}/seed-{seed}/samples"), checkpoints)?;
+                let stage = format!("concept-{i}/point-{j}/seed-{seed}");
+                let (image, dma_log, cost) = dma_prototype(model, &sampling_of(seed), &point.align, point.latents, progress, &stage, checkpoints)?;
+                runs.push((seed, image.shallow_clone(), cost));
+                outcomes.push(SeedOutcome { seed, samples: set.images, sample_embeds: set.embeds, prototypes: vec![(Method::Dma, image)], dma_log, dma_cost: cost });
+            }
+            sampled[i] = true;
+            let mut scores = score(embedder, zero_shot, prompt, &outcomes)?;
+            let result = PointResult { scores: scores.methods.remove(0), runs };
+            match concepts.get_mut(i) {
+                Some(concept) => concept.points.push(result),
+                None => concepts.push(ConceptSweep { prompt: prompt.clone(), samples: scores, points: vec![result] }),
+            }
         }
-        let mut scores = score(embedder, zero_shot, prompt, &outcomes)?;
-        let dma = scores.methods.remove(0);
-        concept_samples.get_or_insert(scores);
-        results.push(PointResult { scores: dma, runs });
     }
-    let samples = concept_samples.expect("a sweep has at least one setting");
-    Ok(ConceptSweep { prompt: prompt.to_string(), samples, points: results })
+    Ok(concepts)
 }
