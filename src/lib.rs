@@ -22,4 +22,5 @@ pub mod sampling;
 pub mod training;
 pub mod schedulers;
 pub mod data;
+pub mod device;
 pub mod adapters;

@@ -1,6 +1,7 @@
 //! Options shared by the subcommands: which model, on which device, in which precision; progress display.
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use dma::device::{parse_device, parse_kind};
 use dma::pipelines::embedded::embedded_model_dir;
 use dma::pipelines::{single_file, ModelSource, StableDiffusion};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,13 +49,7 @@ impl ModelArgs {
     }
 
     pub fn kind(&self) -> Result<Kind> {
-        Ok(match self.dtype.as_str() {
-            "f32" => Kind::Float,
-            "f16" => Kind::Half,
-            "bf16" => Kind::BFloat16,
-            "f64" => Kind::Double,
-            other => bail!("--dtype {other}: expected f32, f16 or bf16"),
-        })
+        parse_kind(&self.dtype)
     }
 
     pub fn load(&self, source: &ModelSource) -> Result<StableDiffusion> {
@@ -66,25 +61,6 @@ impl ModelArgs {
         };
         model.with_context(|| format!("cannot load the model {}", source.path().display()))
     }
-}
-
-/// `cpu`, `cuda` or `cuda:N`, checked against the devices present.
-pub fn parse_device(name: &str) -> Result<Device> {
-    let device = match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Device::Cuda(i),
-            _ => bail!("--device {other}: expected cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(i) = device {
-        let available = tch::Cuda::device_count() as usize;
-        if i >= available {
-            bail!("--device {name}: {available} CUDA device(s) available");
-        }
-    }
-    Ok(device)
 }
 
 /// Checks `prompt` against `model`'s tokenizer before any long work: a word it does not know is an error (naming

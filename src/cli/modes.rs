@@ -206,13 +206,13 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
             clusters[mode.cluster]["prompt"] = json!(mode.sampling.prompt);
             clusters[mode.cluster]["guidance"] = json!(mode.sampling.guidance);
             clusters[mode.cluster]["held_out_loss"] = json!(mode.held_out);
-            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": mode.started_from, "prototype_index": mode.prototype, "steps": mode.result.log }));
+            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": mode.started_from, "prototype_index": mode.prototype, "steps": mode.result.log, "passes": mode.result.passes }));
             written.extend([adapter_name, prototype_name]);
         }
         let figure = enlarge_to(&Tensor::cat(&figure, 0), FIGURE_SIDE);
         write_atomic(&out.file("modes.png"), &png_bytes(&grid(&figure, figure.size()[0], MAX_GRID_WIDTH), &text)?)?;
         written.push("modes.png".into());
-        chain_record = json!({ "settings": chain, "alignment": align, "overall": { "prototype_index": overall_index, "steps": overall.log }, "modes": records });
+        chain_record = json!({ "settings": chain, "alignment": align, "overall": { "prototype_index": overall_index, "steps": overall.log, "passes": overall.passes }, "modes": records });
     }
 
     let clusters_record = json!({

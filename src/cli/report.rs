@@ -135,6 +135,7 @@ pub fn write_outputs(o: RunOutputs) -> Result<()> {
         "resumed": o.resumed,
         "timings_seconds": { "load": o.seconds[0], "sampling": o.seconds[1], "total": o.seconds[2] },
         "steps": o.result.log,
+        "passes": o.result.passes,
         "outputs": written,
     });
     write_json(&o.out.file("run.json"), &record)?;

@@ -232,7 +232,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if settings.batch < 1 {
         bail!("--batch must be at least 1");
     }
-    let device = super::common::parse_device(&args.device)?;
+    let device = dma::device::parse_device(&args.device)?;
     let data = training_data()?;
     create_model_folder(&args.model_out)?;
     let tokenizer = Tokenizer::from_folder(&args.model_out.join("tokenizer"))?;
@@ -302,7 +302,7 @@ pub fn train_clip(args: TrainClipArgs) -> Result<()> {
     if settings.batch < 2 {
         bail!("--batch must be at least 2 (contrastive training compares the images of a batch)");
     }
-    let device = super::common::parse_device(&args.device)?;
+    let device = dma::device::parse_device(&args.device)?;
     let data = training_data()?;
     create_clip_folder(&args.model_out, &args.model.join("tokenizer"))?;
     let tokenizer = Tokenizer::from_folder(&args.model_out)?;

@@ -1,0 +1,76 @@
+//! A GPU against the CPU on the committed fixtures: each model loaded on both in f32, each part run on the same
+//! inputs, the largest difference relative to the CPU result's largest magnitude. Exits non-zero when a part
+//! differs by more than its tolerance. `bench/gpu.sh` runs it; on the CPU (`--device cpu`) every difference is 0.
+//!
+//! Run: `target/release/examples/device_agreement [cuda|cuda:N|cpu]`
+//!
+//! Tolerances: cuDNN may run convolutions in TF32 (10-bit significand, about 5e-4 relative per product), as PyTorch
+//! does by default, and a GPU's reductions add in another order: one pass through a network may differ by about
+//! 1e-3 of its output's size, so 1e-2 leaves room; a DMA run (4 guided steps, 2 of them aligned by 5 Adam
+//! iterations each) feeds each step's result to the next, 5e-2.
+use dma::device::parse_device;
+use dma::method::hspace::distance_to;
+use dma::method::{alignment::loss_and_gradient, AlignSettings, HBranch, HSpace};
+use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
+use dma::pipelines::StableDiffusion;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+const PASS: f64 = 1e-2;
+const RUN: f64 = 5e-2;
+
+/// max |a - b| / max |b|, on the CPU.
+fn relative(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_device(Device::Cpu).to_kind(Kind::Double), b.to_device(Device::Cpu).to_kind(Kind::Double));
+    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-30)
+}
+
+fn main() -> anyhow::Result<()> {
+    let device = parse_device(std::env::args().nth(1).as_deref().unwrap_or("cuda"))?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let models = [
+        ("tiny-sd1", root.join("tests/fixtures/tiny-sd1"), "a photo of a dog"),
+        ("tiny-sd2", root.join("tests/fixtures/tiny-sd2"), "a photo of a dog"),
+        ("embedded", dma::pipelines::embedded::embedded_model_dir()?, "a sneaker"),
+    ];
+    println!("| model | part | max difference / max magnitude | tolerance | agrees |");
+    println!("|---|---|---|---|---|");
+    let mut failed = 0;
+    for (name, dir, prompt) in &models {
+        let cpu = StableDiffusion::load_folder(dir, Device::Cpu, Kind::Float)?;
+        let gpu = StableDiffusion::load_folder(dir, device, Kind::Float)?;
+        let mut report = |part: &str, difference: f64, tolerance: f64| {
+            let agrees = difference <= tolerance;
+            failed += usize::from(!agrees);
+            println!("| {name} | {part} | {difference:.3e} | {tolerance:.0e} | {} |", if agrees { "yes" } else { "NO" });
+        };
+        let (context_cpu, context_gpu) = (cpu.encode_prompt(prompt)?, gpu.encode_prompt(prompt)?);
+        report("text encoder", relative(&context_gpu, &context_cpu), PASS);
+        let x = seeded_latents(&cpu, 2, 0);
+        let t = Tensor::from(500i64);
+        let unet = |m: &StableDiffusion, context: &Tensor| tch::no_grad(|| m.unet.forward(&x.to_device(m.device), &t.to_device(m.device), &context.expand([2, -1, -1], false)).sample);
+        report("UNet output", relative(&unet(&gpu, &context_gpu), &unet(&cpu, &context_cpu)), PASS);
+        let gradient = |m: &StableDiffusion, context: &Tensor| {
+            let hspace = HSpace::new(&m.unet, context.shallow_clone(), 2);
+            let x = x.to_device(m.device);
+            // A target apart from both latents' h, so each has a gradient.
+            let h = hspace.h_all(&x, 500);
+            let target = h.mean_dim(0, true, h.kind()) + 0.1;
+            let (_, grad) = loss_and_gradient(&hspace, &x, &target, 500);
+            (distance_to(&h, &target), grad)
+        };
+        let ((loss_gpu, grad_gpu), (loss_cpu, grad_cpu)) = (gradient(&gpu, &context_gpu), gradient(&cpu, &context_cpu));
+        report("alignment loss", relative(&loss_gpu, &loss_cpu), PASS);
+        report("alignment gradient", relative(&grad_gpu, &grad_cpu), PASS);
+        report("decoder", relative(&gpu.decode(&x.to_device(device)), &cpu.decode(&x)), PASS);
+        let settings = SamplingSettings { prompt: prompt.to_string(), steps: 4, guidance: 5.0, seed: 0, batch: 4, use_clipped_model_output: false };
+        let align = AlignSettings { align_steps: 2, iters: 5, tol: 0.0, ..AlignSettings::paper(HBranch::Cond) };
+        let init = seeded_latents(&cpu, 4, 0);
+        let dma = |m: &StableDiffusion| run(m, &settings, &init, Some(&align), 0, &|_| {}).map(|r| r.latents);
+        report("DMA run (4 steps, 2 aligned)", relative(&dma(&gpu)?, &dma(&cpu)?), RUN);
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} part(s) differ between {device:?} and the CPU by more than their tolerance");
+    }
+    Ok(())
+}
