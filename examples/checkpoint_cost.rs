@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         let stage = dir.join(format!("k{k}"));
         let (mut saves, mut loads) = (Vec::new(), Vec::new());
         for step in 0..repeats {
-            let state = StepState { next_step: step + 1, steps: repeats + 1, latents: &latents, log: &log, frames: &[], unet_passes: 0 };
+            let state = StepState { next_step: step + 1, steps: repeats + 1, latents: &latents, log: &log, frames: &[], unet_passes: 0, run_latents: latents.size()[0] };
             let start = Instant::now();
             save(&stage, &state)?;
             saves.push(start.elapsed().as_secs_f64());

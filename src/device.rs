@@ -28,6 +28,6 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
         "f16" => Kind::Half,
         "bf16" => Kind::BFloat16,
         "f64" => Kind::Double,
-        other => bail!("--dtype {other}: expected f32, f16 or bf16"),
+        other => bail!("--dtype {other}: expected f32, f16 or bf16 (or f64)"),
     })
 }

@@ -12,7 +12,8 @@ fn the_gpu_check_parses_and_runs_on_the_cpu() {
     let output = Command::new(script).args(["--device", "cpu", "--quick"]).env("DMA_GPU_PREBUILT", "1").env("OUT", out.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    // Three models x six parts, each agreeing (on the CPU against itself, exactly).
+    // Three models x six parts, each agreeing: on the CPU against itself, exactly.
+    assert_eq!(stdout.matches("| 0.000e0 | ").count(), 18, "{stdout}");
     assert_eq!(stdout.matches("| yes |").count(), 18, "{stdout}");
     assert!(!stdout.contains("| NO |"));
     for dtype in ["f32", "bf16", "f16"] {

@@ -175,6 +175,34 @@ fn a_finished_result_is_replaced_only_with_force() {
 
 /// A `dma modes --average` on the tiny fixture (2 modes, each with 120 adapter steps and a 4-step DMA) slow
 /// enough to be stopped in either mode's adapter training or mental average.
+#[test]
+fn an_align_few_run_killed_after_dropping_its_extra_latents_resumes_to_the_same_result() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &Path| {
+        let mut args = average_args(out);
+        args.iter_mut().skip_while(|a| *a != "--latents").nth(1).map(|k| *k = "4".into());
+        args.extend(["--optimise", "2", "--wide-target-steps", "1"].map(String::from));
+        args
+    };
+    let reference = tmp.path().join("reference");
+    succeeded(&dma(&args(&reference)));
+    let killed = tmp.path().join("killed");
+    let mut child = spawn(&args(&killed));
+    // After the second step the run holds only its 2 optimised latents.
+    let reached = wait_for_checkpoint(&killed, 2);
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    assert!(reached < STEPS as u64, "the run had finished before it was killed");
+    succeeded(&dma(&["average".into(), "--resume".into(), killed.display().to_string(), "--quiet".into()]));
+    for file in ["latents.safetensors", "prototype.png", "grid.png"] {
+        assert_eq!(std::fs::read(killed.join(file)).unwrap(), std::fs::read(reference.join(file)).unwrap(), "{file} differs after resuming");
+    }
+    let run = read_json(&killed.join("run.json"));
+    assert_eq!((run["latents"].as_i64(), run["final_latents"].as_i64()), (Some(4), Some(2)));
+    assert_eq!(run["passes"], read_json(&reference.join("run.json"))["passes"], "passes counted once across the stop");
+}
+
 fn modes_args(out: &Path, adapter_kind: &str) -> Vec<String> {
     let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
     [

@@ -7,6 +7,7 @@ use dma::method::{AlignSettings, HBranch};
 use dma::adapters::training::{AdapterTraining, TrainingState};
 use dma::pipelines::checkpoints::Checkpoints;
 use dma::pipelines::mental_average::{alignment_work, run, run_stage, seeded_latents, SamplingResult, SamplingSettings, Start, StepState};
+use dma::output::checkpoint;
 use dma::training::checkpoint::Resume;
 use dma::pipelines::StableDiffusion;
 use dma::passes::Passes;
@@ -70,7 +71,6 @@ fn each_schedule_s_degenerate_case_is_plain_dma_bit_for_bit() {
     let plain = dma(&model, 4, &align());
     let same = [
         AlignSettings { optimised: Some(4), ..align() },
-        AlignSettings { optimised: Some(9), wide_target_steps: Some(1), ..align() },
         AlignSettings { later_iters: Some(3), ..align() },
         AlignSettings { settle: Some(1.0), ..align() },
     ];
@@ -79,6 +79,10 @@ fn each_schedule_s_degenerate_case_is_plain_dma_bit_for_bit() {
         assert_eq!(max_abs_diff(&result.latents, &plain.latents), 0.0, "{settings:?}");
         assert_eq!(result.passes, plain.passes, "{settings:?}");
     }
+    // The wide target over all the aligned steps is what --optimise does without --wide-target-steps.
+    let few = dma(&model, 4, &AlignSettings { optimised: Some(2), ..align() });
+    let wide = dma(&model, 4, &AlignSettings { optimised: Some(2), wide_target_steps: Some(2), ..align() });
+    assert_eq!(max_abs_diff(&few.latents, &wide.latents), 0.0);
     // And each one, set to do something, does change the result.
     for settings in [AlignSettings { optimised: Some(2), ..align() }, AlignSettings { later_iters: Some(1), ..align() }, AlignSettings { settle: Some(1e-9), ..align() }] {
         let latents = dma(&model, 4, &settings).latents;
@@ -124,20 +128,20 @@ fn keep_norm_keeps_each_latent_on_its_sphere() {
     }
 }
 
-/// Keeps the state after step `at` of a run, and gives it back as the start of the next.
+/// Saves the state after step `at` of a run as its checkpoint files (`dma::output::checkpoint`), and gives it back
+/// as the start of the next run.
 struct KeepOne {
     at: usize,
-    kept: Option<Start>,
+    dir: tempfile::TempDir,
 }
 
 impl Checkpoints for KeepOne {
-    fn sampling_start(&self, _: &str, _: usize) -> anyhow::Result<Option<Start>> {
-        Ok(self.kept.as_ref().map(|s| Start { first_step: s.first_step, latents: s.latents.copy(), log: s.log.clone(), frames: Vec::new(), unet_passes: s.unet_passes }))
+    fn sampling_start(&self, _: &str, steps: usize) -> anyhow::Result<Option<Start>> {
+        checkpoint::load(self.dir.path(), steps)
     }
     fn after_sampling_step(&mut self, _: &str, state: StepState) -> anyhow::Result<()> {
-        if state.next_step == self.at && self.kept.is_none() {
-            let (latents, log) = (state.latents.copy(), state.log.to_vec());
-            self.kept = Some(Start { first_step: state.next_step, latents, log, frames: Vec::new(), unet_passes: state.unet_passes });
+        if state.next_step == self.at {
+            checkpoint::save(self.dir.path(), &state)?;
         }
         Ok(())
     }
@@ -153,17 +157,44 @@ impl Checkpoints for KeepOne {
 fn a_run_stopped_before_or_after_its_extra_latents_were_dropped_resumes_to_the_same_result() {
     let _rng = common::global_rng();
     let model = model();
-    let settings = AlignSettings { optimised: Some(2), wide_target_steps: Some(1), settle: Some(1e-9), ..align() };
     let init = seeded_latents(&model, 4, 3);
-    let whole = run(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}).unwrap();
-    // Checkpointed after its first step the run still holds 4 latents (the other two are dropped as the second
-    // begins); after its second, 2.
-    for (at, rows) in [(1, 4), (2, 2)] {
-        let mut keep = KeepOne { at, kept: None };
-        run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep).unwrap();
-        assert_eq!(keep.kept.as_ref().unwrap().latents.size()[0], rows, "after step {at}");
-        let resumed = run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep).unwrap();
-        assert_eq!(max_abs_diff(&resumed.latents, &whole.latents), 0.0, "resumed after step {at}");
-        assert_eq!(resumed.passes, whole.passes, "the steps before the checkpoint are counted once");
+    // Dropped after the first aligned step by --wide-target-steps 1, or after it by settling (no --wide-target-steps).
+    for settings in [
+        AlignSettings { optimised: Some(2), wide_target_steps: Some(1), ..align() },
+        AlignSettings { optimised: Some(2), settle: Some(1e-9), ..align() },
+    ] {
+        let whole = run(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}).unwrap();
+        // Checkpointed after its first step the run still holds 4 latents (the other two are dropped as the second
+        // begins); after its second, 2.
+        for (at, rows) in [(1, 4), (2, 2)] {
+            let mut keep = KeepOne { at, dir: tempfile::tempdir().unwrap() };
+            run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep).unwrap();
+            let kept = checkpoint::load(keep.dir.path(), 3).unwrap().unwrap();
+            assert_eq!((kept.latents.size()[0], kept.run_latents), (rows, 4), "after step {at}: {settings:?}");
+            let resumed = run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep).unwrap();
+            assert_eq!(max_abs_diff(&resumed.latents, &whole.latents), 0.0, "resumed after step {at}: {settings:?}");
+            assert_eq!(resumed.passes, whole.passes, "the steps before the checkpoint are counted once");
+        }
+    }
+    // A checkpoint that holds another number of latents than the run has by then is refused.
+    let settings = AlignSettings { optimised: Some(2), wide_target_steps: Some(1), ..align() };
+    let other = AlignSettings { optimised: Some(2), ..align() };
+    let mut keep_two = KeepOne { at: 2, dir: tempfile::tempdir().unwrap() };
+    run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep_two).unwrap();
+    let error = run_stage(&model, &sampling(2), &init, Some(&other), 0, &|_| {}, "dma", &mut keep_two).err().expect("refused");
+    assert!(format!("{error:#}").contains("holds latents of shape [2,"), "{error:#}");
+}
+
+#[test]
+fn more_latents_to_optimise_than_the_run_has_or_a_wide_target_of_no_steps_are_refused() {
+    let model = model();
+    let init = seeded_latents(&model, 4, 3);
+    for (settings, says) in [
+        (AlignSettings { optimised: Some(5), ..align() }, "--optimise 5 is more than the run's 4 latents"),
+        (AlignSettings { optimised: Some(2), wide_target_steps: Some(0), ..align() }, "--wide-target-steps 0"),
+        (AlignSettings { optimised: Some(2), wide_target_steps: Some(3), ..align() }, "--wide-target-steps 3"),
+    ] {
+        let error = run(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}).err().expect("refused");
+        assert!(format!("{error:#}").contains(says), "{error:#}");
     }
 }

@@ -30,7 +30,7 @@ fn a_sweep_writes_each_setting_s_scores_and_counted_cost_and_a_frontier_plot() {
     // target, K x iters forward+backward, K forward after it; K forward to choose the prototype; the sampler 4 steps
     // x K x 2 guidance branches through the whole UNet.
     for row in &rows[1..] {
-        let (k, iters): (f64, f64) = (row[column("latents")].parse().unwrap(), row[column("iters")].parse().unwrap());
+        let (k, iters): (f64, f64) = (row[column("K")].parse().unwrap(), row[column("iters")].parse().unwrap());
         let figure = |name: &str| row[column(name)].parse::<f64>().unwrap();
         assert_eq!(figure("encoder_forward"), 2.0 * 2.0 * k + k, "{row:?}");
         assert_eq!(figure("encoder_backward"), 2.0 * k * iters, "{row:?}");
@@ -47,8 +47,10 @@ fn a_sweep_writes_each_setting_s_scores_and_counted_cost_and_a_frontier_plot() {
         assert!(out.join(file.as_str().unwrap()).is_file(), "{file} is listed and written");
     }
     assert!(out.join("a-digit/setting-3-seed1.png").is_file());
-    // 2 concepts x 4 settings x 2 seeds of prototypes; one frontier curve per concept.
+    // 2 concepts x 4 settings x 2 seeds of prototypes; one frontier curve per concept, through its 4 settings.
     assert_eq!(render(&out.join("report.html")), (16, 16, 2));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<circle").count(), 8, "a point per concept and setting");
 }
 
 #[test]
@@ -61,7 +63,7 @@ fn points_beside_a_grid_run_with_their_own_settings_and_counts() {
     let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
     let column = |name: &str| rows[0].iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name}: {csv}"));
     assert_eq!(rows.len(), 1 + 3 * 2, "3 concepts x 2 points: {csv}");
-    assert_eq!((rows[1][column("optimise")], rows[2][column("optimise")]), ("", "2"), "a key only the second point sets");
+    assert_eq!((rows[1][column("optimised")], rows[2][column("optimised")]), ("", "2"), "what each point resolved to");
     // The second point by hand: 4 latents in the first step's target (4 + 2 forward), 2 optimised (3 iterations x
     // 2 aligned steps), the other two dropped before the second step (2 + 2 forward), 2 forward for the prototype;
     // the sampler ran 4 latents for the first step and 2 for the other three, 2 guidance branches each.
@@ -73,10 +75,10 @@ fn points_beside_a_grid_run_with_their_own_settings_and_counts() {
 fn a_bad_axis_is_refused_by_name_before_anything_runs() {
     let tmp = tempfile::tempdir().unwrap();
     for (axis, says) in [
-        ("colour=red", "--sweep colour: not a setting a sweep can vary"),
+        ("colour=red", "the setting \"colour=red\": \"colour\" is not a setting a sweep can vary"),
         ("latents", "expected KEY=V1,V2"),
         ("latents=2,", "an empty value"),
-        ("latents=two", "--sweep latents=two: not a valid value for --latents"),
+        ("latents=two", "\"two\" is not a valid value for --latents"),
         ("latents=0", "--latents must be at least 1"),
         ("schedule=fastest", "not a schedule"),
         ("optimise=0", "--optimise must be at least 1"),
@@ -89,7 +91,14 @@ fn a_bad_axis_is_refused_by_name_before_anything_runs() {
         assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
         assert!(!out.exists(), "--sweep {axis} left an output folder");
     }
-    for (point, says) in [("latents=2,3", "needs one value"), ("latents", "is not KEY=VALUE"), ("", "empty"), ("iters=2 wide-target-steps=1", "needs --optimise")] {
+    for (point, says) in [
+        ("latents=2,3", "needs one value"),
+        ("latents", "is not KEY=VALUE"),
+        ("", "empty"),
+        ("iters=2 wide-target-steps=1", "needs --optimise"),
+        ("latents=two", "the setting \"latents=two\": \"two\" is not a valid value for --latents"),
+        ("latents=4 optimise=8", "--optimise 8 is more than the run's 4 latents"),
+    ] {
         let out = tmp.path().join("out");
         let output = dma_sweep(&out, &["--point", point]);
         let stderr = String::from_utf8_lossy(&output.stderr);

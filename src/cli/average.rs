@@ -145,6 +145,15 @@ pub struct AlignArgs {
 }
 
 impl AlignArgs {
+    /// K: --latents or the model's default, checked.
+    pub fn latents(&self, defaults: &RunDefaults) -> Result<i64> {
+        let latents = self.latents.unwrap_or(defaults.latents);
+        if latents < 1 {
+            bail!("--latents must be at least 1, got {latents}");
+        }
+        Ok(latents)
+    }
+
     /// The flags over the schedule (the model's defaults unless --schedule says otherwise), checked against the
     /// sampling steps.
     pub fn settings(&self, defaults: &RunDefaults, steps: usize) -> Result<AlignSettings> {
@@ -253,7 +262,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     if adapter.as_ref().is_some_and(|a| a.kind() == AdapterKind::Lora) {
         defaults.guidance = defaults.lora_guidance;
     }
-    let count = args.align.latents.unwrap_or(defaults.latents);
+    let count = args.align.latents(&defaults)?;
     let settings = common.settings(&defaults, "--latents", count)?;
     let align = args.align.settings(&defaults, settings.steps)?;
     let resolved = json!({ "sampling": settings, "alignment": align });
@@ -339,8 +348,10 @@ fn start_of(checkpoints: &RunCheckpoints, model: &StableDiffusion, common: &Samp
     };
     let shape: [i64; 4] = shape.try_into().map_err(|s| anyhow::anyhow!("the checkpoint of {stage} holds latents of shape {s:?}, not [K, C, H, W]"))?;
     // Seeded latents are `count`; latents from a file are whatever it held (`run_from` checks the rest).
-    if resumed.is_some() && common.init_latents.is_none() && shape[0] != count {
-        bail!("the checkpoint of {stage} holds {} latents, but the run has {flag} {count}", shape[0]);
+    if let (Some(start), None) = (&resumed, &common.init_latents) {
+        if start.run_latents != count {
+            bail!("the checkpoint of {stage} is of a run of {} latents, but the run has {flag} {count}", start.run_latents);
+        }
     }
     memory::check_fits(model, Work::Alignment, settings.batch, shape, &count_text, &common.model.device)?;
     Ok(match (resumed, given) {

@@ -188,10 +188,8 @@ impl EvalCommon {
     fn settings(&self, defaults: &RunDefaults, default_methods: &[Method]) -> Result<EvalSettings> {
         let sampling = self.sampler.settings(defaults, "", self.judging.seed)?;
         let align = self.align.settings(defaults, sampling.steps)?;
-        let latents = self.align.latents.unwrap_or(defaults.latents);
-        if latents < 1 {
-            bail!("--latents must be at least 1, got {latents}");
-        }
+        let latents = self.align.latents(defaults)?;
+        align.validate_for(latents)?;
         let samples = self.judging.samples(defaults)?;
         let seeds = self.judging.seeds()?;
         let baselines = BaselineSettings { d4m_strength: self.d4m_strength, d4m_guidance: self.d4m_guidance, mgd3_scale: self.mgd3_scale, mgd3_fraction: self.mgd3_fraction };

@@ -108,10 +108,8 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
         bail!("--pca-dims must be at least 1");
     }
     let align = args.align.settings(&defaults, settings.steps)?;
-    let latents = args.align.latents.unwrap_or(defaults.latents);
-    if latents < 1 {
-        bail!("--latents must be at least 1, got {latents}");
-    }
+    let latents = args.align.latents(&defaults)?;
+    align.validate_for(latents)?;
     let mut adapter = defaults.adapter(args.adapter_kind, common.seed);
     adapter.steps = args.adapter_steps.unwrap_or(adapter.steps);
     adapter.lr = args.adapter_lr.unwrap_or(adapter.lr);

@@ -126,7 +126,8 @@ pub fn write_outputs(o: RunOutputs) -> Result<()> {
         "adapter": adapter,
         "device": o.model_args.device,
         "dtype": o.model_args.dtype,
-        "latents": o.result.latents.size()[0],
+        "latents": o.result.run_latents,
+        "final_latents": o.result.latents.size()[0],
         // With its hash: the file may change or go after the run (a resumed run did not read it again).
         "init_latents": o.init_latents.map(|p| input_record(p).unwrap_or_else(|_| json!({ "path": p.display().to_string(), "sha256": null }))),
         "sampling": o.settings,

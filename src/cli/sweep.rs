@@ -42,6 +42,7 @@ pub struct SweepArgs {
     /// One setting beside the grid's: KEY=VALUE pairs separated by spaces, e.g. "latents=256 optimise=16"
     /// (keys as for --sweep). Repeat for more; with --point and no --sweep only the points run.
     #[arg(long, value_name = "KEY=VALUE ...")]
+    #[serde(default)]
     pub point: Vec<String>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
@@ -85,7 +86,7 @@ fn axes(specs: &[String]) -> Result<Vec<(String, Vec<String>)>> {
 /// Sets `key` (a flag of DMA's, or `schedule`) to `value` in `align`.
 fn set(align: &mut AlignArgs, key: &str, value: &str) -> Result<()> {
     fn parse<T: FromStr>(key: &str, value: &str) -> Result<T> {
-        value.parse().map_err(|_| anyhow::anyhow!("--sweep {key}={value}: not a valid value for --{key}"))
+        value.parse().map_err(|_| anyhow::anyhow!("{value:?} is not a valid value for --{key}"))
     }
     fn optional<T: FromStr>(key: &str, value: &str) -> Result<Option<T>> {
         if value == "none" { Ok(None) } else { parse(key, value).map(Some) }
@@ -103,14 +104,13 @@ fn set(align: &mut AlignArgs, key: &str, value: &str) -> Result<()> {
         "settle" => align.settle = optional(key, value)?,
         "keep-norm" => align.keep_norm = parse(key, value)?,
         "schedule" => {
-            align.schedule = Some(Schedule::from_str(value, true).map_err(|_| anyhow::anyhow!("--sweep schedule={value}: not a schedule (default, paper)"))?)
+            align.schedule = Some(Schedule::from_str(value, true).map_err(|_| anyhow::anyhow!("{value:?} is not a schedule (default, paper)"))?)
         }
-        _ => bail!("--sweep {key}: not a setting a sweep can vary (keys: {KEYS})"),
+        _ => bail!("{key:?} is not a setting a sweep can vary (keys: {KEYS})"),
     }
     Ok(())
 }
 
-/// Every combination of the axes' values over the flags given, resolved against the model's defaults and checked.
 /// The KEY=VALUE pairs of a --point.
 fn point_values(spec: &str) -> Result<Vec<(String, String)>> {
     let pairs = spec.split_whitespace().map(|pair| {
@@ -127,8 +127,8 @@ fn point_values(spec: &str) -> Result<Vec<(String, String)>> {
     Ok(values)
 }
 
-/// The grid's combinations (the first axis varying slowest), then the extra points; one "as given" setting when
-/// there is neither.
+/// The grid's combinations (the first axis varying slowest), then the extra points (one "as given" setting when
+/// there is neither), each over the flags given, resolved against the model's defaults and checked.
 fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], extra: &[String], defaults: &RunDefaults, steps: usize) -> Result<Vec<SweepPoint>> {
     let mut combinations: Vec<Vec<(String, String)>> = vec![Vec::new()];
     for (key, values) in axes {
@@ -143,17 +143,18 @@ fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], extra: &[String], d
     combinations
         .into_iter()
         .map(|values| {
-            let mut args = align.clone();
-            for (key, value) in &values {
-                set(&mut args, key, value)?;
-            }
             let label = if values.is_empty() { "as given".to_string() } else { values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") };
-            let align = args.settings(defaults, steps).with_context(|| format!("the setting {label}"))?;
-            let latents = args.latents.unwrap_or(defaults.latents);
-            if latents < 1 {
-                bail!("the setting {label}: --latents must be at least 1, got {latents}");
-            }
-            Ok(SweepPoint { label, values, latents, align })
+            let resolve = || -> Result<SweepPoint> {
+                let mut args = align.clone();
+                for (key, value) in &values {
+                    set(&mut args, key, value)?;
+                }
+                let align = args.settings(defaults, steps)?;
+                let latents = args.latents(defaults)?;
+                align.validate_for(latents)?;
+                Ok(SweepPoint { label: label.clone(), values: values.clone(), latents, align })
+            };
+            resolve().with_context(|| format!("the setting {label:?}"))
         })
         .collect()
 }

@@ -1,5 +1,7 @@
 //! Progressive trajectory alignment: at each of the first `align_steps` steps, pull every latent's h toward the
-//! mean h of all latents, then let the sampler take its step from the aligned latents.
+//! mean h of all latents, then let the sampler take its step from the aligned latents. Cheaper schedules vary it:
+//! fewer iterations on later steps, optimising only some latents toward the mean of all ("mean of many, align
+//! few"), ending once a step changes little (`AlignSettings`).
 use crate::optim::Adam;
 use crate::passes::Passes;
 use super::hspace::{distance_to, spread, HBranch, HSpace};
@@ -85,8 +87,13 @@ impl AlignSettings {
         if self.optimised.is_some_and(|m| m < 1) {
             bail!("--optimise must be at least 1 latent, got {}", self.optimised.unwrap_or_default());
         }
-        if self.wide_target_steps.is_some() && self.optimised.is_none() {
-            bail!("--wide-target-steps needs --optimise (without it every latent is optimised and in the target)");
+        if let Some(wide) = self.wide_target_steps {
+            if self.optimised.is_none() {
+                bail!("--wide-target-steps needs --optimise (without it every latent is optimised and in the target)");
+            }
+            if wide == 0 || wide > self.align_steps {
+                bail!("--wide-target-steps {wide}: give 1 to --align-steps ({}), the aligned steps whose target is the mean of all the latents", self.align_steps);
+            }
         }
         if let Some(settle) = self.settle {
             if !(settle > 0.0 && settle <= 1.0) {
@@ -94,6 +101,14 @@ impl AlignSettings {
             }
         }
         Ok(())
+    }
+
+    /// Refuses settings that do not fit a run of `latents` latents: more to optimise than it has.
+    pub fn validate_for(&self, latents: i64) -> Result<()> {
+        match self.optimised {
+            Some(m) if m > latents => bail!("--optimise {m} is more than the run's {latents} latents (--latents)"),
+            _ => Ok(()),
+        }
     }
 
     /// Adam iterations of aligned step `index`, at most.
@@ -169,7 +184,7 @@ pub struct StepLog {
     pub iterations_max: usize,
     pub seconds: f64,
     /// The step's passes through the encoder half: the target's and the check's forward passes, and one forward
-    /// and backward per latent and Adam iteration.
+    /// and backward per latent and Adam iteration (in bf16 one forward more, in f32: `loss_and_gradient`).
     #[serde(default)]
     pub passes: Passes,
 }
@@ -210,7 +225,7 @@ pub struct Alignment<'a> {
     pub hspace: HSpace<'a>,
     pub settings: AlignSettings,
     pub log: Vec<StepLog>,
-    /// Told how many Adam iterations (of `iters` per batch) were done or skipped, for progress bars.
+    /// Told how many Adam iterations (of `AlignSettings::iters_at` per batch and step) were done or skipped, for progress bars.
     pub progress: &'a dyn Fn(u64),
 }
 

@@ -10,6 +10,7 @@
 use crate::checkpoint_files;
 use crate::files::read_json;
 use crate::method::StepLog;
+use crate::passes::Passes;
 use crate::pipelines::mental_average::{Start, StepState};
 use crate::weights::read_safetensors;
 use anyhow::{bail, Context, Result};
@@ -42,9 +43,12 @@ struct Record {
     log: Vec<StepLog>,
     /// (step, timestep) of each trajectory frame, stored as `frame<i>` tensors.
     frames: Vec<(usize, i64)>,
-    /// The sampler's UNet passes so far (absent from checkpoints written before passes were counted).
+    /// The sampler's UNet passes so far, and how many latents the run started with (both absent from checkpoints
+    /// written before passes were counted, when every run kept all its latents).
     #[serde(default)]
     unet_passes: Option<u64>,
+    #[serde(default)]
+    run_latents: Option<i64>,
 }
 
 /// Saves `state` into the stage folder `dir`, replacing its previous checkpoint.
@@ -55,7 +59,7 @@ pub fn save(dir: &Path, state: &StepState) -> Result<()> {
     tensors.extend(frame_names.iter().zip(state.frames).map(|(n, (_, _, t))| (n.as_str(), t)));
     let frames = state.frames.iter().map(|(s, t, _)| (*s, *t)).collect();
     let tensors_name = checkpoint_files::tensors_name(state.next_step);
-    let record = Record { next_step: state.next_step, steps: state.steps, tensors: tensors_name, log: state.log.to_vec(), frames, unet_passes: Some(state.unet_passes) };
+    let record = Record { next_step: state.next_step, steps: state.steps, tensors: tensors_name, log: state.log.to_vec(), frames, unet_passes: Some(state.unet_passes), run_latents: Some(state.run_latents) };
     checkpoint_files::save(dir, state.next_step, &tensors, &record)
 }
 
@@ -82,7 +86,21 @@ pub fn load(dir: &Path, steps: usize) -> Result<Option<Start>> {
     let mut take = |name: &str| tensors.remove(name).with_context(|| format!("the checkpoint {} lacks `{name}`", path.display()));
     let latents = take("latents")?;
     let frames = record.frames.iter().enumerate().map(|(i, &(s, t))| Ok((s, t, take(&format!("frame{i}"))?))).collect::<Result<Vec<_>>>()?;
-    // Before passes were counted every step sampled all of a run's latents: two UNet passes per latent and step.
-    let unet_passes = record.unet_passes.unwrap_or(2 * record.next_step as u64 * latents.size()[0] as u64);
-    Ok(Some(Start { first_step: record.next_step, latents, log: record.log, frames, unet_passes }))
+    let rows = latents.size().first().copied().unwrap_or(0);
+    let mut log = record.log;
+    let unet_passes = match record.unet_passes {
+        Some(passes) => passes,
+        None => {
+            // Written before passes were counted, when every step sampled and optimised all of a run's latents: two
+            // UNet passes per latent and step; per aligned step 2 encoder forward passes per latent (target, check),
+            // and its iterations' forward and backward.
+            for step in &mut log {
+                let (k, iterations) = (rows as u64, (step.iterations_mean * rows as f64).round() as u64);
+                step.passes = Passes { encoder_forward: 2 * k, encoder_backward: iterations, unet_forward: 0 };
+            }
+            2 * record.next_step as u64 * rows as u64
+        }
+    };
+    let run_latents = record.run_latents.unwrap_or(rows);
+    Ok(Some(Start { first_step: record.next_step, latents, log, frames, unet_passes, run_latents }))
 }

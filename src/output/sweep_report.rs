@@ -37,19 +37,11 @@ fn one_class(result: &PointResult) -> Option<bool> {
 }
 
 pub fn sweep_csv(concepts: &[ConceptSweep], points: &[SweepPoint]) -> String {
-    // A column per key any setting sets, in order of first appearance; empty where a setting leaves it alone.
-    let mut keys: Vec<&str> = Vec::new();
-    for (key, _) in points.iter().flat_map(|p| &p.values) {
-        if !keys.contains(&key.as_str()) {
-            keys.push(key);
-        }
-    }
     let mut out = String::from("prompt,setting");
-    for key in &keys {
-        let _ = write!(out, ",{}", csv_field(key));
-    }
+    // The setting's name, then what it resolved to (K and the alignment), so a row reads on its own.
     out.push_str(
-        ",latents,consistency,representativeness,median_sample_representativeness,sharpness,samples_sharpness,sharpness_vs_samples,\
+        ",K,align_steps,iters,later_iters,optimised,wide_target_steps,settle,keep_norm,lr,tol,window,\
+         consistency,representativeness,median_sample_representativeness,sharpness,samples_sharpness,sharpness_vs_samples,\
          classes,one_class,encoder_forward,encoder_backward,encoder_passes,unet_forward,alignment_seconds\n",
     );
     for concept in concepts {
@@ -57,9 +49,20 @@ pub fn sweep_csv(concepts: &[ConceptSweep], points: &[SweepPoint]) -> String {
             let s = &result.scores;
             let [forward, backward, unet, seconds] = cost(result);
             let mut fields = vec![csv_field(&concept.prompt), csv_field(&point.label)];
-            fields.extend(keys.iter().map(|key| point.values.iter().find(|(k, _)| k == key).map_or_else(String::new, |(_, v)| csv_field(v))));
+            let a = &point.align;
+            let optional = |v: Option<String>| v.unwrap_or_default();
             fields.extend([
                 point.latents.to_string(),
+                a.align_steps.to_string(),
+                a.iters.to_string(),
+                optional(a.later_iters.map(|v| v.to_string())),
+                optional(a.optimised.map(|v| v.to_string())),
+                optional(a.wide_target_steps.map(|v| v.to_string())),
+                optional(a.settle.map(|v| v.to_string())),
+                a.keep_norm.to_string(),
+                a.lr.to_string(),
+                a.tol.to_string(),
+                a.window.to_string(),
                 s.consistency.map_or_else(String::new, |v| v.to_string()),
                 s.representativeness.to_string(),
                 concept.samples.median_sample_representativeness.to_string(),
@@ -93,7 +96,13 @@ fn count(value: f64) -> String {
     out
 }
 
-const HEADER: &str = "| setting | K | consistency | representativeness | sharpness / samples' | one class | encoder passes (fwd / fwd+bwd) | UNet passes | alignment s |\n|---|---|---|---|---|---|---|---|---|\n";
+/// The table's header: `classes` is the means table's count of concepts whose prototypes share one class, or a
+/// concept's classes per seed.
+fn header(classes: &str) -> String {
+    format!(
+        "| setting | K | consistency | representativeness | sharpness / samples' | {classes} | encoder passes (fwd / fwd+bwd) | UNet passes | alignment s |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+}
 
 fn row(out: &mut String, label: &str, latents: i64, figures: [Option<f64>; 3], one_class: String, [forward, backward, unet, seconds]: [f64; 4]) {
     let [consistency, representativeness, sharpness] = figures.map(figure);
@@ -117,7 +126,7 @@ pub fn sweep_markdown(concepts: &[ConceptSweep], points: &[SweepPoint]) -> Strin
     );
     if concepts.len() > 1 {
         let _ = writeln!(out, "## Mean over {} concepts\n", concepts.len());
-        out.push_str(HEADER);
+        out.push_str(&header("one class"));
         for (j, point) in points.iter().enumerate() {
             let results: Vec<&PointResult> = concepts.iter().map(|c| &c.points[j]).collect();
             let figure_mean = |f: &dyn Fn(&PointResult) -> Option<f64>| mean(&results.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
@@ -133,7 +142,7 @@ pub fn sweep_markdown(concepts: &[ConceptSweep], points: &[SweepPoint]) -> Strin
     }
     for concept in concepts {
         let _ = writeln!(out, "## {}\n", concept.prompt);
-        out.push_str(HEADER);
+        out.push_str(&header("classes"));
         for (point, result) in points.iter().zip(&concept.points) {
             let s = &result.scores;
             let classes = s.classes.as_ref().map_or_else(|| "-".into(), |c| c.join(", "));
@@ -159,6 +168,9 @@ pub fn sweep_html(title: &str, settings: &str, concepts: &[ConceptSweep], points
         .map(|c| (c.prompt.clone(), c.points.iter().map(|r| (encoder_passes(r), r.scores.consistency.unwrap_or(f64::NAN))).collect()))
         .collect();
     out.push_str("<h2>Consistency against cost</h2>");
+    if concepts.iter().flat_map(|c| &c.points).all(|r| r.scores.consistency.is_none()) {
+        out.push_str("<p>Consistency compares the prototypes of different seeds: with one seed (--seeds 1) there is none to plot.</p>");
+    }
     out.push_str(&log_log_plot("consistency (lower is better)", "encoder passes per run (forward + forward and backward)", "consistency", &series));
     let markdown = sweep_markdown(concepts, points);
     let _ = write!(out, "<h2>Figures</h2><pre>{}</pre>", escape(&markdown));

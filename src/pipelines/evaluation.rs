@@ -220,6 +220,69 @@ pub struct ConceptScores {
     pub sample_classes: Option<Vec<(String, usize)>>,
 }
 
+/// What prototypes are judged against: the concept's samples (every seed's), by their CLIP embeddings, their mean
+/// sharpness and (with a classifier) their zero-shot classes.
+pub struct Judged<'a> {
+    pub embedder: &'a ClipEmbedder,
+    pub zero_shot: Option<(&'a ZeroShot, &'a [&'a str])>,
+    /// The samples' embeddings [N,D].
+    pub sample_embeds: Tensor,
+    pub samples_sharpness: f64,
+}
+
+impl<'a> Judged<'a> {
+    /// The figures of `samples` (images [N,C,H,W] in [0,1] and their embeddings [N,D]): the judge, and the concept's
+    /// scores without any method yet.
+    pub fn samples(
+        embedder: &'a ClipEmbedder,
+        zero_shot: Option<(&'a ZeroShot, &'a [&'a str])>,
+        prompt: &str,
+        samples: &Tensor,
+        sample_embeds: &Tensor,
+    ) -> Result<(Self, ConceptScores)> {
+        let samples_sharpness = mean(&laplacian_variance(samples)).unwrap_or(f64::NAN);
+        let median_sample_representativeness = median(&distances_to_mean(sample_embeds, sample_embeds)).unwrap_or(f64::NAN);
+        let judged = Self { embedder, zero_shot, sample_embeds: sample_embeds.shallow_clone(), samples_sharpness };
+        let sample_classes = judged.class_names(samples)?.map(|classes| {
+            let mut counts: Vec<(String, usize)> = Vec::new();
+            for class in classes {
+                match counts.iter_mut().find(|(name, _)| *name == class) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((class, 1)),
+                }
+            }
+            counts.sort_by(|a, b| b.1.cmp(&a.1));
+            counts
+        });
+        let scores = ConceptScores { prompt: prompt.to_string(), methods: Vec::new(), samples_sharpness, median_sample_representativeness, sample_classes };
+        Ok((judged, scores))
+    }
+
+    fn class_names(&self, images: &Tensor) -> Result<Option<Vec<String>>> {
+        let Some((classifier, names)) = self.zero_shot else { return Ok(None) };
+        Ok(Some(classifier.classify(images)?.into_iter().map(|c| names[c].to_string()).collect()))
+    }
+
+    /// `method`'s figures from its prototypes [R,C,H,W], one per seed.
+    pub fn method(&self, method: Method, prototypes: &Tensor) -> Result<MethodScores> {
+        let images = prototypes.to_kind(Kind::Float);
+        let embeds = self.embedder.image_embeds(&images)?;
+        let representativeness_per_seed = distances_to_mean(&embeds, &self.sample_embeds);
+        let sharpness_per_seed = laplacian_variance(&images);
+        let sharpness = mean(&sharpness_per_seed).unwrap_or(f64::NAN);
+        Ok(MethodScores {
+            method,
+            consistency: consistency(&embeds),
+            representativeness: mean(&representativeness_per_seed).unwrap_or(f64::NAN),
+            representativeness_per_seed,
+            sharpness_vs_samples: sharpness / self.samples_sharpness,
+            sharpness,
+            sharpness_per_seed,
+            classes: self.class_names(&images)?,
+        })
+    }
+}
+
 /// Scores every method of `outcomes` (one per seed) for `prompt`, embedding with `embedder` and classifying with
 /// `zero_shot` when given.
 pub fn score(
@@ -230,41 +293,11 @@ pub fn score(
 ) -> Result<ConceptScores> {
     let samples = Tensor::cat(&outcomes.iter().map(|o| o.samples.shallow_clone()).collect::<Vec<_>>(), 0);
     let sample_embeds = Tensor::cat(&outcomes.iter().map(|o| o.sample_embeds.shallow_clone()).collect::<Vec<_>>(), 0);
-    let samples_sharpness = mean(&laplacian_variance(&samples)).unwrap_or(f64::NAN);
-    let median_sample_representativeness = median(&distances_to_mean(&sample_embeds, &sample_embeds)).unwrap_or(f64::NAN);
-    let class_names = |images: &Tensor| -> Result<Option<Vec<String>>> {
-        let Some((classifier, names)) = zero_shot else { return Ok(None) };
-        Ok(Some(classifier.classify(images)?.into_iter().map(|c| names[c].to_string()).collect()))
-    };
-    let sample_classes = class_names(&samples)?.map(|classes| {
-        let mut counts: Vec<(String, usize)> = Vec::new();
-        for class in classes {
-            match counts.iter_mut().find(|(name, _)| *name == class) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((class, 1)),
-            }
-        }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
-        counts
-    });
+    let (judged, mut scores) = Judged::samples(embedder, zero_shot, prompt, &samples, &sample_embeds)?;
     let methods: Vec<Method> = outcomes.first().map(|o| o.prototypes.iter().map(|(m, _)| *m).collect()).unwrap_or_default();
-    let mut scores = Vec::new();
     for (i, &method) in methods.iter().enumerate() {
-        let images = Tensor::stack(&outcomes.iter().map(|o| o.prototypes[i].1.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Float);
-        let embeds = embedder.image_embeds(&images)?;
-        let representativeness_per_seed = distances_to_mean(&embeds, &sample_embeds);
-        let sharpness_per_seed = laplacian_variance(&images);
-        let sharpness = mean(&sharpness_per_seed).unwrap_or(f64::NAN);
-        scores.push(MethodScores {
-            method,
-            consistency: consistency(&embeds),
-            representativeness: mean(&representativeness_per_seed).unwrap_or(f64::NAN),
-            representativeness_per_seed,
-            sharpness_vs_samples: sharpness / samples_sharpness,
-            sharpness,
-            sharpness_per_seed,
-            classes: class_names(&images)?,
-        });
+        let images = Tensor::stack(&outcomes.iter().map(|o| o.prototypes[i].1.shallow_clone()).collect::<Vec<_>>(), 0);
+        scores.methods.push(judged.method(method, &images)?);
     }
-    Ok(ConceptScores { prompt: prompt.to_string(), methods: scores, samples_sharpness, median_sample_representativeness, sample_classes })
+    Ok(scores)
 }

@@ -84,6 +84,8 @@ pub struct SamplingResult {
     /// The run's passes: sampling's through the whole UNet, the alignment's through its encoder half (each
     /// aligned step's, from the log, so a resumed run counts the steps done before it stopped).
     pub passes: Passes,
+    /// How many latents the run started with (K); `latents` holds only the optimised ones of a run of --optimise.
+    pub run_latents: i64,
 }
 
 /// Where a run starts: from noise at step 0, or where a stopped run left off (its checkpoint).
@@ -95,17 +97,20 @@ pub struct Start {
     pub log: Vec<StepLog>,
     pub frames: Vec<(usize, i64, Tensor)>,
     pub unet_passes: u64,
+    /// How many latents the run started with (K): `latents` holds fewer once a run of `--optimise` dropped the
+    /// others (`AlignSettings::latents_after`).
+    pub run_latents: i64,
 }
 
 impl Start {
     /// A run from the initial noise `init`.
     pub fn fresh(init: &Tensor) -> Self {
-        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new(), unet_passes: 0 }
+        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new(), unet_passes: 0, run_latents: init.size()[0] }
     }
 
-    /// Refuses a start (a checkpoint read back) that a run of `steps` steps, the first `align_steps` aligned, on
-    /// `model` cannot have reached: a step out of range, a log of another length, frames from the future, latents
-    /// of the wrong shape or not finite.
+    /// Refuses a start (a checkpoint read back) that a run of `steps` steps aligned by `align` on `model` cannot have
+    /// reached: a step out of range, a log of other steps, frames from the future, another number of latents than
+    /// the run holds by then, latents of the wrong shape or not finite.
     fn check(&self, model: &StableDiffusion, steps: usize, align: &AlignSettings) -> Result<()> {
         let what = format!("the checkpoint at step {} of {steps}", self.first_step);
         if self.first_step > steps {
@@ -118,6 +123,10 @@ impl Start {
         }
         if self.frames.iter().any(|(step, _, _)| *step >= self.first_step) {
             bail!("{what}: it holds trajectory frames of steps not yet done; it is damaged");
+        }
+        let rows = align.latents_after(self.first_step, self.run_latents, &self.log);
+        if self.latents.size().first() != Some(&rows) {
+            bail!("{what}: it holds latents of shape {:?}, but a run of {} latents holds {rows} by then; it is damaged or belongs to another run", self.latents.size(), self.run_latents);
         }
         check_latents(model, &self.latents, &what)
     }
@@ -133,6 +142,8 @@ pub struct StepState<'a> {
     pub frames: &'a [(usize, i64, Tensor)],
     /// The sampler's UNet passes so far.
     pub unet_passes: u64,
+    /// How many latents the run started with.
+    pub run_latents: i64,
 }
 
 /// The hooks of one run: the alignment (a no-op past its steps), the trajectory recorder, the progress count, and
@@ -144,6 +155,7 @@ struct RunHooks<'a, 'b> {
     progress: &'a dyn Fn(u64),
     /// The sampler's UNet passes, counted by the denoiser.
     unet_passes: &'a PassCounter,
+    run_latents: i64,
     after_each_step: &'b mut dyn FnMut(StepState) -> Result<()>,
 }
 
@@ -156,7 +168,7 @@ impl StepHooks for RunHooks<'_, '_> {
         self.recorder.after_step(index, timestep, latents, pred_x0)?;
         (self.progress)(1);
         let unet_passes = self.unet_passes.get().unet_forward;
-        (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents, log: &self.alignment.log, frames: &self.recorder.frames, unet_passes })
+        (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents, log: &self.alignment.log, frames: &self.recorder.frames, unet_passes, run_latents: self.run_latents })
     }
 }
 
@@ -188,10 +200,9 @@ pub fn run_stage(
 ) -> Result<SamplingResult> {
     let start = match checkpoints.sampling_start(stage, settings.steps)? {
         Some(start) => {
-            // Past the steps whose targets need all of them, a run of --optimise holds only its optimised latents.
-            let rows = align.map_or(init.size()[0], |a| a.latents_after(start.first_step, init.size()[0], &start.log));
-            if start.latents.size()[0] != rows || start.latents.size()[1..] != init.size()[1..] {
-                bail!("the checkpoint of {stage} holds latents of shape {:?}, but this run holds {rows} of shape {:?} by then", start.latents.size(), &init.size()[1..]);
+            // How many it holds by then is `Start::check`'s to say.
+            if start.run_latents != init.size()[0] || start.latents.size().get(1..) != init.size().get(1..) {
+                bail!("the checkpoint of {stage} is of a run of {} latents of shape {:?}, but this run starts from {:?}", start.run_latents, start.latents.size(), init.size());
             }
             progress(work_until(align, settings, init.size()[0], start.first_step));
             start
@@ -229,15 +240,18 @@ pub fn run_from(
     // Plain sampling is alignment of zero steps: the hook then returns every latent untouched.
     let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
     align.validate(settings.steps)?;
+    align.validate_for(start.run_latents)?;
     start.check(model, settings.steps, &align)?;
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
     let mut alignment = Alignment::new(HSpace::new(&model.unet, context, settings.batch), align, progress);
     alignment.log = start.log;
-    let recorder = TrajectoryRecorder { latents: trajectory_latents, frames: start.frames };
-    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, unet_passes: &unet_passes, after_each_step };
+    // Trajectories of latents that are kept to the end: of a run of --optimise, the optimised ones.
+    let recorder = TrajectoryRecorder { latents: trajectory_latents.min(alignment.settings.optimised_of(start.run_latents)), frames: start.frames };
+    let run_latents = start.run_latents;
+    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, unet_passes: &unet_passes, run_latents, after_each_step };
     let latents = sample_from(&scheduler, start.first_step, latents, &mut denoise, &mut hooks)?;
     let passes = unet_passes.get() + hooks.alignment.log.iter().map(|l| l.passes).sum();
-    Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log, passes })
+    Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log, passes, run_latents })
 }
 
 /// The progress units of one DMA run (Adam iterations at most, plus sampling steps), as `run` reports them.
@@ -266,7 +280,7 @@ pub fn seeded_mental_average(
 }
 
 /// DMA from the given initial noise [K,C,H,W] as stage `stage` of `checkpoints`, and the index of its prototype
-/// among the K final latents.
+/// among the final latents (the K, or the optimised ones of `--optimise`).
 pub fn mental_average_from(
     model: &StableDiffusion,
     settings: &SamplingSettings,

@@ -3,7 +3,7 @@
 //! concept is judged against the same samples (drawn once per seed), so settings differ only by their own effect.
 //! No files, no UI.
 use super::checkpoints::Checkpoints;
-use super::evaluation::{dma_prototype, draw_samples, score, ConceptScores, Method, MethodScores, RunCost, SampleSet, SeedOutcome};
+use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost, SampleSet};
 use super::mental_average::{alignment_work, SamplingSettings};
 use super::StableDiffusion;
 use crate::evaluation::clip_embedder::ClipEmbedder;
@@ -30,7 +30,7 @@ pub struct PointResult {
     pub runs: Vec<(u64, Tensor, RunCost)>,
 }
 
-/// One concept's results: the samples' own figures (from `score`, DMA's row removed) and one result per setting.
+/// One concept's results: the samples' own figures (`Judged::samples`) and one result per setting.
 pub struct ConceptSweep {
     pub prompt: String,
     pub samples: ConceptScores,
@@ -44,14 +44,14 @@ pub fn sweep_work(sampling: &SamplingSettings, points: &[SweepPoint], concepts: 
 }
 
 /// Sweeps `points` over `prompts`, setting by setting (so a long sweep finishes its cheap settings on every concept
-/// first, when they come first): per concept and seed, `samples` samples (stage `concept-<i>/seed-<s>/samples`,
-/// drawn once: later settings read them back from their checkpoint), then DMA from the seed (stage
+/// first, when they come first): per concept and seed, `samples` samples (stage `concept-<i>/seed-<s>/samples`),
+/// drawn and judged once (their embeddings and figures are kept, not the images), then DMA from the seed (stage
 /// `concept-<i>/point-<j>/seed-<s>`). Scored with `embedder`, classed by `zero_shot` when given (with the class
 /// names). `progress` is told of each setting and concept as it starts, and of the work done.
 #[allow(clippy::too_many_arguments)]
-pub fn sweep(
+pub fn sweep<'a>(
     model: &StableDiffusion,
-    (embedder, zero_shot): (&ClipEmbedder, Option<(&ZeroShot, &[&str])>),
+    (embedder, zero_shot): (&'a ClipEmbedder, Option<(&'a ZeroShot, &'a [&'a str])>),
     prompts: &[String],
     sampling: &SamplingSettings,
     (points, seeds, samples): (&[SweepPoint], &[u64], i64),
@@ -59,30 +59,31 @@ pub fn sweep(
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<Vec<ConceptSweep>> {
     let mut concepts: Vec<ConceptSweep> = Vec::new();
-    let mut sampled = vec![false; prompts.len()];
+    let mut judges: Vec<Judged<'a>> = Vec::new();
     for (j, point) in points.iter().enumerate() {
         for (i, prompt) in prompts.iter().enumerate() {
             starting(point, prompt);
             let sampling_of = |seed: u64| SamplingSettings { prompt: prompt.clone(), seed, ..sampling.clone() };
-            let mut outcomes = Vec::new();
+            if judges.len() == i {
+                let mut sets: Vec<SampleSet> = Vec::new();
+                for &seed in seeds {
+                    sets.push(draw_samples(model, embedder, &sampling_of(seed), samples, progress, &format!("concept-{i}/seed-{seed}/samples"), checkpoints)?);
+                }
+                let images = Tensor::cat(&sets.iter().map(|s| s.images.shallow_clone()).collect::<Vec<_>>(), 0);
+                let embeds = Tensor::cat(&sets.iter().map(|s| s.embeds.shallow_clone()).collect::<Vec<_>>(), 0);
+                let (judge, scores) = Judged::samples(embedder, zero_shot, prompt, &images, &embeds)?;
+                judges.push(judge);
+                concepts.push(ConceptSweep { prompt: prompt.clone(), samples: scores, points: Vec::new() });
+            }
             let mut runs = Vec::new();
             for &seed in seeds {
-                // The samples' sampling steps count once, when first drawn.
-                let first = !sampled[i];
-                let told = |n: u64| if first { progress(n) };
-                let set: SampleSet = draw_samples(model, embedder, &sampling_of(seed), samples, &told, &format!("concept-{i}/seed-{seed}/samples"), checkpoints)?;
                 let stage = format!("concept-{i}/point-{j}/seed-{seed}");
-                let (image, dma_log, cost) = dma_prototype(model, &sampling_of(seed), &point.align, point.latents, progress, &stage, checkpoints)?;
-                runs.push((seed, image.shallow_clone(), cost));
-                outcomes.push(SeedOutcome { seed, samples: set.images, sample_embeds: set.embeds, prototypes: vec![(Method::Dma, image)], dma_log, dma_cost: cost });
+                let (image, _, cost) = dma_prototype(model, &sampling_of(seed), &point.align, point.latents, progress, &stage, checkpoints)?;
+                runs.push((seed, image, cost));
             }
-            sampled[i] = true;
-            let mut scores = score(embedder, zero_shot, prompt, &outcomes)?;
-            let result = PointResult { scores: scores.methods.remove(0), runs };
-            match concepts.get_mut(i) {
-                Some(concept) => concept.points.push(result),
-                None => concepts.push(ConceptSweep { prompt: prompt.clone(), samples: scores, points: vec![result] }),
-            }
+            let prototypes = Tensor::stack(&runs.iter().map(|(_, image, _)| image.shallow_clone()).collect::<Vec<_>>(), 0);
+            let scores = judges[i].method(Method::Dma, &prototypes)?;
+            concepts[i].points.push(PointResult { scores, runs });
         }
     }
     Ok(concepts)
