@@ -120,12 +120,9 @@ impl EvalCommon {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A concept to evaluate (repeat for several).
-    #[arg(long)]
-    pub prompt: Vec<String>,
-    /// A file of concepts, one prompt per line (blank lines and lines starting with # are skipped).
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub concepts: ConceptArgs,
     #[command(flatten)]
     pub common: EvalCommon,
 }
@@ -167,8 +164,25 @@ impl Resumable for CompareArgs {
     }
 }
 
-/// The concepts of --prompt (repeated) and of the file --prompts.
-pub(super) fn read_prompts(given: &[String], file: Option<&Path>) -> Result<Vec<String>> {
+/// The concepts an evaluation or a sweep runs on, shared by `eval` and `sweep`.
+#[derive(Args, Debug, Serialize, Deserialize)]
+pub struct ConceptArgs {
+    /// A concept (repeat for several).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A file of concepts, one prompt per line (blank lines and lines starting with # are skipped).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+}
+
+impl ConceptArgs {
+    /// The concepts of --prompt (repeated) and of the file --prompts.
+    pub(super) fn read(&self) -> Result<Vec<String>> {
+        read_prompts(&self.prompt, self.prompts.as_deref())
+    }
+}
+
+fn read_prompts(given: &[String], file: Option<&Path>) -> Result<Vec<String>> {
     let mut prompts = given.to_vec();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
@@ -342,7 +356,7 @@ fn check_fits(model: &StableDiffusion, settings: &EvalSettings, device: &str) ->
 
 pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("eval", args, matches)?;
-    let prompts = read_prompts(&args.prompt, args.prompts.as_deref())?;
+    let prompts = args.concepts.read()?;
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;

@@ -4,7 +4,7 @@
 use super::average::{AlignArgs, SamplerArgs};
 use super::checkpoints::RunCheckpoints;
 use super::common::{check_prompt, out_dir, progress_bar, slug, ModelArgs};
-use super::eval::{read_prompts, Judge, JudgingArgs};
+use super::eval::{ConceptArgs, Judge, JudgingArgs};
 use super::report::{model_record, png_text};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::{bail, Context, Result};
@@ -27,12 +27,9 @@ use std::time::Instant;
 pub struct SweepArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A concept (repeat for several).
-    #[arg(long)]
-    pub prompt: Vec<String>,
-    /// A file of concepts, one prompt per line (blank lines and lines starting with # are skipped).
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub concepts: ConceptArgs,
     /// An axis of the grid: KEY=V1,V2,... where KEY is one of DMA's flags without its dashes (latents,
     /// align-steps, iters, later-iters, lr, tol, window, optimise, wide-target-steps, settle, keep-norm) or
     /// `schedule` (default, paper); `none` unsets an optional one. Repeat for more axes: every combination runs,
@@ -161,7 +158,7 @@ fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], extra: &[String], d
 
 pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
     let (resumed, args) = arguments("sweep", args, matches)?;
-    let prompts = read_prompts(&args.prompt, args.prompts.as_deref())?;
+    let prompts = args.concepts.read()?;
     let source = args.model.source()?;
     let defaults = RunDefaults::for_source(&source)?;
     let judging = &args.judging;
