@@ -43,6 +43,9 @@ pub fn sweep_work(sampling: &SamplingSettings, points: &[SweepPoint], concepts: 
     per_seed * (concepts * seeds) as u64
 }
 
+/// Told of each setting and concept of a sweep as it starts.
+pub type Starting<'s> = &'s dyn Fn(&SweepPoint, &str);
+
 /// Sweeps `points` over `prompts`, setting by setting (so a long sweep finishes its cheap settings on every concept
 /// first, when they come first): per concept and seed, `samples` samples (stage `concept-<i>/seed-<s>/samples`),
 /// drawn and judged once (their embeddings and figures are kept, not the images), then DMA from the seed (stage
@@ -55,7 +58,7 @@ pub fn sweep<'a>(
     prompts: &[String],
     sampling: &SamplingSettings,
     (points, seeds, samples): (&[SweepPoint], &[u64], i64),
-    (starting, progress): (&dyn Fn(&SweepPoint, &str), &dyn Fn(u64)),
+    (starting, progress): (Starting, &dyn Fn(u64)),
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<Vec<ConceptSweep>> {
     let mut concepts: Vec<ConceptSweep> = Vec::new();
