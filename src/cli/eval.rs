@@ -178,23 +178,20 @@ pub struct ConceptArgs {
 impl ConceptArgs {
     /// The concepts of --prompt (repeated) and of the file --prompts.
     pub(super) fn read(&self) -> Result<Vec<String>> {
-        read_prompts(&self.prompt, self.prompts.as_deref())
-    }
-}
-
-fn read_prompts(given: &[String], file: Option<&Path>) -> Result<Vec<String>> {
-    let mut prompts = given.to_vec();
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
-        prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
-        if prompts.len() == given.len() {
-            bail!("--prompts {}: no prompts in the file", path.display());
+        let given = &self.prompt;
+        let mut prompts = given.clone();
+        if let Some(path) = &self.prompts {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
+            prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            if prompts.len() == given.len() {
+                bail!("--prompts {}: no prompts in the file", path.display());
+            }
         }
+        if prompts.is_empty() {
+            bail!("give the concepts to evaluate with --prompt P (repeatable) or --prompts FILE");
+        }
+        Ok(prompts)
     }
-    if prompts.is_empty() {
-        bail!("give the concepts to evaluate with --prompt P (repeatable) or --prompts FILE");
-    }
-    Ok(prompts)
 }
 
 impl EvalCommon {
