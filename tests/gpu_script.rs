@@ -8,7 +8,9 @@ fn the_gpu_check_parses_and_runs_on_the_cpu() {
     let syntax = Command::new("bash").args(["-n", script]).output().unwrap();
     assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
     let out = tempfile::tempdir().unwrap();
-    // `cargo test` has built the examples; building them again from inside a test would wait on this build's lock.
+    // `cargo test` (scripts/test.sh) has built the examples; building them again from inside a test would wait on
+    // this build's lock. (`cargo test --test gpu_script` alone builds no examples: build them first, or it runs stale
+    // ones.)
     let output = Command::new(script).args(["--device", "cpu", "--quick"]).env("DMA_GPU_PREBUILT", "1").env("OUT", out.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
