@@ -198,3 +198,43 @@ fn more_latents_to_optimise_than_the_run_has_or_a_wide_target_of_no_steps_are_re
         assert!(format!("{error:#}").contains(says), "{error:#}");
     }
 }
+
+/// A model folder's dma_defaults.json may choose a cheaper schedule; the run takes it, records it and counts its
+/// passes; flags override it (`--keep-norm false` included), and a run smaller than the defaults' schedule gets the
+/// schedule capped rather than an error about flags it did not give.
+#[test]
+fn a_model_s_defaults_choose_its_schedule_and_flags_override_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("model");
+    common::copy_dir(&fixture("tiny-sd1"), &folder);
+    let defaults = r#"{"latents": 3, "optimise": 2, "wide_target_steps": 1, "steps": 3, "align_steps": 2, "iters": 3,
+        "later_iters": 1, "tol": 0, "keep_norm": true, "batch": 2}"#;
+    std::fs::write(folder.join("dma_defaults.json"), defaults).unwrap();
+    let average = |name: &str, flags: &[&str]| {
+        let out = tmp.path().join(name);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dma"))
+            .args(["average", "--prompt", "a photo of a dog", "--quiet", "--model"])
+            .arg(&folder)
+            .args(flags)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        common::read_json(&out.join("run.json"))
+    };
+    let run = average("defaults", &[]);
+    assert_eq!(run["alignment"]["later_iters"], 1);
+    assert_eq!(run["alignment"]["keep_norm"], true);
+    assert_eq!(run["alignment"]["optimised"], 2);
+    // 2 of the 3 latents optimised: 3 Adam iterations in the first aligned step, 1 in the second.
+    assert_eq!(run["passes"]["encoder_backward"], 2 * (3 + 1));
+    let run = average("flags", &["--keep-norm", "false", "--later-iters", "3", "--latents", "1"]);
+    assert_eq!(run["alignment"]["later_iters"], 3);
+    assert!(run["alignment"].get("keep_norm").is_none(), "false is not written: {}", run["alignment"]);
+    assert_eq!(run["alignment"]["optimised"], 1, "the default --optimise 2 capped at --latents 1");
+    assert_eq!(run["passes"]["encoder_backward"], 3 + 3, "1 latent, 3 iterations in each aligned step");
+    let run = average("unaligned", &["--align-steps", "0"]);
+    assert!(run["alignment"].get("wide_target_steps").is_none(), "{}", run["alignment"]);
+    assert_eq!(run["passes"]["encoder_backward"], 0);
+}

@@ -5,9 +5,11 @@ use common::{read_json, render};
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A small sweep on the embedded model from the paper's plain schedule (so the hand counts below do not depend on
+/// the cheaper schedule the model's defaults choose), its flags over it.
 fn dma_sweep(out: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dma"))
-        .args(["sweep", "--prompt", "a sneaker", "--prompt", "a digit", "--steps", "4", "--align-steps", "2", "--tol", "0"])
+        .args(["sweep", "--schedule", "paper", "--prompt", "a sneaker", "--prompt", "a digit", "--steps", "4", "--align-steps", "2", "--tol", "0"])
         .args(["--seeds", "2", "--samples", "3", "--quiet", "--out", out.to_str().unwrap()])
         .args(extra)
         .output()

@@ -138,10 +138,11 @@ pub struct AlignArgs {
     /// start (the trajectories have met) [default: align every --align-steps step].
     #[arg(long)]
     pub settle: Option<f64>,
-    /// Rescale each latent after every Adam iteration to the norm it had before the step.
-    #[arg(long)]
+    /// Rescale each latent after every Adam iteration to the norm it had before the step (`--keep-norm` alone:
+    /// true) [default: false, or the model's].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(default)]
-    pub keep_norm: bool,
+    pub keep_norm: Option<bool>,
 }
 
 impl AlignArgs {
@@ -158,17 +159,20 @@ impl AlignArgs {
     /// sampling steps.
     pub fn settings(&self, defaults: &RunDefaults, steps: usize) -> Result<AlignSettings> {
         let schedule = self.schedule.unwrap_or(Schedule::Default).settings(defaults.align(self.hspace_branch));
+        let align_steps = self.align_steps.unwrap_or(schedule.align_steps);
         let align = AlignSettings {
-            align_steps: self.align_steps.unwrap_or(schedule.align_steps),
+            align_steps,
             iters: self.iters.unwrap_or(schedule.iters),
             lr: self.lr.unwrap_or(schedule.lr),
             tol: self.tol.unwrap_or(schedule.tol),
             window: self.window.unwrap_or(schedule.window),
             later_iters: self.later_iters.or(schedule.later_iters),
-            optimised: self.optimise.or(schedule.optimised),
-            wide_target_steps: self.wide_target_steps.or(schedule.wide_target_steps),
+            // A model's defaults are capped at what the run has (a run of fewer latents optimises them all; one of
+            // fewer aligned steps widens its target on those it has); flags are checked instead (`validate_for`).
+            optimised: self.optimise.or(schedule.optimised.map(|m| m.min(self.latents(defaults).unwrap_or(m)))),
+            wide_target_steps: self.wide_target_steps.or(schedule.wide_target_steps.filter(|_| align_steps > 0).map(|w| w.min(align_steps))),
             settle: self.settle.or(schedule.settle),
-            keep_norm: self.keep_norm || schedule.keep_norm,
+            keep_norm: self.keep_norm.unwrap_or(schedule.keep_norm),
             ..schedule
         };
         align.validate(steps)?;

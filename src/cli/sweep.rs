@@ -99,7 +99,7 @@ fn set(align: &mut AlignArgs, key: &str, value: &str) -> Result<()> {
         "optimise" => align.optimise = optional(key, value)?,
         "wide-target-steps" => align.wide_target_steps = optional(key, value)?,
         "settle" => align.settle = optional(key, value)?,
-        "keep-norm" => align.keep_norm = parse(key, value)?,
+        "keep-norm" => align.keep_norm = Some(parse(key, value)?),
         "schedule" => {
             align.schedule = Some(Schedule::from_str(value, true).map_err(|_| anyhow::anyhow!("{value:?} is not a schedule (default, paper)"))?)
         }

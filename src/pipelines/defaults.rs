@@ -23,6 +23,17 @@ pub struct RunDefaults {
     pub lr: f64,
     pub tol: f64,
     pub window: usize,
+    /// The cheaper schedules' settings (`AlignSettings`); unset, a model runs the plain schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub later_iters: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimise: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wide_target_steps: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_norm: bool,
     pub batch: i64,
     pub use_clipped_model_output: bool,
     /// `dma modes`: samples drawn and clustered, and the principal components the mixture is fitted in.
@@ -53,6 +64,11 @@ impl Default for RunDefaults {
             lr: 2e-2,
             tol: 0.01,
             window: 20,
+            later_iters: None,
+            optimise: None,
+            wide_target_steps: None,
+            settle: None,
+            keep_norm: false,
             batch: 8,
             use_clipped_model_output: false,
             mode_samples: 100,
@@ -100,6 +116,18 @@ impl RunDefaults {
 
     /// Alignment settings with these defaults, reading h from `branch`.
     pub fn align(&self, branch: HBranch) -> AlignSettings {
-        AlignSettings { align_steps: self.align_steps, iters: self.iters, lr: self.lr, tol: self.tol, window: self.window, ..AlignSettings::paper(branch) }
+        AlignSettings {
+            align_steps: self.align_steps,
+            iters: self.iters,
+            lr: self.lr,
+            tol: self.tol,
+            window: self.window,
+            later_iters: self.later_iters,
+            optimised: self.optimise,
+            wide_target_steps: self.wide_target_steps,
+            settle: self.settle,
+            keep_norm: self.keep_norm,
+            branch,
+        }
     }
 }
