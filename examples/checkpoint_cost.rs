@@ -1,11 +1,10 @@
 //! What a sampling checkpoint costs: the seconds to save one (latents of K SD 1.5 latents, 4x64x64 in f32, and the
-//! per-step log, through `output::checkpoint::save`, each file written to a temporary name, synced and renamed)
+//! per-step log, through `checkpoint::sampling::save`, each file written to a temporary name, synced and renamed)
 //! and to load it back, for several K. Compare with the time of the DDIM step it follows. Run:
 //! `cargo run --release --example checkpoint_cost -- [DIR] [K,K,...] [REPEATS]` (defaults: a temporary folder,
 //! 32,256,1000, 5). Put DIR on the disk the runs write to: the figures are the disk's.
 use dma::method::StepLog;
-use dma::output::checkpoint::{load, save};
-use dma::pipelines::mental_average::StepState;
+use dma::checkpoint::sampling::{load, save, StepState};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 

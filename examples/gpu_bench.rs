@@ -15,7 +15,7 @@ use dma::models::vae::AutoencoderKL;
 use dma::optim::Adam;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{mental_average_from, seeded_latents, SamplingSettings};
-use dma::pipelines::checkpoints::NoCheckpoints;
+use dma::checkpoint::NoCheckpoints;
 use dma::pipelines::single_file::{Configs, Family};
 use dma::pipelines::stable_diffusion::ModelInfo;
 use dma::pipelines::{ModelSource, StableDiffusion};

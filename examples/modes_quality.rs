@@ -14,7 +14,7 @@ use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::checkpoints::NoCheckpoints;
+use dma::checkpoint::NoCheckpoints;
 use dma::pipelines::mental_average::{seeded_mental_average, SamplingSettings};
 use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
 use dma::pipelines::{ModelSource, StableDiffusion};

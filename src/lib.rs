@@ -6,6 +6,8 @@
 //! - `pipelines`: loading a model folder and composing the parts (text to conditioning, sampling, decoding).
 //! - `method`: DMA itself, a per-step hook on the sampling loop.
 //! - `adapters`: Textual Inversion and LoRA, learned per mode of a multimodal concept.
+//! - `checkpoint`: what a long run keeps so that a stopped run resumes to the same result.
+//! - `distributed`: the MPI ranks a run is spread over, and the exact means they share.
 pub mod nn;
 pub mod optim;
 pub mod output;
@@ -13,7 +15,8 @@ pub mod weights;
 pub mod models;
 pub mod evaluation;
 pub mod clustering;
-pub mod checkpoint_files;
+pub mod checkpoint;
+pub mod distributed;
 pub mod files;
 pub mod method;
 pub mod passes;

@@ -7,14 +7,15 @@ mod common;
 use common::{assert_caught, check_gradient, closeness, fixture, max_abs_diff, references, Closeness};
 use dma::adapters::lora::{Lora, LoraLayer};
 use dma::adapters::textual_inversion::TextualInversion;
-use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining, TrainingState};
+use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
 use dma::adapters::{Adapter, AdapterKind};
-use dma::pipelines::checkpoints::{Checkpoints, NoCheckpoints};
+use dma::checkpoint::sampling::{Start, StepState};
+use dma::checkpoint::training::{self as checkpoint, Resume, TrainingState};
+use dma::checkpoint::{Checkpoints, NoCheckpoints};
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{run, seeded_latents, Start, StepState};
+use dma::pipelines::mental_average::{run, seeded_latents};
 use dma::pipelines::{ModelSource, StableDiffusion};
 use dma::schedulers::ddim::DdimScheduler;
-use dma::training::checkpoint::{self, Resume};
 use dma::training::diffusion::noise_prediction_loss;
 use dma::weights::read_safetensors;
 use std::collections::BTreeMap;
@@ -244,7 +245,7 @@ impl Checkpoints for StopAt {
     fn after_sampling_step(&mut self, _: &str, _: StepState) -> anyhow::Result<()> {
         Ok(())
     }
-    fn training_start(&self, _: &str, settings: &AdapterTraining) -> anyhow::Result<Resume> {
+    fn training_start(&self, _: &str, settings: &serde_json::Value) -> anyhow::Result<Resume> {
         Resume::open(&self.dir, settings)
     }
     fn after_training_step(&mut self, _: &str, state: &TrainingState) -> anyhow::Result<()> {

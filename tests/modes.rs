@@ -6,7 +6,7 @@ use common::{fixture, read_json};
 use dma::clustering::{ClusterCount, Criterion};
 use dma::data::captions::broad_concepts;
 use dma::evaluation::zero_shot::ZeroShot;
-use dma::pipelines::checkpoints::NoCheckpoints;
+use dma::checkpoint::NoCheckpoints;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::modes::{discover, DiscoverySettings, Grounding};
 use dma::pipelines::{ModelSource, StableDiffusion};

@@ -104,7 +104,7 @@ fn a_killed_run_resumes_to_the_result_of_one_never_stopped() {
         assert_eq!((&a["loss_before"], &a["loss_after"], &a["spread_after"]), (&b["loss_before"], &b["loss_after"], &b["spread_after"]));
     }
     assert!(!staging(&killed).exists(), "the checkpoint is gone once the run is done");
-    assert!(!killed.join("checkpoint.json").exists() && !killed.join("checkpoints").exists());
+    assert!(!killed.join("resume.json").exists() && !killed.join("checkpoints").exists());
 
     // Ctrl-C (SIGINT): the step in progress finishes, its checkpoint is saved, and the message says how to go on.
     let interrupted = tmp.path().join("interrupted");
@@ -115,7 +115,9 @@ fn a_killed_run_resumes_to_the_result_of_one_never_stopped() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains(&format!("dma average --resume {}", interrupted.display())), "{stderr}");
-    assert!(staging(&interrupted).join("checkpoint.json").is_file() && !interrupted.exists());
+    assert!(staging(&interrupted).join("resume.json").is_file() && !interrupted.exists());
+    // Earlier versions named the run's record checkpoint.json: such a stopped run still resumes.
+    std::fs::rename(staging(&interrupted).join("resume.json"), staging(&interrupted).join("checkpoint.json")).unwrap();
     succeeded(&dma(&["average".into(), "--resume".into(), interrupted.display().to_string(), "--quiet".into()]));
     assert_eq!(std::fs::read(interrupted.join("latents.safetensors")).unwrap(), std::fs::read(reference.join("latents.safetensors")).unwrap());
 }
@@ -440,5 +442,5 @@ fn a_run_whose_model_defaults_changed_is_not_resumed() {
     let output = dma(&["average".into(), "--resume".into(), out.display().to_string(), "--quiet".into()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("defaults have changed") && stderr.contains("\"guidance\":5.0"), "{stderr}");
-    assert!(staging(&out).join("checkpoint.json").is_file(), "the refused run's checkpoint is kept");
+    assert!(staging(&out).join("resume.json").is_file(), "the refused run's checkpoint is kept");
 }

@@ -4,11 +4,10 @@
 mod common;
 use common::{fixture, max_abs_diff};
 use dma::method::{AlignSettings, HBranch};
-use dma::adapters::training::{AdapterTraining, TrainingState};
-use dma::pipelines::checkpoints::Checkpoints;
-use dma::pipelines::mental_average::{alignment_work, run, run_stage, seeded_latents, SamplingResult, SamplingSettings, Start, StepState};
-use dma::output::checkpoint;
-use dma::training::checkpoint::Resume;
+use dma::checkpoint::sampling::{self as checkpoint, Start, StepState};
+use dma::checkpoint::training::{Resume, TrainingState};
+use dma::checkpoint::Checkpoints;
+use dma::pipelines::mental_average::{alignment_work, run, run_stage, seeded_latents, SamplingResult, SamplingSettings};
 use dma::pipelines::StableDiffusion;
 use dma::passes::Passes;
 use std::cell::Cell;
@@ -128,7 +127,7 @@ fn keep_norm_keeps_each_latent_on_its_sphere() {
     }
 }
 
-/// Saves the state after step `at` of a run as its checkpoint files (`dma::output::checkpoint`), and gives it back
+/// Saves the state after step `at` of a run as its checkpoint files (`dma::checkpoint::sampling`), and gives it back
 /// as the start of the next run.
 struct KeepOne {
     at: usize,
@@ -145,7 +144,7 @@ impl Checkpoints for KeepOne {
         }
         Ok(())
     }
-    fn training_start(&self, stage: &str, _: &AdapterTraining) -> anyhow::Result<Resume> {
+    fn training_start(&self, stage: &str, _: &serde_json::Value) -> anyhow::Result<Resume> {
         Ok(Resume::fresh(stage))
     }
     fn after_training_step(&mut self, _: &str, _: &TrainingState) -> anyhow::Result<()> {

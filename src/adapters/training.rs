@@ -5,10 +5,10 @@ use super::lora::Lora;
 use super::textual_inversion::TextualInversion;
 use super::{Adapter, AdapterKind};
 use crate::optim::AdamW;
-use crate::pipelines::checkpoints::Checkpoints;
+use crate::checkpoint::training::{Resume, TrainingState};
+use crate::checkpoint::Checkpoints;
 use crate::pipelines::StableDiffusion;
 use crate::schedulers::ddim::DdimScheduler;
-use crate::training::checkpoint::Resume;
 use crate::training::diffusion::noise_prediction_loss;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -51,17 +51,6 @@ enum Conditioning {
     Fixed(Tensor),
 }
 
-/// An adapter's training after a step: what a checkpoint keeps (the randomness of every step comes from
-/// (seed, step), so these tensors are the whole state).
-pub struct TrainingState<'a> {
-    /// Steps done.
-    pub step: usize,
-    pub settings: &'a AdapterTraining,
-    /// The learned tensors by name (`token`, or `<module>.lora_A` / `.lora_B`).
-    pub params: &'a [(String, Tensor)],
-    pub optimizer: &'a AdamW,
-}
-
 /// A learned tensor: the one saved at `resume`'s step, or `fresh` when starting anew; a leaf requiring gradients
 /// on `device`.
 fn learnable(resume: &Resume, name: &str, fresh: Tensor, device: Device) -> Result<Tensor> {
@@ -88,7 +77,8 @@ pub fn train(
     ensure!(samples.size()[0] > 0, "no samples to learn an adapter from");
     ensure!(settings.steps > 0 && settings.batch > 0 && settings.lr > 0.0, "adapter training needs steps, batch and lr above 0");
     let scheduler = DdimScheduler::new(&model.scheduler, 1)?;
-    let resume = checkpoints.training_start(stage, settings)?;
+    let recorded = serde_json::to_value(settings)?;
+    let resume = checkpoints.training_start(stage, &recorded)?;
     if resume.step > settings.steps {
         bail!("{stage}: the checkpoint is at training step {} of {}; it is damaged or belongs to another run", resume.step, settings.steps);
     }
@@ -131,7 +121,7 @@ pub fn train(
         optimizer.clip_grad_norm(1.0);
         optimizer.step();
         progress(1);
-        checkpoints.after_training_step(stage, &TrainingState { step: step + 1, settings, params: &params, optimizer: &optimizer })?;
+        checkpoints.after_training_step(stage, &TrainingState { step: step + 1, steps: settings.steps, settings: &recorded, params: &params, optimizer: &optimizer })?;
     }
     let learned = |i: usize| params[i].1.detach().to_device(Device::Cpu);
     Ok(match settings.kind {

@@ -1,9 +1,10 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
 use super::common::{check_prompt, out_dir, progress_bar, ModelArgs};
-use super::checkpoints::RunCheckpoints;
 use super::report::{write_outputs, RunOutputs};
 use super::resume::{arguments, resumed_or_new, Resumable};
-use dma::pipelines::checkpoints::Checkpoints;
+use dma::checkpoint::run::RunCheckpoints;
+use dma::checkpoint::sampling::Start;
+use dma::checkpoint::Checkpoints;
 use dma::pipelines::memory::{self, Work};
 use serde_json::json;
 use anyhow::{bail, Context, Result};
@@ -13,7 +14,7 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch, Schedule};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings, Start};
+use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings};
 use dma::pipelines::mental_average::work_until;
 use dma::pipelines::StableDiffusion;
 use std::path::PathBuf;
@@ -270,7 +271,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     let settings = common.settings(&defaults, "--latents", count)?;
     let align = args.align.settings(&defaults, settings.steps)?;
     let resolved = json!({ "sampling": settings, "alignment": align });
-    let (mut out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
+    let (out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
     if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
@@ -279,7 +280,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
     check_prompt(&model, common.prompt()?, None)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
-    let checkpoints = RunCheckpoints::new(&mut out, "average", &args, &resolved);
+    let checkpoints = RunCheckpoints::new(out.staging(), out.target(), "average", &args, &resolved);
     let mut result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), ("--latents", count))?;
     let prototype = prototype_index(&model, &settings, &align, &mut result)?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
@@ -307,13 +308,13 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
     let source = common.model.source()?;
     let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
     let resolved = json!({ "sampling": settings });
-    let (mut out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
+    let (out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
     let started = Instant::now();
     let model = common.model.load(&source)?;
     check_prompt(&model, common.prompt()?, None)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let sampling_start = Instant::now();
-    let checkpoints = RunCheckpoints::new(&mut out, "sample", &args, &resolved);
+    let checkpoints = RunCheckpoints::new(out.staging(), out.target(), "sample", &args, &resolved);
     let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, None, ("--num", args.num))?;
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
     write_outputs(RunOutputs {

@@ -1,7 +1,7 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use super::checkpoints::RunCheckpoints;
+use dma::checkpoint::run::RunCheckpoints;
 use super::common::{check_clip, check_prompt, clip_dir, out_dir, progress_bar, slug, ModelArgs};
 use super::report::{model_record, png_text, write_samples};
 use super::resume::{arguments, resumed_or_new, Resumable};
@@ -358,7 +358,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     let defaults = RunDefaults::for_source(&source)?;
     let settings = args.common.settings(&defaults, &Method::ALL)?;
     let resolved = json!({ "prompts": prompts, "evaluation": settings });
-    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "eval", &prompts[0], args.common.judging.force))?;
+    let (out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "eval", &prompts[0], args.common.judging.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
     check_fits(&model, &settings, &args.model.device)?;
@@ -366,7 +366,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
     for prompt in &prompts {
         check_prompt(&model, prompt, None)?;
     }
-    let mut checkpoints = RunCheckpoints::new(&mut out, "eval", &args, &resolved);
+    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "eval", &args, &resolved);
     let mut subjects = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let stage = format!("subject-{i}");
@@ -396,9 +396,9 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
         .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
         .collect::<Result<Vec<_>>>()?;
     let resolved = json!(settings);
-    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "compare", prompt, args.common.judging.force))?;
+    let (out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "compare", prompt, args.common.judging.force))?;
     let started = Instant::now();
-    let mut checkpoints = RunCheckpoints::new(&mut out, "compare", &args, &resolved);
+    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "compare", &args, &resolved);
     let mut subjects = Vec::new();
     let mut models = Vec::new();
     let mut clip = PathBuf::new();

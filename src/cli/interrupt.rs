@@ -3,15 +3,13 @@
 //! with a short grace before SIGKILL), stops at once: checkpoints are written atomically, so the last one is intact
 //! whatever the moment, and the process leaves with `_exit`, which runs no destructor while libtorch may still be
 //! computing on another thread (a plain `exit` there crashed: "Invalid (backend, op) pair", or a segfault).
-use dma::output::checkpoint::RUN_RECORD;
+use dma::checkpoint::run::{request_stop, resume_hint, run_record};
 use dma::output::OutDir;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
 static LISTENING: Once = Once::new();
 /// The run being written, for what a hard stop says and cleans up.
 static RUN: Mutex<Option<Run>> = Mutex::new(None);
@@ -42,7 +40,7 @@ pub fn listen() {
         };
         std::thread::spawn(move || {
             for signal in signals.forever() {
-                if signal == SIGINT && !REQUESTED.swap(true, Ordering::SeqCst) {
+                if signal == SIGINT && !request_stop() {
                     eprintln!("\nstopping after this step, once its checkpoint is saved (Ctrl-C again to stop now)");
                 } else {
                     stop_now(signal);
@@ -53,10 +51,9 @@ pub fn listen() {
 }
 
 /// From now on a hard stop speaks of the `dma <command>` run writing into `out`: its staging folder is kept when it
-/// holds the run's record (`output::checkpoint::RUN_RECORD`), and removed when the stop comes before that.
+/// holds the run's record (`checkpoint::run::run_record`), and removed when the stop comes before that.
 pub fn running(out: &OutDir, command: &str) {
-    let resume = format!("continue with `dma {command} --resume {}`", out.target().display());
-    let run = Run { folder: out.staging().to_path_buf(), record: out.staging().join(RUN_RECORD), resume, staging: true };
+    let run = Run { folder: out.staging().to_path_buf(), record: run_record(out.staging()), resume: resume_hint(command, out.target()), staging: true };
     *RUN.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
 }
 
@@ -84,19 +81,4 @@ fn stop_now(signal: i32) -> ! {
     // SAFETY: _exit ends the process without running anything else; it is async-signal-safe and we are not even
     // in a signal handler (signal-hook delivers signals to this thread).
     unsafe { libc::_exit(128 + signal) }
-}
-
-/// Whether Ctrl-C was pressed.
-pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
-}
-
-/// The error a run stopped by Ctrl-C ends with; `main` exits with `EXIT_STATUS` on it.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped by Ctrl-C after {at}; {resume}")]
-pub struct Interrupted {
-    /// Where the run stopped ("step 3 of 20 of the mental average").
-    pub at: String,
-    /// How to continue it.
-    pub resume: String,
 }

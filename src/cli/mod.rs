@@ -1,6 +1,5 @@
 //! The `dma` command line: argument parsing and the glue from arguments to pipelines and output files.
 mod average;
-mod checkpoints;
 mod common;
 mod eval;
 pub mod interrupt;

@@ -1,7 +1,7 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
 use super::average::{AlignArgs, SamplingArgs};
-use super::checkpoints::RunCheckpoints;
+use dma::checkpoint::run::RunCheckpoints;
 use super::common::{check_prompt, load_clip, progress_bar};
 use super::report::{model_record, png_text, write_samples};
 use super::resume::{arguments, resumed_or_new, Resumable};
@@ -119,7 +119,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
     let resolved = json!({ "sampling": settings, "discovery": discovery, "alignment": align, "chain": chain });
-    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
+    let (out, resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
 
     let started = Instant::now();
     let mut model = common.model.load(&source)?;
@@ -137,7 +137,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
     }
     let load_seconds = started.elapsed().as_secs_f64();
 
-    let mut checkpoints = RunCheckpoints::new(&mut out, "modes", &args, &resolved);
+    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "modes", &args, &resolved);
     let bar = progress_bar(settings.steps as u64, common.quiet);
     bar.set_message(format!("sampling {samples}"));
     let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n), &mut checkpoints).map_err(|e| checkpoints.explain(e))?;

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use dma::files::read_json;
-use dma::output::checkpoint::RUN_RECORD;
+use dma::checkpoint::run::run_record;
 use dma::output::OutDir;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};
@@ -69,7 +69,7 @@ pub fn arguments<A: Resumable>(command: &str, given: A, matches: &ArgMatches) ->
 fn take_up<A: Serialize + DeserializeOwned>(command: &str, dir: &Path, given: &A, matches: &ArgMatches) -> Result<(OutDir, Value, A)> {
     let out = OutDir::resume(dir)?;
     super::interrupt::running(&out, command);
-    let record: Value = read_json(&out.staging().join(RUN_RECORD))?;
+    let record: Value = read_json(&run_record(out.staging()))?;
     if record["command"] != command {
         bail!("--resume {}: the run there is a `dma {}`, not a `dma {command}`", dir.display(), record["command"].as_str().unwrap_or("?"));
     }

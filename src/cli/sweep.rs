@@ -2,7 +2,7 @@
 //! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
 //! scores DMA, with its cost counted in network passes.
 use super::average::{AlignArgs, SamplerArgs};
-use super::checkpoints::RunCheckpoints;
+use dma::checkpoint::run::RunCheckpoints;
 use super::common::{check_prompt, out_dir, progress_bar, slug, ModelArgs};
 use super::eval::{ConceptArgs, Judge, JudgingArgs};
 use super::report::{model_record, png_text};
@@ -167,7 +167,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
     let samples = judging.samples(&defaults)?;
     let seeds = judging.seeds()?;
     let resolved = json!({ "prompts": prompts, "sampling": sampling, "points": points, "seeds": seeds, "samples": samples });
-    let (mut out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(judging.out.as_deref(), "sweep", &prompts[0], judging.force))?;
+    let (out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(judging.out.as_deref(), "sweep", &prompts[0], judging.force))?;
     let started = Instant::now();
     let model = args.model.load(&source)?;
     let [c, h, w] = model.latent_shape();
@@ -179,7 +179,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
     }
     let names = class_names();
     let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
-    let mut checkpoints = RunCheckpoints::new(&mut out, "sweep", &args, &resolved);
+    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "sweep", &args, &resolved);
     let bar = progress_bar(sweep_work(&sampling, &points, prompts.len(), seeds.len()), judging.quiet);
     let starting = |point: &SweepPoint, prompt: &str| bar.set_message(format!("{}: {prompt}", point.label));
     let concepts = sweep(&model, (judge.embedder(), zero_shot), &prompts, &sampling, (&points, &seeds, samples), (&starting, &|n| bar.inc(n)), &mut checkpoints);

@@ -2,7 +2,8 @@
 //! digits with captions, resumably: stop it at any time (Ctrl-C saves the step it is on) and run the same command
 //! again to continue.
 use super::common::progress_bar;
-use super::interrupt::{self, Interrupted};
+use super::interrupt;
+use dma::checkpoint::run::{stop_requested, Interrupted};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::data::captions::{classes_described_by, vocabulary, Captioner, DEFAULT_P_BROAD};
@@ -194,7 +195,7 @@ fn training_loop(
     let mut log = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(steps as u64, quiet);
     bar.set_position(trainer.step() as u64);
-    let record = state.join(dma::checkpoint_files::RECORD);
+    let record = state.join(dma::checkpoint::files::RECORD);
     interrupt::training(state.to_path_buf(), record, "run the same command again to continue".into());
     while trainer.step() < steps {
         let step = trainer.step();
@@ -205,7 +206,7 @@ fn training_loop(
         log.push(format!("{},{loss:.6},{:.3e}", step + 1, trainer.lr_at(step)));
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
-        let stop = interrupt::requested();
+        let stop = stop_requested();
         if (step + 1) % every == 0 || step + 1 == steps || stop {
             // The log first: a run killed between the two writes resumes from the older checkpoint and reads
             // the log only up to that checkpoint's step; the other order would lose this step's line.

@@ -1,6 +1,5 @@
 //! Everything a run leaves in its --out folder: images with their parameters embedded, the run record, and the
 //! evaluation's tables, plots and report page.
-pub mod checkpoint;
 pub mod images;
 pub mod out_dir;
 pub mod plots;

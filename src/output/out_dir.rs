@@ -1,12 +1,12 @@
 //! An output folder that appears whole or not at all: files go to a hidden staging folder beside it
 //! (`.NAME.partial`), which is renamed into place when the run succeeds and removed when it fails, unless the run
-//! left a checkpoint there to resume from.
+//! left a checkpoint there to resume from (`checkpoint::run`).
 //!
 //! Only what `dma` wrote is ever replaced or removed: `--force` replaces a folder only when it holds a finished
 //! `dma` result and nothing else (its run.json lists every file), and a staging folder only when it carries this
 //! module's lock file. The lock is an OS file lock held for the whole run, so it ends with its process however that
 //! process ends: a crash, a kill or a reboot never leaves a run that cannot be resumed or started over.
-use super::checkpoint::RUN_RECORD;
+use crate::checkpoint::run::{remove_all, run_record};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,8 @@ pub struct OutDir {
     name: String,
     /// Replace a finished result at `target` (`--force`).
     replace: bool,
-    /// Keep the staging folder when the run fails: it holds a checkpoint.
+    /// Keep the staging folder when the run fails (a resumed run's, a finished run's that could not be moved into
+    /// place); one that holds the run's record is kept anyway.
     keep: bool,
     finished: bool,
     /// Held locked while this process writes the staging folder; closing it (at exit, whatever the exit) unlocks.
@@ -55,7 +56,7 @@ fn lock(staging: &Path) -> Result<Option<File>> {
 
 /// Whether `staging` is a staging folder this module made (and so may be removed).
 fn is_staging(staging: &Path) -> bool {
-    [LOCK, LEGACY_OWNER, RUN_RECORD].iter().any(|f| staging.join(f).exists())
+    [LOCK, LEGACY_OWNER].iter().any(|f| staging.join(f).exists()) || run_record(staging).exists()
 }
 
 /// What a folder given as --out holds.
@@ -178,7 +179,7 @@ impl OutDir {
         let Some(_stale) = lock(staging)? else {
             bail!("{name}: another dma process is writing it ({})", staging.display());
         };
-        if staging.join(RUN_RECORD).is_file() && !replace {
+        if run_record(staging).is_file() && !replace {
             bail!("{name}: an unfinished run is there ({}); continue it with `dma {command} --resume {}`, or pass --force to start over", staging.display(), target.display());
         }
         std::fs::remove_dir_all(staging).with_context(|| format!("cannot remove the stale {}", staging.display()))
@@ -187,7 +188,7 @@ impl OutDir {
     /// Takes over the staging folder of an unfinished run at `target`, checkpoint and all.
     pub fn resume(target: &Path) -> Result<Self> {
         let staging = staging_of(target)?;
-        if !staging.join(RUN_RECORD).is_file() {
+        if !run_record(&staging).is_file() {
             if let Ok(Contents::DmaResult { command }) = contents(target) {
                 bail!("--resume {}: the `dma {command}` run there has finished; its result is in {0}", target.display());
             }
@@ -213,14 +214,9 @@ impl OutDir {
         &self.target
     }
 
-    /// From now on a failed run leaves its staging folder (and the checkpoint in it) for `--resume`.
-    pub fn keep_on_failure(&mut self) {
-        self.keep = true;
-    }
-
     /// Moves the finished outputs into place (replacing an earlier result when asked to).
     pub fn finish(mut self) -> Result<PathBuf> {
-        super::checkpoint::remove_all(&self.staging);
+        remove_all(&self.staging);
         let _ = std::fs::remove_file(self.staging.join(LEGACY_OWNER));
         let mut old = None;
         if self.target.is_dir() {
@@ -250,7 +246,8 @@ impl OutDir {
 
 impl Drop for OutDir {
     fn drop(&mut self) {
-        if !self.finished && !self.keep {
+        // A run that has written its record (with its first checkpoint) leaves its staging folder for `--resume`.
+        if !self.finished && !self.keep && !run_record(&self.staging).is_file() {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
     }

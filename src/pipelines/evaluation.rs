@@ -3,7 +3,7 @@
 //! sharpness and zero-shot classes. No files, no UI.
 use super::baselines::averages::{avg_vae, latent_centre, pixel_average};
 use super::baselines::{d4m::d4m, mgd3::mgd3, typical::most_typical, BaselineSettings};
-use super::checkpoints::Checkpoints;
+use crate::checkpoint::Checkpoints;
 use super::mental_average::{alignment_work, run_stage, seeded_latents, seeded_mental_average, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::evaluation::clip_embedder::ClipEmbedder;

@@ -1,6 +1,7 @@
 //! The whole computation behind `dma average` and `dma sample`: prompts to contexts, noise to latents through
 //! guided DDIM (with DMA's alignment hooked in when asked), latents to images. No files, no UI.
-use super::checkpoints::{Checkpoints, NoCheckpoints};
+use crate::checkpoint::sampling::{Start, StepState};
+use crate::checkpoint::{Checkpoints, NoCheckpoints};
 use super::StableDiffusion;
 use crate::method::hspace::{distance_to, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
@@ -88,62 +89,27 @@ pub struct SamplingResult {
     pub run_latents: i64,
 }
 
-/// Where a run starts: from noise at step 0, or where a stopped run left off (its checkpoint).
-pub struct Start {
-    pub first_step: usize,
-    /// The latents about to be denoised at `first_step`, [K,C,H,W].
-    pub latents: Tensor,
-    /// The alignment log and trajectory frames of the steps already done, and the sampler's UNet passes in them.
-    pub log: Vec<StepLog>,
-    pub frames: Vec<(usize, i64, Tensor)>,
-    pub unet_passes: u64,
-    /// How many latents the run started with (K): `latents` holds fewer once a run of `--optimise` dropped the
-    /// others (`AlignSettings::latents_after`).
-    pub run_latents: i64,
-}
-
-impl Start {
-    /// A run from the initial noise `init`.
-    pub fn fresh(init: &Tensor) -> Self {
-        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new(), unet_passes: 0, run_latents: init.size()[0] }
+/// Refuses a start (a checkpoint read back) that a run of `steps` steps aligned by `align` on `model` cannot have
+/// reached: a step out of range, a log of other steps, frames from the future, another number of latents than
+/// the run holds by then, latents of the wrong shape or not finite.
+fn check_start(start: &Start, model: &StableDiffusion, steps: usize, align: &AlignSettings) -> Result<()> {
+    let what = format!("the checkpoint at step {} of {steps}", start.first_step);
+    if start.first_step > steps {
+        bail!("{what}: the step is past the run's end; it is damaged or belongs to another run");
     }
-
-    /// Refuses a start (a checkpoint read back) that a run of `steps` steps aligned by `align` on `model` cannot have
-    /// reached: a step out of range, a log of other steps, frames from the future, another number of latents than
-    /// the run holds by then, latents of the wrong shape or not finite.
-    fn check(&self, model: &StableDiffusion, steps: usize, align: &AlignSettings) -> Result<()> {
-        let what = format!("the checkpoint at step {} of {steps}", self.first_step);
-        if self.first_step > steps {
-            bail!("{what}: the step is past the run's end; it is damaged or belongs to another run");
-        }
-        let logged: Vec<usize> = self.log.iter().map(|l| l.step).collect();
-        let expected = align.logged_steps(&self.log, self.first_step);
-        if logged != expected {
-            bail!("{what}: it logs aligned steps {logged:?}, but the run aligns steps {expected:?} by then; it is damaged or belongs to another run");
-        }
-        if self.frames.iter().any(|(step, _, _)| *step >= self.first_step) {
-            bail!("{what}: it holds trajectory frames of steps not yet done; it is damaged");
-        }
-        let rows = align.latents_after(self.first_step, self.run_latents, &self.log);
-        if self.latents.size().first() != Some(&rows) {
-            bail!("{what}: it holds latents of shape {:?}, but a run of {} latents holds {rows} by then; it is damaged or belongs to another run", self.latents.size(), self.run_latents);
-        }
-        check_latents(model, &self.latents, &what)
+    let logged: Vec<usize> = start.log.iter().map(|l| l.step).collect();
+    let expected = align.logged_steps(&start.log, start.first_step);
+    if logged != expected {
+        bail!("{what}: it logs aligned steps {logged:?}, but the run aligns steps {expected:?} by then; it is damaged or belongs to another run");
     }
-}
-
-/// A run's state after a step: what a checkpoint keeps.
-pub struct StepState<'a> {
-    /// The first step not yet done, of `steps`.
-    pub next_step: usize,
-    pub steps: usize,
-    pub latents: &'a Tensor,
-    pub log: &'a [StepLog],
-    pub frames: &'a [(usize, i64, Tensor)],
-    /// The sampler's UNet passes so far.
-    pub unet_passes: u64,
-    /// How many latents the run started with.
-    pub run_latents: i64,
+    if start.frames.iter().any(|(step, _, _)| *step >= start.first_step) {
+        bail!("{what}: it holds trajectory frames of steps not yet done; it is damaged");
+    }
+    let rows = align.latents_after(start.first_step, start.run_latents, &start.log);
+    if start.latents.size().first() != Some(&rows) {
+        bail!("{what}: it holds latents of shape {:?}, but a run of {} latents holds {rows} by then; it is damaged or belongs to another run", start.latents.size(), start.run_latents);
+    }
+    check_latents(model, &start.latents, &what)
 }
 
 /// The hooks of one run: the alignment (a no-op past its steps), the trajectory recorder, the progress count, and
@@ -200,7 +166,7 @@ pub fn run_stage(
 ) -> Result<SamplingResult> {
     let start = match checkpoints.sampling_start(stage, settings.steps)? {
         Some(start) => {
-            // How many it holds by then is `Start::check`'s to say.
+            // How many it holds by then is `check_start`'s to say.
             if start.run_latents != init.size()[0] || start.latents.size().get(1..) != init.size().get(1..) {
                 bail!("the checkpoint of {stage} is of a run of {} latents of shape {:?}, but this run starts from {:?}", start.run_latents, start.latents.size(), init.size());
             }
@@ -241,7 +207,7 @@ pub fn run_from(
     let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
     align.validate(settings.steps)?;
     align.validate_for(start.run_latents)?;
-    start.check(model, settings.steps, &align)?;
+    check_start(&start, model, settings.steps, &align)?;
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
     let mut alignment = Alignment::new(HSpace::new(&model.unet, context, settings.batch), align, progress);
     alignment.log = start.log;

@@ -1,6 +1,5 @@
 //! Composing models into something that turns prompts into images; loading them from disk.
 pub mod baselines;
-pub mod checkpoints;
 pub mod defaults;
 pub mod embedded;
 pub mod evaluation;

@@ -1,7 +1,7 @@
 //! Multimodal concepts (`dma modes`): draw samples of a prompt, embed them with CLIP, cluster them into modes,
 //! and, for the whole chain, learn one adapter per mode and compute each mode's prototype with DMA.
 //! No files, no UI: the command line writes what this returns.
-use super::checkpoints::Checkpoints;
+use crate::checkpoint::Checkpoints;
 use super::mental_average::{alignment_work, mental_average_from, run_stage, seeded_latents, SamplingResult, SamplingSettings};
 use super::StableDiffusion;
 use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};

@@ -2,7 +2,7 @@
 //! setting's prototypes scored as `dma eval` scores them and its cost counted in network passes. Every setting of a
 //! concept is judged against the same samples (drawn once per seed), so settings differ only by their own effect.
 //! No files, no UI.
-use super::checkpoints::Checkpoints;
+use crate::checkpoint::Checkpoints;
 use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost, SampleSet};
 use super::mental_average::{alignment_work, SamplingSettings};
 use super::StableDiffusion;

@@ -1,7 +1,7 @@
 //! Contrastive training of a CLIP model (image and text towers from scratch), resumable like the diffusion
 //! trainer. Every caption that truly describes an image counts as its match (several images of one batch can
 //! share a class, and a broad caption describes several classes), so the loss is InfoNCE with several positives.
-use super::checkpoint::{self, prefixed_params, Resume};
+use crate::checkpoint::training::{self as checkpoint, prefixed_params, Resume};
 use crate::models::clip::{ClipConfig, ClipImageProcessor, ClipModel};
 use crate::optim::AdamW;
 use crate::weights::{write_safetensors, Weights};

@@ -1,7 +1,7 @@
 //! Training a text-conditioned diffusion model (CLIP text encoder + UNet, jointly, from scratch) with the
 //! noise-prediction loss, resumable from checkpoints: every step's randomness comes from (seed, step), so a
 //! resumed run continues exactly as an uninterrupted one would.
-use super::checkpoint::{self, prefixed_params, Resume};
+use crate::checkpoint::training::{self as checkpoint, prefixed_params, Resume};
 use super::ema::Ema;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};

@@ -1,5 +1,4 @@
 //! Training the embedded model: its recipe (architecture and schedule) and the resumable training loop.
-pub mod checkpoint;
 pub mod clip;
 pub mod diffusion;
 pub mod embedded;

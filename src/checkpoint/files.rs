@@ -1,4 +1,4 @@
-//! How every checkpoint reaches the disk (a training run's, a sampling run's): its tensors in a file named by its
+//! How every checkpoint reaches the disk (a training run's, a sampling stage's): its tensors in a file named by its
 //! step, then a JSON record naming that file, both atomic and the record last, then the previous step's tensor
 //! file removed. A run killed at any moment leaves a record that names a complete tensor file of its own step.
 use crate::files::{read_json, write_json};
@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::path::Path;
 use tch::Tensor;
 
+/// A checkpoint's record, beside its tensor file (a run's own record is `run::RUN_RECORD`).
 pub const RECORD: &str = "checkpoint.json";
 
 /// The tensor file of `step`; the record saved with it must name it in its `tensors` field.

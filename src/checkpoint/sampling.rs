@@ -1,37 +1,52 @@
-//! A stopped run's files in its staging folder: the run's record (`checkpoint.json`: the command, its arguments
-//! and the settings they resolved to), written with the first checkpoint, and one folder per expensive stage under
-//! `checkpoints/` (`checkpoints/samples`, `checkpoints/mode-1/adapter`). A sampling stage keeps, after every DDIM
-//! step (`checkpoint_files`), the latents after the step and the recorded trajectory frames as tensors, and the
-//! step and the per-step log as its record.
+//! A sampling stage's checkpoint: after every DDIM step (`files`), the latents after the step and the recorded
+//! trajectory frames as tensors, and the step and the per-step log as its record.
 //!
 //! Nothing random is drawn after the initial noise (DDIM with eta = 0; each aligned step starts Adam afresh), so
 //! the latents and the log are a sampling stage's whole state: a resumed run computes exactly what the
 //! uninterrupted one would.
-use crate::checkpoint_files;
+use super::files as checkpoint_files;
 use crate::files::read_json;
 use crate::method::StepLog;
 use crate::passes::Passes;
-use crate::pipelines::mental_average::{Start, StepState};
 use crate::weights::read_safetensors;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 
-/// The run's record in its staging folder; its presence marks a run that can be resumed.
-pub const RUN_RECORD: &str = "checkpoint.json";
-/// The folder of the stages' checkpoints in the staging folder.
-const STAGES: &str = "checkpoints";
-
-/// The checkpoint folder of `stage` in the staging folder `staging`.
-pub fn stage_dir(staging: &Path, stage: &str) -> PathBuf {
-    staging.join(STAGES).join(stage)
+/// Where a sampling run starts: from noise at step 0, or where a stopped run left off (its checkpoint).
+pub struct Start {
+    pub first_step: usize,
+    /// The latents about to be denoised at `first_step`, [K,C,H,W].
+    pub latents: Tensor,
+    /// The alignment log and trajectory frames of the steps already done, and the sampler's UNet passes in them.
+    pub log: Vec<StepLog>,
+    pub frames: Vec<(usize, i64, Tensor)>,
+    pub unet_passes: u64,
+    /// How many latents the run started with (K): `latents` holds fewer once a run of `--optimise` dropped the
+    /// others (`AlignSettings::latents_after`).
+    pub run_latents: i64,
 }
 
-/// Removes the run's record and every stage's checkpoint (when the run has finished).
-pub fn remove_all(staging: &Path) {
-    let _ = std::fs::remove_dir_all(staging.join(STAGES));
-    let _ = std::fs::remove_file(staging.join(RUN_RECORD));
+impl Start {
+    /// A run from the initial noise `init`.
+    pub fn fresh(init: &Tensor) -> Self {
+        Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new(), unet_passes: 0, run_latents: init.size()[0] }
+    }
+}
+
+/// A run's state after a step: what a checkpoint keeps.
+pub struct StepState<'a> {
+    /// The first step not yet done, of `steps`.
+    pub next_step: usize,
+    pub steps: usize,
+    pub latents: &'a Tensor,
+    pub log: &'a [StepLog],
+    pub frames: &'a [(usize, i64, Tensor)],
+    /// The sampler's UNet passes so far.
+    pub unet_passes: u64,
+    /// How many latents the run started with.
+    pub run_latents: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,7 +79,8 @@ pub fn save(dir: &Path, state: &StepState) -> Result<()> {
 }
 
 /// The checkpoint in the stage folder `dir`, if it has one, for a run of `steps` steps. Its record is checked
-/// against its tensor file and that step count here; `Start::check` checks the rest against the run.
+/// against its tensor file and that step count here; `mental_average::check_start` checks the rest against the
+/// run.
 pub fn load(dir: &Path, steps: usize) -> Result<Option<Start>> {
     let record_path = dir.join(checkpoint_files::RECORD);
     if !record_path.is_file() {

@@ -1,13 +1,13 @@
-//! Resumable training state in a folder (`checkpoint_files`): the parameters, the optimiser's moments and any
-//! extra tensors (such as an EMA) as tensors, and the step and the settings as the record.
-use crate::checkpoint_files::{self, RECORD};
+//! Resumable training state in a folder (`files`): the parameters, the optimiser's moments and any extra tensors
+//! (such as an EMA) as tensors, and the step and the settings as the record.
+use super::files::{self as checkpoint_files, RECORD};
 use crate::files::read_json;
 use crate::optim::AdamW;
 use crate::weights::{read_safetensors, Weights};
 use anyhow::{bail, Context, Result};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashMap;
-use std::fmt::Debug;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -37,16 +37,17 @@ impl Resume {
         Self { step: 0, tensors: None, source: source.to_string() }
     }
 
-    /// Opens the checkpoint in `dir`, if one was completed there; one made with other settings is refused.
-    pub fn open<S: Serialize + DeserializeOwned + PartialEq + Debug>(dir: &Path, settings: &S) -> Result<Self> {
+    /// Opens the checkpoint in `dir`, if one was completed there; one made with other settings (compared as their
+    /// JSON, as the record keeps them) is refused.
+    pub fn open(dir: &Path, settings: &impl Serialize) -> Result<Self> {
         let source = dir.display().to_string();
         if !dir.join(RECORD).is_file() {
             return Ok(Self::fresh(&source));
         }
-        let record: Record<S> = read_json(&dir.join(RECORD))?;
-        if record.settings != *settings {
+        let record: Record<Value> = read_json(&dir.join(RECORD))?;
+        if record.settings != serde_json::to_value(settings)? {
             bail!(
-                "{source}: the checkpoint was made with other settings ({:?}); resume with the same ones or use a new folder",
+                "{source}: the checkpoint was made with other settings ({}); resume with the same ones or use a new folder",
                 record.settings
             );
         }
@@ -80,6 +81,19 @@ impl Resume {
             None => Ok(None),
         }
     }
+}
+
+/// A training run after a step: what its checkpoint keeps (the randomness of every step comes from (seed, step),
+/// so these tensors are the whole state).
+pub struct TrainingState<'a> {
+    /// Steps done, of `steps`.
+    pub step: usize,
+    pub steps: usize,
+    /// The run's settings, as its record keeps them (a checkpoint made with others is refused).
+    pub settings: &'a Value,
+    /// The learned tensors by name (`token`, or `<module>.lora_A` / `.lora_B`).
+    pub params: &'a [(String, Tensor)],
+    pub optimizer: &'a AdamW,
 }
 
 /// Saves parameters (by their prefixed names), the optimiser's moments and `extra` tensors with the step and settings.
