@@ -1,9 +1,19 @@
 mod cli;
 
 fn main() {
-    if let Err(error) = cli::main() {
-        eprintln!("error: {error:#}");
-        let interrupted = error.downcast_ref::<dma::checkpoint::run::Interrupted>().is_some();
-        std::process::exit(if interrupted { cli::interrupt::EXIT_STATUS } else { 1 });
+    let job = match cli::job::Job::start() {
+        Ok(job) => job,
+        Err(error) => {
+            // Without MPI every process of the job says it; with a launcher's rank, only the first.
+            if dma::distributed::launcher::rank().unwrap_or(0) == 0 {
+                eprintln!("error: {error:#}");
+            }
+            std::process::exit(1);
+        }
+    };
+    let ranks = job.ranks;
+    match cli::main(ranks) {
+        Ok(()) => job.exit_ok(),
+        Err(error) => job.exit_with(error),
     }
 }

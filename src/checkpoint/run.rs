@@ -69,6 +69,11 @@ pub struct Interrupted {
     pub resume: String,
 }
 
+impl Interrupted {
+    /// The exit status of a run stopped so (128 + SIGINT, as shells report it).
+    pub const STATUS: i32 = 130;
+}
+
 /// How to continue the `dma <command>` run whose folder is `target`.
 pub fn resume_hint(command: &str, target: &Path) -> String {
     format!("continue with `dma {command} --resume {}`", target.display())

@@ -7,6 +7,7 @@
 use super::files as checkpoint_files;
 use crate::files::read_json;
 use crate::method::StepLog;
+use crate::distributed::Ranks;
 use crate::passes::Passes;
 use crate::weights::read_safetensors;
 use anyhow::{bail, Context, Result};
@@ -33,6 +34,28 @@ impl Start {
     pub fn fresh(init: &Tensor) -> Self {
         Self { first_step: 0, latents: init.shallow_clone(), log: Vec::new(), frames: Vec::new(), unet_passes: 0, run_latents: init.size()[0] }
     }
+}
+
+/// What a rank needs of rank 0's `start` (`Some` there): all of it but the trajectory frames, which only rank 0
+/// records.
+pub fn share_start(ranks: Ranks, start: Option<Start>) -> Result<Start> {
+    if ranks.size() == 1 {
+        return start.context("rank 0 has no start");
+    }
+    #[derive(Serialize, Deserialize)]
+    struct Header {
+        first_step: usize,
+        log: Vec<StepLog>,
+        unet_passes: u64,
+        run_latents: i64,
+    }
+    let header = start.as_ref().map(|s| Header { first_step: s.first_step, log: s.log.clone(), unet_passes: s.unet_passes, run_latents: s.run_latents });
+    let mut bytes = header.map(|h| serde_json::to_vec(&h)).transpose()?.unwrap_or_default();
+    ranks.broadcast(&mut bytes);
+    let header: Header = serde_json::from_slice(&bytes)?;
+    let latents = ranks.broadcast_tensor(start.as_ref().map(|s| &s.latents))?;
+    let frames = start.map(|s| s.frames).unwrap_or_default();
+    Ok(Start { first_step: header.first_step, latents, log: header.log, frames, unet_passes: header.unet_passes, run_latents: header.run_latents })
 }
 
 /// A run's state after a step: what a checkpoint keeps.

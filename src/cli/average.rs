@@ -1,5 +1,11 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
 use super::common::{check_prompt, out_dir, progress_bar, ModelArgs};
+use super::job::{agree, check_same_job, from_root};
+use super::report::weight_hashes;
+use dma::checkpoint::sampling::share_start;
+use dma::distributed::{Ranks, Share};
+use dma::pipelines::ModelSource;
+use tch::Tensor;
 use super::report::{write_outputs, RunOutputs};
 use super::resume::{arguments, resumed_or_new, Resumable};
 use dma::checkpoint::run::RunCheckpoints;
@@ -14,7 +20,7 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch, Schedule};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings};
+use dma::pipelines::mental_average::{prototype_index, read_latents, run_spread, seeded_latents, SamplingResult, SamplingSettings};
 use dma::pipelines::mental_average::work_until;
 use dma::pipelines::StableDiffusion;
 use std::path::PathBuf;
@@ -252,142 +258,218 @@ impl Resumable for SampleArgs {
     }
 }
 
-pub fn average(args: AverageArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = arguments("average", args, matches)?;
-    let common = &args.common;
-    let source = common.model.source()?;
-    let mut defaults = RunDefaults::for_source(&source)?;
-    // An adapter is read and checked against the prompt before anything long starts.
-    let adapter = args.adapter.as_deref().map(|path| -> Result<Adapter> {
-        let adapter = Adapter::read(path)?;
-        adapter.check_prompt(common.prompt()?).with_context(|| format!("--adapter {}", path.display()))?;
-        Ok(adapter)
-    });
-    let adapter = adapter.transpose()?;
-    if adapter.as_ref().is_some_and(|a| a.kind() == AdapterKind::Lora) {
-        defaults.guidance = defaults.lora_guidance;
-    }
-    let count = args.align.latents(&defaults)?;
-    let settings = common.settings(&defaults, "--latents", count)?;
-    let align = args.align.settings(&defaults, settings.steps)?;
-    let resolved = json!({ "sampling": settings, "alignment": align });
-    let (out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("average"))?;
-    let started = Instant::now();
-    let mut model = common.model.load(&source)?;
-    if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
-        adapter.apply(&mut model).with_context(|| format!("--adapter {}", path.display()))?;
-    }
-    check_prompt(&model, common.prompt()?, None)?;
-    let load_seconds = started.elapsed().as_secs_f64();
-    let sampling_start = Instant::now();
-    let checkpoints = RunCheckpoints::new(out.staging(), out.target(), "average", &args, &resolved);
-    let mut result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, Some(&align), ("--latents", count))?;
-    let prototype = prototype_index(&model, &settings, &align, &mut result)?;
-    let sampling_seconds = sampling_start.elapsed().as_secs_f64();
-    write_outputs(RunOutputs {
-        command: "average",
-        source: &source,
-        model: &model,
-        model_args: &common.model,
-        settings: &settings,
-        align: Some(&align),
-        init_latents: common.init_latents.as_deref(),
-        adapter: args.adapter.as_deref(),
-        save_latents: common.save_latents,
-        result: &result,
-        prototype: Some(prototype),
-        resumed: resumption,
-        seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
-        out,
-    })
+/// What `average` and `sample` set up before sampling, on every rank: the model, its source, the settings and
+/// the run's record of them. Rank 0 also holds the output folder and what it says of a resumed run.
+struct Setup {
+    source: ModelSource,
+    model: StableDiffusion,
+    settings: SamplingSettings,
+    resolved: serde_json::Value,
+    /// Rank 0's: the output folder, and `resumed_or_new`'s record of a resumption.
+    out: Option<(OutDir, serde_json::Value)>,
+    load_seconds: f64,
 }
 
-pub fn sample(args: SampleArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = arguments("sample", args, matches)?;
-    let common = &args.common;
-    let source = common.model.source()?;
-    let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
-    let resolved = json!({ "sampling": settings });
-    let (out, mut resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("sample"))?;
-    let started = Instant::now();
-    let model = common.model.load(&source)?;
-    check_prompt(&model, common.prompt()?, None)?;
-    let load_seconds = started.elapsed().as_secs_f64();
-    let sampling_start = Instant::now();
-    let checkpoints = RunCheckpoints::new(out.staging(), out.target(), "sample", &args, &resolved);
-    let result = sample_resumably(checkpoints, &mut resumption, &model, common, &settings, None, ("--num", args.num))?;
-    let sampling_seconds = sampling_start.elapsed().as_secs_f64();
-    write_outputs(RunOutputs {
-        command: "sample",
-        source: &source,
-        model: &model,
-        model_args: &common.model,
-        settings: &settings,
-        align: None,
-        init_latents: common.init_latents.as_deref(),
-        adapter: None,
-        save_latents: common.save_latents,
-        result: &result,
-        prototype: None,
-        resumed: resumption,
-        seconds: [load_seconds, sampling_seconds, started.elapsed().as_secs_f64()],
-        out,
-    })
+/// The arguments every rank runs with: rank 0's, which a --resume reads back from the stopped run's record (only
+/// rank 0 reads or writes the run's folder), and with them rank 0's view of the resumed run.
+fn arguments_of_rank0<A: Resumable>(command: &str, args: A, matches: &ArgMatches, ranks: Ranks) -> Result<(Option<(OutDir, serde_json::Value)>, A)> {
+    let local = if ranks.is_root() { arguments(command, args, matches) } else { Ok((None, args)) };
+    let (resumed, args) = agree(ranks, local)?;
+    Ok((resumed, from_root(ranks, args)?))
 }
 
-/// Where a run of `dma average` or `dma sample` starts: the checkpoint of its stage when it is resumed
-/// (--init-latents is then not read again), else the latents of --init-latents, else `count` seeded ones (`count`
-/// set by its flag). The run's latents are checked against the device's memory before seeded ones are drawn.
-fn start_of(checkpoints: &RunCheckpoints, model: &StableDiffusion, common: &SamplingArgs, settings: &SamplingSettings, (flag, count): (&str, i64)) -> Result<Start> {
-    let stage = checkpoints.command();
-    let resumed = checkpoints.sampling_start(stage, settings.steps)?;
-    let given = match (&resumed, &common.init_latents) {
-        (None, Some(path)) => Some(read_latents(path, model)?),
-        _ => None,
-    };
-    // The latents the run holds (none yet when they are to be seeded), and what set their count, for the messages.
-    let (shape, count_text) = match (resumed.as_ref().map(|s| &s.latents).or(given.as_ref()), &common.init_latents) {
-        (Some(latents), Some(path)) => (latents.size(), format!("{} latents of {:?} from --init-latents {}", latents.size()[0], &latents.size()[1..], path.display())),
-        (Some(latents), None) => (latents.size(), format!("{flag} {count}")),
-        (None, _) => ([count].into_iter().chain(model.latent_shape()).collect(), format!("{flag} {count}")),
-    };
-    let shape: [i64; 4] = shape.try_into().map_err(|s| anyhow::anyhow!("the checkpoint of {stage} holds latents of shape {s:?}, not [K, C, H, W]"))?;
-    // Seeded latents are `count`; latents from a file are whatever it held (`run_from` checks the rest).
-    if let (Some(start), None) = (&resumed, &common.init_latents) {
-        if start.run_latents != count {
-            bail!("the checkpoint of {stage} is of a run of {} latents, but the run has {flag} {count}", start.run_latents);
+/// Rank 0's output folder (new, or the resumed run's, whose settings must still resolve to `resolved`), the model
+/// loaded on every rank, and the check that every rank runs the same job.
+fn set_up(
+    ranks: Ranks,
+    resumed: Option<(OutDir, serde_json::Value)>,
+    common: &SamplingArgs,
+    (source, settings, resolved): (ModelSource, SamplingSettings, serde_json::Value),
+    command: &str,
+    prepare: impl FnOnce(&mut StableDiffusion) -> Result<()>,
+) -> Result<Setup> {
+    let out = agree(ranks, ranks.is_root().then(|| resumed_or_new(resumed, &resolved, || common.out_dir(command))).transpose())?;
+    let started = Instant::now();
+    let model = agree(ranks, (|| {
+        let mut model = common.model.load_on_rank(&source, ranks)?;
+        prepare(&mut model)?;
+        check_prompt(&model, common.prompt()?, None)?;
+        Ok(model)
+    })())?;
+    if ranks.size() > 1 {
+        let fingerprint = json!({ "resolved": resolved, "model": weight_hashes(&model)? });
+        check_same_job(ranks, &fingerprint.to_string())?;
+    }
+    Ok(Setup { source, model, settings, resolved, out, load_seconds: started.elapsed().as_secs_f64() })
+}
+
+pub fn average(args: AverageArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
+    let (resumed, args) = arguments_of_rank0("average", args, matches, ranks)?;
+    let common = &args.common;
+    let resolve = || -> Result<_> {
+        let source = common.model.source()?;
+        let mut defaults = RunDefaults::for_source(&source)?;
+        // An adapter is read and checked against the prompt before anything long starts.
+        let adapter = args.adapter.as_deref().map(|path| -> Result<Adapter> {
+            let adapter = Adapter::read(path)?;
+            adapter.check_prompt(common.prompt()?).with_context(|| format!("--adapter {}", path.display()))?;
+            Ok(adapter)
+        });
+        let adapter = adapter.transpose()?;
+        if adapter.as_ref().is_some_and(|a| a.kind() == AdapterKind::Lora) {
+            defaults.guidance = defaults.lora_guidance;
         }
-    }
-    memory::check_fits(model, Work::Alignment, settings.batch, shape, &count_text, &common.model.device)?;
-    Ok(match (resumed, given) {
+        let count = args.align.latents(&defaults)?;
+        let settings = common.settings(&defaults, "--latents", count)?;
+        let align = args.align.settings(&defaults, settings.steps)?;
+        Ok((source, adapter, count, settings, align))
+    };
+    let (source, adapter, count, settings, align) = agree(ranks, resolve())?;
+    let resolved = json!({ "sampling": settings, "alignment": align });
+    let apply_adapter = |model: &mut StableDiffusion| -> Result<()> {
+        if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
+            adapter.apply(model).with_context(|| format!("--adapter {}", path.display()))?;
+        }
+        Ok(())
+    };
+    let setup = set_up(ranks, resumed, common, (source, settings, resolved), "average", apply_adapter)?;
+    let sampling_start = Instant::now();
+    let (mut result, at_step) = sample_resumably(&setup, ranks, "average", &args, common, Some(&align), ("--latents", count))?;
+    let prototype = prototype_index(&setup.model, &setup.settings, &align, &mut result, ranks)?;
+    finish(setup, ranks, common, RunKind { command: "average", align: Some(&align), adapter: args.adapter.as_deref(), prototype: Some(prototype) }, (result, at_step), sampling_start)
+}
+
+pub fn sample(args: SampleArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
+    let (resumed, args) = arguments_of_rank0("sample", args, matches, ranks)?;
+    let common = &args.common;
+    let resolve = || -> Result<_> {
+        let source = common.model.source()?;
+        let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
+        Ok((source, settings))
+    };
+    let (source, settings) = agree(ranks, resolve())?;
+    let resolved = json!({ "sampling": settings });
+    let setup = set_up(ranks, resumed, common, (source, settings, resolved), "sample", |_| Ok(()))?;
+    let sampling_start = Instant::now();
+    let result = sample_resumably(&setup, ranks, "sample", &args, common, None, ("--num", args.num))?;
+    finish(setup, ranks, common, RunKind { command: "sample", align: None, adapter: None, prototype: None }, result, sampling_start)
+}
+
+/// What distinguishes an `average` run's outputs from a `sample` run's.
+struct RunKind<'a> {
+    command: &'static str,
+    align: Option<&'a AlignSettings>,
+    adapter: Option<&'a std::path::Path>,
+    prototype: Option<i64>,
+}
+
+/// Rank 0 writes every output, with what each rank did; then every rank learns whether that worked.
+/// `at_step` is the step a resumed run took up, which its record of the resumption gains.
+fn finish(setup: Setup, ranks: Ranks, common: &SamplingArgs, kind: RunKind, (result, at_step): (SamplingResult, usize), sampling_start: Instant) -> Result<()> {
+    let sampling_seconds = sampling_start.elapsed().as_secs_f64();
+    let this_rank = json!({ "rank": ranks.rank(), "host": ranks.group().host(), "device": common.model.device_on_rank(ranks), "load_seconds": setup.load_seconds, "sampling_seconds": sampling_seconds });
+    let ranks_record = ranks.group().gather(this_rank.to_string().as_bytes()).map(|all| {
+        all.iter().map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap_or(serde_json::Value::Null)).collect::<Vec<_>>()
+    });
+    let written = match (setup.out, ranks_record) {
+        (Some((out, mut resumed)), Some(ranks_record)) => write_outputs(RunOutputs {
+            command: kind.command,
+            source: &setup.source,
+            model: &setup.model,
+            model_args: &common.model,
+            settings: &setup.settings,
+            align: kind.align,
+            init_latents: common.init_latents.as_deref(),
+            adapter: kind.adapter,
+            save_latents: common.save_latents,
+            result: &result,
+            prototype: kind.prototype,
+            resumed: {
+                if resumed.is_object() {
+                    resumed["at_step"] = json!(at_step);
+                }
+                resumed
+            },
+            ranks: ranks_record,
+            seconds: [setup.load_seconds, sampling_seconds, setup.load_seconds + sampling_seconds],
+            out,
+        }),
+        _ => Ok(()),
+    };
+    agree(ranks, written)
+}
+
+/// Where a run of `dma average` or `dma sample` starts, decided by rank 0 and given to every rank: the checkpoint
+/// of its stage when it is resumed (--init-latents is then not read again), else the latents of --init-latents,
+/// else `count` seeded ones (`count` set by its flag). Each rank's share of the latents is checked against its
+/// device's memory before seeded ones are drawn.
+fn start_of(checkpoints: Option<&RunCheckpoints>, setup: &Setup, ranks: Ranks, common: &SamplingArgs, (flag, count): (&str, i64)) -> Result<Start> {
+    let model = &setup.model;
+    let stage = checkpoints.map_or("sampling", |c| c.command());
+    let steps = setup.settings.steps;
+    let decided = checkpoints.map(|checkpoints| -> Result<(Option<Start>, Option<Tensor>)> {
+        let resumed = checkpoints.sampling_start(stage, steps)?;
+        let given = match (&resumed, &common.init_latents) {
+            (None, Some(path)) => Some(read_latents(path, model)?),
+            _ => None,
+        };
+        // Seeded latents are `count`; latents from a file are whatever it held (`run_from` checks the rest).
+        if let (Some(start), None) = (&resumed, &common.init_latents) {
+            if start.run_latents != count {
+                bail!("the checkpoint of {stage} is of a run of {} latents, but the run has {flag} {count}", start.run_latents);
+            }
+        }
+        Ok((resumed, given))
+    });
+    let (resumed, given) = agree(ranks, decided.transpose())?.unwrap_or((None, None));
+    // The latents the run holds (none yet when they are to be seeded), and what set their count, for the messages.
+    let held = resumed.as_ref().map(|s| s.latents.size()).or(given.as_ref().map(|l| l.size()));
+    let held = from_root(ranks, held)?;
+    let shape = held.unwrap_or_else(|| [count].into_iter().chain(model.latent_shape()).collect());
+    let count_text = match &common.init_latents {
+        Some(path) => format!("{} latents of {:?} from --init-latents {}", shape[0], &shape[1..], path.display()),
+        None => format!("{flag} {count}"),
+    };
+    let mut shape: [i64; 4] = shape.try_into().map_err(|s| anyhow::anyhow!("the checkpoint of {stage} holds latents of shape {s:?}, not [K, C, H, W]"))?;
+    let share = Share::new(setup.settings.batch, ranks.rank(), ranks.size());
+    agree(ranks, share.check(shape[0], flag))?;
+    shape[0] = share.count(shape[0]);
+    agree(ranks, memory::check_fits(model, Work::Alignment, setup.settings.batch, shape, &count_text, &common.model.device_on_rank(ranks)))?;
+    let start = ranks.is_root().then(|| match (resumed, given) {
         (Some(start), _) => start,
         (None, Some(latents)) => Start::fresh(&latents),
         (None, None) => Start::fresh(&seeded_latents(model, count, common.seed)),
-    })
+    });
+    share_start(ranks, start)
 }
 
-/// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar and a checkpoint after every step
-/// (its stage named as the command), from `start_of`; a resumed run's `resumption` gains the step it resumed at.
+/// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar on rank 0 and a checkpoint after
+/// every step (its stage named as the command), from `start_of`; with the step it started at.
 fn sample_resumably(
-    mut checkpoints: RunCheckpoints,
-    resumption: &mut serde_json::Value,
-    model: &StableDiffusion,
+    setup: &Setup,
+    ranks: Ranks,
+    command: &'static str,
+    args: &impl serde::Serialize,
     common: &SamplingArgs,
-    settings: &SamplingSettings,
     align: Option<&AlignSettings>,
     count: (&str, i64),
-) -> Result<SamplingResult> {
-    let stage = checkpoints.command();
-    let start = start_of(&checkpoints, model, common, settings, count)?;
-    if resumption.is_object() {
-        resumption["at_step"] = json!(start.first_step);
-    }
-    let latents = start.latents.size()[0];
-    let bar = progress_bar(work_until(align, settings, latents, settings.steps), common.quiet);
+) -> Result<(SamplingResult, usize)> {
+    let settings = &setup.settings;
+    let mut checkpoints = setup.out.as_ref().map(|(out, _)| RunCheckpoints::new(out.staging(), out.target(), command, args, &setup.resolved));
+    let start = start_of(checkpoints.as_ref(), setup, ranks, common, count)?;
+    let latents = Share::new(settings.batch, ranks.rank(), ranks.size()).count(start.latents.size()[0]);
+    let bar = progress_bar(work_until(align, settings, latents, settings.steps), common.quiet || !ranks.is_root());
     bar.set_message(if align.is_some() { "aligning" } else { "sampling" });
     bar.set_position(work_until(align, settings, latents, start.first_step));
-    let result = run_from(model, settings, start, align, 4, &|n| bar.inc(n), &mut |state| checkpoints.after_sampling_step(stage, state))
-        .map_err(|e| checkpoints.explain(e))?;
+    let first_step = start.first_step;
+    let result = run_spread(&setup.model, settings, start, align, 4, &|n| bar.inc(n), ranks, &mut |state| match checkpoints.as_mut() {
+        Some(checkpoints) => checkpoints.after_sampling_step(command, state),
+        None => Ok(()),
+    });
+    let result = result.map_err(|e| match &checkpoints {
+        Some(checkpoints) => checkpoints.explain(e),
+        None => e,
+    })?;
     bar.finish_and_clear();
-    Ok(result)
+    Ok((result, first_step))
 }

@@ -2,6 +2,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::device::{parse_device, parse_kind};
+use dma::distributed::{launcher, Ranks};
 use dma::pipelines::embedded::embedded_model_dir;
 use dma::pipelines::{single_file, ModelSource, StableDiffusion};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,6 +47,20 @@ impl ModelArgs {
 
     pub fn device(&self) -> Result<Device> {
         parse_device(&self.device)
+    }
+
+    /// The device this rank of `ranks` runs on: `--device cuda` on several ranks is `cuda:<the rank's index on its
+    /// node>` (one GPU per rank, each rank picking its own); any other --device is taken as given.
+    pub fn device_on_rank(&self, ranks: Ranks) -> String {
+        match (self.device.as_str(), launcher::local_rank()) {
+            ("cuda", Some(local)) if ranks.size() > 1 => format!("cuda:{local}"),
+            _ => self.device.clone(),
+        }
+    }
+
+    /// `load` onto this rank's device (`device_on_rank`).
+    pub fn load_on_rank(&self, source: &ModelSource, ranks: Ranks) -> Result<StableDiffusion> {
+        Self { device: self.device_on_rank(ranks), ..self.clone() }.load(source)
     }
 
     pub fn kind(&self) -> Result<Kind> {

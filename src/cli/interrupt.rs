@@ -14,9 +14,6 @@ static LISTENING: Once = Once::new();
 /// The run being written, for what a hard stop says and cleans up.
 static RUN: Mutex<Option<Run>> = Mutex::new(None);
 
-/// The exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
-pub const EXIT_STATUS: i32 = 130;
-
 struct Run {
     /// The folder its checkpoints go to.
     folder: PathBuf,

@@ -3,6 +3,7 @@ mod average;
 mod common;
 mod eval;
 pub mod interrupt;
+pub mod job;
 mod modes;
 mod report;
 mod resume;
@@ -10,6 +11,7 @@ mod sweep;
 mod train;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use dma::distributed::Ranks;
 
 #[derive(Parser)]
 #[command(name = "dma", version, about = "Diffusion Mental Averages: what a text-to-image model thinks a concept looks like")]
@@ -41,16 +43,20 @@ enum Command {
     TrainClip(train::TrainClipArgs),
 }
 
-pub fn main() -> anyhow::Result<()> {
+pub fn main(ranks: Ranks) -> anyhow::Result<()> {
     // The matches are kept beside the parsed arguments: `--resume` asks which flags were given.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
     interrupt::listen();
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
+    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_)) {
+        let name = matches.subcommand_name().unwrap_or("?");
+        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks yet (`dma average` and `dma sample` do); start it as one process")));
+    }
     match cli.command {
-        Command::Average(args) => average::average(args, &sub("average")),
-        Command::Sample(args) => average::sample(args, &sub("sample")),
+        Command::Average(args) => average::average(args, &sub("average"), ranks),
+        Command::Sample(args) => average::sample(args, &sub("sample"), ranks),
         Command::Modes(args) => modes::modes(args, &sub("modes")),
         Command::Eval(args) => eval::eval(args, &sub("eval")),
         Command::Compare(args) => eval::compare(args, &sub("compare")),

@@ -33,10 +33,11 @@ pub struct RunOutputs<'a> {
     pub result: &'a SamplingResult,
     /// Index of the prototype among the final latents (DMA runs only).
     pub prototype: Option<i64>,
-    /// The step a resumed run took up from (None: it ran from the start).
     /// Null, or how the run was resumed (`resume::resumption`, with the step it resumed at).
     pub resumed: Value,
-    /// Loading, sampling and total wall time (of this process, for a resumed run).
+    /// Each rank's host, device and times.
+    pub ranks: Vec<Value>,
+    /// Rank 0's loading, sampling and total wall time (of this process, for a resumed run).
     pub seconds: [f64; 3],
     pub out: OutDir,
 }
@@ -63,6 +64,11 @@ pub fn model_record(source: &ModelSource, model: &StableDiffusion) -> Result<Val
         .map(|f| Ok(json!({ "path": f.display().to_string(), "sha256": sha256_file(f)? })))
         .collect::<Result<_>>()?;
     Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))
+}
+
+/// The SHA-256 of each of `model`'s weight files, in order: what tells two copies of a model apart, wherever they lie.
+pub fn weight_hashes(model: &StableDiffusion) -> Result<Vec<String>> {
+    model.info.weight_files.iter().map(|f| sha256_file(f)).collect()
 }
 
 /// A file a run read (an adapter, latents), with its SHA-256.
@@ -134,6 +140,8 @@ pub fn write_outputs(o: RunOutputs) -> Result<()> {
         "alignment": o.align,
         "prototype_index": o.prototype,
         "resumed": o.resumed,
+        // Each rank's host, device and time (one entry for a run of one process).
+        "ranks": o.ranks,
         "timings_seconds": { "load": o.seconds[0], "sampling": o.seconds[1], "total": o.seconds[2] },
         "steps": o.result.log,
         "passes": o.result.passes,

@@ -6,6 +6,7 @@
 //! does not depend on how many ranks added which part. The same command therefore gives the same bits on 1, 2 or
 //! 3 ranks. The one-process path is the same code with one rank.
 pub mod exact;
+pub mod launcher;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod share;
@@ -69,19 +70,23 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The ranks of a run, with the tensor-level operations the method needs.
+/// The ranks of a run, with the operations over latents the method needs. A handle: copies share the group, which
+/// lives as long as the process (an MPI communicator is made once, in `main`).
+#[derive(Clone, Copy)]
 pub struct Ranks {
-    group: Box<dyn Collective>,
+    group: &'static dyn Collective,
 }
 
+static ALONE: Alone = Alone;
+
 impl Ranks {
-    pub fn new(group: Box<dyn Collective>) -> Self {
+    pub fn new(group: &'static dyn Collective) -> Self {
         Self { group }
     }
 
     /// This process alone.
     pub fn alone() -> Self {
-        Self::new(Box::new(Alone))
+        Self::new(&ALONE)
     }
 
     pub fn rank(&self) -> usize {
@@ -98,7 +103,14 @@ impl Ranks {
     }
 
     pub fn group(&self) -> &dyn Collective {
-        self.group.as_ref()
+        self.group
+    }
+
+    /// Element-wise sums of every rank's `values`.
+    pub fn sum(&self, values: &[u64]) -> Vec<u64> {
+        let mut sums: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+        self.group.sum_i64(&mut sums);
+        sums.into_iter().map(|v| v as u64).collect()
     }
 
     /// One f64 per latent, from the rank that holds it, in the latents' order on every rank: `local` holds this
@@ -112,6 +124,9 @@ impl Ranks {
     /// The rows of all ranks' `local` tensors (each rank's rows of the first `total`, in order), as one tensor in the
     /// latents' order: on every rank (`everywhere`), or on rank 0 only (`None` elsewhere). f32 or f64 on the CPU.
     pub fn gather_rows(&self, share: &Share, total: i64, local: &Tensor, everywhere: bool) -> Result<Option<Tensor>> {
+        if self.size() == 1 {
+            return Ok(Some(local.shallow_clone()));
+        }
         let kind = local.kind();
         let row_shape: Vec<i64> = local.size()[1..].to_vec();
         let bytes = tensor_bytes(local)?;
@@ -127,10 +142,60 @@ impl Ranks {
         Ok(Some(Tensor::from_data_size(&flat, &shape, kind)))
     }
 
+    /// Rank 0's tensor (`Some` there; f32 or f64) on every rank, on the CPU.
+    pub fn broadcast_tensor(&self, tensor: Option<&Tensor>) -> Result<Tensor> {
+        if self.size() == 1 {
+            return tensor.map(|t| t.shallow_clone()).ok_or_else(|| anyhow::anyhow!("rank 0 has no tensor to give"));
+        }
+        let mut header = match tensor {
+            Some(t) => format!("{}:{:?}", if t.kind() == Kind::Double { "f64" } else { "f32" }, t.size()).into_bytes(),
+            None => Vec::new(),
+        };
+        self.broadcast(&mut header);
+        let header = String::from_utf8_lossy(&header).into_owned();
+        let (kind, shape) = header.split_once(':').ok_or_else(|| anyhow::anyhow!("rank 0 sent no tensor"))?;
+        let kind = if kind == "f64" { Kind::Double } else { Kind::Float };
+        let shape: Vec<i64> = serde_json::from_str(shape)?;
+        let mut bytes = match tensor {
+            Some(t) => tensor_bytes(&t.to_kind(kind))?,
+            None => Vec::new(),
+        };
+        self.broadcast(&mut bytes);
+        Ok(Tensor::from_data_size(&bytes, &shape, kind))
+    }
+
     /// Rank 0's bytes on every rank (`bytes` is read on rank 0 and replaced elsewhere).
     pub fn broadcast(&self, bytes: &mut Vec<u8>) {
         self.group.broadcast(bytes)
     }
+
+    /// Rank 0's `outcome` (what it made of a step: go on, or stop with an error), on every rank: rank 0 returns its
+    /// own; the others return `Ok` or a `RootStopped` with the exit status `status` gives rank 0's error. Where only
+    /// rank 0 looks at something (a checkpoint, a Ctrl-C), every rank thus goes on or stops at the same step.
+    pub fn follow_root(&self, outcome: Result<()>, status: impl Fn(&anyhow::Error) -> i32) -> Result<()> {
+        if self.size() == 1 {
+            return outcome;
+        }
+        let mut message = match &outcome {
+            Ok(()) => Vec::new(),
+            Err(error) => [status(error).to_ne_bytes().to_vec(), format!("{error:#}").into_bytes()].concat(),
+        };
+        self.broadcast(&mut message);
+        if self.is_root() || message.is_empty() {
+            return outcome;
+        }
+        let status = i32::from_ne_bytes(message[..4].try_into().expect("a status"));
+        Err(RootStopped { status, message: String::from_utf8_lossy(&message[4..]).into_owned() }.into())
+    }
+}
+
+/// Rank 0 stopped the run with an error it has reported itself; the other ranks end with its exit status and say
+/// nothing more (one message per job, not one per rank).
+#[derive(Debug, thiserror::Error)]
+#[error("rank 0 stopped the run: {message}")]
+pub struct RootStopped {
+    pub status: i32,
+    pub message: String,
 }
 
 fn element_size(kind: Kind) -> Result<i64> {

@@ -6,18 +6,20 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
 
-/// MPI's world communicator; MPI is finalised when the universe is dropped (at the end of `main`).
+/// MPI's world communicator, for the life of the process.
 pub struct World {
-    _universe: mpi::environment::Universe,
     world: SimpleCommunicator,
 }
 
+/// MPI, while it lives: dropping it finalises MPI (at the end of `main`, on every rank).
+pub type Universe = mpi::environment::Universe;
+
 impl World {
-    /// Initialises MPI; `None` when it was initialised already.
-    pub fn initialize() -> Option<Self> {
+    /// Initialises MPI: the universe to drop at the end, and the world; `None` when MPI was initialised already.
+    pub fn initialize() -> Option<(Universe, &'static World)> {
         let universe = mpi::initialize()?;
-        let world = universe.world();
-        Some(Self { _universe: universe, world })
+        let world: &'static World = Box::leak(Box::new(World { world: universe.world() }));
+        Some((universe, world))
     }
 
     /// Ends every rank of the job at once with `code` (a rank that fails alone must not leave the others waiting
@@ -37,10 +39,17 @@ fn partition(counts: &[Count]) -> (Vec<Count>, usize) {
     (displs.collect(), counts.iter().map(|&n| n as usize).sum())
 }
 
+/// Every message goes with one leading byte: an empty Rust buffer's address is 1, which Open MPI reads as
+/// MPI_IN_PLACE ((void *) 1) and refuses.
+fn framed(bytes: &[u8]) -> Vec<u8> {
+    [&[0u8][..], bytes].concat()
+}
+
+/// The parts of `buffer`, of `counts` bytes each, without their leading byte.
 fn split(buffer: &[u8], counts: &[Count]) -> Vec<Vec<u8>> {
     let mut at = 0;
     counts.iter().map(|&n| {
-        let part = buffer[at..at + n as usize].to_vec();
+        let part = buffer[at + 1..at + n as usize].to_vec();
         at += n as usize;
         part
     }).collect()
@@ -65,6 +74,9 @@ impl Collective for World {
     }
 
     fn sum_i64(&self, values: &mut [i64]) {
+        if values.is_empty() {
+            return;
+        }
         let mine = values.to_vec();
         self.world.all_reduce_into(&mine[..], values, SystemOperation::sum());
     }
@@ -76,6 +88,7 @@ impl Collective for World {
     }
 
     fn all_gather(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let bytes = &framed(bytes)[..];
         let counts = self.counts(bytes);
         let (displs, total) = partition(&counts);
         let mut buffer = vec![0u8; total];
@@ -87,6 +100,7 @@ impl Collective for World {
     }
 
     fn gather(&self, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let bytes = &framed(bytes)[..];
         let counts = self.counts(bytes);
         let root = self.world.process_at_rank(0);
         if self.world.rank() != 0 {
@@ -107,7 +121,9 @@ impl Collective for World {
         let mut length = bytes.len() as u64;
         root.broadcast_into(&mut length);
         bytes.resize(length as usize, 0);
-        root.broadcast_into(&mut bytes[..]);
+        if length > 0 {
+            root.broadcast_into(&mut bytes[..]);
+        }
     }
 
     fn host(&self) -> String {

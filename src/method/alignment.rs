@@ -2,9 +2,10 @@
 //! mean h of all latents, then let the sampler take its step from the aligned latents. Cheaper schedules vary it:
 //! fewer iterations on later steps, optimising only some latents toward the mean of all ("mean of many, align
 //! few"), ending once a step changes little (`AlignSettings`).
+use crate::distributed::{exact, Ranks, Share};
 use crate::optim::Adam;
 use crate::passes::Passes;
-use super::hspace::{distance_to, spread, HBranch, HSpace};
+use super::hspace::{distance_to, distances_over, HBranch, HSpace};
 use crate::sampling::{ensure_finite, StepHooks};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -227,11 +228,33 @@ pub struct Alignment<'a> {
     pub log: Vec<StepLog>,
     /// Told how many Adam iterations (of `AlignSettings::iters_at` per batch and step) were done or skipped, for progress bars.
     pub progress: &'a dyn Fn(u64),
+    /// The ranks the run's latents are spread over, and which of them this one holds (`distributed`): the hook
+    /// sees this rank's latents; the target, the log and the prototype are over all of them.
+    ranks: Ranks,
+    share: Share,
 }
 
 impl<'a> Alignment<'a> {
+    /// The alignment of all the latents, in this process.
     pub fn new(hspace: HSpace<'a>, settings: AlignSettings, progress: &'a dyn Fn(u64)) -> Self {
-        Self { hspace, settings, log: Vec::new(), progress }
+        let share = Share::whole(hspace.batch);
+        Self { hspace, settings, log: Vec::new(), progress, ranks: Ranks::alone(), share }
+    }
+
+    /// The alignment of this rank's `share` of latents spread over `ranks`.
+    pub fn spread_over(self, ranks: Ranks, share: Share) -> Self {
+        Self { ranks, share, ..self }
+    }
+
+    /// The mean over all `total` latents of each one's distance of `h` to `target`.
+    fn mean_distance(&self, h: &Tensor, target: &Tensor, total: i64) -> Result<f64> {
+        Ok(exact::ordered_mean(&distances_over(self.ranks, &self.share, h, target, total)?))
+    }
+
+    /// The spread of all `total` latents' h (this rank's `h`): their mean distance to their own mean.
+    fn spread(&self, h: &Tensor, total: i64) -> Result<f64> {
+        let mean = exact::mean(&self.ranks, h, total)?;
+        self.mean_distance(h, &mean, total)
     }
 
     /// Optimises each latent of `x` (rows `first..` of the step's latents) toward `target` with Adam; returns the
@@ -305,20 +328,23 @@ fn row_norms(x: &Tensor) -> Tensor {
 
 impl StepHooks for Alignment<'_> {
     fn before_step(&mut self, index: usize, timestep: i64, latents: Tensor) -> Result<Tensor> {
-        let m = self.settings.optimised_of(latents.size()[0]);
-        let latents = if m < latents.size()[0] && index >= self.settings.wide_until(&self.log) {
+        // How many latents the run carries, over all ranks; of them the first m are optimised (this rank's of
+        // them are the first of its own, `Share`).
+        let k = self.ranks.sum(&[latents.size()[0] as u64])[0] as i64;
+        let m = self.settings.optimised_of(k);
+        let (latents, k) = if m < k && index >= self.settings.wide_until(&self.log) {
             // The latents beyond the optimised ones have moved their last target: they are not sampled further.
-            latents.narrow(0, 0, m)
+            (latents.narrow(0, 0, self.share.count(m)), m)
         } else {
-            latents
+            (latents, k)
         };
         if index >= self.settings.align_steps {
             return Ok(latents);
         }
-        let k = latents.size()[0];
+        let (local_k, local_m) = (latents.size()[0], self.share.count(m));
         if self.log.last().is_some_and(|last| self.settings.settles_after(last)) {
             // Settled: the step is sampled as it is; the bar still counts the iterations it could have had.
-            (self.progress)(self.settings.iterations_until(index + 1, k, self.hspace.batch) - self.settings.iterations_until(index, k, self.hspace.batch));
+            (self.progress)(self.settings.iterations_until(index + 1, local_k, self.hspace.batch) - self.settings.iterations_until(index, local_k, self.hspace.batch));
             return Ok(latents);
         }
         let start = Instant::now();
@@ -326,38 +352,43 @@ impl StepHooks for Alignment<'_> {
         // The target is the mean h over all the latents carried (past the wide-target steps, the optimised ones),
         // held fixed for the whole step.
         let wide = m < k;
-        let optimised = if m < k { latents.narrow(0, 0, m) } else { latents.shallow_clone() };
+        let optimised = if wide { latents.narrow(0, 0, local_m) } else { latents.shallow_clone() };
         let h = self.hspace.h_all(if wide { &latents } else { &optimised }, timestep);
         ensure_finite(&h, "h", index, timestep)?;
-        let target = h.mean_dim(0, true, h.kind());
-        let h = if wide { h.narrow(0, 0, m) } else { h };
-        let loss_before = distance_to(&h, &target).mean(h.kind()).double_value(&[]);
-        let spread_before = spread(&h);
+        let target = exact::mean(&self.ranks, &h, if wide { k } else { m })?;
+        let h = if wide { h.narrow(0, 0, local_m) } else { h };
+        let loss_before = self.mean_distance(&h, &target, m)?;
+        let spread_before = if wide { self.spread(&h, m)? } else { loss_before };
         let mut aligned = Vec::new();
         let mut iterations = Vec::new();
+        let rows = self.share.rows(m);
         for (c, chunk) in optimised.split(self.hspace.batch, 0).iter().enumerate() {
-            let (x, its) = self.align_batch(chunk, &target, (index, timestep), c as i64 * self.hspace.batch)?;
+            let (x, its) = self.align_batch(chunk, &target, (index, timestep), rows[c * self.hspace.batch as usize])?;
             aligned.push(x);
-            iterations.extend(its);
+            iterations.extend(its.into_iter().map(|i| i as f64));
         }
         let aligned = Tensor::cat(&aligned, 0);
         ensure_finite(&aligned, "aligned latent", index, timestep)?;
         let h_after = self.hspace.h_all(&aligned, timestep);
         ensure_finite(&h_after, "h after alignment", index, timestep)?;
-        let loss_after = distance_to(&h_after, &target).mean(h.kind()).double_value(&[]);
+        let loss_after = self.mean_distance(&h_after, &target, m)?;
+        let spread_after = self.spread(&h_after, m)?;
+        let iterations = self.ranks.gather_per_latent(&self.share, m, &iterations)?;
         let passes = self.hspace.passes.get() - passes_before;
+        let [encoder_forward, encoder_backward, unet_forward] =
+            self.ranks.sum(&[passes.encoder_forward, passes.encoder_backward, passes.unet_forward])[..] else { unreachable!("three sums") };
         self.log.push(StepLog {
             step: index,
             timestep,
             loss_before,
             loss_after,
             spread_before,
-            spread_after: spread(&h_after),
-            iterations_mean: iterations.iter().sum::<usize>() as f64 / iterations.len() as f64,
-            iterations_max: iterations.iter().copied().max().unwrap_or(0),
+            spread_after,
+            iterations_mean: exact::ordered_mean(&iterations),
+            iterations_max: iterations.iter().fold(0.0f64, |a, &b| a.max(b)) as usize,
             seconds: start.elapsed().as_secs_f64(),
-            passes,
+            passes: Passes { encoder_forward, encoder_backward, unet_forward },
         });
-        Ok(if m < k { Tensor::cat(&[aligned, latents.narrow(0, m, k - m)], 0) } else { aligned })
+        Ok(if wide { Tensor::cat(&[aligned, latents.narrow(0, local_m, local_k - local_m)], 0) } else { aligned })
     }
 }

@@ -1,6 +1,8 @@
 //! Reading h (the UNet mid-block output) for many latents at one timestep.
 use crate::models::unet::UNet2DConditionModel;
+use crate::distributed::{Ranks, Share};
 use crate::passes::{PassCounter, Passes};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -72,7 +74,12 @@ pub fn distance_to(h: &Tensor, target: &Tensor) -> Tensor {
     (h - target).square().flatten(1, -1).mean_dim(1, false, h.kind())
 }
 
-/// The spread of h across latents: mean squared distance to their own mean.
-pub fn spread(h: &Tensor) -> f64 {
-    distance_to(h, &h.mean_dim(0, true, h.kind())).mean(h.kind()).double_value(&[])
+/// Each latent's `distance_to` `target`, for this rank's latents' `h` computed batch by batch as `share` splits them
+/// (so each value is the same bits on any number of ranks), gathered over all `total` latents in their order.
+pub fn distances_over(ranks: Ranks, share: &Share, h: &Tensor, target: &Tensor, total: i64) -> Result<Vec<f64>> {
+    let mut local = Vec::with_capacity(h.size()[0] as usize);
+    for chunk in h.split(share.batch, 0) {
+        local.extend(Vec::<f64>::try_from(distance_to(&chunk, target).to_kind(Kind::Double))?);
+    }
+    ranks.gather_per_latent(share, total, &local)
 }

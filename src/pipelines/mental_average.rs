@@ -1,9 +1,11 @@
 //! The whole computation behind `dma average` and `dma sample`: prompts to contexts, noise to latents through
 //! guided DDIM (with DMA's alignment hooked in when asked), latents to images. No files, no UI.
+use crate::checkpoint::run::Interrupted;
 use crate::checkpoint::sampling::{Start, StepState};
 use crate::checkpoint::{Checkpoints, NoCheckpoints};
+use crate::distributed::{Ranks, Share};
 use super::StableDiffusion;
-use crate::method::hspace::{distance_to, HSpace};
+use crate::method::hspace::{distances_over, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
 use crate::passes::{PassCounter, Passes};
 use crate::sampling::{sample_from, GuidedDenoiser, StepHooks, TrajectoryRecorder};
@@ -113,15 +115,18 @@ fn check_start(start: &Start, model: &StableDiffusion, steps: usize, align: &Ali
 }
 
 /// The hooks of one run: the alignment (a no-op past its steps), the trajectory recorder, the progress count, and
-/// the caller's look at the state after each step (a checkpoint, a stop on Ctrl-C).
+/// the caller's look at the state after each step (a checkpoint, a stop on Ctrl-C). Spread over ranks, rank 0
+/// gathers the state of all the latents after each step, records and shows it, and every rank follows its outcome.
 struct RunHooks<'a, 'b> {
     alignment: Alignment<'a>,
     recorder: TrajectoryRecorder,
     steps: usize,
     progress: &'a dyn Fn(u64),
-    /// The sampler's UNet passes, counted by the denoiser.
+    /// The sampler's UNet passes, counted by the denoiser (this rank's).
     unet_passes: &'a PassCounter,
     run_latents: i64,
+    ranks: Ranks,
+    share: Share,
     after_each_step: &'b mut dyn FnMut(StepState) -> Result<()>,
 }
 
@@ -131,10 +136,20 @@ impl StepHooks for RunHooks<'_, '_> {
     }
 
     fn after_step(&mut self, index: usize, timestep: i64, latents: &Tensor, pred_x0: &Tensor) -> Result<()> {
-        self.recorder.after_step(index, timestep, latents, pred_x0)?;
+        let rows = self.alignment.settings.latents_after(index + 1, self.run_latents, &self.alignment.log);
+        let all = self.ranks.gather_rows(&self.share, rows, latents, false)?;
+        // The recorded latents are the first few of all: each rank sends its own of them.
+        let recorded = self.recorder.latents.min(rows);
+        let pred_x0 = self.ranks.gather_rows(&self.share, recorded, &pred_x0.narrow(0, 0, self.share.count(recorded)), false)?;
         (self.progress)(1);
-        let unet_passes = self.unet_passes.get().unet_forward;
-        (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents, log: &self.alignment.log, frames: &self.recorder.frames, unet_passes, run_latents: self.run_latents })
+        let unet_passes = self.ranks.sum(&[self.unet_passes.get().unet_forward])[0];
+        let outcome = match (all, pred_x0) {
+            (Some(latents), Some(pred_x0)) => self.recorder.after_step(index, timestep, &latents, &pred_x0).and_then(|()| {
+                (self.after_each_step)(StepState { next_step: index + 1, steps: self.steps, latents: &latents, log: &self.alignment.log, frames: &self.recorder.frames, unet_passes, run_latents: self.run_latents })
+            }),
+            _ => Ok(()),
+        };
+        self.ranks.follow_root(outcome, |e| if e.downcast_ref::<Interrupted>().is_some() { Interrupted::STATUS } else { 1 })
     }
 }
 
@@ -188,6 +203,24 @@ pub fn run_from(
     progress: &dyn Fn(u64),
     after_each_step: &mut dyn FnMut(StepState) -> Result<()>,
 ) -> Result<SamplingResult> {
+    run_spread(model, settings, start, align, trajectory_latents, progress, Ranks::alone(), after_each_step)
+}
+
+/// As `run_from`, with the latents spread over `ranks` (`distributed`): every rank is given the same `start` (all
+/// the latents) and works on its share; rank 0 is shown the state of all of them after every step (the others are
+/// not), and every rank gets the whole result (all final latents; the trajectory on rank 0). The same bits on any
+/// number of ranks.
+#[allow(clippy::too_many_arguments)]
+pub fn run_spread(
+    model: &StableDiffusion,
+    settings: &SamplingSettings,
+    start: Start,
+    align: Option<&AlignSettings>,
+    trajectory_latents: i64,
+    progress: &dyn Fn(u64),
+    ranks: Ranks,
+    after_each_step: &mut dyn FnMut(StepState) -> Result<()>,
+) -> Result<SamplingResult> {
     if settings.batch <= 0 {
         bail!("--batch must be at least 1, got {}", settings.batch);
     }
@@ -202,21 +235,26 @@ pub fn run_from(
     };
     // The steps before a checkpoint were counted by the run that wrote it.
     unet_passes.add(Passes { unet_forward: start.unet_passes, ..Passes::default() });
-    let latents = start.latents.to_device(model.device).to_kind(model.latent_kind());
+    let share = Share::new(settings.batch, ranks.rank(), ranks.size());
     // Plain sampling is alignment of zero steps: the hook then returns every latent untouched.
     let align = align.cloned().unwrap_or(AlignSettings { align_steps: 0, ..AlignSettings::paper(HBranch::Cond) });
     align.validate(settings.steps)?;
     align.validate_for(start.run_latents)?;
     check_start(&start, model, settings.steps, &align)?;
+    share.check(start.latents.size()[0], "the run's")?;
+    let latents = share.take(&start.latents).to_device(model.device).to_kind(model.latent_kind());
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
-    let mut alignment = Alignment::new(HSpace::new(&model.unet, context, settings.batch), align, progress);
+    let mut alignment = Alignment::new(HSpace::new(&model.unet, context, settings.batch), align, progress).spread_over(ranks, share);
     alignment.log = start.log;
     // Trajectories of latents that are kept to the end: of a run of --optimise, the optimised ones.
     let recorder = TrajectoryRecorder { latents: trajectory_latents.min(alignment.settings.optimised_of(start.run_latents)), frames: start.frames };
     let run_latents = start.run_latents;
-    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, unet_passes: &unet_passes, run_latents, after_each_step };
+    let mut hooks = RunHooks { alignment, recorder, steps: settings.steps, progress, unet_passes: &unet_passes, run_latents, ranks, share, after_each_step };
     let latents = sample_from(&scheduler, start.first_step, latents, &mut denoise, &mut hooks)?;
-    let passes = unet_passes.get() + hooks.alignment.log.iter().map(|l| l.passes).sum();
+    let rows = hooks.alignment.settings.latents_after(settings.steps, run_latents, &hooks.alignment.log);
+    let latents = ranks.gather_rows(&share, rows, &latents, true)?.expect("gathered on every rank");
+    let unet_forward = ranks.sum(&[unet_passes.get().unet_forward])[0];
+    let passes = Passes { unet_forward, ..Passes::default() } + hooks.alignment.log.iter().map(|l| l.passes).sum();
     Ok(SamplingResult { latents, trajectory: hooks.recorder.frames, log: hooks.alignment.log, passes, run_latents })
 }
 
@@ -257,19 +295,26 @@ pub fn mental_average_from(
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<(SamplingResult, i64)> {
     let mut result = run_stage(model, settings, init, Some(align), 0, progress, stage, checkpoints)?;
-    let prototype = prototype_index(model, settings, align, &mut result)?;
+    let prototype = prototype_index(model, settings, align, &mut result, Ranks::alone())?;
     Ok((result, prototype))
 }
 
 /// The index of the latent whose h (at the last timestep, from the alignment's branch) is nearest the mean h of the
-/// run's final latents; its forward passes are added to the run's.
-pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, align: &AlignSettings, result: &mut SamplingResult) -> Result<i64> {
+/// run's final latents (every rank of `ranks` computes h for its share); its forward passes are added to the run's.
+pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, align: &AlignSettings, result: &mut SamplingResult, ranks: Ranks) -> Result<i64> {
     let scheduler = settings.scheduler(model)?;
     let last = *scheduler.timesteps().last().expect("at least one step");
     let context = model.encode_prompt(if align.branch == HBranch::Cond { &settings.prompt } else { "" })?;
     let hspace = HSpace::new(&model.unet, context, settings.batch);
     // A run of --optimise ends with its optimised latents only (the others were dropped after their last target).
-    let h = hspace.h_all(&result.latents, last);
-    result.passes += hspace.passes.get();
-    Ok(distance_to(&h, &h.mean_dim(0, true, h.kind())).argmin(0, false).int64_value(&[]))
+    let share = Share::new(settings.batch, ranks.rank(), ranks.size());
+    let total = result.latents.size()[0];
+    let h = hspace.h_all(&share.take(&result.latents).to_device(model.device).to_kind(model.latent_kind()), last);
+    let mean = crate::distributed::exact::mean(&ranks, &h, total)?;
+    let distances = distances_over(ranks, &share, &h, &mean, total)?;
+    let passes = hspace.passes.get();
+    result.passes += Passes { encoder_forward: ranks.sum(&[passes.encoder_forward])[0], ..Passes::default() };
+    // The first of the nearest, as an argmin over all of them would give.
+    let nearest = distances.iter().enumerate().fold(0, |best, (i, d)| if *d < distances[best] { i } else { best });
+    Ok(nearest as i64)
 }
