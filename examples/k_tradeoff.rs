@@ -2,6 +2,7 @@
 //! much the prototypes of different seeds differ (consistency: mean absolute pixel difference, 0 = identical),
 //! against the run time. Run: `cargo run --release --example k_tradeoff -- [MODEL] [PROMPT] [K,K,...] [R]`
 //! (defaults: the embedded model, "a sneaker", 1,2,4,8,16,32,64, 3 seeds; K = 1 is plain sampling); other settings are the model's defaults.
+use dma::distributed::Ranks;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
@@ -31,7 +32,7 @@ fn main() -> anyhow::Result<()> {
             let mut result = run(&model, &settings, &seeded_latents(&model, k, seed), Some(&align), 0, &|_| {})?;
             let images = model.decode(&result.latents);
             spreads.push((&images - images.mean_dim(0, true, Kind::Float)).abs().mean(Kind::Float).double_value(&[]));
-            prototypes.push(images.get(prototype_index(&model, &settings, &align, &mut result)?));
+            prototypes.push(images.get(prototype_index(&model, &settings, &align, &mut result, Ranks::alone())?));
         }
         let seconds = start.elapsed().as_secs_f64() / seeds as f64;
         let mut pairs = Vec::new();

@@ -4,6 +4,7 @@
 //! Writes one figure, a row per prompt: prototype | pixel average | six samples, each enlarged to 128 pixels.
 //! Run: `cargo run --release --example prototype_vs_average -- [SAMPLES] [FIGURE.png] ["PROMPT;PROMPT;..."]`
 //! (defaults: 100, none, five prompts of the embedded model).
+use dma::distributed::Ranks;
 use dma::data::class_names;
 use dma::evaluation::sharpness::laplacian_variance;
 use dma::evaluation::zero_shot::ZeroShot;
@@ -42,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     for prompt in &prompts {
         let dma_settings = defaults.sampling(prompt, 0);
         let mut result = run(&model, &dma_settings, &seeded_latents(&model, defaults.latents, 0), Some(&align), 0, &|_| {})?;
-        let index = prototype_index(&model, &dma_settings, &align, &mut result)?;
+        let index = prototype_index(&model, &dma_settings, &align, &mut result, Ranks::alone())?;
         let prototype = model.decode(&result.latents.narrow(0, index, 1));
 
         let sample_settings = defaults.sampling(prompt, 1);

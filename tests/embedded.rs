@@ -1,6 +1,7 @@
 //! The embedded model as a user meets it: `dma average` with no --model, the prototype of its class, and clear
 //! errors for words it does not know and for a broken model folder.
 mod common;
+use dma::distributed::Ranks;
 use dma::data::captions::class_captions;
 use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
@@ -29,7 +30,7 @@ fn embedded_prototype(model: &StableDiffusion, class: usize) -> tch::Tensor {
     for step in &result.log {
         assert!(step.spread_after < step.spread_before, "{prompt}: step {} did not shrink the spread of h: {step:?}", step.step);
     }
-    let index = prototype_index(model, &settings, &align, &mut result).unwrap();
+    let index = prototype_index(model, &settings, &align, &mut result, Ranks::alone()).unwrap();
     model.decode(&result.latents.narrow(0, index, 1))
 }
 

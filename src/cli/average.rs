@@ -273,6 +273,8 @@ struct Setup {
 /// The arguments every rank runs with: rank 0's, which a --resume reads back from the stopped run's record (only
 /// rank 0 reads or writes the run's folder), and with them rank 0's view of the resumed run.
 fn arguments_of_rank0<A: Resumable>(command: &str, args: A, matches: &ArgMatches, ranks: Ranks) -> Result<(Option<(OutDir, serde_json::Value)>, A)> {
+    // Every rank must have been given the same command line (the program's own path aside: nodes may differ).
+    check_same_job(ranks, &serde_json::to_string(&std::env::args().skip(1).collect::<Vec<_>>())?)?;
     let local = if ranks.is_root() { arguments(command, args, matches) } else { Ok((None, args)) };
     let (resumed, args) = agree(ranks, local)?;
     Ok((resumed, from_root(ranks, args)?))

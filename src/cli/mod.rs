@@ -45,7 +45,13 @@ enum Command {
 
 pub fn main(ranks: Ranks) -> anyhow::Result<()> {
     // The matches are kept beside the parsed arguments: `--resume` asks which flags were given.
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command().try_get_matches().unwrap_or_else(|e| {
+        // A usage error (or --help) is the same on every rank: the first says it.
+        if ranks.is_root() {
+            e.exit()
+        }
+        std::process::exit(e.exit_code())
+    });
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
     interrupt::listen();
