@@ -20,7 +20,7 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::method::{AlignSettings, HBranch, Schedule};
 use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::mental_average::{prototype_index, read_latents, run_spread, seeded_latents, SamplingResult, SamplingSettings};
+use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings};
 use dma::pipelines::mental_average::work_until;
 use dma::pipelines::StableDiffusion;
 use std::path::PathBuf;
@@ -369,8 +369,16 @@ struct RunKind<'a> {
 /// `at_step` is the step a resumed run took up, which its record of the resumption gains.
 fn finish(setup: Setup, ranks: Ranks, common: &SamplingArgs, kind: RunKind, (result, at_step): (SamplingResult, usize), sampling_start: Instant) -> Result<()> {
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
-    let this_rank = json!({ "rank": ranks.rank(), "host": ranks.group().host(), "device": common.model.device_on_rank(ranks), "load_seconds": setup.load_seconds, "sampling_seconds": sampling_seconds });
-    let ranks_record = ranks.group().gather(this_rank.to_string().as_bytes()).map(|all| {
+    let this_rank = json!({
+        "rank": ranks.rank(),
+        "host": ranks.host(),
+        "device": common.model.device_on_rank(ranks),
+        "load_seconds": setup.load_seconds,
+        "sampling_seconds": sampling_seconds,
+        // Of the whole run: waiting for and exchanging with the other ranks.
+        "communication_seconds": dma::distributed::communication_seconds(),
+    });
+    let ranks_record = ranks.gather(this_rank.to_string().as_bytes()).map(|all| {
         all.iter().map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap_or(serde_json::Value::Null)).collect::<Vec<_>>()
     });
     let written = match (setup.out, ranks_record) {
@@ -464,7 +472,7 @@ fn sample_resumably(
     bar.set_message(if align.is_some() { "aligning" } else { "sampling" });
     bar.set_position(work_until(align, settings, latents, start.first_step));
     let first_step = start.first_step;
-    let result = run_spread(&setup.model, settings, start, align, 4, &|n| bar.inc(n), ranks, &mut |state| match checkpoints.as_mut() {
+    let result = run_from(&setup.model, settings, start, align, 4, &|n| bar.inc(n), ranks, &mut |state| match checkpoints.as_mut() {
         Some(checkpoints) => checkpoints.after_sampling_step(command, state),
         None => Ok(()),
     });

@@ -63,7 +63,7 @@ impl Job {
             eprintln!("error: {error:#}");
             std::process::exit(status);
         }
-        eprintln!("error (rank {} of {}, on {}): {error:#}", ranks.rank(), ranks.size(), ranks.group().host());
+        eprintln!("error (rank {} of {}, on {}): {error:#}", ranks.rank(), ranks.size(), ranks.host());
         self.abort(status)
     }
 
@@ -97,7 +97,7 @@ pub fn agree<T>(ranks: Ranks, outcome: Result<T>) -> Result<T> {
         Ok(_) => Vec::new(),
         Err(error) => format!("{error:#}").into_bytes(),
     };
-    let all = ranks.group().all_gather(&mine);
+    let all = ranks.all_gather(&mine);
     let failed: Vec<(usize, String)> = all.iter().enumerate().filter(|(_, m)| !m.is_empty()).map(|(r, m)| (r, String::from_utf8_lossy(m).into_owned())).collect();
     match (outcome, failed.first()) {
         (Ok(value), None) => Ok(value),
@@ -127,7 +127,7 @@ pub fn check_same_job(ranks: Ranks, fingerprint: &str) -> Result<()> {
     if ranks.size() == 1 {
         return Ok(());
     }
-    let all = ranks.group().all_gather(fingerprint.as_bytes());
+    let all = ranks.all_gather(fingerprint.as_bytes());
     let differing: Vec<usize> = all.iter().enumerate().filter(|(_, f)| f.as_slice() != all[0].as_slice()).map(|(r, _)| r).collect();
     if !differing.is_empty() {
         return Err(Agreed(format!(

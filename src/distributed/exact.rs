@@ -18,7 +18,7 @@ pub fn mean(ranks: &Ranks, local: &Tensor, total: i64) -> Result<Tensor> {
     let kind = local.kind();
     let values = local.to_device(tch::Device::Cpu).to_kind(Kind::Double);
     let local_max = if values.numel() == 0 { 0.0 } else { values.abs().max().double_value(&[]) };
-    let largest = ranks.group().max_f64(local_max);
+    let largest = ranks.max(local_max);
     if !largest.is_finite() {
         bail!("a mean over latents of values that are not finite (NaN or Inf)");
     }
@@ -34,7 +34,7 @@ pub fn mean(ranks: &Ranks, local: &Tensor, total: i64) -> Result<Tensor> {
         let integers = (values * scale).round().to_kind(Kind::Int64).sum_dim_intlist(0, false, Kind::Int64);
         Vec::<i64>::try_from(integers.flatten(0, -1))?
     };
-    ranks.group().sum_i64(&mut sums);
+    ranks.sum_i64(&mut sums);
     let mean: Vec<f64> = sums.iter().map(|&s| s as f64 / scale / total as f64).collect();
     let shape: Vec<i64> = std::iter::once(1).chain(row_shape).collect();
     Ok(Tensor::from_slice(&mean).reshape(shape).to_kind(kind).to_device(local.device()))

@@ -14,7 +14,26 @@ pub mod share;
 pub use share::Share;
 
 use anyhow::{bail, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tch::{Kind, Tensor};
+
+/// Nanoseconds this process has spent in operations with the other ranks (waiting for them included).
+static COMMUNICATION_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Seconds this process has spent in operations with the other ranks so far, waiting for slower ones included:
+/// set beside its compute time, what distribution costs (run.json's `ranks`).
+pub fn communication_seconds() -> f64 {
+    COMMUNICATION_NS.load(Ordering::Relaxed) as f64 * 1e-9
+}
+
+/// `operation`, its time counted as communication.
+fn timed<T>(operation: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = operation();
+    COMMUNICATION_NS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    result
+}
 
 /// What the ranks of a run do together. Every rank calls the same operations in the same order.
 pub trait Collective {
@@ -102,21 +121,42 @@ impl Ranks {
         self.rank() == 0
     }
 
-    pub fn group(&self) -> &dyn Collective {
-        self.group
+    /// The host this rank runs on.
+    pub fn host(&self) -> String {
+        self.group.host()
     }
 
     /// Element-wise sums of every rank's `values`.
     pub fn sum(&self, values: &[u64]) -> Vec<u64> {
         let mut sums: Vec<i64> = values.iter().map(|&v| v as i64).collect();
-        self.group.sum_i64(&mut sums);
+        self.sum_i64(&mut sums);
         sums.into_iter().map(|v| v as u64).collect()
+    }
+
+    /// Element-wise sums of every rank's `values`, in place (exact: integers).
+    pub fn sum_i64(&self, values: &mut [i64]) {
+        timed(|| self.group.sum_i64(values))
+    }
+
+    /// The largest of every rank's `value`.
+    pub fn max(&self, value: f64) -> f64 {
+        timed(|| self.group.max_f64(value))
+    }
+
+    /// Every rank's `bytes`, in rank order, on every rank.
+    pub fn all_gather(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        timed(|| self.group.all_gather(bytes))
+    }
+
+    /// Every rank's `bytes`, in rank order, on rank 0 (`None` elsewhere).
+    pub fn gather(&self, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+        timed(|| self.group.gather(bytes))
     }
 
     /// One f64 per latent, from the rank that holds it, in the latents' order on every rank: `local` holds this
     /// rank's, in its rows' order (`Share::rows`), of the first `total` latents.
     pub fn gather_per_latent(&self, share: &Share, total: i64, local: &[f64]) -> Result<Vec<f64>> {
-        let parts = self.group.all_gather(&f64_bytes(local));
+        let parts = self.all_gather(&f64_bytes(local));
         let parts: Vec<Vec<f64>> = parts.iter().map(|p| bytes_f64(p)).collect();
         share.assemble(total, self.size(), |rank, i| parts[rank].get(i).copied())
     }
@@ -130,7 +170,7 @@ impl Ranks {
         let kind = local.kind();
         let row_shape: Vec<i64> = local.size()[1..].to_vec();
         let bytes = tensor_bytes(local)?;
-        let parts = if everywhere { Some(self.group.all_gather(&bytes)) } else { self.group.gather(&bytes) };
+        let parts = if everywhere { Some(self.all_gather(&bytes)) } else { self.gather(&bytes) };
         let Some(parts) = parts else { return Ok(None) };
         let row_len: i64 = row_shape.iter().product::<i64>() * element_size(kind)?;
         let rows = share.assemble(total, self.size(), |rank, i| {
@@ -166,7 +206,7 @@ impl Ranks {
 
     /// Rank 0's bytes on every rank (`bytes` is read on rank 0 and replaced elsewhere).
     pub fn broadcast(&self, bytes: &mut Vec<u8>) {
-        self.group.broadcast(bytes)
+        timed(|| self.group.broadcast(bytes))
     }
 
     /// Rank 0's `outcome` (what it made of a step: go on, or stop with an error), on every rank: rank 0 returns its

@@ -190,28 +190,15 @@ pub fn run_stage(
         }
         None => Start::fresh(init),
     };
-    run_from(model, settings, start, align, trajectory_latents, progress, &mut |state| checkpoints.after_sampling_step(stage, state))
+    run_from(model, settings, start, align, trajectory_latents, progress, Ranks::alone(), &mut |state| checkpoints.after_sampling_step(stage, state))
 }
 
-/// As `run`, from `start` (a fresh start or a checkpoint), showing `after_each_step` the state after every step.
-pub fn run_from(
-    model: &StableDiffusion,
-    settings: &SamplingSettings,
-    start: Start,
-    align: Option<&AlignSettings>,
-    trajectory_latents: i64,
-    progress: &dyn Fn(u64),
-    after_each_step: &mut dyn FnMut(StepState) -> Result<()>,
-) -> Result<SamplingResult> {
-    run_spread(model, settings, start, align, trajectory_latents, progress, Ranks::alone(), after_each_step)
-}
-
-/// As `run_from`, with the latents spread over `ranks` (`distributed`): every rank is given the same `start` (all
-/// the latents) and works on its share; rank 0 is shown the state of all of them after every step (the others are
-/// not), and every rank gets the whole result (all final latents; the trajectory on rank 0). The same bits on any
-/// number of ranks.
+/// As `run`, from `start` (a fresh start or a checkpoint), with the latents spread over `ranks` (`distributed`;
+/// `Ranks::alone()` in one process): every rank is given the same `start` (all the latents) and works on its share;
+/// rank 0 is shown the state of all of them after every step in `after_each_step` (the others are not), and every
+/// rank gets the whole result (all final latents; the trajectory on rank 0). The same bits on any number of ranks.
 #[allow(clippy::too_many_arguments)]
-pub fn run_spread(
+pub fn run_from(
     model: &StableDiffusion,
     settings: &SamplingSettings,
     start: Start,
