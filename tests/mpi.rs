@@ -151,6 +151,31 @@ mod across_ranks {
     }
 
     #[test]
+    fn ctrl_c_on_mpirun_stops_every_rank_with_one_message_and_the_checkpoint_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slow = ["--steps", "12", "--align-steps", "8", "--iters", "20", "--later-iters", "20"];
+        let (reference, out) = (tmp.path().join("reference"), tmp.path().join("stopped"));
+        succeeded(one_process(&average_args(&reference, &slow)));
+        let job = mpirun(2, &average_args(&out, &slow)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let record = tmp.path().join(".stopped.partial/checkpoints/average/checkpoint.json");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while !record.is_file() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Ctrl-C in the terminal reaches mpirun, which passes SIGTERM on to every rank.
+        assert!(Command::new("kill").args(["-INT", &job.id().to_string()]).status().unwrap().success());
+        let ended = job.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&ended.stderr);
+        assert!(!ended.status.success(), "{stderr}");
+        assert_eq!(stderr.matches("stopped by").count(), 1, "said once, by rank 0: {stderr}");
+        assert!(stderr.contains(&format!("dma average --resume {}", out.display())), "{stderr}");
+        succeeded(one_process(&strings(&["average", "--resume", out.to_str().unwrap(), "--quiet"])));
+        for name in ["prototype.png", "latents.safetensors"] {
+            assert!(std::fs::read(out.join(name)).unwrap() == std::fs::read(reference.join(name)).unwrap(), "{name}: resumed = uninterrupted");
+        }
+    }
+
+    #[test]
     fn bad_input_on_ranks_is_one_error_from_rank_0_and_nothing_written() {
         let tmp = tempfile::tempdir().unwrap();
         let refused = |output: Output, expect: &str| {

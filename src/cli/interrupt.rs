@@ -72,9 +72,12 @@ fn stop_now(signal: i32) -> ! {
         }
         None => format!("stopped by {name}"),
     };
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "\n{message}");
-    let _ = stderr.flush();
+    // Under mpirun, which turns Ctrl-C into SIGTERM for every rank, the rank that holds the run (rank 0) speaks.
+    if dma::distributed::launcher::rank().unwrap_or(0) == 0 {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "\n{message}");
+        let _ = stderr.flush();
+    }
     // SAFETY: _exit ends the process without running anything else; it is async-signal-safe and we are not even
     // in a signal handler (signal-hook delivers signals to this thread).
     unsafe { libc::_exit(128 + signal) }
