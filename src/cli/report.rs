@@ -57,12 +57,8 @@ fn trajectory_image(model: &StableDiffusion, frames: &[(usize, i64, Tensor)]) ->
 
 /// The model a run used, as run.json records it: where it came from and each weight file's SHA-256.
 pub fn model_record(source: &ModelSource, model: &StableDiffusion) -> Result<Value> {
-    let weight_files: Vec<_> = model
-        .info
-        .weight_files
-        .iter()
-        .map(|f| Ok(json!({ "path": f.display().to_string(), "sha256": sha256_file(f)? })))
-        .collect::<Result<_>>()?;
+    let hashes = weight_hashes(model)?;
+    let weight_files: Vec<_> = model.info.weight_files.iter().zip(hashes).map(|(f, sha256)| json!({ "path": f.display().to_string(), "sha256": sha256 })).collect();
     Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))
 }
 

@@ -158,7 +158,7 @@ impl Ranks {
     pub fn gather_per_latent(&self, share: &Share, total: i64, local: &[f64]) -> Result<Vec<f64>> {
         let parts = self.all_gather(&f64_bytes(local));
         let parts: Vec<Vec<f64>> = parts.iter().map(|p| bytes_f64(p)).collect();
-        share.assemble(total, self.size(), |rank, i| parts[rank].get(i).copied())
+        share.assemble(total, |rank, i| parts[rank].get(i).copied())
     }
 
     /// The rows of all ranks' `local` tensors (each rank's rows of the first `total`, in order), as one tensor in the
@@ -173,7 +173,7 @@ impl Ranks {
         let parts = if everywhere { Some(self.all_gather(&bytes)) } else { self.gather(&bytes) };
         let Some(parts) = parts else { return Ok(None) };
         let row_len: i64 = row_shape.iter().product::<i64>() * element_size(kind)?;
-        let rows = share.assemble(total, self.size(), |rank, i| {
+        let rows = share.assemble(total, |rank, i| {
             let start = i * row_len as usize;
             parts[rank].get(start..start + row_len as usize).map(|b| b.to_vec())
         })?;

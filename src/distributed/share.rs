@@ -56,11 +56,11 @@ impl Share {
 
     /// The first `total` latents' items in order, from `item(rank, i)`: the i-th of `rank`'s rows. A missing item
     /// (a rank that sent fewer than its share) is an error.
-    pub fn assemble<T>(&self, total: i64, size: usize, item: impl Fn(usize, usize) -> Option<T>) -> Result<Vec<T>> {
-        let mut next = vec![0usize; size];
+    pub fn assemble<T>(&self, total: i64, item: impl Fn(usize, usize) -> Option<T>) -> Result<Vec<T>> {
+        let mut next = vec![0usize; self.size];
         let mut items = Vec::with_capacity(total as usize);
         for row in 0..total {
-            let rank = Share { rank: 0, ..*self }.owner(row);
+            let rank = self.owner(row);
             match item(rank, next[rank]) {
                 Some(value) => items.push(value),
                 None => bail!("rank {rank} sent fewer latents than it holds (latent {row} is missing)"),
@@ -99,7 +99,7 @@ mod tests {
                 assert_eq!(share.count(total), share.rows(total).len() as i64, "{share:?} of {total}");
                 assert!(share.rows(total).iter().all(|r| share.owner(*r) == share.rank));
             }
-            let assembled = shares[0].assemble(total, size, |rank, i| shares[rank].rows(total).get(i).copied()).unwrap();
+            let assembled = shares[0].assemble(total, |rank, i| shares[rank].rows(total).get(i).copied()).unwrap();
             assert_eq!(assembled, (0..total).collect::<Vec<_>>(), "assembled in order");
         }
         // Counting does not list: an absurd K is counted at once (and refused by the memory check after).
