@@ -20,6 +20,7 @@ pub mod distributed;
 pub mod files;
 pub mod method;
 pub mod passes;
+pub mod stop;
 pub mod pipelines;
 pub mod sampling;
 pub mod training;

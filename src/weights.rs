@@ -54,6 +54,24 @@ fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
     })
 }
 
+/// The safetensors dtype of a libtorch kind (`kind_of`'s inverse).
+fn dtype_of(kind: Kind) -> Option<safetensors::Dtype> {
+    use safetensors::Dtype as D;
+    Some(match kind {
+        Kind::Double => D::F64,
+        Kind::Float => D::F32,
+        Kind::Half => D::F16,
+        Kind::BFloat16 => D::BF16,
+        Kind::Int64 => D::I64,
+        Kind::Int => D::I32,
+        Kind::Int16 => D::I16,
+        Kind::Int8 => D::I8,
+        Kind::Uint8 => D::U8,
+        Kind::Bool => D::BOOL,
+        _ => return None,
+    })
+}
+
 /// Reads every tensor of a safetensors file onto the CPU, keeping its stored dtype.
 /// A truncated or corrupt file is an error naming the file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -68,18 +86,58 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the map is read-only and dropped before this function returns; tensors are copied out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    Ok(tensors_from_safetensors(&mmap, &path.display().to_string())?.0)
+}
+
+/// Every tensor of the safetensors bytes `bytes` (named `what` in errors), copied onto the CPU in its stored dtype,
+/// with the file's free-form metadata.
+pub fn tensors_from_safetensors(bytes: &[u8], what: &str) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{what} is not a valid safetensors file: {e}"))?;
     let mut out = Vec::with_capacity(st.len());
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype())
-            .with_context(|| format!("{}: tensor `{name}` has unsupported dtype {:?}", path.display(), view.dtype()))?;
+        let kind = kind_of(view.dtype()).with_context(|| format!("{what}: tensor `{name}` has unsupported dtype {:?}", view.dtype()))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
-            .with_context(|| format!("{}: cannot read tensor `{name}`", path.display()))?;
+        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{what}: cannot read tensor `{name}`"))?;
         out.push((name, tensor));
     }
-    Ok(out)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{what} is not a valid safetensors file: {e}"))?;
+    Ok((out, header.metadata().clone().unwrap_or_default()))
+}
+
+/// A tensor's values as safetensors stores them (a CPU copy of its bytes, in this machine's order: little-endian
+/// on every platform libtorch runs on).
+struct Stored {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl safetensors::View for &Stored {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// `tensors` and the free-form `metadata` as the bytes of a safetensors file (the dtype of each kept).
+pub fn safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut stored = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let dtype = dtype_of(tensor.kind()).with_context(|| format!("tensor `{name}` of {:?} cannot be stored", tensor.kind()))?;
+        let t = tensor.to_device(Device::Cpu).contiguous();
+        let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, t.numel())?;
+        stored.push((name.to_string(), Stored { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), bytes }));
+    }
+    safetensors::serialize(stored.iter().map(|(n, s)| (n.as_str(), s)), Some(metadata)).map_err(|e| anyhow::anyhow!("cannot store tensors: {e}"))
 }
 
 /// Writes tensors to a safetensors file through a temporary file and a rename, so no half-written file is left.

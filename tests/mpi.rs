@@ -107,6 +107,100 @@ mod across_ranks {
         assert_same_run(&alone, &spread, "sample on 3 ranks");
     }
 
+    /// A `dma eval` of two concepts over three seeds on the tiny fixture: six items (a concept's seed each).
+    fn eval_args(out: &Path) -> Vec<String> {
+        let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+        strings(&[
+            "eval", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--prompt", "a photo of a cat",
+            "--seeds", "3", "--samples", "4", "--steps", "6", "--latents", "2", "--align-steps", "4", "--iters", "20", "--tol", "0", "--quiet",
+            "--out", out.to_str().unwrap(),
+        ])
+    }
+
+    /// `value` without the seconds anything took (they differ between any two runs).
+    fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| !k.contains("seconds")).map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
+            serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
+            other => other.clone(),
+        }
+    }
+
+    /// Every file of an `eval` or `compare` run (run.json and results.json aside) is the same bytes, and results.json
+    /// says the same but for seconds.
+    fn assert_same_results(one: &Path, other: &Path, what: &str) {
+        fn files(dir: &Path, under: &Path, into: &mut Vec<(String, Vec<u8>)>) {
+            let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            entries.sort();
+            for path in entries {
+                let name = path.strip_prefix(under).unwrap().display().to_string();
+                if path.is_dir() {
+                    files(&path, under, into);
+                } else if name != "run.json" && name != "results.json" {
+                    into.push((name, std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        files(one, one, &mut a);
+        files(other, other, &mut b);
+        assert_eq!(a.iter().map(|(n, _)| n).collect::<Vec<_>>(), b.iter().map(|(n, _)| n).collect::<Vec<_>>(), "{what}: the same files");
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x == y, "{what}: {name} differs from one process's");
+        }
+        let (x, y) = (read_json(&one.join("results.json")), read_json(&other.join("results.json")));
+        assert_eq!(without_seconds(&x), without_seconds(&y), "{what}: results.json");
+    }
+
+    #[test]
+    fn eval_and_compare_on_two_and_three_ranks_give_one_process_s_results() {
+        let tmp = tempfile::tempdir().unwrap();
+        let alone = tmp.path().join("eval-one");
+        succeeded(one_process(&eval_args(&alone)));
+        for ranks in [2, 3] {
+            let out = tmp.path().join(format!("eval-{ranks}"));
+            succeeded(mpirun(ranks, &eval_args(&out)).output().unwrap());
+            assert_same_results(&alone, &out, &format!("eval on {ranks} ranks"));
+            assert_eq!(read_json(&out.join("run.json"))["ranks"].as_array().unwrap().len(), ranks, "run.json records every rank");
+        }
+        let compare = |out: &Path| {
+            let models = format!("{},{}", fixture("tiny-sd1").display(), fixture("tiny-sd2").display());
+            let clip = fixture("tiny-clip");
+            strings(&[
+                "compare", "--models", &models, "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--methods", "dma,typical", "--seeds", "3",
+                "--samples", "4", "--steps", "6", "--latents", "2", "--align-steps", "4", "--iters", "8", "--quiet", "--out", out.to_str().unwrap(),
+            ])
+        };
+        let (alone, spread) = (tmp.path().join("compare-one"), tmp.path().join("compare-two"));
+        succeeded(one_process(&compare(&alone)));
+        succeeded(mpirun(2, &compare(&spread)).output().unwrap());
+        assert_same_results(&alone, &spread, "compare on 2 ranks");
+    }
+
+    #[test]
+    fn an_eval_stopped_on_three_ranks_resumes_on_two_to_one_process_s_results() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (reference, out) = (tmp.path().join("reference"), tmp.path().join("stopped"));
+        succeeded(one_process(&eval_args(&reference)));
+        let job = mpirun(3, &eval_args(&out)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // The first round's three items are kept by rank 0 as they arrive; the second round is then under way.
+        let stages = tmp.path().join(".stopped.partial/checkpoints");
+        let kept = || (0..2).flat_map(|s| (0..3).map(move |seed| format!("subject-{s}/seed-{seed}/outcome.safetensors"))).filter(|f| stages.join(f).is_file()).count();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while kept() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(Command::new("kill").args(["-INT", &job.id().to_string()]).status().unwrap().success());
+        let ended = job.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&ended.stderr);
+        assert!(!ended.status.success() && !out.exists(), "{stderr}");
+        assert_eq!(stderr.matches("stopped by").count(), 1, "said once, by rank 0: {stderr}");
+        let finished = kept();
+        assert!((1..6).contains(&finished), "stopped with some items kept and some to do ({finished} of 6 kept): {stderr}");
+        succeeded(mpirun(2, &strings(&["eval", "--resume", out.to_str().unwrap(), "--quiet"])).output().unwrap());
+        assert_same_results(&reference, &out, "eval stopped on 3 ranks, resumed on 2");
+    }
+
     /// The pid of the process of rank `rank` that `mpirun` started with `marker` in its arguments.
     fn rank_pid(rank: usize, marker: &str) -> Option<u32> {
         std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
@@ -201,7 +295,7 @@ mod across_ranks {
         refused(mixed.output().unwrap(), "not given the same job");
         assert!(!tmp.path().join("mixed").exists() && !tmp.path().join(".mixed.partial").exists(), "nothing written");
         // A command that does not run across ranks yet says so once.
-        refused(mpirun(2, &strings(&["eval", "--prompt", "a sneaker"])).output().unwrap(), "does not run across MPI ranks");
+        refused(mpirun(2, &strings(&["modes", "--prompt", "footwear"])).output().unwrap(), "does not run across MPI ranks");
     }
 }
 

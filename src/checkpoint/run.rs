@@ -4,16 +4,17 @@
 //! `checkpoints/mode-1/adapter`): a sampling stage after every DDIM step, an adapter's training every
 //! `TRAINING_EVERY` steps and at its last. A run that fails before its first checkpoint leaves nothing to resume.
 //!
-//! A stop asked for (Ctrl-C: `request_stop`) ends the run at its next checkpoint, once that is saved.
+//! A stop asked for (Ctrl-C: `stop::request_stop`) ends the run at its next checkpoint, once that is saved.
 use super::sampling::{self, Start, StepState};
 use super::training::{self, Resume, TrainingState};
 use super::Checkpoints;
-use crate::files::write_json;
-use anyhow::Result;
+use crate::distributed::Parcel;
+use crate::files::{write_atomic, write_json};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::stop::{stop_requested, Interrupted};
 
 /// The run's record in its staging folder; its presence marks a run that can be resumed.
 pub const RUN_RECORD: &str = "resume.json";
@@ -21,6 +22,9 @@ pub const RUN_RECORD: &str = "resume.json";
 const LEGACY_RUN_RECORD: &str = "checkpoint.json";
 /// The folder of the stages' checkpoints in the staging folder.
 const STAGES: &str = "checkpoints";
+
+/// A finished item's outcome in its stage's folder (`distributed::items`).
+const ITEM_OUTCOME: &str = "outcome.safetensors";
 
 /// Adapter training steps between checkpoints: a step of SD 1.5 LoRA training is well under a second on a GPU,
 /// so at most a minute or so is lost, and the files are small.
@@ -47,33 +51,6 @@ pub fn remove_all(staging: &Path) {
     let _ = std::fs::remove_file(run_record(staging));
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// Asks every run of this process to stop at its next checkpoint; true when that had been asked already.
-pub fn request_stop() -> bool {
-    STOP.swap(true, Ordering::SeqCst)
-}
-
-/// Whether a stop was asked for.
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-/// The error a run stopped on request ends with; `main` exits with 130 (128 + SIGINT) on it.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped by Ctrl-C after {at}; {resume}")]
-pub struct Interrupted {
-    /// Where the run stopped ("step 3 of 20 of the mental average").
-    pub at: String,
-    /// How to continue it.
-    pub resume: String,
-}
-
-impl Interrupted {
-    /// The exit status of a run stopped so (128 + SIGINT, as shells report it).
-    pub const STATUS: i32 = 130;
-}
-
 /// How to continue the `dma <command>` run whose folder is `target`.
 pub fn resume_hint(command: &str, target: &Path) -> String {
     format!("continue with `dma {command} --resume {}`", target.display())
@@ -82,8 +59,8 @@ pub fn resume_hint(command: &str, target: &Path) -> String {
 /// The checkpoints of one `dma <command>` run, in its staging folder.
 pub struct RunCheckpoints {
     staging: PathBuf,
-    target: PathBuf,
-    command: &'static str,
+    /// The command and the run's output folder, and the stop at a checkpoint when one is asked for.
+    stop: StopOnly,
     /// The run's record: `command`, `args` (what `--resume` starts again from), the settings they resolved to, and
     /// the command line (`argv`).
     record: Value,
@@ -96,12 +73,12 @@ impl RunCheckpoints {
     pub fn new(staging: &Path, target: &Path, command: &'static str, args: &impl Serialize, settings: &Value) -> Self {
         let record = json!({ "command": command, "args": args, "settings": settings, "argv": std::env::args().collect::<Vec<_>>() });
         let recorded = run_record(staging).is_file();
-        Self { staging: staging.to_path_buf(), target: target.to_path_buf(), command, record, recorded }
+        Self { staging: staging.to_path_buf(), stop: StopOnly::new(command, target), record, recorded }
     }
 
     /// The command whose run this is.
     pub fn command(&self) -> &'static str {
-        self.command
+        self.stop.command
     }
 
     /// Writes the run's record once; from then on the staging folder outlives a failure (`OutDir`).
@@ -113,10 +90,26 @@ impl RunCheckpoints {
         Ok(())
     }
 
-    /// Stops the run when a stop was asked for and `stage` has more to do.
-    fn stop_if_asked(&self, more_to_do: bool, at: String) -> Result<()> {
-        if stop_requested() && more_to_do {
-            return Err(Interrupted { at, resume: resume_hint(self.command, &self.target) }.into());
+    /// The outcome of item `stage` when a run before this one finished it (`save_item`).
+    pub fn finished_item(&self, stage: &str) -> Result<Option<Parcel>> {
+        let path = stage_dir(&self.staging, stage).join(ITEM_OUTCOME);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Some(Parcel::from_bytes(&bytes, &path.display().to_string())?))
+    }
+
+    /// Keeps the outcome of the finished item `stage` (its own stages' checkpoints go: the outcome replaces them).
+    pub fn save_item(&mut self, stage: &str, outcome: &Parcel) -> Result<()> {
+        self.record_run()?;
+        let dir = stage_dir(&self.staging, stage);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(&dir.join(ITEM_OUTCOME), &outcome.to_bytes()?)?;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name() != ITEM_OUTCOME {
+                let _ = std::fs::remove_dir_all(entry.path()).or_else(|_| std::fs::remove_file(entry.path()));
+            }
         }
         Ok(())
     }
@@ -124,7 +117,7 @@ impl RunCheckpoints {
     /// `error`, saying where the last checkpoint is kept when there is one (a Ctrl-C already says how to resume).
     pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
         if self.recorded && error.downcast_ref::<Interrupted>().is_none() {
-            error.context(format!("the last checkpoint is kept in {}; {}", self.staging.display(), resume_hint(self.command, &self.target)))
+            error.context(format!("the last checkpoint is kept in {}; {}", self.staging.display(), resume_hint(self.stop.command, &self.stop.target)))
         } else {
             error
         }
@@ -139,7 +132,7 @@ impl Checkpoints for RunCheckpoints {
     fn after_sampling_step(&mut self, stage: &str, state: StepState) -> Result<()> {
         self.record_run()?;
         sampling::save(&stage_dir(&self.staging, stage), &state)?;
-        self.stop_if_asked(state.next_step < state.steps, format!("step {} of {} of {stage}", state.next_step, state.steps))
+        self.stop.stop_if_asked(state.next_step < state.steps, format!("step {} of {} of {stage}", state.next_step, state.steps))
     }
 
     fn training_start(&self, stage: &str, settings: &Value) -> Result<Resume> {
@@ -152,6 +145,43 @@ impl Checkpoints for RunCheckpoints {
             self.record_run()?;
             training::save(&stage_dir(&self.staging, stage), state.step, state.settings, state.params, state.optimizer, Vec::new())?;
         }
-        self.stop_if_asked(!last, format!("training step {} of {} of {stage}", state.step, state.steps))
+        self.stop.stop_if_asked(!last, format!("training step {} of {} of {stage}", state.step, state.steps))
+    }
+}
+
+/// What an item computed by one of several ranks keeps: nothing (its outcome reaches rank 0 when it is finished,
+/// `distributed::items`), but it stops when a stop is asked for, like a run's checkpoints.
+pub struct StopOnly {
+    command: &'static str,
+    /// The run's output folder, for the message on how to resume.
+    target: PathBuf,
+}
+
+impl StopOnly {
+    pub fn new(command: &'static str, target: &Path) -> Self {
+        Self { command, target: target.to_path_buf() }
+    }
+
+    /// Stops the run when a stop was asked for and the stage has more to do.
+    fn stop_if_asked(&self, more_to_do: bool, at: String) -> Result<()> {
+        if stop_requested() && more_to_do {
+            return Err(Interrupted { at, resume: resume_hint(self.command, &self.target) }.into());
+        }
+        Ok(())
+    }
+}
+
+impl Checkpoints for StopOnly {
+    fn sampling_start(&self, _: &str, _: usize) -> Result<Option<Start>> {
+        Ok(None)
+    }
+    fn after_sampling_step(&mut self, stage: &str, state: StepState) -> Result<()> {
+        self.stop_if_asked(state.next_step < state.steps, format!("step {} of {} of {stage}", state.next_step, state.steps))
+    }
+    fn training_start(&self, stage: &str, _: &Value) -> Result<Resume> {
+        Ok(Resume::fresh(stage))
+    }
+    fn after_training_step(&mut self, stage: &str, state: &TrainingState) -> Result<()> {
+        self.stop_if_asked(state.step < state.steps, format!("training step {} of {} of {stage}", state.step, state.steps))
     }
 }

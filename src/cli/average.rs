@@ -1,14 +1,13 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
 use super::common::{check_prompt, out_dir, progress_bar, ModelArgs};
-use super::job::{agree, check_same_job, from_root};
-use super::report::weight_hashes;
+use super::job::{agree, from_root};
+use super::run::{Resumed, Run};
 use dma::checkpoint::sampling::share_start;
 use dma::distributed::{Ranks, Share};
 use dma::pipelines::ModelSource;
 use tch::Tensor;
 use super::report::{write_outputs, RunOutputs};
-use super::resume::{arguments, resumed_or_new, Resumable};
-use dma::checkpoint::run::RunCheckpoints;
+use super::resume::Resumable;
 use dma::checkpoint::sampling::Start;
 use dma::checkpoint::Checkpoints;
 use dma::pipelines::memory::{self, Work};
@@ -258,55 +257,35 @@ impl Resumable for SampleArgs {
     }
 }
 
-/// What `average` and `sample` set up before sampling, on every rank: the model, its source, the settings and
-/// the run's record of them. Rank 0 also holds the output folder and what it says of a resumed run.
+/// What `average` and `sample` set up before sampling, on every rank: the run, the model, its source, the
+/// settings and the run's record of them.
 struct Setup {
+    run: Run,
     source: ModelSource,
     model: StableDiffusion,
     settings: SamplingSettings,
-    resolved: serde_json::Value,
-    /// Rank 0's: the output folder, and `resumed_or_new`'s record of a resumption.
-    out: Option<(OutDir, serde_json::Value)>,
     load_seconds: f64,
 }
 
-/// The arguments every rank runs with: rank 0's, which a --resume reads back from the stopped run's record (only
-/// rank 0 reads or writes the run's folder), and with them rank 0's view of the resumed run.
-fn arguments_of_rank0<A: Resumable>(command: &str, args: A, matches: &ArgMatches, ranks: Ranks) -> Result<(Option<(OutDir, serde_json::Value)>, A)> {
-    // Every rank must have been given the same command line (the program's own path aside: nodes may differ).
-    check_same_job(ranks, &serde_json::to_string(&std::env::args().skip(1).collect::<Vec<_>>())?)?;
-    let local = if ranks.is_root() { arguments(command, args, matches) } else { Ok((None, args)) };
-    let (resumed, args) = agree(ranks, local)?;
-    Ok((resumed, from_root(ranks, args)?))
-}
-
-/// Rank 0's output folder (new, or the resumed run's, whose settings must still resolve to `resolved`), the model
-/// loaded on every rank, and the check that every rank runs the same job.
+/// The run opened (`Run::open`) and the model loaded on every rank, made ready by `prepare`.
 fn set_up(
-    ranks: Ranks,
-    resumed: Option<(OutDir, serde_json::Value)>,
+    (ranks, resumed): (Ranks, Resumed),
+    (command, args): (&'static str, &impl Serialize),
     common: &SamplingArgs,
     (source, settings, resolved): (ModelSource, SamplingSettings, serde_json::Value),
-    command: &str,
     prepare: impl FnOnce(&mut StableDiffusion) -> Result<()>,
 ) -> Result<Setup> {
-    let out = agree(ranks, ranks.is_root().then(|| resumed_or_new(resumed, &resolved, || common.out_dir(command))).transpose())?;
-    let started = Instant::now();
-    let model = agree(ranks, (|| {
-        let mut model = common.model.load_on_rank(&source, ranks)?;
-        prepare(&mut model)?;
-        check_prompt(&model, common.prompt()?, None)?;
-        Ok(model)
-    })())?;
-    if ranks.size() > 1 {
-        let fingerprint = json!({ "resolved": resolved, "model": weight_hashes(&model)? });
-        check_same_job(ranks, &fingerprint.to_string())?;
-    }
-    Ok(Setup { source, model, settings, resolved, out, load_seconds: started.elapsed().as_secs_f64() })
+    let run = Run::open(ranks, command, resumed, args, &resolved, || common.out_dir(command))?;
+    let model = run.load_model(&common.model, &source, &resolved, |model| {
+        prepare(model)?;
+        check_prompt(model, common.prompt()?, None)
+    })?;
+    let load_seconds = run.seconds();
+    Ok(Setup { run, source, model, settings, load_seconds })
 }
 
 pub fn average(args: AverageArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
-    let (resumed, args) = arguments_of_rank0("average", args, matches, ranks)?;
+    let (resumed, args) = Run::arguments("average", args, matches, ranks)?;
     let common = &args.common;
     let resolve = || -> Result<_> {
         let source = common.model.source()?;
@@ -334,15 +313,15 @@ pub fn average(args: AverageArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
         }
         Ok(())
     };
-    let setup = set_up(ranks, resumed, common, (source, settings, resolved), "average", apply_adapter)?;
+    let mut setup = set_up((ranks, resumed), ("average", &args), common, (source, settings, resolved), apply_adapter)?;
     let sampling_start = Instant::now();
-    let (mut result, at_step) = sample_resumably(&setup, ranks, "average", &args, common, Some(&align), ("--latents", count))?;
+    let (mut result, at_step) = sample_resumably(&mut setup, common, Some(&align), ("--latents", count))?;
     let prototype = prototype_index(&setup.model, &setup.settings, &align, &mut result, ranks)?;
-    finish(setup, ranks, common, RunKind { command: "average", align: Some(&align), adapter: args.adapter.as_deref(), prototype: Some(prototype) }, (result, at_step), sampling_start)
+    finish(setup, common, RunKind { command: "average", align: Some(&align), adapter: args.adapter.as_deref(), prototype: Some(prototype) }, (result, at_step), sampling_start)
 }
 
 pub fn sample(args: SampleArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
-    let (resumed, args) = arguments_of_rank0("sample", args, matches, ranks)?;
+    let (resumed, args) = Run::arguments("sample", args, matches, ranks)?;
     let common = &args.common;
     let resolve = || -> Result<_> {
         let source = common.model.source()?;
@@ -351,10 +330,10 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()
     };
     let (source, settings) = agree(ranks, resolve())?;
     let resolved = json!({ "sampling": settings });
-    let setup = set_up(ranks, resumed, common, (source, settings, resolved), "sample", |_| Ok(()))?;
+    let mut setup = set_up((ranks, resumed), ("sample", &args), common, (source, settings, resolved), |_| Ok(()))?;
     let sampling_start = Instant::now();
-    let result = sample_resumably(&setup, ranks, "sample", &args, common, None, ("--num", args.num))?;
-    finish(setup, ranks, common, RunKind { command: "sample", align: None, adapter: None, prototype: None }, result, sampling_start)
+    let result = sample_resumably(&mut setup, common, None, ("--num", args.num))?;
+    finish(setup, common, RunKind { command: "sample", align: None, adapter: None, prototype: None }, result, sampling_start)
 }
 
 /// What distinguishes an `average` run's outputs from a `sample` run's.
@@ -367,53 +346,41 @@ struct RunKind<'a> {
 
 /// Rank 0 writes every output, with what each rank did; then every rank learns whether that worked.
 /// `at_step` is the step a resumed run took up, which its record of the resumption gains.
-fn finish(setup: Setup, ranks: Ranks, common: &SamplingArgs, kind: RunKind, (result, at_step): (SamplingResult, usize), sampling_start: Instant) -> Result<()> {
+fn finish(setup: Setup, common: &SamplingArgs, kind: RunKind, (result, at_step): (SamplingResult, usize), sampling_start: Instant) -> Result<()> {
     let sampling_seconds = sampling_start.elapsed().as_secs_f64();
-    let this_rank = json!({
-        "rank": ranks.rank(),
-        "host": ranks.host(),
-        "device": common.model.device_on_rank(ranks),
-        "load_seconds": setup.load_seconds,
-        "sampling_seconds": sampling_seconds,
-        // Of the whole run: waiting for and exchanging with the other ranks.
-        "communication_seconds": dma::distributed::communication_seconds(),
-    });
-    let ranks_record = ranks.gather(this_rank.to_string().as_bytes()).map(|all| {
-        all.iter().map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap_or(serde_json::Value::Null)).collect::<Vec<_>>()
-    });
-    let written = match (setup.out, ranks_record) {
-        (Some((out, mut resumed)), Some(ranks_record)) => write_outputs(RunOutputs {
+    let Setup { run, source, model, settings, load_seconds } = setup;
+    let device = common.model.device_on_rank(run.ranks);
+    run.finish(&device, json!({ "load_seconds": load_seconds, "sampling_seconds": sampling_seconds }), |out, mut resumed, ranks| {
+        if resumed.is_object() {
+            resumed["at_step"] = json!(at_step);
+        }
+        write_outputs(RunOutputs {
             command: kind.command,
-            source: &setup.source,
-            model: &setup.model,
+            source: &source,
+            model: &model,
             model_args: &common.model,
-            settings: &setup.settings,
+            settings: &settings,
             align: kind.align,
             init_latents: common.init_latents.as_deref(),
             adapter: kind.adapter,
             save_latents: common.save_latents,
             result: &result,
             prototype: kind.prototype,
-            resumed: {
-                if resumed.is_object() {
-                    resumed["at_step"] = json!(at_step);
-                }
-                resumed
-            },
-            ranks: ranks_record,
-            seconds: [setup.load_seconds, sampling_seconds, setup.load_seconds + sampling_seconds],
+            resumed,
+            ranks,
+            seconds: [load_seconds, sampling_seconds, load_seconds + sampling_seconds],
             out,
-        }),
-        _ => Ok(()),
-    };
-    agree(ranks, written)
+        })
+    })
 }
 
 /// Where a run of `dma average` or `dma sample` starts, decided by rank 0 and given to every rank: the checkpoint
 /// of its stage when it is resumed (--init-latents is then not read again), else the latents of --init-latents,
 /// else `count` seeded ones (`count` set by its flag). Each rank's share of the latents is checked against its
 /// device's memory before seeded ones are drawn.
-fn start_of(checkpoints: Option<&RunCheckpoints>, setup: &Setup, ranks: Ranks, common: &SamplingArgs, (flag, count): (&str, i64)) -> Result<Start> {
+fn start_of(setup: &mut Setup, common: &SamplingArgs, (flag, count): (&str, i64)) -> Result<Start> {
+    let ranks = setup.run.ranks;
+    let checkpoints = setup.run.checkpoints().map(|c| &*c);
     let model = &setup.model;
     let stage = checkpoints.map_or("sampling", |c| c.command());
     let steps = setup.settings.steps;
@@ -455,31 +422,22 @@ fn start_of(checkpoints: Option<&RunCheckpoints>, setup: &Setup, ranks: Ranks, c
 
 /// The sampling of `dma average` (aligned) or `dma sample`, with a progress bar on rank 0 and a checkpoint after
 /// every step (its stage named as the command), from `start_of`; with the step it started at.
-fn sample_resumably(
-    setup: &Setup,
-    ranks: Ranks,
-    command: &'static str,
-    args: &impl serde::Serialize,
-    common: &SamplingArgs,
-    align: Option<&AlignSettings>,
-    count: (&str, i64),
-) -> Result<(SamplingResult, usize)> {
+fn sample_resumably(setup: &mut Setup, common: &SamplingArgs, align: Option<&AlignSettings>, count: (&str, i64)) -> Result<(SamplingResult, usize)> {
+    let start = start_of(setup, common, count)?;
+    let ranks = setup.run.ranks;
     let settings = &setup.settings;
-    let mut checkpoints = setup.out.as_ref().map(|(out, _)| RunCheckpoints::new(out.staging(), out.target(), command, args, &setup.resolved));
-    let start = start_of(checkpoints.as_ref(), setup, ranks, common, count)?;
     let latents = Share::new(settings.batch, ranks.rank(), ranks.size()).count(start.latents.size()[0]);
     let bar = progress_bar(work_until(align, settings, latents, settings.steps), common.quiet || !ranks.is_root());
     bar.set_message(if align.is_some() { "aligning" } else { "sampling" });
     bar.set_position(work_until(align, settings, latents, start.first_step));
     let first_step = start.first_step;
+    let mut checkpoints = setup.run.checkpoints();
+    let stage = checkpoints.as_ref().map_or("sampling", |c| c.command());
     let result = run_from(&setup.model, settings, start, align, 4, &|n| bar.inc(n), ranks, &mut |state| match checkpoints.as_mut() {
-        Some(checkpoints) => checkpoints.after_sampling_step(command, state),
+        Some(checkpoints) => checkpoints.after_sampling_step(stage, state),
         None => Ok(()),
     });
-    let result = result.map_err(|e| match &checkpoints {
-        Some(checkpoints) => checkpoints.explain(e),
-        None => e,
-    })?;
+    let result = result.map_err(|e| setup.run.explain(e))?;
     bar.finish_and_clear();
     Ok((result, first_step))
 }

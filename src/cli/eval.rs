@@ -1,10 +1,12 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use dma::checkpoint::run::RunCheckpoints;
-use super::common::{check_clip, check_prompt, clip_dir, out_dir, progress_bar, slug, ModelArgs};
+use super::common::{check_clip, check_prompt, clip_dir, out_dir, slug, ModelArgs};
+use super::job::agree;
 use super::report::{model_record, png_text, write_samples};
-use super::resume::{arguments, resumed_or_new, Resumable};
+use super::resume::Resumable;
+use super::run::{Item, Run};
+use dma::distributed::Ranks;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,6 @@ use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettin
 use dma::pipelines::{ModelSource, StableDiffusion};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// How prototypes are judged, shared by `eval`, `compare` and `sweep`: the seeds they are made from, the samples
 /// they are judged against, the metrics' CLIP, and where the results go.
@@ -258,29 +259,37 @@ struct Evaluated {
     scores: ConceptScores,
 }
 
-/// Runs every seed of `prompt` on `model` and scores it; seed s is stage `<stage>/seed-s` of `checkpoints`.
-#[allow(clippy::too_many_arguments)]
-fn evaluate(
-    (model, source): (&StableDiffusion, &ModelSource),
-    judge: &Judge,
+/// A concept on a model, to be evaluated over every seed: its title in tables and its checkpoint stage.
+struct Subject {
     title: String,
-    prompt: &str,
-    settings: &EvalSettings,
-    quiet: bool,
-    stage: &str,
-    checkpoints: &mut RunCheckpoints,
-) -> Result<Evaluated> {
-    let bar = progress_bar(settings.work_per_seed() * settings.seeds.len() as u64, quiet);
-    bar.set_message(title.clone());
-    let mut outcomes = Vec::new();
-    for &seed in &settings.seeds {
-        let outcome = evaluate_seed(model, judge.embedder(), prompt, settings, seed, &|n| bar.inc(n), &format!("{stage}/seed-{seed}"), checkpoints);
-        outcomes.push(outcome.map_err(|e| checkpoints.explain(e))?);
-    }
-    bar.finish_and_clear();
+    prompt: String,
+    stage: String,
+}
+
+/// Every seed of every subject on `model`, one item per seed handed to the ranks (`Run::items`; seed s of a
+/// subject is stage `<stage>/seed-s`). Each seed's outcome on rank 0, subject by subject (None elsewhere).
+fn evaluate_seeds(run: &mut Run, model: &StableDiffusion, judge: &Judge, subjects: &[Subject], settings: &EvalSettings, quiet: bool) -> Result<Option<Vec<Vec<SeedOutcome>>>> {
+    let seeds = &settings.seeds;
+    let items: Vec<Item> = subjects
+        .iter()
+        .flat_map(|s| seeds.iter().map(move |seed| Item { stage: format!("{}/seed-{seed}", s.stage), title: format!("{} (seed {seed})", s.title) }))
+        .collect();
+    let outcomes = run.items(&items, settings.work_per_seed(), quiet, &mut |i, checkpoints, progress| {
+        let (subject, seed) = (&subjects[i / seeds.len()], seeds[i % seeds.len()]);
+        let outcome = evaluate_seed(model, judge.embedder(), &subject.prompt, settings, seed, progress, &items[i].stage, checkpoints)?;
+        Ok(outcome.to_parcel())
+    })?;
+    let Some(outcomes) = outcomes else { return Ok(None) };
+    let outcomes = outcomes.iter().map(|p| SeedOutcome::from_parcel(p, model.device)).collect::<Result<Vec<_>>>()?;
+    let mut outcomes = outcomes.into_iter();
+    Ok(Some(subjects.iter().map(|_| outcomes.by_ref().take(seeds.len()).collect()).collect()))
+}
+
+/// A subject's seeds scored.
+fn scored(judge: &Judge, title: &str, prompt: &str, source: &ModelSource, outcomes: Vec<SeedOutcome>) -> Result<Evaluated> {
     let names = class_names();
     let scores = score(judge.embedder(), judge.zero_shot().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
-    Ok(Evaluated { title, source: source.clone(), outcomes, scores })
+    Ok(Evaluated { title: title.to_string(), source: source.clone(), outcomes, scores })
 }
 
 /// Writes every prototype as a PNG, the tables, the report and the record, then moves the folder into place.
@@ -332,7 +341,7 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
 }
 
 /// What every evaluation's run.json holds besides its subjects.
-fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Instant, resumed: Value) -> Value {
+fn base_record(command: &str, settings: &EvalSettings, clip: &Path, seconds: f64, (resumed, ranks): (Value, Vec<Value>)) -> Value {
     json!({
         "command": command,
         "dma_version": env!("CARGO_PKG_VERSION"),
@@ -340,7 +349,8 @@ fn base_record(command: &str, settings: &EvalSettings, clip: &Path, started: Ins
         "resumed": resumed,
         "settings": settings,
         "clip": clip.display().to_string(),
-        "timings_seconds": { "total": started.elapsed().as_secs_f64() },
+        "ranks": ranks,
+        "timings_seconds": { "total": seconds },
     })
 }
 
@@ -351,72 +361,84 @@ fn check_fits(model: &StableDiffusion, settings: &EvalSettings, device: &str) ->
     memory::check_fits(model, Work::Alignment, settings.sampling.batch, [settings.samples.max(settings.latents), c, h, w], &count, device)
 }
 
-pub fn eval(args: EvalArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = arguments("eval", args, matches)?;
-    let prompts = args.concepts.read()?;
-    let source = args.model.source()?;
-    let defaults = RunDefaults::for_source(&source)?;
-    let settings = args.common.settings(&defaults, &Method::ALL)?;
+pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
+    let (resumed, args) = Run::arguments("eval", args, matches, ranks)?;
+    let resolve = || -> Result<_> {
+        let prompts = args.concepts.read()?;
+        let source = args.model.source()?;
+        let settings = args.common.settings(&RunDefaults::for_source(&source)?, &Method::ALL)?;
+        Ok((prompts, source, settings))
+    };
+    let (prompts, source, settings) = agree(ranks, resolve())?;
     let resolved = json!({ "prompts": prompts, "evaluation": settings });
-    let (out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "eval", &prompts[0], args.common.judging.force))?;
-    let started = Instant::now();
-    let model = args.model.load(&source)?;
-    check_fits(&model, &settings, &args.model.device)?;
-    let (judge, clip) = Judge::load(args.common.judging.clip.as_deref(), &model)?;
-    for prompt in &prompts {
-        check_prompt(&model, prompt, None)?;
-    }
-    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "eval", &args, &resolved);
-    let mut subjects = Vec::new();
-    for (i, prompt) in prompts.iter().enumerate() {
-        let stage = format!("subject-{i}");
-        subjects.push(evaluate((&model, &source), &judge, prompt.clone(), prompt, &settings, args.common.judging.quiet, &stage, &mut checkpoints)?);
-    }
-    drop(checkpoints);
-    let mut record = base_record("eval", &settings, &clip, started, resumption);
-    record["model"] = model_record(&source, &model)?;
-    record["device"] = json!(args.model.device);
-    record["dtype"] = json!(args.model.dtype);
-    let title = format!("dma eval: {}", source.path().display());
-    write_results(out, "eval", &title, &subjects, record)
+    let judging = &args.common.judging;
+    let mut run = Run::open(ranks, "eval", resumed, &args, &resolved, || out_dir(judging.out.as_deref(), "eval", &prompts[0], judging.force))?;
+    let device = args.model.device_on_rank(ranks);
+    let model = run.load_model(&args.model, &source, &resolved, |model| {
+        check_fits(model, &settings, &device)?;
+        prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
+    })?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
+    let subjects: Vec<Subject> = prompts.iter().enumerate().map(|(i, p)| Subject { title: p.clone(), prompt: p.clone(), stage: format!("subject-{i}") }).collect();
+    let outcomes = evaluate_seeds(&mut run, &model, &judge, &subjects, &settings, judging.quiet)?;
+    let seconds = run.seconds();
+    run.finish(&device, json!({ "seconds": seconds }), |out, resumed, ranks| {
+        let outcomes = outcomes.context("rank 0 holds every outcome")?;
+        let evaluated = subjects.iter().zip(outcomes).map(|(s, o)| scored(&judge, &s.title, &s.prompt, &source, o)).collect::<Result<Vec<_>>>()?;
+        let mut record = base_record("eval", &settings, &clip, seconds, (resumed, ranks));
+        record["model"] = model_record(&source, &model)?;
+        record["device"] = json!(args.model.device);
+        record["dtype"] = json!(args.model.dtype);
+        let title = format!("dma eval: {}", source.path().display());
+        write_results(out, "eval", &title, &evaluated, record)
+    })
 }
 
-pub fn compare(args: CompareArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = arguments("compare", args, matches)?;
-    let prompt = args.prompt.as_deref().context("--prompt is required: the concept")?;
+pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
+    let (resumed, args) = Run::arguments("compare", args, matches, ranks)?;
+    let prompt = args.prompt.clone().context("--prompt is required: the concept")?;
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
         .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, flag: "--models" })
         .collect();
-    let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;
-    // Each model's own defaults; the flags given apply to all of them.
-    let settings = sources
-        .iter()
-        .map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma]))
-        .collect::<Result<Vec<_>>>()?;
+    let resolve = || -> Result<_> {
+        let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;
+        // Each model's own defaults; the flags given apply to all of them.
+        let settings = sources.iter().map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma])).collect::<Result<Vec<_>>>()?;
+        Ok((sources, settings))
+    };
+    let (sources, settings) = agree(ranks, resolve())?;
     let resolved = json!(settings);
-    let (out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(args.common.judging.out.as_deref(), "compare", prompt, args.common.judging.force))?;
-    let started = Instant::now();
-    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "compare", &args, &resolved);
-    let mut subjects = Vec::new();
+    let judging = &args.common.judging;
+    let mut run = Run::open(ranks, "compare", resumed, &args, &resolved, || out_dir(judging.out.as_deref(), "compare", &prompt, judging.force))?;
+    let device = ModelArgs { device: args.device.clone(), ..model_args[0].clone() }.device_on_rank(ranks);
+    // One model at a time on every rank, its seeds spread over the ranks.
+    let mut evaluated = Vec::new();
     let mut models = Vec::new();
-    let mut clip = PathBuf::new();
+    let mut judged = None;
     for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
-        let model = model_args.load(source)?;
-        check_fits(&model, settings, &model_args.device)?;
-        check_prompt(&model, prompt, Some(source.path()))?;
-        let (judge, dir) = Judge::load(args.common.judging.clip.as_deref(), &model)?;
-        let title = format!("{}: {prompt}", source.path().display());
-        subjects.push(evaluate((&model, source), &judge, title, prompt, settings, args.common.judging.quiet, &format!("subject-{i}"), &mut checkpoints)?);
-        models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
-        clip = dir;
+        let model = run.load_model(model_args, source, &json!([i, resolved]), |model| {
+            check_fits(model, settings, &device)?;
+            check_prompt(model, &prompt, Some(source.path()))
+        })?;
+        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
+        let subject = Subject { title: format!("{}: {prompt}", source.path().display()), prompt: prompt.clone(), stage: format!("subject-{i}") };
+        if let Some(mut outcomes) = evaluate_seeds(&mut run, &model, &judge, std::slice::from_ref(&subject), settings, judging.quiet)? {
+            evaluated.push((subject, source, outcomes.pop().unwrap_or_default()));
+            models.push(json!({ "model": model_record(source, &model)?, "settings": settings }));
+        }
+        judged = Some((judge, clip));
     }
-    drop(checkpoints);
-    let mut record = base_record("compare", &settings[0], &clip, started, resumption);
-    record["models"] = json!(models);
-    record["device"] = json!(args.device);
-    record["dtype"] = json!(args.dtype);
-    let title = format!("dma compare: {prompt}");
-    write_results(out, "compare", &title, &subjects, record)
+    let seconds = run.seconds();
+    run.finish(&device, json!({ "seconds": seconds }), |out, resumed, ranks| {
+        let (judge, clip) = judged.context("at least one model")?;
+        let evaluated = evaluated.into_iter().map(|(s, source, o)| scored(&judge, &s.title, &s.prompt, source, o)).collect::<Result<Vec<_>>>()?;
+        let mut record = base_record("compare", &settings[0], &clip, seconds, (resumed, ranks));
+        record["models"] = json!(models);
+        record["device"] = json!(args.device);
+        record["dtype"] = json!(args.dtype);
+        let title = format!("dma compare: {prompt}");
+        write_results(out, "compare", &title, &evaluated, record)
+    })
 }

@@ -3,7 +3,8 @@
 //! with a short grace before SIGKILL), stops at once: checkpoints are written atomically, so the last one is intact
 //! whatever the moment, and the process leaves with `_exit`, which runs no destructor while libtorch may still be
 //! computing on another thread (a plain `exit` there crashed: "Invalid (backend, op) pair", or a segfault).
-use dma::checkpoint::run::{request_stop, resume_hint, run_record};
+use dma::checkpoint::run::{resume_hint, run_record};
+use dma::stop::request_stop;
 use dma::output::OutDir;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::Write;

@@ -50,8 +50,7 @@ impl Job {
             drop(self);
             std::process::exit(status);
         }
-        let interrupted = error.downcast_ref::<dma::checkpoint::run::Interrupted>().is_some();
-        let status = if interrupted { dma::checkpoint::run::Interrupted::STATUS } else { 1 };
+        let status = dma::stop::status_of(&error);
         if error.downcast_ref::<Agreed>().is_some() {
             if ranks.is_root() {
                 eprintln!("error: {error:#}");

@@ -7,6 +7,7 @@ pub mod job;
 mod modes;
 mod report;
 mod resume;
+mod run;
 mod sweep;
 mod train;
 
@@ -56,16 +57,16 @@ pub fn main(ranks: Ranks) -> anyhow::Result<()> {
     // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
     interrupt::listen();
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
-    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_)) {
+    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_) | Command::Eval(_) | Command::Compare(_)) {
         let name = matches.subcommand_name().unwrap_or("?");
-        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks yet (`dma average` and `dma sample` do); start it as one process")));
+        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks yet (`dma average`, `sample`, `eval` and `compare` do); start it as one process")));
     }
     match cli.command {
         Command::Average(args) => average::average(args, &sub("average"), ranks),
         Command::Sample(args) => average::sample(args, &sub("sample"), ranks),
         Command::Modes(args) => modes::modes(args, &sub("modes")),
-        Command::Eval(args) => eval::eval(args, &sub("eval")),
-        Command::Compare(args) => eval::compare(args, &sub("compare")),
+        Command::Eval(args) => eval::eval(args, &sub("eval"), ranks),
+        Command::Compare(args) => eval::compare(args, &sub("compare"), ranks),
         Command::Sweep(args) => sweep::run(args, &sub("sweep")),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),

@@ -3,7 +3,7 @@
 //! again to continue.
 use super::common::progress_bar;
 use super::interrupt;
-use dma::checkpoint::run::{stop_requested, Interrupted};
+use dma::stop::{stop_requested, Interrupted};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dma::data::captions::{classes_described_by, vocabulary, Captioner, DEFAULT_P_BROAD};

@@ -6,11 +6,14 @@
 //! does not depend on how many ranks added which part. The same command therefore gives the same bits on 1, 2 or
 //! 3 ranks. The one-process path is the same code with one rank.
 pub mod exact;
+pub mod items;
 pub mod launcher;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod parcel;
 pub mod share;
 
+pub use parcel::Parcel;
 pub use share::Share;
 
 use anyhow::{bail, Result};

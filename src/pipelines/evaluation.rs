@@ -12,9 +12,11 @@ use crate::evaluation::sharpness::laplacian_variance;
 use crate::evaluation::zero_shot::ZeroShot;
 use crate::method::{AlignSettings, StepLog};
 use crate::passes::Passes;
-use anyhow::Result;
+use crate::distributed::Parcel;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
 
 /// The methods compared, in the order of the paper's Table 1 (baselines first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -107,7 +109,7 @@ pub fn draw_samples(
 
 /// What a DMA run cost: its passes (`Passes`) and the seconds its aligned steps took (kept in its log, so a
 /// resumed run counts the steps done before it stopped).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct RunCost {
     pub passes: Passes,
     pub alignment_seconds: f64,
@@ -146,6 +148,32 @@ pub struct SeedOutcome {
     /// DMA's per-step alignment log (empty without DMA) and its cost.
     pub dma_log: Vec<StepLog>,
     pub dma_cost: RunCost,
+}
+
+impl SeedOutcome {
+    /// The outcome as a parcel: what a rank sends rank 0 (`distributed::items`) and rank 0 keeps as the seed's
+    /// checkpoint. Every tensor keeps its dtype and bits, so scores from it are those of the outcome itself.
+    pub fn to_parcel(&self) -> Parcel {
+        let methods: Vec<Method> = self.prototypes.iter().map(|(m, _)| *m).collect();
+        let record = json!({ "seed": self.seed, "methods": methods, "dma_log": self.dma_log, "dma_cost": self.dma_cost });
+        let parcel = Parcel::new(record).with("samples", &self.samples).with("sample_embeds", &self.sample_embeds);
+        self.prototypes.iter().fold(parcel, |parcel, (method, image)| parcel.with(method.slug(), image))
+    }
+
+    /// The outcome `to_parcel` packed, its tensors on `device`.
+    pub fn from_parcel(parcel: &Parcel, device: Device) -> Result<Self> {
+        let field = |name: &str| parcel.record.get(name).cloned().with_context(|| format!("a seed's outcome has no `{name}`"));
+        let methods: Vec<Method> = serde_json::from_value(field("methods")?)?;
+        let prototypes = methods.into_iter().map(|m| Ok((m, parcel.tensor(m.slug(), device)?))).collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            seed: serde_json::from_value(field("seed")?)?,
+            samples: parcel.tensor("samples", device)?,
+            sample_embeds: parcel.tensor("sample_embeds", device)?,
+            prototypes,
+            dma_log: serde_json::from_value(field("dma_log")?)?,
+            dma_cost: serde_json::from_value(field("dma_cost")?)?,
+        })
+    }
 }
 
 /// The samples of `prompt` from `seed` and every method's prototype from them. The samples and DMA are the stages

@@ -1,6 +1,5 @@
 //! The whole computation behind `dma average` and `dma sample`: prompts to contexts, noise to latents through
 //! guided DDIM (with DMA's alignment hooked in when asked), latents to images. No files, no UI.
-use crate::checkpoint::run::Interrupted;
 use crate::checkpoint::sampling::{Start, StepState};
 use crate::checkpoint::{Checkpoints, NoCheckpoints};
 use crate::distributed::{Ranks, Share};
@@ -8,6 +7,7 @@ use super::StableDiffusion;
 use crate::method::hspace::{distances_over, HSpace};
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
 use crate::passes::{PassCounter, Passes};
+use crate::stop::status_of;
 use crate::sampling::{sample_from, GuidedDenoiser, StepHooks, TrajectoryRecorder};
 use crate::schedulers::ddim::DdimScheduler;
 use crate::weights::read_safetensors;
@@ -149,7 +149,7 @@ impl StepHooks for RunHooks<'_, '_> {
             }),
             _ => Ok(()),
         };
-        self.ranks.follow_root(outcome, |e| if e.downcast_ref::<Interrupted>().is_some() { Interrupted::STATUS } else { 1 })
+        self.ranks.follow_root(outcome, status_of)
     }
 }
 
