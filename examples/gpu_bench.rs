@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use dma::device::{parse_device, parse_kind};
+use dma::distributed::Ranks;
 use dma::method::{alignment::loss_and_gradient, HBranch, HSpace};
 use dma::models::clip_text::ClipTextModel;
 use dma::models::unet::UNet2DConditionModel;
@@ -137,7 +138,7 @@ fn main() -> Result<()> {
     align.iters = args.dma_iters.unwrap_or(align.iters);
     align.align_steps = align.align_steps.min(settings.steps);
     let start = Instant::now();
-    let (result, _) = mental_average_from(&sd, &settings, &align, &seeded_latents(&sd, latents, 0), &|_| {}, "dma", &mut NoCheckpoints)?;
+    let (result, _) = mental_average_from(&sd, &settings, &align, &seeded_latents(&sd, latents, 0), &|_| {}, ("dma", &mut NoCheckpoints), Ranks::alone())?;
     synchronize(device);
     println!(
         "\nOne DMA run at the defaults (f32, K {latents}, {} steps, {} aligned, at most {} Adam iterations, early stop {}): {:.1} s; passes {:?}",

@@ -15,6 +15,7 @@ use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
 use dma::checkpoint::NoCheckpoints;
+use dma::distributed::Ranks;
 use dma::pipelines::mental_average::{seeded_mental_average, SamplingSettings};
 use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
 use dma::pipelines::{ModelSource, StableDiffusion};
@@ -63,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         let sampling = defaults.sampling(concept.name, seed);
         let plain = DiscoverySettings { samples, clusters: ClusterCount::Auto { max: 8 }, criterion, pca_dims, grounding: None };
         let started = Instant::now();
-        let modes = discover(&model, &sampling, &classifier.embedder, &plain, &|_| {}, &mut NoCheckpoints)?;
+        let modes = discover(&model, &sampling, &classifier.embedder, &plain, &|_| {}, &mut NoCheckpoints, Ranks::alone())?;
         let c = &modes.clustering;
         println!("\nseed {seed}, by image embedding: {} clusters (BIC {:?}, silhouette {:?}), {:.0} s", c.k, c.bic, c.silhouette, started.elapsed().as_secs_f64());
         let (majority, least_purity) = majority_classes(&classifier, concept, &modes)?;
@@ -134,7 +135,7 @@ fn chain(
     let chain = ChainSettings { adapter, lora_guidance: defaults.lora_guidance, latents: defaults.latents, held_out_every: 5, loss_draws: 32 };
     println!("\nthe chain with {kind:?} adapters ({:?})", chain.adapter);
     let started = Instant::now();
-    let (overall, index) = seeded_mental_average(model, sampling, &align, defaults.latents, &|_| {}, "overall-average", &mut NoCheckpoints)?;
+    let (overall, index) = seeded_mental_average(model, sampling, &align, defaults.latents, &|_| {}, ("overall-average", &mut NoCheckpoints), Ranks::alone())?;
     let class = classifier.classify(&model.decode(&overall.latents.narrow(0, index, 1)))?[0];
     println!("prototype without clustering: {}", names[class]);
     let per_mode = prototypes_per_mode(model, modes, sampling, &align, &chain, &|_, _| {}, &|_| {}, &mut NoCheckpoints)?;

@@ -4,6 +4,7 @@
 mod common;
 use common::{fixture, read_json};
 use dma::clustering::{ClusterCount, Criterion};
+use dma::distributed::Ranks;
 use dma::data::captions::broad_concepts;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::checkpoint::NoCheckpoints;
@@ -169,7 +170,7 @@ fn footwear_clusters_into_its_three_kinds() {
     let values = vec!["sandal".to_string(), "sneaker".to_string(), "ankle boot".to_string()];
     for grounding in [None, Some(Grounding { attribute: "kind".into(), values })] {
         let settings = DiscoverySettings { samples: 100, clusters: ClusterCount::Auto { max: 8 }, criterion: Criterion::Silhouette, pca_dims: defaults.pca_dims, grounding: grounding.clone() };
-        let modes = discover(&model, &sampling, &classifier.embedder, &settings, &|_| {}, &mut NoCheckpoints).unwrap();
+        let modes = discover(&model, &sampling, &classifier.embedder, &settings, &|_| {}, &mut NoCheckpoints, Ranks::alone()).unwrap();
         let classes = classifier.classify(&modes.images).unwrap();
         let mut majorities = Vec::new();
         for k in 0..modes.clustering.k {

@@ -126,9 +126,8 @@ mod across_ranks {
         }
     }
 
-    /// Every file of an `eval` or `compare` run (run.json and results.json aside) is the same bytes, and results.json
-    /// says the same but for seconds.
-    fn assert_same_results(one: &Path, other: &Path, what: &str) {
+    /// Every file of a run, in its subfolders too (run.json and results.json aside), is the same bytes.
+    fn assert_same_files(one: &Path, other: &Path, what: &str) {
         fn files(dir: &Path, under: &Path, into: &mut Vec<(String, Vec<u8>)>) {
             let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
             entries.sort();
@@ -148,6 +147,11 @@ mod across_ranks {
         for ((name, x), (_, y)) in a.iter().zip(&b) {
             assert!(x == y, "{what}: {name} differs from one process's");
         }
+    }
+
+    /// `assert_same_files` for an `eval` or `compare` run, whose results.json says the same but for seconds.
+    fn assert_same_results(one: &Path, other: &Path, what: &str) {
+        assert_same_files(one, other, what);
         let (x, y) = (read_json(&one.join("results.json")), read_json(&other.join("results.json")));
         assert_eq!(without_seconds(&x), without_seconds(&y), "{what}: results.json");
     }
@@ -175,6 +179,27 @@ mod across_ranks {
         succeeded(one_process(&compare(&alone)));
         succeeded(mpirun(2, &compare(&spread)).output().unwrap());
         assert_same_results(&alone, &spread, "compare on 2 ranks");
+    }
+
+    #[test]
+    fn modes_with_their_prototypes_on_two_and_three_ranks_give_one_process_s_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let modes = |out: &Path, kind: &str| {
+            let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+            strings(&[
+                "modes", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--samples", "12", "--batch", "2",
+                "--steps", "3", "--clusters", "3", "--average", "--adapter-kind", kind, "--adapter-steps", "4", "--adapter-batch", "2", "--latents", "6",
+                "--align-steps", "1", "--iters", "3", "--save-latents", "--quiet", "--out", out.to_str().unwrap(),
+            ])
+        };
+        for (kind, ranks) in [("lora", 2), ("ti", 3)] {
+            let (alone, spread) = (tmp.path().join(format!("{kind}-one")), tmp.path().join(format!("{kind}-{ranks}")));
+            succeeded(one_process(&modes(&alone, kind)));
+            succeeded(mpirun(ranks, &modes(&spread, kind)).output().unwrap());
+            assert_same_files(&alone, &spread, &format!("modes --average with {kind} on {ranks} ranks"));
+            let record = |dir: &Path| without_seconds(&read_json(&dir.join("run.json"))["chain"]);
+            assert_eq!(record(&alone), record(&spread), "{kind}: the chain's record");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use dma::checkpoint::training::{Resume, TrainingState};
 use dma::checkpoint::Checkpoints;
 use dma::pipelines::mental_average::{alignment_work, run, run_stage, seeded_latents, SamplingResult, SamplingSettings};
 use dma::pipelines::StableDiffusion;
+use dma::distributed::Ranks;
 use dma::passes::Passes;
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
@@ -167,10 +168,10 @@ fn a_run_stopped_before_or_after_its_extra_latents_were_dropped_resumes_to_the_s
         // begins); after its second, 2.
         for (at, rows) in [(1, 4), (2, 2)] {
             let mut keep = KeepOne { at, dir: tempfile::tempdir().unwrap() };
-            run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep).unwrap();
+            run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, ("dma", &mut keep), Ranks::alone()).unwrap();
             let kept = checkpoint::load(keep.dir.path(), 3).unwrap().unwrap();
             assert_eq!((kept.latents.size()[0], kept.run_latents), (rows, 4), "after step {at}: {settings:?}");
-            let resumed = run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep).unwrap();
+            let resumed = run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, ("dma", &mut keep), Ranks::alone()).unwrap();
             assert_eq!(max_abs_diff(&resumed.latents, &whole.latents), 0.0, "resumed after step {at}: {settings:?}");
             assert_eq!(resumed.passes, whole.passes, "the steps before the checkpoint are counted once");
         }
@@ -179,8 +180,8 @@ fn a_run_stopped_before_or_after_its_extra_latents_were_dropped_resumes_to_the_s
     let settings = AlignSettings { optimised: Some(2), wide_target_steps: Some(1), ..align() };
     let other = AlignSettings { optimised: Some(2), ..align() };
     let mut keep_two = KeepOne { at: 2, dir: tempfile::tempdir().unwrap() };
-    run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, "dma", &mut keep_two).unwrap();
-    let error = run_stage(&model, &sampling(2), &init, Some(&other), 0, &|_| {}, "dma", &mut keep_two).err().expect("refused");
+    run_stage(&model, &sampling(2), &init, Some(&settings), 0, &|_| {}, ("dma", &mut keep_two), Ranks::alone()).unwrap();
+    let error = run_stage(&model, &sampling(2), &init, Some(&other), 0, &|_| {}, ("dma", &mut keep_two), Ranks::alone()).err().expect("refused");
     assert!(format!("{error:#}").contains("holds latents of shape [2,"), "{error:#}");
 }
 

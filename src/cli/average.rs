@@ -1,6 +1,6 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
 use super::common::{check_prompt, out_dir, progress_bar, ModelArgs};
-use super::job::{agree, from_root};
+use super::job::agree;
 use super::run::{Resumed, Run};
 use dma::checkpoint::sampling::share_start;
 use dma::distributed::{Ranks, Share};
@@ -401,7 +401,7 @@ fn start_of(setup: &mut Setup, common: &SamplingArgs, (flag, count): (&str, i64)
     let (resumed, given) = agree(ranks, decided.transpose())?.unwrap_or((None, None));
     // The latents the run holds (none yet when they are to be seeded), and what set their count, for the messages.
     let held = resumed.as_ref().map(|s| s.latents.size()).or(given.as_ref().map(|l| l.size()));
-    let held = from_root(ranks, held)?;
+    let held = ranks.from_root(|| Ok(held))?;
     let shape = held.unwrap_or_else(|| [count].into_iter().chain(model.latent_shape()).collect());
     let count_text = match &common.init_latents {
         Some(path) => format!("{} latents of {:?} from --init-latents {}", shape[0], &shape[1..], path.display()),

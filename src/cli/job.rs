@@ -110,16 +110,6 @@ pub fn agree<T>(ranks: Ranks, outcome: Result<T>) -> Result<T> {
     }
 }
 
-/// Rank 0's `value` on every rank (what only rank 0 could read: a resumed run's arguments, its checkpoint's shape).
-pub fn from_root<T: serde::Serialize + serde::de::DeserializeOwned>(ranks: Ranks, value: T) -> Result<T> {
-    if ranks.size() == 1 {
-        return Ok(value);
-    }
-    let mut bytes = if ranks.is_root() { serde_json::to_vec(&value)? } else { Vec::new() };
-    ranks.broadcast(&mut bytes);
-    Ok(serde_json::from_slice(&bytes)?)
-}
-
 /// Refuses to go on unless every rank runs the same command on the same model files: `fingerprint` is what this
 /// rank was asked (its arguments, the settings they resolved to, the hashes of the model's weights).
 pub fn check_same_job(ranks: Ranks, fingerprint: &str) -> Result<()> {

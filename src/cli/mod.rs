@@ -57,14 +57,14 @@ pub fn main(ranks: Ranks) -> anyhow::Result<()> {
     // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
     interrupt::listen();
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
-    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_) | Command::Eval(_) | Command::Compare(_)) {
+    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_) | Command::Eval(_) | Command::Compare(_) | Command::Modes(_)) {
         let name = matches.subcommand_name().unwrap_or("?");
-        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks yet (`dma average`, `sample`, `eval` and `compare` do); start it as one process")));
+        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks yet (`dma average`, `sample`, `modes`, `eval` and `compare` do); start it as one process")));
     }
     match cli.command {
         Command::Average(args) => average::average(args, &sub("average"), ranks),
         Command::Sample(args) => average::sample(args, &sub("sample"), ranks),
-        Command::Modes(args) => modes::modes(args, &sub("modes")),
+        Command::Modes(args) => modes::modes(args, &sub("modes"), ranks),
         Command::Eval(args) => eval::eval(args, &sub("eval"), ranks),
         Command::Compare(args) => eval::compare(args, &sub("compare"), ranks),
         Command::Sweep(args) => sweep::run(args, &sub("sweep")),

@@ -1,10 +1,19 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
 use super::average::{AlignArgs, SamplingArgs};
-use dma::checkpoint::run::RunCheckpoints;
 use super::common::{check_prompt, load_clip, progress_bar};
+use super::job::agree;
 use super::report::{model_record, png_text, write_samples};
-use super::resume::{arguments, resumed_or_new, Resumable};
+use super::resume::Resumable;
+use super::run::{Item, Run};
+use dma::distributed::{Parcel, Ranks, Share};
+use dma::method::AlignSettings;
+use dma::output::OutDir;
+use dma::pipelines::mental_average::{SamplingResult, SamplingSettings};
+use dma::pipelines::modes::{ModeOutcome, Modes};
+use dma::pipelines::{ModelSource, StableDiffusion};
+use serde_json::Value;
+use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -16,11 +25,10 @@ use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
 use dma::pipelines::mental_average::seeded_mental_average;
 use dma::pipelines::mental_average::alignment_work;
-use dma::pipelines::modes::{discover, mode_images, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding};
+use dma::pipelines::modes::{discover, mode_images, prototype_of_mode, ChainSettings, DiscoverySettings, Grounding};
 use dma::weights::write_safetensors;
 use serde_json::json;
 use std::path::PathBuf;
-use std::time::Instant;
 use tch::Tensor;
 
 /// Widest contact sheet or grid written, in pixels.
@@ -91,8 +99,80 @@ impl Resumable for ModesArgs {
     }
 }
 
-pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = arguments("modes", args, matches)?;
+pub fn modes(args: ModesArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
+    let (resumed, args) = Run::arguments("modes", args, matches, ranks)?;
+    let common = &args.common;
+    let (source, settings, discovery, align, chain) = agree(ranks, resolve(&args))?;
+    // The samples, and with --average the whole concept's latents, are shared by the ranks: each needs a block.
+    let share = Share::new(settings.batch, ranks.rank(), ranks.size());
+    agree(ranks, share.check(discovery.samples, "--samples").and_then(|()| if args.average { share.check(chain.latents, "--latents") } else { Ok(()) }))?;
+    let resolved = json!({ "sampling": settings, "discovery": discovery, "alignment": align, "chain": chain });
+    let mut run = Run::open(ranks, "modes", resumed, &args, &resolved, || common.out_dir("modes"))?;
+    let device = common.model.device_on_rank(ranks);
+    let mut model = run.load_model(&common.model, &source, &resolved, |model| {
+        check_prompt(model, common.prompt()?, None)?;
+        let [c, h, w] = model.latent_shape();
+        let count = format!("--samples {} and --latents {}", discovery.samples, chain.latents);
+        memory::check_fits(model, Work::Alignment, settings.batch, [discovery.samples.max(chain.latents), c, h, w], &count, &device)?;
+        if args.average {
+            memory::check_fits(model, Work::Training, chain.adapter.batch, [discovery.samples, c, h, w], &count, &device)?;
+        }
+        Ok(())
+    })?;
+    let (embedder, clip_dir) = agree(ranks, (|| {
+        let (embedder, clip_dir) = load_clip(args.clip.as_deref(), &model)?;
+        // The values' texts must be words the CLIP's tokenizer knows: checked now, not after sampling.
+        if let Some(g) = &discovery.grounding {
+            let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
+        }
+        Ok((embedder, clip_dir))
+    })())?;
+    let load_seconds = run.seconds();
+    let quiet = common.quiet || !ranks.is_root();
+
+    // The samples are drawn by every rank (its share), clustered by rank 0.
+    let bar = progress_bar(settings.steps as u64, quiet);
+    bar.set_message(format!("sampling {}", discovery.samples));
+    let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n), run.shared_stage(), ranks).map_err(|e| run.explain(e))?;
+    bar.finish_and_clear();
+    let discovery_seconds = run.seconds() - load_seconds;
+    let chain_results = if args.average {
+        let overall_bar = progress_bar(alignment_work(&align, &settings, chain.latents), quiet);
+        overall_bar.set_message("mental average of the whole concept");
+        let overall = seeded_mental_average(&model, &settings, &align, chain.latents, &|n| overall_bar.inc(n), ("overall-average", run.shared_stage()), ranks);
+        let (overall, overall_index) = overall.map_err(|e| run.explain(e))?;
+        overall_bar.finish_and_clear();
+        // One mode per item, whole on one rank.
+        let items: Vec<Item> = (0..modes.clustering.k).map(|k| Item { stage: format!("mode-{k}"), title: format!("mode {}/{}", k + 1, modes.clustering.k) }).collect();
+        let work = chain.adapter.steps as u64 + alignment_work(&align, &settings, chain.latents);
+        let per_mode = run.items(&items, work, common.quiet, &mut |k, checkpoints, progress| {
+            let mode = prototype_of_mode(&mut model, &modes, k, (&settings, &align, &chain), &|_, _| {}, progress, checkpoints)?;
+            Ok(match mode {
+                Some(mode) => mode.to_parcel()?,
+                None => Parcel::new(json!(null)),
+            })
+        })?;
+        Some((overall, overall_index, per_mode))
+    } else {
+        None
+    };
+    let seconds = run.seconds();
+    let timings = json!({ "load": load_seconds, "discovery": discovery_seconds, "total": seconds });
+    run.finish(&device, json!({ "seconds": seconds }), |out, resumed, ranks| {
+        let chain_results = match chain_results {
+            Some((overall, overall_index, Some(per_mode))) => {
+                let per_mode = per_mode.iter().map(|p| ModeOutcome::from_parcel(p, model.device)).collect::<Result<Vec<_>>>()?;
+                Some((overall, overall_index, per_mode.into_iter().flatten().collect()))
+            }
+            _ => None,
+        };
+        let run_record = json!({ "resumed": resumed, "ranks": ranks, "timings_seconds": timings });
+        write_modes(Outputs { args: &args, source: &source, model: &model, settings: &settings, discovery: &discovery, align: &align, chain: &chain, clip_dir: &clip_dir }, out, &modes, chain_results, run_record)
+    })
+}
+
+/// The settings `dma modes` runs with, checked before anything long starts.
+fn resolve(args: &ModesArgs) -> Result<(ModelSource, SamplingSettings, DiscoverySettings, AlignSettings, ChainSettings)> {
     let common = &args.common;
     if common.init_latents.is_some() {
         bail!("--init-latents does not apply to `dma modes`: its samples are drawn from --seed");
@@ -118,66 +198,40 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
         bail!("--adapter-steps, --adapter-batch and --adapter-lr must be positive");
     }
     let chain = ChainSettings { adapter, lora_guidance: args.lora_guidance.unwrap_or(defaults.lora_guidance), latents, held_out_every: 5, loss_draws: 32 };
-    let resolved = json!({ "sampling": settings, "discovery": discovery, "alignment": align, "chain": chain });
-    let (out, resumption) = resumed_or_new(resumed, &resolved, || common.out_dir("modes"))?;
+    Ok((source, settings, discovery, align, chain))
+}
 
-    let started = Instant::now();
-    let mut model = common.model.load(&source)?;
-    check_prompt(&model, common.prompt()?, None)?;
-    let (embedder, clip_dir) = load_clip(args.clip.as_deref(), &model)?;
-    // The values' texts must be words the CLIP's tokenizer knows: checked now, not after sampling.
-    if let Some(g) = &discovery.grounding {
-        let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
-    }
-    let [c, h, w] = model.latent_shape();
-    let count = format!("--samples {} and --latents {latents}", discovery.samples);
-    memory::check_fits(&model, Work::Alignment, settings.batch, [discovery.samples.max(latents), c, h, w], &count, &common.model.device)?;
-    if args.average {
-        memory::check_fits(&model, Work::Training, chain.adapter.batch, [discovery.samples, c, h, w], &count, &common.model.device)?;
-    }
-    let load_seconds = started.elapsed().as_secs_f64();
+/// What rank 0 writes a `dma modes` run's outputs with.
+struct Outputs<'a> {
+    args: &'a ModesArgs,
+    source: &'a ModelSource,
+    model: &'a StableDiffusion,
+    settings: &'a SamplingSettings,
+    discovery: &'a DiscoverySettings,
+    align: &'a AlignSettings,
+    chain: &'a ChainSettings,
+    clip_dir: &'a Path,
+}
 
-    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "modes", &args, &resolved);
-    let bar = progress_bar(settings.steps as u64, common.quiet);
-    bar.set_message(format!("sampling {samples}"));
-    let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n), &mut checkpoints).map_err(|e| checkpoints.explain(e))?;
-    bar.finish_and_clear();
-    let discovery_seconds = started.elapsed().as_secs_f64() - load_seconds;
-    let chain_results = if args.average {
-        let overall_bar = progress_bar(alignment_work(&align, &settings, latents), common.quiet);
-        overall_bar.set_message("mental average of the whole concept");
-        let overall = seeded_mental_average(&model, &settings, &align, latents, &|n| overall_bar.inc(n), "overall-average", &mut checkpoints);
-        let (overall, overall_index) = overall.map_err(|e| checkpoints.explain(e))?;
-        overall_bar.finish_and_clear();
-        let bar = progress_bar(0, common.quiet);
-        let phase = |message: String, len: u64| {
-            // A fresh count, elapsed time and ETA for each stage.
-            bar.reset();
-            bar.set_message(message);
-            bar.set_length(len);
-        };
-        let per_mode = prototypes_per_mode(&mut model, &modes, &settings, &align, &chain, &phase, &|n| bar.inc(n), &mut checkpoints);
-        let per_mode = per_mode.map_err(|e| checkpoints.explain(e))?;
-        bar.finish_and_clear();
-        Some((overall, overall_index, per_mode))
-    } else {
-        None
-    };
-    drop(checkpoints);
-
-    let parameters = json!({ "sampling": settings, "discovery": discovery });
-    let text = png_text(&settings.prompt, &source, &parameters);
+/// Writes the samples, each cluster's contact sheet, with --average the prototypes (the whole concept's and each
+/// mode's, with its adapter) and modes.png, then clusters.json and run.json (`run_record` holding what the run
+/// skeleton knows: the resumption, the ranks, the times), and moves the folder into place.
+fn write_modes(o: Outputs, out: OutDir, modes: &Modes, chain_results: Option<(SamplingResult, i64, Vec<ModeOutcome>)>, run_record: Value) -> Result<()> {
+    let (source, model, settings, align) = (o.source, o.model, o.settings, o.align);
+    let samples = o.discovery.samples;
+    let parameters = json!({ "sampling": settings, "discovery": o.discovery });
+    let text = png_text(&settings.prompt, source, &parameters);
     let mut written = vec!["samples.png".to_string()];
     write_atomic(&out.file("samples.png"), &png_bytes(&square_grid(&modes.images, MAX_GRID_WIDTH), &text)?)?;
     written.push(write_samples(&out, "samples", &modes.images, &text, settings.seed)?);
     let mut clusters = Vec::new();
     for k in 0..modes.clustering.k {
         let name = format!("cluster-{k}.png");
-        write_atomic(&out.file(&name), &png_bytes(&square_grid(&mode_images(&modes, k), MAX_GRID_WIDTH), &text)?)?;
+        write_atomic(&out.file(&name), &png_bytes(&square_grid(&mode_images(modes, k), MAX_GRID_WIDTH), &text)?)?;
         clusters.push(json!({ "cluster": k, "size": modes.clustering.sizes[k], "members": modes.members(k), "contact_sheet": name }));
         written.push(name);
     }
-    if common.save_latents {
+    if o.args.common.save_latents {
         write_safetensors(&out.file("latents.safetensors"), &[("latents", &modes.latents)])?;
         written.push("latents.safetensors".into());
     }
@@ -189,13 +243,13 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
         written.push("prototype.png".into());
         let mut figure = vec![overall_image];
         let mut records = Vec::new();
-        for mode in &per_mode {
+        for ModeOutcome { record: mode, adapter_bytes, prototype_latent } in &per_mode {
             let dir = format!("mode-{}", mode.cluster);
             std::fs::create_dir_all(out.file(&dir)).with_context(|| format!("cannot create {dir} in the output folder"))?;
-            let adapter_file = mode.adapter.write_into(&out.file(&dir))?;
-            let adapter_name = format!("{dir}/{}", adapter_file.file_name().unwrap_or_default().to_string_lossy());
-            let image = model.decode(&mode.result.latents.get(mode.prototype).unsqueeze(0));
-            let mode_text = png_text(&mode.sampling.prompt, &source, &json!({ "sampling": mode.sampling, "alignment": align, "adapter": adapter_name }));
+            let adapter_name = format!("{dir}/{}", mode.adapter_file);
+            write_atomic(&out.file(&adapter_name), adapter_bytes)?;
+            let image = model.decode(prototype_latent);
+            let mode_text = png_text(&mode.sampling.prompt, source, &json!({ "sampling": mode.sampling, "alignment": align, "adapter": adapter_name }));
             let prototype_name = format!("{dir}/prototype.png");
             write_atomic(&out.file(&prototype_name), &png_bytes(&image.get(0), &mode_text)?)?;
             figure.push(image);
@@ -204,40 +258,41 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches) -> Result<()> {
             clusters[mode.cluster]["prompt"] = json!(mode.sampling.prompt);
             clusters[mode.cluster]["guidance"] = json!(mode.sampling.guidance);
             clusters[mode.cluster]["held_out_loss"] = json!(mode.held_out);
-            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": mode.started_from, "prototype_index": mode.prototype, "steps": mode.result.log, "passes": mode.result.passes }));
+            records.push(json!({ "cluster": mode.cluster, "sampling": mode.sampling, "started_from_samples": mode.started_from, "prototype_index": mode.prototype, "steps": mode.log, "passes": mode.passes }));
             written.extend([adapter_name, prototype_name]);
         }
         let figure = enlarge_to(&Tensor::cat(&figure, 0), FIGURE_SIDE);
         write_atomic(&out.file("modes.png"), &png_bytes(&grid(&figure, figure.size()[0], MAX_GRID_WIDTH), &text)?)?;
         written.push("modes.png".into());
-        chain_record = json!({ "settings": chain, "alignment": align, "overall": { "prototype_index": overall_index, "steps": overall.log, "passes": overall.passes }, "modes": records });
+        chain_record = json!({ "settings": o.chain, "alignment": align, "overall": { "prototype_index": overall_index, "steps": overall.log, "passes": overall.passes }, "modes": records });
     }
 
     let clusters_record = json!({
         "prompt": settings.prompt,
         "samples": samples,
-        "clip": clip_dir.display().to_string(),
-        "grounding": discovery.grounding,
+        "clip": o.clip_dir.display().to_string(),
+        "grounding": o.discovery.grounding,
         "clustering": modes.clustering,
         "clusters": clusters,
     });
     write_json(&out.file("clusters.json"), &clusters_record)?;
     written.push("clusters.json".into());
-    let record = json!({
+    let mut record = json!({
         "command": "modes",
         "dma_version": env!("CARGO_PKG_VERSION"),
         "argv": std::env::args().collect::<Vec<_>>(),
-        "resumed": resumption,
-        "model": model_record(&source, &model)?,
-        "clip": clip_dir.display().to_string(),
-        "device": common.model.device,
-        "dtype": common.model.dtype,
+        "model": model_record(source, model)?,
+        "clip": o.clip_dir.display().to_string(),
+        "device": o.args.common.model.device,
+        "dtype": o.args.common.model.dtype,
         "sampling": settings,
-        "discovery": discovery,
+        "discovery": o.discovery,
         "chain": chain_record,
-        "timings_seconds": { "load": load_seconds, "discovery": discovery_seconds, "total": started.elapsed().as_secs_f64() },
         "outputs": written,
     });
+    if let (Some(record), Value::Object(run)) = (record.as_object_mut(), run_record) {
+        record.extend(run);
+    }
     write_json(&out.file("run.json"), &record)?;
     let folder = out.finish()?;
     eprintln!("{} clusters of {samples} samples (sizes {:?}); wrote {}", modes.clustering.k, modes.clustering.sizes, folder.display());

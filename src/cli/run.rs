@@ -7,13 +7,13 @@
 //! (the output folder, new or resumed), `Run::load_model`, the work (latents shared by the ranks, or independent
 //! items handed to them: `Run::items`), and `Run::finish` (rank 0 writes, with what each rank did).
 use super::common::{progress_bar, ModelArgs};
-use super::job::{agree, check_same_job, from_root};
+use super::job::{agree, check_same_job};
 use super::report::weight_hashes;
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::Result;
 use clap::ArgMatches;
 use dma::checkpoint::run::{RunCheckpoints, StopOnly};
-use dma::checkpoint::Checkpoints;
+use dma::checkpoint::{Checkpoints, NoCheckpoints};
 use dma::distributed::items::{spread, Items};
 use dma::distributed::{communication_seconds, Parcel, Ranks};
 use dma::output::OutDir;
@@ -34,6 +34,7 @@ pub struct Run {
     root: Option<(OutDir, Value, RunCheckpoints)>,
     /// The output folder, known to every rank (for the message on how to resume).
     target: PathBuf,
+    no_checkpoints: NoCheckpoints,
     started: Instant,
 }
 
@@ -51,7 +52,7 @@ impl Run {
         check_same_job(ranks, &serde_json::to_string(&std::env::args().skip(1).collect::<Vec<_>>())?)?;
         let local = if ranks.is_root() { arguments(command, args, matches) } else { Ok((None, args)) };
         let (resumed, args) = agree(ranks, local)?;
-        Ok((resumed, from_root(ranks, args)?))
+        Ok((resumed, ranks.from_root(|| Ok(args))?))
     }
 
     /// Opens the run: rank 0 takes up the resumed run's folder (whose settings must still resolve to `resolved`)
@@ -63,8 +64,8 @@ impl Run {
             let checkpoints = RunCheckpoints::new(out.staging(), out.target(), command, args, resolved);
             (out, resumption, checkpoints)
         });
-        let target = from_root(ranks, root.as_ref().map(|(out, ..)| out.target().to_path_buf()).unwrap_or_default())?;
-        Ok(Self { ranks, command, root, target, started: Instant::now() })
+        let target = ranks.from_root(|| Ok(root.as_ref().map(|(out, ..)| out.target().to_path_buf()).unwrap_or_default()))?;
+        Ok(Self { ranks, command, root, target, no_checkpoints: NoCheckpoints, started: Instant::now() })
     }
 
     /// The model of `model_args` on this rank's device, made ready by `prepare` (an adapter applied, what the run
@@ -86,6 +87,15 @@ impl Run {
     /// Rank 0's checkpoints (none on the other ranks).
     pub fn checkpoints(&mut self) -> Option<&mut RunCheckpoints> {
         self.root.as_mut().map(|(_, _, checkpoints)| checkpoints)
+    }
+
+    /// The checkpoints of a stage every rank runs its share of (`mental_average::run_stage`): rank 0's, which it
+    /// alone is shown and reads; none on the others.
+    pub fn shared_stage(&mut self) -> &mut dyn Checkpoints {
+        match self.root.as_mut() {
+            Some((_, _, checkpoints)) => checkpoints,
+            None => &mut self.no_checkpoints,
+        }
     }
 
     /// `error`, saying where rank 0's last checkpoint is kept.
@@ -117,7 +127,7 @@ impl Run {
         let finished = self.root.as_ref().map(|(_, _, checkpoints)| items.iter().map(|item| checkpoints.finished_item(&item.stage)).collect::<Result<Vec<_>>>());
         let mut outcomes = agree(ranks, finished.transpose())?.unwrap_or_default();
         let todo: Vec<usize> = (0..items.len()).filter(|&i| outcomes.get(i).is_none_or(Option::is_none)).collect();
-        let todo = from_root(ranks, todo)?;
+        let todo = ranks.from_root(|| Ok(todo))?;
         let mine = todo.iter().skip(ranks.rank()).step_by(ranks.size()).count() as u64;
         let bar = progress_bar(work * mine, quiet || !ranks.is_root());
         let mut stop_only = StopOnly::new(self.command, &self.target);

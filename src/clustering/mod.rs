@@ -110,6 +110,15 @@ pub struct Clustering {
     pub confidence: Vec<f64>,
 }
 
+impl Clustering {
+    /// A clustering known only by its assignment of samples to `k` clusters (what the ranks other than 0 of a run
+    /// are told), without the figures of how it was found.
+    pub fn assignment(k: usize, labels: Vec<usize>) -> Self {
+        let sizes = (0..k).map(|c| labels.iter().filter(|&&l| l == c).count()).collect();
+        Self { k, labels, sizes, criterion: None, bic: Vec::new(), silhouette: Vec::new(), pca_dims: 0, explained_variance: Vec::new(), confidence: Vec::new() }
+    }
+}
+
 /// PCA to `pca_dims` dimensions (capped at min(D, N-1)), then a GMM per k, the best of several seeded restarts,
 /// and k chosen by `criterion` when the count is auto. Features [N, D] may be of any kind and on any device.
 pub fn cluster(features: &Tensor, count: ClusterCount, criterion: Criterion, pca_dims: usize, seed: u64) -> Result<Clustering> {

@@ -212,6 +212,27 @@ impl Ranks {
         timed(|| self.group.broadcast(bytes))
     }
 
+    /// The value `compute` gives on rank 0 (run there alone: what only rank 0 reads or decides), on every rank; when
+    /// it fails, rank 0 returns its error and the others a `RootStopped`.
+    pub fn from_root<T: serde::Serialize + serde::de::DeserializeOwned>(&self, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.size() == 1 {
+            return compute();
+        }
+        let computed = self.is_root().then(|| compute().and_then(|value| Ok((serde_json::to_vec(&value)?, value))));
+        let (outcome, computed) = match computed {
+            Some(Ok((bytes, value))) => (Ok(()), Some((bytes, value))),
+            Some(Err(error)) => (Err(error), None),
+            None => (Ok(()), None),
+        };
+        self.follow_root(outcome, crate::stop::status_of)?;
+        let mut bytes = computed.as_ref().map(|(bytes, _)| bytes.clone()).unwrap_or_default();
+        self.broadcast(&mut bytes);
+        match computed {
+            Some((_, value)) => Ok(value),
+            None => Ok(serde_json::from_slice(&bytes)?),
+        }
+    }
+
     /// Rank 0's `outcome` (what it made of a step: go on, or stop with an error), on every rank: rank 0 returns its
     /// own; the others return `Ok` or a `RootStopped` with the exit status `status` gives rank 0's error. Where only
     /// rank 0 looks at something (a checkpoint, a Ctrl-C), every rank thus goes on or stops at the same step.

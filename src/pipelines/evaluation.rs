@@ -12,7 +12,7 @@ use crate::evaluation::sharpness::laplacian_variance;
 use crate::evaluation::zero_shot::ZeroShot;
 use crate::method::{AlignSettings, StepLog};
 use crate::passes::Passes;
-use crate::distributed::Parcel;
+use crate::distributed::{Parcel, Ranks};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -101,7 +101,7 @@ pub fn draw_samples(
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<SampleSet> {
     let init = seeded_latents(model, count, sampling.seed);
-    let latents = run_stage(model, sampling, &init, None, 0, progress, stage, checkpoints)?.latents;
+    let latents = run_stage(model, sampling, &init, None, 0, progress, (stage, checkpoints), Ranks::alone())?.latents;
     let images = model.decode_batched(&latents, sampling.batch);
     let embeds = embedder.image_embeds(&images)?;
     Ok(SampleSet { latents, images, embeds })
@@ -131,7 +131,7 @@ pub fn dma_prototype(
     stage: &str,
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<(Tensor, Vec<StepLog>, RunCost)> {
-    let (result, prototype) = seeded_mental_average(model, sampling, align, count, progress, stage, checkpoints)?;
+    let (result, prototype) = seeded_mental_average(model, sampling, align, count, progress, (stage, checkpoints), Ranks::alone())?;
     let image = model.decode(&result.latents.narrow(0, prototype, 1)).squeeze_dim(0);
     let cost = RunCost::of(&result);
     Ok((image, result.log, cost))

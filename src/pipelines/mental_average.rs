@@ -1,6 +1,6 @@
 //! The whole computation behind `dma average` and `dma sample`: prompts to contexts, noise to latents through
 //! guided DDIM (with DMA's alignment hooked in when asked), latents to images. No files, no UI.
-use crate::checkpoint::sampling::{Start, StepState};
+use crate::checkpoint::sampling::{share_start, Start, StepState};
 use crate::checkpoint::{Checkpoints, NoCheckpoints};
 use crate::distributed::{Ranks, Share};
 use super::StableDiffusion;
@@ -163,7 +163,7 @@ pub fn run(
     trajectory_latents: i64,
     progress: &dyn Fn(u64),
 ) -> Result<SamplingResult> {
-    run_stage(model, settings, init, align, trajectory_latents, progress, "sampling", &mut NoCheckpoints)
+    run_stage(model, settings, init, align, trajectory_latents, progress, ("sampling", &mut NoCheckpoints), Ranks::alone())
 }
 
 /// As `run`, as stage `stage` of a longer run: from the stage's checkpoint when `checkpoints` has one (telling
@@ -176,21 +176,30 @@ pub fn run_stage(
     align: Option<&AlignSettings>,
     trajectory_latents: i64,
     progress: &dyn Fn(u64),
-    stage: &str,
-    checkpoints: &mut dyn Checkpoints,
+    (stage, checkpoints): (&str, &mut dyn Checkpoints),
+    ranks: Ranks,
 ) -> Result<SamplingResult> {
-    let start = match checkpoints.sampling_start(stage, settings.steps)? {
-        Some(start) => {
+    // Rank 0 keeps the checkpoints; every rank starts where it says, or stops with it.
+    let decided = match ranks.is_root() {
+        true => checkpoints.sampling_start(stage, settings.steps).and_then(|resumed| match resumed {
             // How many it holds by then is `check_start`'s to say.
-            if start.run_latents != init.size()[0] || start.latents.size().get(1..) != init.size().get(1..) {
-                bail!("the checkpoint of {stage} is of a run of {} latents of shape {:?}, but this run starts from {:?}", start.run_latents, start.latents.size(), init.size());
+            Some(start) if start.run_latents != init.size()[0] || start.latents.size().get(1..) != init.size().get(1..) => {
+                bail!("the checkpoint of {stage} is of a run of {} latents of shape {:?}, but this run starts from {:?}", start.run_latents, start.latents.size(), init.size())
             }
-            progress(work_until(align, settings, init.size()[0], start.first_step));
-            start
-        }
-        None => Start::fresh(init),
+            Some(start) => Ok(Some(start)),
+            None => Ok(Some(Start::fresh(init))),
+        }),
+        false => Ok(None),
     };
-    run_from(model, settings, start, align, trajectory_latents, progress, Ranks::alone(), &mut |state| checkpoints.after_sampling_step(stage, state))
+    let (outcome, start) = match decided {
+        Ok(start) => (Ok(()), start),
+        Err(error) => (Err(error), None),
+    };
+    ranks.follow_root(outcome, status_of)?;
+    let start = share_start(ranks, start)?;
+    let share = Share::new(settings.batch, ranks.rank(), ranks.size());
+    progress(work_until(align, settings, share.count(init.size()[0]), start.first_step));
+    run_from(model, settings, start, align, trajectory_latents, progress, ranks, &mut |state| checkpoints.after_sampling_step(stage, state))
 }
 
 /// As `run`, from `start` (a fresh start or a checkpoint), with the latents spread over `ranks` (`distributed`;
@@ -264,10 +273,10 @@ pub fn seeded_mental_average(
     align: &AlignSettings,
     count: i64,
     progress: &dyn Fn(u64),
-    stage: &str,
-    checkpoints: &mut dyn Checkpoints,
+    stage: (&str, &mut dyn Checkpoints),
+    ranks: Ranks,
 ) -> Result<(SamplingResult, i64)> {
-    mental_average_from(model, settings, align, &seeded_latents(model, count, settings.seed), progress, stage, checkpoints)
+    mental_average_from(model, settings, align, &seeded_latents(model, count, settings.seed), progress, stage, ranks)
 }
 
 /// DMA from the given initial noise [K,C,H,W] as stage `stage` of `checkpoints`, and the index of its prototype
@@ -278,11 +287,11 @@ pub fn mental_average_from(
     align: &AlignSettings,
     init: &Tensor,
     progress: &dyn Fn(u64),
-    stage: &str,
-    checkpoints: &mut dyn Checkpoints,
+    stage: (&str, &mut dyn Checkpoints),
+    ranks: Ranks,
 ) -> Result<(SamplingResult, i64)> {
-    let mut result = run_stage(model, settings, init, Some(align), 0, progress, stage, checkpoints)?;
-    let prototype = prototype_index(model, settings, align, &mut result, Ranks::alone())?;
+    let mut result = run_stage(model, settings, init, Some(align), 0, progress, stage, ranks)?;
+    let prototype = prototype_index(model, settings, align, &mut result, ranks)?;
     Ok((result, prototype))
 }
 

@@ -8,9 +8,11 @@ use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTrai
 use crate::adapters::{lora, Adapter, AdapterKind};
 use crate::clustering::{cluster, ClusterCount, Clustering, Criterion};
 use crate::evaluation::clip_embedder::ClipEmbedder;
-use crate::method::AlignSettings;
+use crate::distributed::{Parcel, Ranks};
+use crate::method::{AlignSettings, StepLog};
+use crate::passes::Passes;
 use anyhow::{bail, ensure, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 /// A grounded axis, `--by "colour: red, blue, black"`: samples are clustered by their CLIP similarity to one text
@@ -104,7 +106,8 @@ fn clustering_dims(settings: &DiscoverySettings) -> usize {
 
 /// Draws `settings.samples` samples with the sampler of `dma sample` (seeded by `sampling.seed`), embeds and
 /// clusters them. The cluster seed is the sampling seed, so one seed reproduces the whole result. The sampling is
-/// stage `samples` of `checkpoints`.
+/// stage `samples` of `checkpoints`, spread over `ranks`; rank 0 decodes and clusters, and every rank gets the
+/// clusters' assignment (the images and the figures of the clustering stay on rank 0: elsewhere images are empty).
 pub fn discover(
     model: &StableDiffusion,
     sampling: &SamplingSettings,
@@ -112,12 +115,24 @@ pub fn discover(
     settings: &DiscoverySettings,
     progress: &dyn Fn(u64),
     checkpoints: &mut dyn Checkpoints,
+    ranks: Ranks,
 ) -> Result<Modes> {
     settings.clusters.validate(settings.samples.max(0) as usize)?;
     let init = seeded_latents(model, settings.samples, sampling.seed);
-    let latents = run_stage(model, sampling, &init, None, 0, progress, "samples", checkpoints)?.latents;
-    let images = model.decode_batched(&latents, sampling.batch);
-    let clustering = cluster_images(embedder, &images, settings, sampling.seed)?;
+    let latents = run_stage(model, sampling, &init, None, 0, progress, ("samples", checkpoints), ranks)?.latents;
+    let images = match ranks.is_root() {
+        true => model.decode_batched(&latents, sampling.batch),
+        false => Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+    };
+    // Every rank needs to know which sample is in which mode; how the clusters were found is rank 0's to report.
+    let mut found = None;
+    let (k, labels) = ranks.from_root(|| {
+        let clustering = cluster_images(embedder, &images, settings, sampling.seed)?;
+        let assignment = (clustering.k, clustering.labels.clone());
+        found = Some(clustering);
+        Ok(assignment)
+    })?;
+    let clustering = found.unwrap_or_else(|| Clustering::assignment(k, labels));
     Ok(Modes { noise: init, latents, images, clustering })
 }
 
@@ -143,7 +158,7 @@ pub struct ChainSettings {
 }
 
 /// The noise-prediction loss on a mode's held-out samples with the base prompt and model, and with the adapter.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeldOutLoss {
     pub samples: usize,
     pub base: f64,
@@ -174,10 +189,8 @@ pub fn mode_token(prompt: &str, k: usize) -> String {
     format!("<{slug}-mode{k}>")
 }
 
-/// Mental averages, one per mode: for each cluster, learn an adapter on its samples (less the held-out ones),
-/// then run DMA with it from the noise of the mode's own samples. `phase` names each stage and its length, `progress` advances it.
-/// Empty clusters are skipped. Leaves no LoRA on the model (Textual Inversion tokens stay; each mode's is
-/// distinct). Mode k's training and DMA are stages `mode-k/adapter` and `mode-k/average` of `checkpoints`.
+/// Mental averages, one per mode: `prototype_of_mode` for each cluster, skipping empty ones. Leaves no LoRA on the
+/// model (Textual Inversion tokens stay; each mode's is distinct).
 #[allow(clippy::too_many_arguments)]
 pub fn prototypes_per_mode(
     model: &mut StableDiffusion,
@@ -191,35 +204,108 @@ pub fn prototypes_per_mode(
 ) -> Result<Vec<ModePrototype>> {
     let mut out = Vec::new();
     for k in 0..modes.clustering.k {
-        let (held, trained) = modes.held_out_split(k, chain.held_out_every);
-        if trained.size()[0] == 0 {
-            // A fixed cluster count can leave a component without samples: there is no mode to learn.
-            continue;
-        }
-        let held_samples = held.size()[0] as usize;
-        let loss_seed = sampling.seed ^ 0x10_55;
-        let base = if held_samples > 0 { Some(mean_loss(model, &held, &sampling.prompt, loss_seed, chain.loss_draws)?) } else { None };
-
-        phase(format!("mode {}/{}: learning a {} adapter", k + 1, modes.clustering.k, chain.adapter.kind.name()), chain.adapter.steps as u64);
-        let token = mode_token(&sampling.prompt, k);
-        let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress, &format!("mode-{k}/adapter"), checkpoints)?;
-        let mode_sampling = match chain.adapter.kind {
-            AdapterKind::Ti => SamplingSettings { prompt: prompt_with_token(&sampling.prompt, &token), ..sampling.clone() },
-            AdapterKind::Lora => SamplingSettings { guidance: chain.lora_guidance, ..sampling.clone() },
-        };
-        let held_out = match base {
-            Some(base) => Some(HeldOutLoss { samples: held_samples, base, adapted: mean_loss(model, &held, &mode_sampling.prompt, loss_seed, chain.loss_draws)? }),
-            None => None,
-        };
-
-        let started_from: Vec<i64> = modes.members(k).into_iter().take(chain.latents.max(0) as usize).collect();
-        let init = modes.noise.index_select(0, &Tensor::from_slice(&started_from).to_device(modes.noise.device()));
-        phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, started_from.len() as i64));
-        let (result, prototype) = mental_average_from(model, &mode_sampling, align, &init, progress, &format!("mode-{k}/average"), checkpoints)?;
-        lora::remove(model);
-        out.push(ModePrototype { cluster: k, adapter, sampling: mode_sampling, started_from, result, prototype, held_out });
+        out.extend(prototype_of_mode(model, modes, k, (sampling, align, chain), phase, progress, checkpoints)?);
     }
     Ok(out)
+}
+
+/// Mode `k`'s mental average: learn an adapter on its samples (less the held-out ones), then run DMA with it from
+/// the noise of the mode's own samples; None for a cluster without samples to learn from. `phase` names each
+/// stage and its length, `progress` advances it. The training and DMA are stages `mode-k/adapter` and
+/// `mode-k/average` of `checkpoints`. Leaves no LoRA on the model (a Textual Inversion token stays).
+pub fn prototype_of_mode(
+    model: &mut StableDiffusion,
+    modes: &Modes,
+    k: usize,
+    (sampling, align, chain): (&SamplingSettings, &AlignSettings, &ChainSettings),
+    phase: &dyn Fn(String, u64),
+    progress: &dyn Fn(u64),
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<Option<ModePrototype>> {
+    let (held, trained) = modes.held_out_split(k, chain.held_out_every);
+    if trained.size()[0] == 0 {
+        // A fixed cluster count can leave a component without samples: there is no mode to learn.
+        return Ok(None);
+    }
+    let held_samples = held.size()[0] as usize;
+    let loss_seed = sampling.seed ^ 0x10_55;
+    let base = if held_samples > 0 { Some(mean_loss(model, &held, &sampling.prompt, loss_seed, chain.loss_draws)?) } else { None };
+
+    phase(format!("mode {}/{}: learning a {} adapter", k + 1, modes.clustering.k, chain.adapter.kind.name()), chain.adapter.steps as u64);
+    let token = mode_token(&sampling.prompt, k);
+    let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress, &format!("mode-{k}/adapter"), checkpoints)?;
+    let mode_sampling = match chain.adapter.kind {
+        AdapterKind::Ti => SamplingSettings { prompt: prompt_with_token(&sampling.prompt, &token), ..sampling.clone() },
+        AdapterKind::Lora => SamplingSettings { guidance: chain.lora_guidance, ..sampling.clone() },
+    };
+    let held_out = match base {
+        Some(base) => Some(HeldOutLoss { samples: held_samples, base, adapted: mean_loss(model, &held, &mode_sampling.prompt, loss_seed, chain.loss_draws)? }),
+        None => None,
+    };
+
+    let started_from: Vec<i64> = modes.members(k).into_iter().take(chain.latents.max(0) as usize).collect();
+    let init = modes.noise.index_select(0, &Tensor::from_slice(&started_from).to_device(modes.noise.device()));
+    phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, started_from.len() as i64));
+    let average = mental_average_from(model, &mode_sampling, align, &init, progress, (&format!("mode-{k}/average"), checkpoints), Ranks::alone());
+    lora::remove(model);
+    let (result, prototype) = average?;
+    Ok(Some(ModePrototype { cluster: k, adapter, sampling: mode_sampling, started_from, result, prototype, held_out }))
+}
+
+/// What the outputs show of a mode's prototype once it is made (`ModePrototype::to_parcel`).
+#[derive(Serialize, Deserialize)]
+pub struct ModeRecord {
+    pub cluster: usize,
+    /// The adapter's file name, as diffusers looks for it.
+    pub adapter_file: String,
+    /// The prompt and guidance DMA ran with.
+    pub sampling: SamplingSettings,
+    pub started_from: Vec<i64>,
+    pub prototype: i64,
+    pub log: Vec<StepLog>,
+    pub passes: Passes,
+    pub held_out: Option<HeldOutLoss>,
+}
+
+/// A mode's prototype as rank 0 gets it: the record, the adapter file's bytes (as the adapter writes them) and
+/// the prototype's latent [1,C,H,W].
+pub struct ModeOutcome {
+    pub record: ModeRecord,
+    pub adapter_bytes: Vec<u8>,
+    pub prototype_latent: Tensor,
+}
+
+impl ModePrototype {
+    /// What a rank sends rank 0 of a mode (`distributed::items`), and rank 0 keeps as the mode's checkpoint.
+    pub fn to_parcel(&self) -> Result<Parcel> {
+        let dir = tempfile::tempdir()?;
+        let file = self.adapter.write_into(dir.path())?;
+        let bytes = std::fs::read(&file)?;
+        let record = ModeRecord {
+            cluster: self.cluster,
+            adapter_file: file.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            sampling: self.sampling.clone(),
+            started_from: self.started_from.clone(),
+            prototype: self.prototype,
+            log: self.result.log.clone(),
+            passes: self.result.passes,
+            held_out: self.held_out.clone(),
+        };
+        let latent = self.result.latents.narrow(0, self.prototype, 1);
+        Ok(Parcel::new(serde_json::to_value(record)?).with("adapter", &Tensor::from_slice(&bytes)).with("prototype", &latent))
+    }
+}
+
+impl ModeOutcome {
+    /// The mode `to_parcel` packed, its latent on `device`; None for the parcel of a mode without samples (null).
+    pub fn from_parcel(parcel: &Parcel, device: Device) -> Result<Option<Self>> {
+        if parcel.record.is_null() {
+            return Ok(None);
+        }
+        let record: ModeRecord = serde_json::from_value(parcel.record.clone())?;
+        let adapter_bytes = Vec::<u8>::try_from(parcel.tensor("adapter", Device::Cpu)?)?;
+        Ok(Some(Self { record, adapter_bytes, prototype_latent: parcel.tensor("prototype", device)? }))
+    }
 }
 
 /// Images of one mode's samples [M,C,H,W] (the contact sheet).
