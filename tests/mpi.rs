@@ -157,7 +157,7 @@ mod across_ranks {
     }
 
     #[test]
-    fn eval_and_compare_on_two_and_three_ranks_give_one_process_s_results() {
+    fn eval_compare_and_sweep_on_two_and_three_ranks_give_one_process_s_results() {
         let tmp = tempfile::tempdir().unwrap();
         let alone = tmp.path().join("eval-one");
         succeeded(one_process(&eval_args(&alone)));
@@ -179,6 +179,21 @@ mod across_ranks {
         succeeded(one_process(&compare(&alone)));
         succeeded(mpirun(2, &compare(&spread)).output().unwrap());
         assert_same_results(&alone, &spread, "compare on 2 ranks");
+        let sweep = |out: &Path| {
+            strings(&[
+                "sweep", "--schedule", "paper", "--prompt", "a sneaker", "--prompt", "a digit", "--steps", "4", "--align-steps", "2", "--tol", "0", "--seeds", "2",
+                "--samples", "3", "--batch", "1", "--sweep", "latents=2,3", "--sweep", "iters=1,2", "--quiet", "--out", out.to_str().unwrap(),
+            ])
+        };
+        let (alone, spread) = (tmp.path().join("sweep-one"), tmp.path().join("sweep-three"));
+        succeeded(one_process(&sweep(&alone)));
+        succeeded(mpirun(3, &sweep(&spread)).output().unwrap());
+        // results.csv and results.md show the seconds each setting took; results.json holds everything else.
+        for table in ["results.csv", "results.md", "report.html"] {
+            std::fs::remove_file(alone.join(table)).unwrap();
+            std::fs::remove_file(spread.join(table)).unwrap();
+        }
+        assert_same_results(&alone, &spread, "sweep on 3 ranks");
     }
 
     #[test]
@@ -319,8 +334,8 @@ mod across_ranks {
         mixed.args(["--allow-run-as-root", "--oversubscribe", "-np", "1", env!("CARGO_BIN_EXE_dma")]).args(&a).arg(":").args(["-np", "1", env!("CARGO_BIN_EXE_dma")]).args(&b).env("OMP_NUM_THREADS", "1");
         refused(mixed.output().unwrap(), "not given the same job");
         assert!(!tmp.path().join("mixed").exists() && !tmp.path().join(".mixed.partial").exists(), "nothing written");
-        // A command that does not run across ranks yet says so once.
-        refused(mpirun(2, &strings(&["modes", "--prompt", "footwear"])).output().unwrap(), "does not run across MPI ranks");
+        // A command that does not run across ranks says so once.
+        refused(mpirun(2, &strings(&["train", "--steps", "1"])).output().unwrap(), "does not run across MPI ranks");
     }
 }
 

@@ -108,3 +108,41 @@ fn a_bad_axis_is_refused_by_name_before_anything_runs() {
         assert!(!out.exists(), "--point {point:?} left an output folder");
     }
 }
+
+/// `value` without the seconds anything took (they differ between any two runs).
+fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| !k.contains("seconds")).map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
+        serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn a_sweep_killed_midway_resumes_from_its_finished_items_to_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = ["--sweep", "latents=2,3", "--sweep", "iters=4,8"];
+    let reference = tmp.path().join("reference");
+    assert!(dma_sweep(&reference, &grid).status.success());
+    let out = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(["sweep", "--schedule", "paper", "--prompt", "a sneaker", "--prompt", "a digit", "--steps", "4", "--align-steps", "2", "--tol", "0"])
+        .args(["--seeds", "2", "--samples", "3", "--quiet", "--out", out.to_str().unwrap()])
+        .args(grid)
+        .spawn()
+        .unwrap();
+    // The first setting's first run is kept once it is finished (after every concept's samples).
+    let kept = tmp.path().join(".killed.partial/checkpoints/concept-0/point-0/seed-0/outcome.safetensors");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !kept.is_file() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(kept.is_file() && !out.exists(), "killed with an item kept and the sweep unfinished");
+    let resumed = Command::new(env!("CARGO_BIN_EXE_dma")).args(["sweep", "--resume", out.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let (a, b) = (read_json(&out.join("results.json")), read_json(&reference.join("results.json")));
+    assert_eq!(without_seconds(&a), without_seconds(&b), "resumed = uninterrupted");
+    assert!(std::fs::read(out.join("a-digit/setting-3-seed1.png")).unwrap() == std::fs::read(reference.join("a-digit/setting-3-seed1.png")).unwrap());
+}

@@ -272,9 +272,9 @@ fn evaluate_seeds(run: &mut Run, model: &StableDiffusion, judge: &Judge, subject
     let seeds = &settings.seeds;
     let items: Vec<Item> = subjects
         .iter()
-        .flat_map(|s| seeds.iter().map(move |seed| Item { stage: format!("{}/seed-{seed}", s.stage), title: format!("{} (seed {seed})", s.title) }))
+        .flat_map(|s| seeds.iter().map(move |seed| Item { stage: format!("{}/seed-{seed}", s.stage), title: format!("{} (seed {seed})", s.title), work: settings.work_per_seed() }))
         .collect();
-    let outcomes = run.items(&items, settings.work_per_seed(), quiet, &mut |i, checkpoints, progress| {
+    let outcomes = run.items(&items, quiet, &mut |i, checkpoints, progress| {
         let (subject, seed) = (&subjects[i / seeds.len()], seeds[i % seeds.len()]);
         let outcome = evaluate_seed(model, judge.embedder(), &subject.prompt, settings, seed, progress, &items[i].stage, checkpoints)?;
         Ok(outcome.to_parcel())

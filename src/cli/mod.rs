@@ -57,9 +57,9 @@ pub fn main(ranks: Ranks) -> anyhow::Result<()> {
     // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
     interrupt::listen();
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
-    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_) | Command::Eval(_) | Command::Compare(_) | Command::Modes(_)) {
+    if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_) | Command::Eval(_) | Command::Compare(_) | Command::Modes(_) | Command::Sweep(_)) {
         let name = matches.subcommand_name().unwrap_or("?");
-        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks yet (`dma average`, `sample`, `modes`, `eval` and `compare` do); start it as one process")));
+        return job::agree(ranks, Err(anyhow::anyhow!("`dma {name}` does not run across MPI ranks (training runs on one device); start it as one process")));
     }
     match cli.command {
         Command::Average(args) => average::average(args, &sub("average"), ranks),
@@ -67,7 +67,7 @@ pub fn main(ranks: Ranks) -> anyhow::Result<()> {
         Command::Modes(args) => modes::modes(args, &sub("modes"), ranks),
         Command::Eval(args) => eval::eval(args, &sub("eval"), ranks),
         Command::Compare(args) => eval::compare(args, &sub("compare"), ranks),
-        Command::Sweep(args) => sweep::run(args, &sub("sweep")),
+        Command::Sweep(args) => sweep::run(args, &sub("sweep"), ranks),
         Command::Train(args) => train::train(args),
         Command::TrainClip(args) => train::train_clip(args),
     }

@@ -143,9 +143,10 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> 
         let (overall, overall_index) = overall.map_err(|e| run.explain(e))?;
         overall_bar.finish_and_clear();
         // One mode per item, whole on one rank.
-        let items: Vec<Item> = (0..modes.clustering.k).map(|k| Item { stage: format!("mode-{k}"), title: format!("mode {}/{}", k + 1, modes.clustering.k) }).collect();
+        // A mode's average starts from at most --latents of its samples: its work is at most this.
         let work = chain.adapter.steps as u64 + alignment_work(&align, &settings, chain.latents);
-        let per_mode = run.items(&items, work, common.quiet, &mut |k, checkpoints, progress| {
+        let items: Vec<Item> = (0..modes.clustering.k).map(|k| Item { stage: format!("mode-{k}"), title: format!("mode {}/{}", k + 1, modes.clustering.k), work }).collect();
+        let per_mode = run.items(&items, common.quiet, &mut |k, checkpoints, progress| {
             let mode = prototype_of_mode(&mut model, &modes, k, (&settings, &align, &chain), &|_, _| {}, progress, checkpoints)?;
             Ok(match mode {
                 Some(mode) => mode.to_parcel()?,

@@ -38,10 +38,12 @@ pub struct Run {
     started: Instant,
 }
 
-/// One independent item of a run (`Run::items`): its checkpoint stage, and what the progress bar calls it.
+/// One independent item of a run (`Run::items`): its checkpoint stage, what the progress bar calls it, and its
+/// progress units.
 pub struct Item {
     pub stage: String,
     pub title: String,
+    pub work: u64,
 }
 
 impl Run {
@@ -112,14 +114,13 @@ impl Run {
     }
 
     /// Computes independent `items`, handed to the ranks round by round (`distributed::items`), each by
-    /// `compute(item, checkpoints, progress)`; `work` is one item's progress units. Rank 0 keeps each finished
+    /// `compute(item, checkpoints, progress)`. Rank 0 keeps each finished
     /// item's outcome as its checkpoint, and takes up the outcomes a stopped run finished. Alone, an item also
     /// checkpoints its own stages as it goes; on several ranks, an item stopped half-way starts again on resume.
     /// Returns every item's outcome, in order, on rank 0 (None elsewhere).
     pub fn items(
         &mut self,
         items: &[Item],
-        work: u64,
         quiet: bool,
         compute: &mut dyn FnMut(usize, &mut dyn Checkpoints, &dyn Fn(u64)) -> Result<Parcel>,
     ) -> Result<Option<Vec<Parcel>>> {
@@ -128,8 +129,8 @@ impl Run {
         let mut outcomes = agree(ranks, finished.transpose())?.unwrap_or_default();
         let todo: Vec<usize> = (0..items.len()).filter(|&i| outcomes.get(i).is_none_or(Option::is_none)).collect();
         let todo = ranks.from_root(|| Ok(todo))?;
-        let mine = todo.iter().skip(ranks.rank()).step_by(ranks.size()).count() as u64;
-        let bar = progress_bar(work * mine, quiet || !ranks.is_root());
+        let mine: u64 = todo.iter().skip(ranks.rank()).step_by(ranks.size()).map(|&i| items[i].work).sum();
+        let bar = progress_bar(mine, quiet || !ranks.is_root());
         let mut stop_only = StopOnly::new(self.command, &self.target);
         let mut spreading = Spreading {
             items,

@@ -2,11 +2,16 @@
 //! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
 //! scores DMA, with its cost counted in network passes.
 use super::average::{AlignArgs, SamplerArgs};
-use dma::checkpoint::run::RunCheckpoints;
-use super::common::{check_prompt, out_dir, progress_bar, slug, ModelArgs};
+use super::common::{check_prompt, out_dir, slug, ModelArgs};
 use super::eval::{ConceptArgs, Judge, JudgingArgs};
+use super::job::agree;
 use super::report::{model_record, png_text};
-use super::resume::{arguments, resumed_or_new, Resumable};
+use super::resume::Resumable;
+use super::run::{Item, Run};
+use dma::distributed::Ranks;
+use dma::output::OutDir;
+use dma::pipelines::{ModelSource, StableDiffusion};
+use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args, ValueEnum};
 use dma::data::class_names;
@@ -16,12 +21,11 @@ use dma::output::images::png_bytes;
 use dma::output::sweep_report::{sweep_csv, sweep_html, sweep_markdown};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
-use dma::pipelines::sweep::{sweep, sweep_work, SweepPoint};
+use dma::pipelines::sweep::{assemble, ConceptSweep, SweepItem, SweepPoint};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Instant;
 
 #[derive(Args, Debug, Serialize, Deserialize)]
 pub struct SweepArgs {
@@ -156,40 +160,64 @@ fn points(align: &AlignArgs, axes: &[(String, Vec<String>)], extra: &[String], d
         .collect()
 }
 
-pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
-    let (resumed, args) = arguments("sweep", args, matches)?;
-    let prompts = args.concepts.read()?;
-    let source = args.model.source()?;
-    let defaults = RunDefaults::for_source(&source)?;
+pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
+    let (resumed, args) = Run::arguments("sweep", args, matches, ranks)?;
     let judging = &args.judging;
-    let sampling = args.sampler.settings(&defaults, "", judging.seed)?;
-    let points = points(&args.align, &axes(&args.sweep)?, &args.point, &defaults, sampling.steps)?;
-    let samples = judging.samples(&defaults)?;
-    let seeds = judging.seeds()?;
+    let resolve = || -> Result<_> {
+        let prompts = args.concepts.read()?;
+        let source = args.model.source()?;
+        let defaults = RunDefaults::for_source(&source)?;
+        let sampling = args.sampler.settings(&defaults, "", judging.seed)?;
+        let points = points(&args.align, &axes(&args.sweep)?, &args.point, &defaults, sampling.steps)?;
+        Ok((prompts, source, sampling, points, judging.samples(&defaults)?, judging.seeds()?))
+    };
+    let (prompts, source, sampling, points, samples, seeds) = agree(ranks, resolve())?;
     let resolved = json!({ "prompts": prompts, "sampling": sampling, "points": points, "seeds": seeds, "samples": samples });
-    let (out, resumption) = resumed_or_new(resumed, &resolved, || out_dir(judging.out.as_deref(), "sweep", &prompts[0], judging.force))?;
-    let started = Instant::now();
-    let model = args.model.load(&source)?;
-    let [c, h, w] = model.latent_shape();
-    let largest = points.iter().map(|p| p.latents).max().unwrap_or(1).max(samples);
-    memory::check_fits(&model, Work::Alignment, sampling.batch, [largest, c, h, w], &format!("--samples {samples} and the largest --latents {largest}"), &args.model.device)?;
-    let (judge, clip) = Judge::load(judging.clip.as_deref(), &model)?;
-    for prompt in &prompts {
-        check_prompt(&model, prompt, None)?;
-    }
-    let names = class_names();
-    let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
-    let mut checkpoints = RunCheckpoints::new(out.staging(), out.target(), "sweep", &args, &resolved);
-    let bar = progress_bar(sweep_work(&sampling, &points, prompts.len(), seeds.len()), judging.quiet);
-    let starting = |point: &SweepPoint, prompt: &str| bar.set_message(format!("{}: {prompt}", point.label));
-    let concepts = sweep(&model, (judge.embedder(), zero_shot), &prompts, &sampling, (&points, &seeds, samples), (&starting, &|n| bar.inc(n)), &mut checkpoints);
-    let concepts = concepts.map_err(|e| checkpoints.explain(e))?;
-    bar.finish_and_clear();
-    drop(checkpoints);
+    let mut run = Run::open(ranks, "sweep", resumed, &args, &resolved, || out_dir(judging.out.as_deref(), "sweep", &prompts[0], judging.force))?;
+    let device = args.model.device_on_rank(ranks);
+    let model = run.load_model(&args.model, &source, &resolved, |model| {
+        let [c, h, w] = model.latent_shape();
+        let largest = points.iter().map(|p| p.latents).max().unwrap_or(1).max(samples);
+        memory::check_fits(model, Work::Alignment, sampling.batch, [largest, c, h, w], &format!("--samples {samples} and the largest --latents {largest}"), &device)?;
+        prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
+    })?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
+    let sweep_items = SweepItem::all(prompts.len(), points.len(), &seeds);
+    let items: Vec<Item> = sweep_items
+        .iter()
+        .map(|item| {
+            let title = match *item {
+                SweepItem::Samples { concept, seed } => format!("samples: {} (seed {seed})", prompts[concept]),
+                SweepItem::Dma { point, concept, seed } => format!("{}: {} (seed {seed})", points[point].label, prompts[concept]),
+            };
+            Item { stage: item.stage(), title, work: item.work(&sampling, &points, samples) }
+        })
+        .collect();
+    let outcomes = run.items(&items, judging.quiet, &mut |i, checkpoints, progress| {
+        sweep_items[i].compute(&model, judge.embedder(), (&prompts, &sampling), (&points, samples), progress, checkpoints)
+    })?;
+    let seconds = run.seconds();
+    run.finish(&device, json!({ "seconds": seconds }), |out, resumption, ranks| {
+        let names = class_names();
+        let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
+        let outcomes = outcomes.context("rank 0 holds every outcome")?;
+        let concepts = assemble((judge.embedder(), zero_shot), (&prompts, &points, &seeds), &sweep_items, &outcomes, model.device)?;
+        write_sweep(out, (&source, &model, &args, &clip), (&points, &resolved), &concepts, json!({ "resumed": resumption, "ranks": ranks, "timings_seconds": { "total": seconds } }))
+    })
+}
 
+/// Writes each setting's prototypes, the tables, the report and the record (`run_record` holding what the run
+/// skeleton knows: the resumption, the ranks, the time), then moves the folder into place.
+fn write_sweep(
+    out: OutDir,
+    (source, model, args, clip): (&ModelSource, &StableDiffusion, &SweepArgs, &Path),
+    (points, resolved): (&[SweepPoint], &serde_json::Value),
+    concepts: &[ConceptSweep],
+    run_record: serde_json::Value,
+) -> Result<()> {
     let mut written = Vec::new();
     let mut folders: Vec<String> = Vec::new();
-    for concept in &concepts {
+    for concept in concepts {
         let mut folder = slug(&concept.prompt, 60);
         while folders.contains(&folder) {
             folder.push('_');
@@ -198,7 +226,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
         for (j, (point, result)) in points.iter().zip(&concept.points).enumerate() {
             for (seed, image, _) in &result.runs {
                 let name = format!("{folder}/setting-{j}-seed{seed}.png");
-                let text = png_text(&concept.prompt, &source, &json!({ "setting": point, "seed": seed }));
+                let text = png_text(&concept.prompt, source, &json!({ "setting": point, "seed": seed }));
                 write_atomic(&out.file(&name), &png_bytes(image, &text)?)?;
                 written.push(name);
             }
@@ -206,10 +234,10 @@ pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
         folders.push(folder);
     }
     let title = format!("dma sweep: {}", source.path().display());
-    let settings_text = serde_json::to_string_pretty(&resolved)?;
-    write_atomic(&out.file("results.csv"), sweep_csv(&concepts, &points).as_bytes())?;
-    write_atomic(&out.file("results.md"), sweep_markdown(&concepts, &points).as_bytes())?;
-    write_atomic(&out.file("report.html"), sweep_html(&title, &settings_text, &concepts, &points)?.as_bytes())?;
+    let settings_text = serde_json::to_string_pretty(resolved)?;
+    write_atomic(&out.file("results.csv"), sweep_csv(concepts, points).as_bytes())?;
+    write_atomic(&out.file("results.md"), sweep_markdown(concepts, points).as_bytes())?;
+    write_atomic(&out.file("report.html"), sweep_html(&title, &settings_text, concepts, points)?.as_bytes())?;
     let results: Vec<serde_json::Value> = concepts
         .iter()
         .zip(&folders)
@@ -224,19 +252,20 @@ pub fn run(args: SweepArgs, matches: &ArgMatches) -> Result<()> {
         .collect();
     write_json(&out.file("results.json"), &json!({ "command": "sweep", "results": results }))?;
     written.extend(["results.csv", "results.md", "report.html", "results.json", "run.json"].map(String::from));
-    let record = json!({
+    let mut record = json!({
         "command": "sweep",
         "dma_version": env!("CARGO_PKG_VERSION"),
         "argv": std::env::args().collect::<Vec<_>>(),
-        "resumed": resumption,
         "settings": resolved,
-        "model": model_record(&source, &model)?,
+        "model": model_record(source, model)?,
         "device": args.model.device,
         "dtype": args.model.dtype,
         "clip": clip.display().to_string(),
-        "timings_seconds": { "total": started.elapsed().as_secs_f64() },
         "outputs": written,
     });
+    if let (Some(record), serde_json::Value::Object(run)) = (record.as_object_mut(), run_record) {
+        record.extend(run);
+    }
     write_json(&out.file("run.json"), &record)?;
     let folder = out.finish()?;
     eprintln!("wrote {} (open report.html in a browser)", folder.display());

@@ -1,17 +1,20 @@
 //! The cost-quality frontier (`dma sweep`): DMA under several settings on the same concepts and seeds, each
 //! setting's prototypes scored as `dma eval` scores them and its cost counted in network passes. Every setting of a
 //! concept is judged against the same samples (drawn once per seed), so settings differ only by their own effect.
-//! No files, no UI.
+//! The work is independent items (a seed's samples, a setting's DMA run from a seed) that ranks can share, then
+//! assembled. No files, no UI.
 use crate::checkpoint::Checkpoints;
-use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost, SampleSet};
-use super::mental_average::{alignment_work, SamplingSettings};
+use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost};
+use super::mental_average::{alignment_work, work_until, SamplingSettings};
+use crate::distributed::Parcel;
 use super::StableDiffusion;
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::zero_shot::ZeroShot;
 use crate::method::AlignSettings;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
-use tch::Tensor;
+use serde_json::json;
+use tch::{Device, Tensor};
 
 /// One setting of the sweep: its name (the swept values, e.g. `latents=64 iters=300`) and what it resolves to.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -37,57 +40,101 @@ pub struct ConceptSweep {
     pub points: Vec<PointResult>,
 }
 
-/// Progress units of a whole sweep (sampling steps and Adam iterations at most), as `sweep` reports them.
-pub fn sweep_work(sampling: &SamplingSettings, points: &[SweepPoint], concepts: usize, seeds: usize) -> u64 {
-    let per_seed: u64 = sampling.steps as u64 + points.iter().map(|p| alignment_work(&p.align, sampling, p.latents)).sum::<u64>();
-    per_seed * (concepts * seeds) as u64
+/// One independent piece of a sweep, whole on one rank (`distributed::items`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SweepItem {
+    /// Concept `concept`'s samples from `seed`: what every setting of the concept is judged against.
+    Samples { concept: usize, seed: u64 },
+    /// DMA under setting `point` on concept `concept` from `seed`.
+    Dma { point: usize, concept: usize, seed: u64 },
 }
 
-/// Told of each setting and concept of a sweep as it starts.
-pub type Starting<'s> = &'s dyn Fn(&SweepPoint, &str);
+impl SweepItem {
+    /// Every item of a sweep: the samples of each concept and seed, then DMA setting by setting (so a long sweep
+    /// finishes its cheap settings on every concept first, when they come first), concept by concept, seed by seed.
+    pub fn all(concepts: usize, points: usize, seeds: &[u64]) -> Vec<SweepItem> {
+        let samples = (0..concepts).flat_map(|concept| seeds.iter().map(move |&seed| SweepItem::Samples { concept, seed }));
+        let dma = (0..points).flat_map(|point| (0..concepts).flat_map(move |concept| seeds.iter().map(move |&seed| SweepItem::Dma { point, concept, seed })));
+        samples.chain(dma).collect()
+    }
 
-/// Sweeps `points` over `prompts`, setting by setting (so a long sweep finishes its cheap settings on every concept
-/// first, when they come first): per concept and seed, `samples` samples (stage `concept-<i>/seed-<s>/samples`),
-/// drawn and judged once (their embeddings and figures are kept, not the images), then DMA from the seed (stage
-/// `concept-<i>/point-<j>/seed-<s>`). Scored with `embedder`, classed by `zero_shot` when given (with the class
-/// names). `progress` is told of each setting and concept as it starts, and of the work done.
-#[allow(clippy::too_many_arguments)]
-pub fn sweep<'a>(
-    model: &StableDiffusion,
-    (embedder, zero_shot): (&'a ClipEmbedder, Option<(&'a ZeroShot, &'a [&'a str])>),
-    prompts: &[String],
-    sampling: &SamplingSettings,
-    (points, seeds, samples): (&[SweepPoint], &[u64], i64),
-    (starting, progress): (Starting, &dyn Fn(u64)),
-    checkpoints: &mut dyn Checkpoints,
-) -> Result<Vec<ConceptSweep>> {
-    let mut concepts: Vec<ConceptSweep> = Vec::new();
-    let mut judges: Vec<Judged<'a>> = Vec::new();
-    for (j, point) in points.iter().enumerate() {
-        for (i, prompt) in prompts.iter().enumerate() {
-            starting(point, prompt);
-            let sampling_of = |seed: u64| SamplingSettings { prompt: prompt.clone(), seed, ..sampling.clone() };
-            if judges.len() == i {
-                let mut sets: Vec<SampleSet> = Vec::new();
-                for &seed in seeds {
-                    sets.push(draw_samples(model, embedder, &sampling_of(seed), samples, progress, &format!("concept-{i}/seed-{seed}/samples"), checkpoints)?);
-                }
-                let images = Tensor::cat(&sets.iter().map(|s| s.images.shallow_clone()).collect::<Vec<_>>(), 0);
-                let embeds = Tensor::cat(&sets.iter().map(|s| s.embeds.shallow_clone()).collect::<Vec<_>>(), 0);
-                let (judge, scores) = Judged::samples(embedder, zero_shot, prompt, &images, &embeds)?;
-                judges.push(judge);
-                concepts.push(ConceptSweep { prompt: prompt.clone(), samples: scores, points: Vec::new() });
+    /// The item's checkpoint stage: `concept-<i>/seed-<s>` (its sampling is `<stage>/samples`) or
+    /// `concept-<i>/point-<j>/seed-<s>`.
+    pub fn stage(&self) -> String {
+        match *self {
+            SweepItem::Samples { concept, seed } => format!("concept-{concept}/seed-{seed}"),
+            SweepItem::Dma { point, concept, seed } => format!("concept-{concept}/point-{point}/seed-{seed}"),
+        }
+    }
+
+    /// Its progress units (sampling steps, or Adam iterations at most and sampling steps).
+    pub fn work(&self, sampling: &SamplingSettings, points: &[SweepPoint], samples: i64) -> u64 {
+        match *self {
+            SweepItem::Samples { .. } => work_until(None, sampling, samples, sampling.steps),
+            SweepItem::Dma { point, .. } => alignment_work(&points[point].align, sampling, points[point].latents),
+        }
+    }
+
+    /// Computes the item of a sweep of `prompts` under `points`, drawing `samples` samples per seed: the samples'
+    /// images and embeddings, or DMA's prototype image and cost, as a parcel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute(
+        &self,
+        model: &StableDiffusion,
+        embedder: &ClipEmbedder,
+        (prompts, sampling): (&[String], &SamplingSettings),
+        (points, samples): (&[SweepPoint], i64),
+        progress: &dyn Fn(u64),
+        checkpoints: &mut dyn Checkpoints,
+    ) -> Result<Parcel> {
+        let stage = self.stage();
+        Ok(match *self {
+            SweepItem::Samples { concept, seed } => {
+                let sampling = SamplingSettings { prompt: prompts[concept].clone(), seed, ..sampling.clone() };
+                let set = draw_samples(model, embedder, &sampling, samples, progress, &format!("{stage}/samples"), checkpoints)?;
+                Parcel::new(json!(null)).with("images", &set.images).with("embeds", &set.embeds)
             }
+            SweepItem::Dma { point, concept, seed } => {
+                let sampling = SamplingSettings { prompt: prompts[concept].clone(), seed, ..sampling.clone() };
+                let point = &points[point];
+                let (image, _, cost) = dma_prototype(model, &sampling, &point.align, point.latents, progress, &stage, checkpoints)?;
+                Parcel::new(serde_json::to_value(cost)?).with("image", &image)
+            }
+        })
+    }
+}
+
+/// The sweep's results from its items' outcomes (`SweepItem::all`'s order): per concept, the samples of every
+/// seed judged once (their figures are kept, not the images), then each setting's prototypes scored against them
+/// with `embedder`, classed by `zero_shot` when given (with the class names).
+pub fn assemble<'a>(
+    (embedder, zero_shot): (&'a ClipEmbedder, Option<(&'a ZeroShot, &'a [&'a str])>),
+    (prompts, points, seeds): (&[String], &[SweepPoint], &[u64]),
+    items: &[SweepItem],
+    outcomes: &[Parcel],
+    device: Device,
+) -> Result<Vec<ConceptSweep>> {
+    let outcome = |wanted: SweepItem| -> Result<&Parcel> {
+        let at = items.iter().position(|&item| item == wanted).with_context(|| format!("the sweep has no item {wanted:?}"))?;
+        Ok(&outcomes[at])
+    };
+    let mut concepts = Vec::new();
+    for (concept, prompt) in prompts.iter().enumerate() {
+        let sets = seeds.iter().map(|&seed| outcome(SweepItem::Samples { concept, seed })).collect::<Result<Vec<_>>>()?;
+        let images = Tensor::cat(&sets.iter().map(|s| s.tensor("images", device)).collect::<Result<Vec<_>>>()?, 0);
+        let embeds = Tensor::cat(&sets.iter().map(|s| s.tensor("embeds", device)).collect::<Result<Vec<_>>>()?, 0);
+        let (judge, scores) = Judged::samples(embedder, zero_shot, prompt, &images, &embeds)?;
+        let mut results = Vec::new();
+        for point in 0..points.len() {
             let mut runs = Vec::new();
             for &seed in seeds {
-                let stage = format!("concept-{i}/point-{j}/seed-{seed}");
-                let (image, _, cost) = dma_prototype(model, &sampling_of(seed), &point.align, point.latents, progress, &stage, checkpoints)?;
-                runs.push((seed, image, cost));
+                let parcel = outcome(SweepItem::Dma { point, concept, seed })?;
+                runs.push((seed, parcel.tensor("image", device)?, serde_json::from_value::<RunCost>(parcel.record.clone())?));
             }
             let prototypes = Tensor::stack(&runs.iter().map(|(_, image, _)| image.shallow_clone()).collect::<Vec<_>>(), 0);
-            let scores = judges[i].method(Method::Dma, &prototypes)?;
-            concepts[i].points.push(PointResult { scores, runs });
+            results.push(PointResult { scores: judge.method(Method::Dma, &prototypes)?, runs });
         }
+        concepts.push(ConceptSweep { prompt: prompt.clone(), samples: scores, points: results });
     }
     Ok(concepts)
 }
