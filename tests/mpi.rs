@@ -42,7 +42,7 @@ fn average_args(out: &Path, extra: &[&str]) -> Vec<String> {
 #[cfg(feature = "mpi")]
 mod across_ranks {
     use super::*;
-    use common::read_json;
+    use common::{read_json, without_seconds};
     use std::process::Output;
 
     fn one_process(args: &[String]) -> Output {
@@ -115,15 +115,6 @@ mod across_ranks {
             "--seeds", "3", "--samples", "4", "--steps", "6", "--latents", "2", "--align-steps", "4", "--iters", "20", "--tol", "0", "--quiet",
             "--out", out.to_str().unwrap(),
         ])
-    }
-
-    /// `value` without the seconds anything took (they differ between any two runs).
-    fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
-        match value {
-            serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| !k.contains("seconds")).map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
-            serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
-            other => other.clone(),
-        }
     }
 
     /// Every file of a run, in its subfolders too (run.json and results.json aside), is the same bytes.

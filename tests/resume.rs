@@ -4,7 +4,7 @@
 //! resume; resuming with other settings, or writing over an unfinished run or a finished result, is refused unless
 //! asked.
 mod common;
-use common::{fixture, read_json};
+use common::{fixture, read_json, without_seconds};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -234,14 +234,6 @@ fn result_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// `value` without its timings (`seconds` fields), which differ from run to run.
-fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| !k.ends_with("seconds")).map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
-        serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
-        other => other.clone(),
-    }
-}
 
 #[test]
 fn a_modes_chain_stopped_in_training_or_in_a_mode_s_average_resumes_to_the_same_result() {

@@ -1,7 +1,7 @@
 //! `dma sweep` as a user runs it on the embedded model: a grid of settings, each scored and costed, written as
 //! tables, a frontier plot that renders, and prototypes; bad axes refused before anything runs.
 mod common;
-use common::{read_json, render};
+use common::{read_json, render, without_seconds};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -106,15 +106,6 @@ fn a_bad_axis_is_refused_by_name_before_anything_runs() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(says), "--point {point:?}: {stderr}");
         assert!(!out.exists(), "--point {point:?} left an output folder");
-    }
-}
-
-/// `value` without the seconds anything took (they differ between any two runs).
-fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| !k.contains("seconds")).map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
-        serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
-        other => other.clone(),
     }
 }
 

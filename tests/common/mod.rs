@@ -221,3 +221,13 @@ pub fn render(page: &Path) -> (usize, usize, usize) {
     };
     (attribute("decoded"), attribute("total"), attribute("lines"))
 }
+
+/// `value` without the seconds anything took (they differ between any two runs): the keys that name seconds, at
+/// any depth.
+pub fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(fields) => fields.iter().filter(|(k, _)| !k.contains("seconds")).map(|(k, v)| (k.clone(), without_seconds(v))).collect(),
+        serde_json::Value::Array(items) => items.iter().map(without_seconds).collect(),
+        other => other.clone(),
+    }
+}
