@@ -325,6 +325,24 @@ mod across_ranks {
         mixed.args(["--allow-run-as-root", "--oversubscribe", "-np", "1", env!("CARGO_BIN_EXE_dma")]).args(&a).arg(":").args(["-np", "1", env!("CARGO_BIN_EXE_dma")]).args(&b).env("OMP_NUM_THREADS", "1");
         refused(mixed.output().unwrap(), "not given the same job");
         assert!(!tmp.path().join("mixed").exists() && !tmp.path().join(".mixed.partial").exists(), "nothing written");
+        // The same command line, but `--model tiny-org/tiny-sd1` found in two Hugging Face caches whose files differ.
+        let cache = |name: &str, model: &Path| {
+            let repo = tmp.path().join(name).join("models--tiny-org--tiny-sd1");
+            std::fs::create_dir_all(repo.join("refs")).unwrap();
+            std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+            std::fs::write(repo.join("refs/main"), "0123abc").unwrap();
+            std::os::unix::fs::symlink(model, repo.join("snapshots/0123abc")).unwrap();
+            format!("HF_HUB_CACHE={}", tmp.path().join(name).display())
+        };
+        let edited = common::fixture_with_edited_tensor(&tmp.path().join("edited"), "tiny-sd1", "unet/diffusion_pytorch_model.safetensors", "conv_in.weight", |w| w * 1.01);
+        let (a, b) = (cache("cache-a", &fixture("tiny-sd1")), cache("cache-b", &edited));
+        let mut args = average_args(&tmp.path().join("two-models"), &[]);
+        args[2] = "tiny-org/tiny-sd1".into();
+        let mut two = Command::new("mpirun");
+        two.args(["--allow-run-as-root", "--oversubscribe", "-np", "1", "env", &a, env!("CARGO_BIN_EXE_dma")]).args(&args);
+        two.args([":", "-np", "1", "env", &b, env!("CARGO_BIN_EXE_dma")]).args(&args).env("OMP_NUM_THREADS", "1");
+        refused(two.output().unwrap(), "model files with other hashes");
+        assert!(!tmp.path().join("two-models").exists() && !tmp.path().join(".two-models.partial").exists(), "nothing written");
         // A command that does not run across ranks says so once.
         refused(mpirun(2, &strings(&["train", "--steps", "1"])).output().unwrap(), "does not run across MPI ranks");
     }
