@@ -71,7 +71,7 @@ fn model(args: &Args, random: &Option<[HashMap<String, Tensor>; 3]>, device: Dev
         unet: frozen(unet, "unet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?,
         vae: Some(frozen(vae, "vae").build(|p| AutoencoderKL::load(p, &configs.vae))?),
         scheduler: configs.scheduler,
-        info: ModelInfo { source: "SD 1.5 configuration, random weights".into(), weight_files: Vec::new() },
+        info: ModelInfo::new("SD 1.5 configuration, random weights".into(), Vec::new()),
         device,
         kind,
     })

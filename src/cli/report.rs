@@ -57,14 +57,9 @@ fn trajectory_image(model: &StableDiffusion, frames: &[(usize, i64, Tensor)]) ->
 
 /// The model a run used, as run.json records it: where it came from and each weight file's SHA-256.
 pub fn model_record(source: &ModelSource, model: &StableDiffusion) -> Result<Value> {
-    let hashes = weight_hashes(model)?;
+    let hashes = model.info.weight_hashes()?;
     let weight_files: Vec<_> = model.info.weight_files.iter().zip(hashes).map(|(f, sha256)| json!({ "path": f.display().to_string(), "sha256": sha256 })).collect();
     Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))
-}
-
-/// The SHA-256 of each of `model`'s weight files, in order: what tells two copies of a model apart, wherever they lie.
-pub fn weight_hashes(model: &StableDiffusion) -> Result<Vec<String>> {
-    model.info.weight_files.iter().map(|f| sha256_file(f)).collect()
 }
 
 /// A file a run read (an adapter, latents), with its SHA-256.

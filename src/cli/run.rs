@@ -8,7 +8,6 @@
 //! items handed to them: `Run::items`), and `Run::finish` (rank 0 writes, with what each rank did).
 use super::common::{progress_bar, ModelArgs};
 use super::job::{agree, check_same_job};
-use super::report::weight_hashes;
 use super::resume::{arguments, resumed_or_new, Resumable};
 use anyhow::Result;
 use clap::ArgMatches;
@@ -81,7 +80,7 @@ impl Run {
         })();
         let model = agree(self.ranks, loaded)?;
         if self.ranks.size() > 1 {
-            check_same_job(self.ranks, &json!({ "resolved": resolved, "model": weight_hashes(&model)? }).to_string())?;
+            check_same_job(self.ranks, &json!({ "resolved": resolved, "model": model.info.weight_hashes()? }).to_string())?;
         }
         Ok(model)
     }

@@ -131,7 +131,7 @@ fn build(
     let text_encoder = model(converted.text_encoder, "text encoder").build(|p| ClipTextModel::load(p, &configs.text_encoder))?;
     let unet = model(converted.unet, "UNet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?;
     let vae = model(converted.vae, "VAE").build(|p| AutoencoderKL::load(p, &configs.vae))?;
-    let info = ModelInfo { source: file.display().to_string(), weight_files: vec![file.to_path_buf()] };
+    let info = ModelInfo::new(file.display().to_string(), vec![file.to_path_buf()]);
     Ok(StableDiffusion {
         tokenizer: configs.tokenizer,
         text_encoder,

@@ -30,6 +30,24 @@ pub struct StableDiffusion {
 pub struct ModelInfo {
     pub source: String,
     pub weight_files: Vec<PathBuf>,
+    /// The weight files' SHA-256, once asked for (`weight_hashes`): an SD checkpoint's take seconds to read.
+    #[serde(skip)]
+    hashes: std::sync::OnceLock<Vec<String>>,
+}
+
+impl ModelInfo {
+    pub fn new(source: String, weight_files: Vec<PathBuf>) -> Self {
+        Self { source, weight_files, hashes: std::sync::OnceLock::new() }
+    }
+
+    /// Each weight file's SHA-256, in `weight_files`' order (read once).
+    pub fn weight_hashes(&self) -> Result<&[String]> {
+        if let Some(hashes) = self.hashes.get() {
+            return Ok(hashes);
+        }
+        let hashes = self.weight_files.iter().map(|f| sha256_file(f)).collect::<Result<Vec<_>>>()?;
+        Ok(self.hashes.get_or_init(|| hashes))
+    }
 }
 
 /// One component folder's weights, loaded and checked against the model built from them.
@@ -85,7 +103,7 @@ impl StableDiffusion {
         };
         let scheduler = DdimConfig::from_file(&component("scheduler")?.join("scheduler_config.json"))?;
         let weight_files = [text_files, unet_files, vae_files].concat();
-        let info = ModelInfo { source: dir.display().to_string(), weight_files };
+        let info = ModelInfo::new(dir.display().to_string(), weight_files);
         Ok(Self { tokenizer, text_encoder, unet, vae, scheduler, info, device, kind })
     }
 
