@@ -16,7 +16,9 @@ pub fn mean(ranks: &Ranks, local: &Tensor, total: i64) -> Result<Tensor> {
         bail!("a mean over no latents");
     }
     let kind = local.kind();
-    let values = local.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    // On the rows' own device: only the sums cross to the CPU (power-of-two scaling, rounding and integer sums are
+    // exact on any device).
+    let values = local.to_kind(Kind::Double);
     let local_max = if values.numel() == 0 { 0.0 } else { values.abs().max().double_value(&[]) };
     let largest = ranks.max(local_max);
     if !largest.is_finite() {
@@ -32,7 +34,7 @@ pub fn mean(ranks: &Ranks, local: &Tensor, total: i64) -> Result<Tensor> {
         vec![0; row_shape.iter().product::<i64>() as usize]
     } else {
         let integers = (values * scale).round().to_kind(Kind::Int64).sum_dim_intlist(0, false, Kind::Int64);
-        Vec::<i64>::try_from(integers.flatten(0, -1))?
+        Vec::<i64>::try_from(integers.flatten(0, -1).to_device(tch::Device::Cpu))?
     };
     ranks.sum_i64(&mut sums);
     let mean: Vec<f64> = sums.iter().map(|&s| s as f64 / scale / total as f64).collect();
