@@ -1,9 +1,9 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{check_clip, check_prompt, clip_dir, out_dir, slug, ModelArgs};
+use super::common::{check_clip, check_prompt, clip_dir, out_dir, ModelArgs};
 use super::job::agree;
-use super::report::{model_record, png_text, write_samples};
+use super::report::{model_record, png_text, subject_folder, write_samples};
 use super::resume::Resumable;
 use super::run::{Item, Run};
 use dma::distributed::Ranks;
@@ -297,11 +297,7 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
     let mut written = Vec::new();
     let mut folders: Vec<String> = Vec::new();
     for subject in subjects {
-        let mut folder = slug(&subject.title, 60);
-        while folders.contains(&folder) {
-            folder.push('_');
-        }
-        std::fs::create_dir_all(out.file(&folder)).with_context(|| format!("cannot create {folder} in the output folder"))?;
+        let folder = subject_folder(&out, &subject.title, &folders)?;
         for outcome in &subject.outcomes {
             let parameters = json!({ "seed": outcome.seed, "settings": record["settings"] });
             let text = png_text(&subject.scores.prompt, &subject.source, &parameters);

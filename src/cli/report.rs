@@ -62,6 +62,17 @@ pub fn model_record(source: &ModelSource, model: &StableDiffusion) -> Result<Val
     Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))
 }
 
+/// A new subfolder of `out` for the results of `title` (a concept, a model): its slug, made distinct from the
+/// folders `taken` already.
+pub fn subject_folder(out: &OutDir, title: &str, taken: &[String]) -> Result<String> {
+    let mut folder = super::common::slug(title, 60);
+    while taken.contains(&folder) {
+        folder.push('_');
+    }
+    std::fs::create_dir_all(out.file(&folder)).with_context(|| format!("cannot create {folder} in the output folder"))?;
+    Ok(folder)
+}
+
 /// A file a run read (an adapter, latents), with its SHA-256.
 pub fn input_record(path: &Path) -> Result<Value> {
     Ok(json!({ "path": path.display().to_string(), "sha256": sha256_file(path)? }))

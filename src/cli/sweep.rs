@@ -2,10 +2,10 @@
 //! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
 //! scores DMA, with its cost counted in network passes.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{check_prompt, out_dir, slug, ModelArgs};
+use super::common::{check_prompt, out_dir, ModelArgs};
 use super::eval::{ConceptArgs, Judge, JudgingArgs};
 use super::job::agree;
-use super::report::{model_record, png_text};
+use super::report::{model_record, png_text, subject_folder};
 use super::resume::Resumable;
 use super::run::{Item, Run};
 use dma::distributed::Ranks;
@@ -218,11 +218,7 @@ fn write_sweep(
     let mut written = Vec::new();
     let mut folders: Vec<String> = Vec::new();
     for concept in concepts {
-        let mut folder = slug(&concept.prompt, 60);
-        while folders.contains(&folder) {
-            folder.push('_');
-        }
-        std::fs::create_dir_all(out.file(&folder)).with_context(|| format!("cannot create {folder} in the output folder"))?;
+        let folder = subject_folder(&out, &concept.prompt, &folders)?;
         for (j, (point, result)) in points.iter().zip(&concept.points).enumerate() {
             for (seed, image, _) in &result.runs {
                 let name = format!("{folder}/setting-{j}-seed{seed}.png");

@@ -167,7 +167,8 @@ pub fn run(
 }
 
 /// As `run`, as stage `stage` of a longer run: from the stage's checkpoint when `checkpoints` has one (telling
-/// `progress` of the work behind it), showing them the state after every step.
+/// `progress` of the work behind it), showing them the state after every step; the latents spread over `ranks`
+/// (rank 0 alone reads and keeps the checkpoints, and every rank ends with all the final latents).
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
     model: &StableDiffusion,
