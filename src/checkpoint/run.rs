@@ -82,7 +82,7 @@ impl RunCheckpoints {
     }
 
     /// Writes the run's record once; from then on the staging folder outlives a failure (`OutDir`).
-    fn record_run(&mut self) -> Result<()> {
+    pub fn record_run(&mut self) -> Result<()> {
         if !self.recorded {
             write_json(&self.staging.join(RUN_RECORD), &self.record)?;
             self.recorded = true;

@@ -25,6 +25,7 @@ use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettin
 use dma::pipelines::{ModelSource, StableDiffusion};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use tch::Device;
 
 /// How prototypes are judged, shared by `eval`, `compare` and `sweep`: the seeds they are made from, the samples
 /// they are judged against, the metrics' CLIP, and where the results go.
@@ -280,7 +281,8 @@ fn evaluate_seeds(run: &mut Run, model: &StableDiffusion, judge: &Judge, subject
         Ok(outcome.to_parcel())
     })?;
     let Some(outcomes) = outcomes else { return Ok(None) };
-    let outcomes = outcomes.iter().map(|p| SeedOutcome::from_parcel(p, model.device)).collect::<Result<Vec<_>>>()?;
+    // On the CPU, where decoded images and CLIP embeddings are: every seed of every subject is held at once.
+    let outcomes = outcomes.iter().map(|p| SeedOutcome::from_parcel(p, Device::Cpu)).collect::<Result<Vec<_>>>()?;
     let mut outcomes = outcomes.into_iter();
     Ok(Some(subjects.iter().map(|_| outcomes.by_ref().take(seeds.len()).collect()).collect()))
 }

@@ -124,6 +124,13 @@ impl Run {
         compute: &mut dyn FnMut(usize, &mut dyn Checkpoints, &dyn Fn(u64)) -> Result<Parcel>,
     ) -> Result<Option<Vec<Parcel>>> {
         let ranks = self.ranks;
+        // On several ranks nothing is kept until the first round ends: a stop before then must still leave a run
+        // to resume (its items start again).
+        let recorded = match (ranks.size() > 1, self.root.as_mut()) {
+            (true, Some((_, _, checkpoints))) => checkpoints.record_run(),
+            _ => Ok(()),
+        };
+        agree(ranks, recorded)?;
         let finished = self.root.as_ref().map(|(_, _, checkpoints)| items.iter().map(|item| checkpoints.finished_item(&item.stage)).collect::<Result<Vec<_>>>());
         let mut outcomes = agree(ranks, finished.transpose())?.unwrap_or_default();
         let todo: Vec<usize> = (0..items.len()).filter(|&i| outcomes.get(i).is_none_or(Option::is_none)).collect();

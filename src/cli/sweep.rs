@@ -201,7 +201,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         let names = class_names();
         let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
         let outcomes = outcomes.context("rank 0 holds every outcome")?;
-        let concepts = assemble((judge.embedder(), zero_shot), (&prompts, &points, &seeds), &sweep_items, &outcomes, model.device)?;
+        let concepts = assemble((judge.embedder(), zero_shot), (&prompts, &points, &seeds), &sweep_items, &outcomes, tch::Device::Cpu)?;
         write_sweep(out, (&source, &model, &args, &clip), (&points, &resolved), &concepts, json!({ "resumed": resumption, "ranks": ranks, "timings_seconds": { "total": seconds } }))
     })
 }

@@ -29,39 +29,56 @@ impl World {
     }
 }
 
-/// The byte counts of every rank's part and where each starts, for the variable-count collectives.
-fn partition(counts: &[Count]) -> (Vec<Count>, usize) {
-    let displs = counts.iter().scan(0, |at, &n| {
-        let start = *at;
-        *at += n;
-        Some(start)
-    });
-    (displs.collect(), counts.iter().map(|&n| n as usize).sum())
+/// The most bytes one collective call moves in all (the parts of every rank together): MPI counts and offsets are
+/// 32-bit, so a round of items (an evaluation seed at SD 1.5 size is some 330 MB) goes in several calls. Overridden
+/// by `DMA_MPI_BYTES_PER_CALL` (the tests make it small, so that every message takes many calls).
+const BYTES_PER_CALL: usize = 1 << 30;
+
+fn bytes_per_call() -> usize {
+    std::env::var("DMA_MPI_BYTES_PER_CALL").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| n > 0).unwrap_or(BYTES_PER_CALL).min(BYTES_PER_CALL)
 }
 
-/// Every message goes with one leading byte: an empty Rust buffer's address is 1, which Open MPI reads as
+/// Piece `call` of a message of `len` bytes cut in pieces of `piece` bytes (empty past its end).
+fn piece(len: usize, call: usize, piece: usize) -> std::ops::Range<usize> {
+    let start = (call * piece).min(len);
+    start..(start + piece).min(len)
+}
+
+/// Every piece goes with one leading byte: an empty Rust buffer's address is 1, which Open MPI reads as
 /// MPI_IN_PLACE ((void *) 1) and refuses.
 fn framed(bytes: &[u8]) -> Vec<u8> {
     [&[0u8][..], bytes].concat()
 }
 
-/// The parts of `buffer`, of `counts` bytes each, without their leading byte.
-fn split(buffer: &[u8], counts: &[Count]) -> Vec<Vec<u8>> {
-    let mut at = 0;
-    counts.iter().map(|&n| {
-        let part = buffer[at + 1..at + n as usize].to_vec();
-        at += n as usize;
-        part
-    }).collect()
-}
-
-impl World {
-    fn counts(&self, bytes: &[u8]) -> Vec<Count> {
-        let own = Count::try_from(bytes.len()).expect("a message under 2 GiB per rank");
-        let mut counts = vec![0 as Count; self.world.size() as usize];
-        self.world.all_gather_into(&own, &mut counts[..]);
-        counts
+/// Every rank's message in pieces: `exchange(piece of this rank, counts of every rank's piece, displacements,
+/// receive buffer)` moves one piece of every rank (None where this rank receives nothing), and the pieces are put
+/// back together per rank.
+fn in_pieces(world: &SimpleCommunicator, bytes: &[u8], receives: bool, mut exchange: impl FnMut(&[u8], &[Count], &[Count], Option<&mut [u8]>)) -> Vec<Vec<u8>> {
+    let size = world.size() as usize;
+    let mut lengths = vec![0u64; size];
+    world.all_gather_into(&(bytes.len() as u64), &mut lengths[..]);
+    let lengths: Vec<usize> = lengths.into_iter().map(|l| l as usize).collect();
+    // Each rank's piece, framed, fits its share of a call.
+    let share = (bytes_per_call() / size).max(2) - 1;
+    let calls = lengths.iter().map(|&l| l.div_ceil(share)).max().unwrap_or(0).max(1);
+    let mut messages: Vec<Vec<u8>> = lengths.iter().map(|&l| Vec::with_capacity(if receives { l } else { 0 })).collect();
+    for call in 0..calls {
+        let counts: Vec<Count> = lengths.iter().map(|&l| (piece(l, call, share).len() + 1) as Count).collect();
+        let displs: Vec<Count> = counts.iter().scan(0, |at, &n| {
+            let start = *at;
+            *at += n;
+            Some(start)
+        }).collect();
+        let mut buffer = vec![0u8; if receives { counts.iter().map(|&n| n as usize).sum() } else { 0 }];
+        exchange(&framed(&bytes[piece(bytes.len(), call, share)]), &counts, &displs, receives.then_some(&mut buffer[..]));
+        if receives {
+            for (rank, message) in messages.iter_mut().enumerate() {
+                let start = displs[rank] as usize + 1;
+                message.extend_from_slice(&buffer[start..displs[rank] as usize + counts[rank] as usize]);
+            }
+        }
     }
+    messages
 }
 
 impl Collective for World {
@@ -88,32 +105,23 @@ impl Collective for World {
     }
 
     fn all_gather(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let bytes = &framed(bytes)[..];
-        let counts = self.counts(bytes);
-        let (displs, total) = partition(&counts);
-        let mut buffer = vec![0u8; total];
-        {
-            let mut parts = PartitionMut::new(&mut buffer[..], &counts[..], &displs[..]);
-            self.world.all_gather_varcount_into(bytes, &mut parts);
-        }
-        split(&buffer, &counts)
+        in_pieces(&self.world, bytes, true, |mine, counts, displs, buffer| {
+            let mut parts = PartitionMut::new(buffer.expect("every rank receives"), counts, displs);
+            self.world.all_gather_varcount_into(mine, &mut parts);
+        })
     }
 
     fn gather(&self, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
-        let bytes = &framed(bytes)[..];
-        let counts = self.counts(bytes);
         let root = self.world.process_at_rank(0);
-        if self.world.rank() != 0 {
-            root.gather_varcount_into(bytes);
-            return None;
-        }
-        let (displs, total) = partition(&counts);
-        let mut buffer = vec![0u8; total];
-        {
-            let mut parts = PartitionMut::new(&mut buffer[..], &counts[..], &displs[..]);
-            root.gather_varcount_into_root(bytes, &mut parts);
-        }
-        Some(split(&buffer, &counts))
+        let is_root = self.world.rank() == 0;
+        let messages = in_pieces(&self.world, bytes, is_root, |mine, counts, displs, buffer| match buffer {
+            Some(buffer) => {
+                let mut parts = PartitionMut::new(buffer, counts, displs);
+                root.gather_varcount_into_root(mine, &mut parts);
+            }
+            None => root.gather_varcount_into(mine),
+        });
+        is_root.then_some(messages)
     }
 
     fn broadcast(&self, bytes: &mut Vec<u8>) {
@@ -121,8 +129,8 @@ impl Collective for World {
         let mut length = bytes.len() as u64;
         root.broadcast_into(&mut length);
         bytes.resize(length as usize, 0);
-        if length > 0 {
-            root.broadcast_into(&mut bytes[..]);
+        for piece in bytes.chunks_mut(bytes_per_call()) {
+            root.broadcast_into(piece);
         }
     }
 
