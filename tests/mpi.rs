@@ -349,6 +349,14 @@ mod across_ranks {
         two.args([":", "-np", "1", "env", &b, env!("CARGO_BIN_EXE_dma")]).args(&args).env("OMP_NUM_THREADS", "1");
         refused(two.output().unwrap(), "model files with other hashes");
         assert!(!tmp.path().join("two-models").exists() && !tmp.path().join(".two-models.partial").exists(), "nothing written");
+        // A warning every rank meets (a prompt longer than the text encoder reads) is said once, by rank 0.
+        let model = fixture("tiny-sd1");
+        let long = ["a photo of a dog"; 30].join(" and ");
+        let out = tmp.path().join("long");
+        let sample = strings(&["sample", "--model", model.to_str().unwrap(), "--prompt", &long, "--num", "4", "--batch", "2", "--steps", "1", "--quiet", "--out", out.to_str().unwrap()]);
+        let said = succeeded(mpirun(2, &sample).output().unwrap());
+        let stderr = String::from_utf8_lossy(&said.stderr);
+        assert_eq!(stderr.matches("tokens long").count(), 1, "said once: {stderr}");
         // A command that does not run across ranks says so once.
         refused(mpirun(2, &strings(&["train", "--steps", "1"])).output().unwrap(), "does not run across MPI ranks");
     }

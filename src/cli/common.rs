@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::output::OutDir;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -88,12 +89,27 @@ pub fn check_prompt(model: &StableDiffusion, prompt: &str, model_name: Option<&P
     };
     model.tokenizer.encode(prompt).with_context(named)?;
     if prompt.trim().is_empty() {
-        eprintln!("warning: {}: an empty prompt is the unconditional branch; its average is of whatever the model draws", named());
+        warn(&format!("{}: an empty prompt is the unconditional branch; its average is of whatever the model draws", named()));
     }
     if let Some((length, room)) = model.tokenizer.truncation(prompt)? {
-        eprintln!("warning: {} is {length} tokens long; the text encoder reads only the first {room} (the rest is dropped, as in diffusers)", named());
+        warn(&format!("{} is {length} tokens long; the text encoder reads only the first {room} (the rest is dropped, as in diffusers)", named()));
     }
     Ok(())
+}
+
+/// Whether this process says warnings: of the ranks of an MPI job only rank 0 does (they all meet the same ones).
+static SAYS_WARNINGS: AtomicBool = AtomicBool::new(true);
+
+/// Whether this process says warnings from now on (`cli::main`).
+pub fn say_warnings(on: bool) {
+    SAYS_WARNINGS.store(on, Ordering::Relaxed);
+}
+
+/// Says `message` on stderr as a warning, where this process says them.
+pub fn warn(message: &str) {
+    if SAYS_WARNINGS.load(Ordering::Relaxed) {
+        eprintln!("warning: {message}");
+    }
 }
 
 /// A progress bar with ETA on stderr, or nothing when quiet.

@@ -56,6 +56,7 @@ pub fn main(ranks: Ranks) -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // From the start, so that no signal finds the process without its handler (`interrupt` says what each does).
     interrupt::listen();
+    common::say_warnings(ranks.is_root());
     let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
     if ranks.size() > 1 && !matches!(cli.command, Command::Average(_) | Command::Sample(_) | Command::Eval(_) | Command::Compare(_) | Command::Modes(_) | Command::Sweep(_)) {
         let name = matches.subcommand_name().unwrap_or("?");
