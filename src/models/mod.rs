@@ -1,6 +1,9 @@
-pub mod unet;
-pub mod tokenizer;
-pub mod clip_text;
-pub mod vae;
-pub mod clip_vision;
+pub mod attention;
 pub mod clip;
+pub mod clip_text;
+pub mod clip_vision;
+pub mod dit;
+pub mod embeddings;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;

@@ -4,7 +4,6 @@
 //! (conv_in, the time embedding, the down blocks, the mid block), so alignment never pays for the up path.
 mod blocks;
 pub mod config;
-mod embeddings;
 mod resnet;
 mod transformer;
 
@@ -13,7 +12,7 @@ use crate::weights::WeightPath;
 use anyhow::Result;
 use blocks::{DownBlock, MidBlock, UpBlock};
 pub use config::UNetConfig;
-use embeddings::{timestep_features, TimestepEmbedding};
+use crate::models::embeddings::{timestep_features, TimestepEmbedding};
 use tch::Tensor;
 
 pub struct UNet2DConditionModel {

@@ -1,70 +1,9 @@
-//! The UNet's attention pieces: diffusers' Transformer2DModel (spatial transformer) and what it is made of.
+//! The UNet's spatial transformer: diffusers' Transformer2DModel over a feature map, and its blocks.
+use crate::models::attention::{Activation, Attention, FeedForward};
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 use crate::weights::WeightPath;
 use anyhow::Result;
 use tch::Tensor;
-
-/// Multi-head attention with bias-free q/k/v projections and a biased output projection (`to_out.0`).
-/// Self-attention when no context is given, cross-attention over the text context otherwise.
-pub struct Attention {
-    pub to_q: Linear,
-    pub to_k: Linear,
-    pub to_v: Linear,
-    pub to_out: Linear,
-    pub heads: i64,
-}
-
-impl Attention {
-    pub fn load(p: &WeightPath, dim: i64, context_dim: i64, heads: i64) -> Result<Self> {
-        Ok(Self {
-            to_q: Linear::load(&p.sub("to_q"), dim, dim, false)?,
-            to_k: Linear::load(&p.sub("to_k"), context_dim, dim, false)?,
-            to_v: Linear::load(&p.sub("to_v"), context_dim, dim, false)?,
-            to_out: Linear::load(&p.sub("to_out.0"), dim, dim, true)?,
-            heads,
-        })
-    }
-
-    /// The four projections by their checkpoint names, where LoRA attaches (peft's target modules for SD).
-    pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 4] {
-        [("to_q", &mut self.to_q), ("to_k", &mut self.to_k), ("to_v", &mut self.to_v), ("to_out.0", &mut self.to_out)]
-    }
-
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
-        let context = context.unwrap_or(x);
-        let split_heads = |t: Tensor| {
-            let (b, n, c) = t.size3().unwrap();
-            t.view([b, n, self.heads, c / self.heads]).transpose(1, 2)
-        };
-        let q = split_heads(self.to_q.forward(x));
-        let k = split_heads(self.to_k.forward(context));
-        let v = split_heads(self.to_v.forward(context));
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
-        let (b, _, n, _) = out.size4().unwrap();
-        self.to_out.forward(&out.transpose(1, 2).reshape([b, n, -1]))
-    }
-}
-
-/// GEGLU feed-forward (`ff.net.0.proj` doubles the width into value and gate, `ff.net.2` projects back).
-pub struct FeedForward {
-    pub proj: Linear,
-    pub out: Linear,
-}
-
-impl FeedForward {
-    pub fn load(p: &WeightPath, dim: i64) -> Result<Self> {
-        let inner = dim * 4;
-        Ok(Self {
-            proj: Linear::load(&p.sub("net.0.proj"), dim, inner * 2, true)?,
-            out: Linear::load(&p.sub("net.2"), inner, dim, true)?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let halves = self.proj.forward(x).chunk(2, -1);
-        self.out.forward(&(&halves[0] * halves[1].gelu("none")))
-    }
-}
 
 /// Self-attention, cross-attention to the text, feed-forward; each pre-normed and residual.
 pub struct BasicTransformerBlock {
@@ -80,11 +19,11 @@ impl BasicTransformerBlock {
     pub fn load(p: &WeightPath, dim: i64, context_dim: i64, heads: i64) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::load(&p.sub("norm1"), dim, 1e-5)?,
-            attn1: Attention::load(&p.sub("attn1"), dim, dim, heads)?,
+            attn1: Attention::load(&p.sub("attn1"), dim, dim, heads, false)?,
             norm2: LayerNorm::load(&p.sub("norm2"), dim, 1e-5)?,
-            attn2: Attention::load(&p.sub("attn2"), dim, context_dim, heads)?,
+            attn2: Attention::load(&p.sub("attn2"), dim, context_dim, heads, false)?,
             norm3: LayerNorm::load(&p.sub("norm3"), dim, 1e-5)?,
-            ff: FeedForward::load(&p.sub("ff"), dim)?,
+            ff: FeedForward::load(&p.sub("ff"), dim, Activation::Geglu)?,
         })
     }
 

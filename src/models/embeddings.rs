@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 /// Sinusoidal features of the timesteps [B] -> [B, dim], computed in f32 as diffusers does.
 pub fn timestep_features(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor {
     let half = dim / 2;
-    let exponent = Tensor::arange(half, (Kind::Float, timesteps.device())) * (-(10000f64.ln()) / (half as f64 - freq_shift));
+    // diffusers' order of operations: at t near 1000 one f32 rounding of an angle moves its sine by 6e-5.
+    let exponent = Tensor::arange(half, (Kind::Float, timesteps.device())) * -(10000f64.ln()) / (half as f64 - freq_shift);
     let angles = timesteps.to_kind(Kind::Float).unsqueeze(1) * exponent.exp().unsqueeze(0);
     let (sin, cos) = (angles.sin(), angles.cos());
     let features = if flip_sin_to_cos { Tensor::cat(&[cos, sin], -1) } else { Tensor::cat(&[sin, cos], -1) };
