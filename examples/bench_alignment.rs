@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use dma::method::hspace::distance_to;
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
-use dma::pipelines::source::component_weight_files;
+use dma::loaders::source::component_weight_files;
 use dma::weights::Weights;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -114,20 +114,20 @@ fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String
     };
     match mode {
         "enc_fwd" => {
-            let h = tch::no_grad(|| unet.encode_h(&inp.latent, &inp.timestep, &inp.context));
+            let h = tch::no_grad(|| unet.encode_h(&inp.latent, &inp.timestep, &inp.context, None));
             put("h_abs_mean", &h.abs().mean(Kind::Double));
         }
         "full_fwd" => {
-            let out = tch::no_grad(|| unet.forward(&inp.latent, &inp.timestep, &inp.context));
+            let out = tch::no_grad(|| unet.forward(&inp.latent, &inp.timestep, &inp.context, None));
             put("h_abs_mean", &out.h.abs().mean(Kind::Double));
             put("sample_abs_mean", &out.sample.abs().mean(Kind::Double));
         }
         "enc_fwd_bwd" | "full_fwd_bwd" => {
             let leaf = inp.latent.detach().set_requires_grad(true);
             let (losses, _keep) = if mode == "enc_fwd_bwd" {
-                (distance_to(&unet.encode_h(&leaf, &inp.timestep, &inp.context), &inp.target), None)
+                (distance_to(&unet.encode_h(&leaf, &inp.timestep, &inp.context, None), &inp.target), None)
             } else {
-                let out = unet.forward(&leaf, &inp.timestep, &inp.context);
+                let out = unet.forward(&leaf, &inp.timestep, &inp.context, None);
                 (distance_to(&out.h, &inp.target), Some(out))
             };
             let loss = losses.sum(Kind::Float);
@@ -137,7 +137,7 @@ fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String
         }
         "train_fwd_bwd" => {
             let leaf = inp.latent.detach().set_requires_grad(true);
-            let loss = unet.forward(&leaf, &inp.timestep, &inp.context).sample.square().mean(Kind::Float);
+            let loss = unet.forward(&leaf, &inp.timestep, &inp.context, None).sample.square().mean(Kind::Float);
             let grad = Tensor::run_backward(&[&loss], &[&leaf], false, false).pop().unwrap();
             put("loss", &loss.detach());
             put("grad_abs_mean", &grad.abs().mean(Kind::Double));
@@ -224,8 +224,8 @@ fn main() -> Result<()> {
     // Consistency of the two paths to h (once, before anything is timed or measured).
     let h_diff = (!args.skip_check).then(|| {
         tch::no_grad(|| {
-            let h_enc = unet.encode_h(&inp.latent, &inp.timestep, &inp.context);
-            let h_full = unet.forward(&inp.latent, &inp.timestep, &inp.context).h;
+            let h_enc = unet.encode_h(&inp.latent, &inp.timestep, &inp.context, None);
+            let h_full = unet.forward(&inp.latent, &inp.timestep, &inp.context, None).h;
             (h_enc - h_full).abs().max().double_value(&[])
         })
     });

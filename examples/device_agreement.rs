@@ -9,10 +9,11 @@
 //! 1e-3 of its output's size, so 1e-2 leaves room; a DMA run (4 guided steps, 2 of them aligned by 5 Adam
 //! iterations each) feeds each step's result to the next, 5e-2.
 use dma::device::parse_device;
+use dma::models::denoiser::Condition;
 use dma::method::hspace::distance_to;
-use dma::method::{alignment::loss_and_gradient, AlignSettings, HBranch, HSpace};
+use dma::method::{alignment::loss_and_gradient, AlignSettings, HBranch};
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
-use dma::pipelines::StableDiffusion;
+use dma::pipelines::DiffusionModel;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -37,21 +38,22 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|");
     let mut failed = 0;
     for (name, dir, prompt) in &models {
-        let cpu = StableDiffusion::load_folder(dir, Device::Cpu, Kind::Float)?;
-        let gpu = StableDiffusion::load_folder(dir, device, Kind::Float)?;
+        let cpu = dma::loaders::load_folder(dir, Device::Cpu, Kind::Float)?;
+        let gpu = dma::loaders::load_folder(dir, device, Kind::Float)?;
         let mut report = |part: &str, difference: f64, tolerance: f64| {
             let agrees = difference <= tolerance;
             failed += usize::from(!agrees);
             println!("| {name} | {part} | {difference:.3e} | {tolerance:.0e} | {} |", if agrees { "yes" } else { "NO" });
         };
-        let (context_cpu, context_gpu) = (cpu.encode_prompt(prompt)?, gpu.encode_prompt(prompt)?);
-        report("text encoder", relative(&context_gpu, &context_cpu), PASS);
+        let (context_cpu, context_gpu) = (cpu.condition(prompt)?, gpu.condition(prompt)?);
+        let (Condition::Text(text_cpu), Condition::Text(text_gpu)) = (&context_cpu, &context_gpu) else { anyhow::bail!("the fixtures are text-conditioned") };
+        report("text encoder", relative(text_gpu, text_cpu), PASS);
         let x = seeded_latents(&cpu, 2, 0);
         let t = Tensor::from(500i64);
-        let unet = |m: &StableDiffusion, context: &Tensor| tch::no_grad(|| m.unet.forward(&x.to_device(m.device), &t.to_device(m.device), &context.expand([2, -1, -1], false)).sample);
+        let unet = |m: &DiffusionModel, context: &Condition| tch::no_grad(|| m.denoiser.predict(&x.to_device(m.device), &t.to_device(m.device), &context.repeat(2)).noise);
         report("UNet output", relative(&unet(&gpu, &context_gpu), &unet(&cpu, &context_cpu)), PASS);
-        let gradient = |m: &StableDiffusion, context: &Tensor| {
-            let hspace = HSpace::new(&m.unet, context.shallow_clone(), 2);
+        let gradient = |m: &DiffusionModel, context: &Condition| {
+            let hspace = m.hspace(context.shallow_clone(), 2);
             let x = x.to_device(m.device);
             // A target apart from both latents' h, so each has a gradient.
             let h = hspace.h_all(&x, 500);
@@ -66,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         let settings = SamplingSettings { prompt: prompt.to_string(), steps: 4, guidance: 5.0, seed: 0, batch: 4, use_clipped_model_output: false };
         let align = AlignSettings { align_steps: 2, iters: 5, tol: 0.0, ..AlignSettings::paper(HBranch::Cond) };
         let init = seeded_latents(&cpu, 4, 0);
-        let dma = |m: &StableDiffusion| run(m, &settings, &init, Some(&align), 0, &|_| {}).map(|r| r.latents);
+        let dma = |m: &DiffusionModel| run(m, &settings, &init, Some(&align), 0, &|_| {}).map(|r| r.latents);
         report("DMA run (4 steps, 2 aligned)", relative(&dma(&gpu)?, &dma(&cpu)?), RUN);
     }
     if failed > 0 {

@@ -12,7 +12,7 @@ use dma::evaluation::zero_shot::ZeroShot;
 use dma::output::images::{grid, png_bytes};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let source = ModelSource::Folder(model_dir);
     let mut defaults = RunDefaults::for_source(&source)?;
     defaults.guidance = guidance.unwrap_or(defaults.guidance);
-    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let sample = |prompt: &str, seed: u64, n: i64| -> anyhow::Result<Tensor> {
         let settings = SamplingSettings { batch: 50, ..defaults.sampling(prompt, seed) };
         Ok(model.decode(&run(&model, &settings, &seeded_latents(&model, n, seed), None, 0, &|_| {})?.latents))

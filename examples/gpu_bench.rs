@@ -9,17 +9,19 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use dma::device::{parse_device, parse_kind};
 use dma::distributed::Ranks;
-use dma::method::{alignment::loss_and_gradient, HBranch, HSpace};
+use dma::method::{alignment::loss_and_gradient, HBranch};
 use dma::models::clip_text::ClipTextModel;
+use dma::models::denoiser::{Denoiser, Network};
 use dma::models::unet::UNet2DConditionModel;
 use dma::models::vae::AutoencoderKL;
 use dma::optim::Adam;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{mental_average_from, seeded_latents, SamplingSettings};
 use dma::checkpoint::NoCheckpoints;
-use dma::pipelines::single_file::{Configs, Family};
-use dma::pipelines::stable_diffusion::ModelInfo;
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::single_file::{Configs, Family};
+use dma::pipelines::model::{Conditioner, ModelInfo};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use dma::weights::Weights;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,17 +60,19 @@ fn random_weights(name: &str, build: impl Fn(&dma::weights::WeightPath) -> Resul
 }
 
 /// The model at `device` in `kind`: the folder given, or SD 1.5 built from `random` (its random weights).
-fn model(args: &Args, random: &Option<[HashMap<String, Tensor>; 3]>, device: Device, kind: Kind) -> Result<StableDiffusion> {
+fn model(args: &Args, random: &Option<[HashMap<String, Tensor>; 3]>, device: Device, kind: Kind) -> Result<DiffusionModel> {
     let Some([unet, text, vae]) = random else {
         let dir = args.model.clone().context("a model folder")?;
-        return StableDiffusion::load(&ModelSource::Folder(dir), device, kind);
+        return dma::loaders::load(&ModelSource::Folder(dir), device, kind);
     };
     let configs = Configs::builtin(Family::Sd1)?;
     let frozen = |tensors: &HashMap<String, Tensor>, name: &str| Weights::from_tensors(tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect(), name.into(), device, kind);
-    Ok(StableDiffusion {
-        tokenizer: configs.tokenizer,
-        text_encoder: frozen(text, "text encoder").build(|p| ClipTextModel::load(p, &configs.text_encoder))?,
-        unet: frozen(unet, "unet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?,
+    Ok(DiffusionModel {
+        conditioner: Conditioner::Text {
+            tokenizer: configs.tokenizer,
+            text_encoder: frozen(text, "text encoder").build(|p| ClipTextModel::load(p, &configs.text_encoder))?,
+        },
+        denoiser: Denoiser::new(Network::UNet(frozen(unet, "unet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?)),
         vae: Some(frozen(vae, "vae").build(|p| AutoencoderKL::load(p, &configs.vae))?),
         scheduler: configs.scheduler,
         info: ModelInfo::new("SD 1.5 configuration, random weights".into(), Vec::new()),
@@ -105,11 +109,11 @@ fn main() -> Result<()> {
         let kind = parse_kind(dtype)?;
         let sd = model(&args, &random, device, kind)?;
         let [c, h, w] = sd.latent_shape();
-        let context = sd.encode_prompt("a photo of a dog")?;
+        let context = sd.condition("a photo of a dog")?;
         for &batch in &args.batches {
             tch::manual_seed(1);
             let mut x = Tensor::randn([batch, c, h, w], (Kind::Float, device));
-            let hspace = HSpace::new(&sd.unet, context.shallow_clone(), batch);
+            let hspace = sd.hspace(context.shallow_clone(), batch);
             let target = hspace.h_all(&x, 500).mean_dim(0, true, Kind::Float) + 0.1;
             let mut adam = Adam::new(&x, 2e-2);
             let mut iteration = |x: &Tensor| {

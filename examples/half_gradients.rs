@@ -22,6 +22,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use dma::method::alignment::loss_and_gradient;
 use dma::method::hspace::{distance_to, HSpace};
+use dma::models::denoiser::{Condition, Denoiser, Network};
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
 use dma::weights::Weights;
 use serde_json::json;
@@ -112,7 +113,7 @@ fn main() -> Result<()> {
     let exact: HashMap<String, Tensor> = original.iter().map(|(k, w)| (k.clone(), exact_in_half(w))).collect();
     let model = |weights: &HashMap<String, Tensor>, kind: Kind| {
         let shared = weights.iter().map(|(k, w)| (k.clone(), w.shallow_clone())).collect();
-        UNet2DConditionModel::load(&Weights::from_tensors(shared, "random UNet".into(), Device::Cpu, kind).root(), &config)
+        UNet2DConditionModel::load(&Weights::from_tensors(shared, "random UNet".into(), Device::Cpu, kind).root(), &config).map(|u| Denoiser::new(Network::UNet(u)))
     };
     let build_s = start.elapsed().as_secs_f64();
 
@@ -122,7 +123,7 @@ fn main() -> Result<()> {
     let x = latents.narrow(0, 0, 1).repeat([2, 1, 1, 1]);
     let (targets, h32, losses32, grad32, f32_s) = {
         let unet = model(&exact, Kind::Float)?;
-        let hspace = HSpace::new(&unet, context.shallow_clone(), args.latents);
+        let hspace = HSpace::new(&unet, Condition::Text(context.shallow_clone()), Kind::Float, args.latents);
         let h = hspace.h_all(&latents, t);
         let target = h.mean_dim(0, true, Kind::Float);
         let own = h.narrow(0, 0, 1);
@@ -143,7 +144,7 @@ fn main() -> Result<()> {
     );
     {
         let unet = model(&original, Kind::Float)?;
-        let hspace = HSpace::new(&unet, context.shallow_clone(), 2);
+        let hspace = HSpace::new(&unet, Condition::Text(context.shallow_clone()), Kind::Float, 2);
         let (_, grad) = loss_and_gradient(&hspace, &x, &targets, t);
         println!("{}", json!({"weights": "f32 as initialised vs rounded (exact_in_half)", "cosine": points(&row_cosines(&grad, &grad32))}));
     }
@@ -151,7 +152,7 @@ fn main() -> Result<()> {
 
     for (name, kind) in kinds {
         let unet = model(&exact, kind)?;
-        let hspace = HSpace::new(&unet, context.to_kind(kind), 2);
+        let hspace = HSpace::new(&unet, Condition::Text(context.to_kind(kind)), kind, 2);
         let t0 = Instant::now();
         let (before, h) = gradient_before(&hspace, &x, &targets, t);
         // Rounding noise of this precision's own h (row 0, latent 0 as in f32), relative to h's RMS.

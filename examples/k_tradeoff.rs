@@ -6,7 +6,7 @@ use dma::distributed::Ranks;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
 use std::time::Instant;
 use tch::{Device, Kind};
 
@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let seeds: u64 = args.get(4).map_or(Ok(3), |s| s.parse())?;
     let source = ModelSource::resolve(&model_spec)?;
     let defaults = RunDefaults::for_source(&source)?;
-    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let align = defaults.align(HBranch::Cond);
     println!("model {model_spec}, prompt {prompt:?}, {seeds} seeds per K, {align:?}");
     println!("| K | seconds per run | consistency (mean abs pixel diff between seeds' prototypes) | spread of the K final images |");

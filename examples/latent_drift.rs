@@ -6,11 +6,11 @@
 //! Run: `cargo run --release --example latent_drift -- [MODEL] [PROMPT,PROMPT,...] [K] [SEEDS] [keep-norm]`
 //! (defaults: the embedded model, "footwear,a bag,a sneaker", 16, 3); other settings are the model's defaults.
 use dma::evaluation::sharpness::laplacian_variance;
-use dma::method::{Alignment, HBranch, HSpace};
+use dma::method::{Alignment, HBranch};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::seeded_latents;
-use dma::pipelines::{ModelSource, StableDiffusion};
-use dma::sampling::{sample, GuidedDenoiser, StepHooks};
+use dma::loaders::ModelSource;
+use dma::sampling::{sample, StepHooks};
 use tch::{Device, Kind, Tensor};
 
 /// Per step: (RMS, per-channel std averaged over channels, Laplacian variance per channel averaged), each the mean
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let keep_norm = args.get(5).is_some_and(|s| s == "keep-norm");
     let source = ModelSource::resolve(&model_spec)?;
     let defaults = RunDefaults::for_source(&source)?;
-    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let align = dma::method::AlignSettings { keep_norm, ..defaults.align(HBranch::Cond) };
     println!("model {model_spec}, K {k}, {seeds} seeds, {align:?}");
     for prompt in &prompts {
@@ -48,13 +48,13 @@ fn main() -> anyhow::Result<()> {
         for seed in 0..seeds {
             let settings = defaults.sampling(prompt, seed);
             let scheduler = settings.scheduler(&model)?;
-            let (cond, uncond) = model.guidance_contexts(prompt)?;
-            let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
+            let (cond, uncond) = model.guidance_conditions(prompt)?;
+            let denoiser = model.guided(&cond, &uncond, settings.guidance, settings.batch);
             let mut denoise = |x: &Tensor, t: i64| Ok(denoiser.predict(x, t));
             let init = seeded_latents(&model, k, seed);
             let mut plain = Statistics::default();
             let plain_latents = sample(&scheduler, init.shallow_clone(), &mut denoise, &mut plain)?;
-            let alignment = Alignment::new(HSpace::new(&model.unet, cond.shallow_clone(), settings.batch), align.clone(), &|_| {});
+            let alignment = Alignment::new(model.hspace(cond.shallow_clone(), settings.batch), align.clone(), &|_| {});
             let mut hooks = (alignment, Statistics::default());
             let dma_latents = sample(&scheduler, init, &mut denoise, &mut hooks)?;
             plain_steps.push(plain.0);

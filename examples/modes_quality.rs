@@ -18,7 +18,8 @@ use dma::checkpoint::NoCheckpoints;
 use dma::distributed::Ranks;
 use dma::pipelines::mental_average::{seeded_mental_average, SamplingSettings};
 use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -54,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     let pca_dims: usize = args.get(4).map_or(Ok(defaults.pca_dims), |s| s.parse())?;
     let adapter_steps: Option<usize> = args.get(5).filter(|s| *s != "-").map(|s| s.parse()).transpose()?;
     let criterion = args.get(6).map_or(Ok(Criterion::Silhouette), |s| Criterion::from_str(s, true).map_err(anyhow::Error::msg))?;
-    let mut model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
+    let mut model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
     let concept = broad_concepts().iter().find(|c| c.name == "footwear").expect("the embedded captions have footwear");
     println!("embedded model, \"{}\", {samples} samples, PCA {pca_dims} dims, clusters auto by {criterion:?}", concept.name);
@@ -119,7 +120,7 @@ fn majority_classes(classifier: &ZeroShot, concept: &BroadConcept, modes: &Modes
 /// many prototypes are of their cluster's majority class.
 #[allow(clippy::too_many_arguments)]
 fn chain(
-    model: &mut StableDiffusion,
+    model: &mut DiffusionModel,
     classifier: &ZeroShot,
     defaults: &RunDefaults,
     modes: &Modes,

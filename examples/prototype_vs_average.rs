@@ -12,7 +12,7 @@ use dma::method::HBranch;
 use dma::output::images::{enlarge_to, grid, png_bytes};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
     let source = ModelSource::Folder(model_dir.clone());
     let defaults = RunDefaults::for_source(&source)?;
-    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float)?;
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
     let names = class_names();
     let align = defaults.align(HBranch::Cond);

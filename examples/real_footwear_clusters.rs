@@ -9,7 +9,7 @@ use dma::data::{data_dir, Dataset, Rng, Split};
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::modes::{cluster_images, DiscoverySettings};
-use dma::pipelines::ModelSource;
+use dma::loaders::ModelSource;
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 

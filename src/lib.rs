@@ -21,6 +21,7 @@ pub mod files;
 pub mod method;
 pub mod passes;
 pub mod stop;
+pub mod loaders;
 pub mod pipelines;
 pub mod sampling;
 pub mod training;

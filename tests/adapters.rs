@@ -14,7 +14,9 @@ use dma::checkpoint::training::{self as checkpoint, Resume, TrainingState};
 use dma::checkpoint::{Checkpoints, NoCheckpoints};
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{run, seeded_latents};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::models::denoiser::Condition;
+use dma::pipelines::DiffusionModel;
 use dma::schedulers::ddim::DdimScheduler;
 use dma::training::diffusion::noise_prediction_loss;
 use dma::weights::read_safetensors;
@@ -22,8 +24,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
-fn tiny(kind: Kind) -> StableDiffusion {
-    StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, kind).unwrap()
+fn tiny(kind: Kind) -> DiffusionModel {
+    dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, kind).unwrap()
 }
 
 fn embedded_dir() -> PathBuf {
@@ -42,8 +44,8 @@ const TEXT_RTOL: f64 = 1e-5;
 fn lora_parity(lora: Option<Lora>) -> [Closeness; 2] {
     let refs = references("adapters");
     let mut model = tiny(Kind::Float);
-    let forward = |model: &StableDiffusion| {
-        tch::no_grad(|| model.unet.forward(&refs["unet_sample"], &refs["unet_timesteps"], &refs["unet_context"]).sample)
+    let forward = |model: &DiffusionModel| {
+        tch::no_grad(|| common::unet_of(model).forward(&refs["unet_sample"], &refs["unet_timesteps"], &refs["unet_context"], None).sample)
     };
     let base = forward(&model);
     let adapter = match lora {
@@ -75,9 +77,9 @@ fn ti_parity(ti: Option<TextualInversion>) -> Closeness {
     let prompt = json["prompt"].as_str().unwrap();
     adapter.check_prompt(prompt).unwrap();
     adapter.apply(&mut model).unwrap();
-    let ids = model.tokenizer.encode(prompt).unwrap();
+    let ids = model.text("the test").unwrap().0.encode(prompt).unwrap();
     assert_eq!(Tensor::from_slice(&ids).unsqueeze(0), refs["ti_ids"], "token ids with the added token");
-    let hidden = model.encode_prompt(prompt).unwrap();
+    let hidden = common::text_condition(&model, prompt);
     closeness("text encoder output with the learned token", &hidden, &refs["ti_hidden"], TEXT_RTOL, 0.0)
 }
 
@@ -151,11 +153,12 @@ fn textual_inversion_gradient_matches_finite_differences() {
     tch::manual_seed(5);
     let row = (Tensor::randn([32], (Kind::Double, Device::Cpu)) * 0.1).set_requires_grad(true);
     model.add_token("<fd-token>", &row).unwrap();
-    let ids = Tensor::from_slice(&model.tokenizer.encode("a photo of <fd-token>").unwrap()).unsqueeze(0);
+    let ids = Tensor::from_slice(&model.text("the test").unwrap().0.encode("a photo of <fd-token>").unwrap()).unsqueeze(0);
     let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
     let loss = || {
         tch::manual_seed(9);
-        noise_prediction_loss(&model.unet, &scheduler, &x0, &model.text_encoder.forward(&ids)).to_kind(Kind::Double)
+        let context = Condition::Text(model.text("the test").unwrap().1.forward(&ids));
+        noise_prediction_loss(&model.denoiser, &scheduler, &x0, &context).to_kind(Kind::Double)
     };
     // float64 central differences at step 1e-6: truncation ~1e-12, rounding ~1e-16 / 1e-6 of the loss, relative;
     // 1e-5 holds on any machine, and a wrong or missing term in the gradient is off by far more.
@@ -170,7 +173,7 @@ fn lora_gradient_matches_finite_differences_and_trains_nothing_else() {
     tch::manual_seed(6);
     // Non-zero B, so the gradient of A is not trivially zero as at initialisation.
     let layers: BTreeMap<String, LoraLayer> = model
-        .unet
+        .denoiser
         .attention_projections_mut()
         .into_iter()
         .map(|(path, linear)| {
@@ -182,17 +185,17 @@ fn lora_gradient_matches_finite_differences_and_trains_nothing_else() {
     let lora = Lora { layers };
     lora.apply(&mut model).unwrap();
     let params: Vec<Tensor> = lora.layers.values().flat_map(|l| [l.down.shallow_clone(), l.up.shallow_clone()]).collect();
-    let context = model.encode_prompt("a photo of a dog").unwrap();
+    let context = model.condition("a photo of a dog").unwrap();
     let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
     let loss = || {
         tch::manual_seed(9);
-        noise_prediction_loss(&model.unet, &scheduler, &x0, &context).to_kind(Kind::Double)
+        noise_prediction_loss(&model.denoiser, &scheduler, &x0, &context).to_kind(Kind::Double)
     };
     // As for Textual Inversion above: float64, 1e-5 relative.
     check_gradient(&params, &loss, 1e-6, 1e-5);
     loss().backward();
     assert!(params.iter().all(|p| p.grad().defined()), "every LoRA factor gets a gradient");
-    assert!(!model.unet.conv_in.weight.requires_grad(), "the UNet's own weights are not trained");
+    assert!(!common::unet_of(&model).conv_in.weight.requires_grad(), "the UNet's own weights are not trained");
 }
 
 #[test]
@@ -200,7 +203,7 @@ fn a_textual_inversion_adapter_lowers_the_held_out_loss_of_its_mode() {
     let _rng = common::global_rng();
     let source = ModelSource::Folder(embedded_dir());
     let defaults = RunDefaults::for_source(&source).unwrap();
-    let mut model = StableDiffusion::load(&source, Device::Cpu, Kind::Float).unwrap();
+    let mut model = dma::loaders::load(&source, Device::Cpu, Kind::Float).unwrap();
     // One mode of "footwear", sandals, drawn from the class prompt: 24 to learn from, 8 held out.
     let sandals = run(&model, &defaults.sampling("a sandal", 3), &seeded_latents(&model, 32, 3), None, 0, &|_| {}).unwrap().latents;
     let (trained, held) = (sandals.narrow(0, 0, 24), sandals.narrow(0, 24, 8));
@@ -215,7 +218,7 @@ fn a_textual_inversion_adapter_lowers_the_held_out_loss_of_its_mode() {
 
 #[test]
 fn adapters_for_another_model_or_prompt_are_refused_clearly() {
-    let mut embedded = StableDiffusion::load(&ModelSource::Folder(embedded_dir()), Device::Cpu, Kind::Float).unwrap();
+    let mut embedded = dma::loaders::load(&ModelSource::Folder(embedded_dir()), Device::Cpu, Kind::Float).unwrap();
     let lora = Adapter::read(&fixture("adapters/lora/pytorch_lora_weights.safetensors")).unwrap();
     let error = format!("{:#}", lora.apply(&mut embedded).unwrap_err());
     assert!(error.contains("another model"), "{error}");

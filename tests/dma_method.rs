@@ -4,11 +4,11 @@ mod common;
 use common::{assert_close, fixture, max_abs_diff, reference_json, references};
 use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
-use dma::pipelines::StableDiffusion;
+use dma::pipelines::DiffusionModel;
 use tch::{Device, Kind, Tensor};
 
-fn model() -> StableDiffusion {
-    StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()
+fn model() -> DiffusionModel {
+    dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()
 }
 
 fn settings(batch: i64) -> SamplingSettings {

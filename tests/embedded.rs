@@ -8,7 +8,8 @@ use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, SamplingSettings};
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use std::path::PathBuf;
 use std::process::Command;
 use tch::{Device, Kind};
@@ -20,7 +21,7 @@ fn embedded_dir() -> PathBuf {
 /// DMA on the embedded model for `class`'s first caption at the model's sampling defaults (8 latents, 6 aligned
 /// steps of at most 15 iterations):
 /// the spread of h shrinks at every aligned step; returns the prototype image.
-fn embedded_prototype(model: &StableDiffusion, class: usize) -> tch::Tensor {
+fn embedded_prototype(model: &DiffusionModel, class: usize) -> tch::Tensor {
     let prompt = class_captions(class)[0].clone();
     let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
     let settings = SamplingSettings { batch: 8, ..defaults.sampling(&prompt, 0) };
@@ -34,8 +35,8 @@ fn embedded_prototype(model: &StableDiffusion, class: usize) -> tch::Tensor {
     model.decode(&result.latents.narrow(0, index, 1))
 }
 
-fn embedded_model() -> StableDiffusion {
-    StableDiffusion::load(&ModelSource::Folder(embedded_dir()), Device::Cpu, Kind::Float).unwrap()
+fn embedded_model() -> DiffusionModel {
+    dma::loaders::load(&ModelSource::Folder(embedded_dir()), Device::Cpu, Kind::Float).unwrap()
 }
 
 #[test]
@@ -76,7 +77,7 @@ fn the_main_command_runs_without_a_model_argument() {
     // The binary's own copy of models/embedded, unpacked into the cache: the same weights.
     assert!(run["model"]["source"].as_str().unwrap().contains("embedded-model-"), "{}", run["model"]["source"]);
     let shipped: Vec<String> = run["model"]["weight_files"].as_array().unwrap().iter().map(|f| f["sha256"].as_str().unwrap().to_string()).collect();
-    let unet = dma::pipelines::stable_diffusion::sha256_file(&embedded_dir().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let unet = dma::pipelines::model::sha256_file(&embedded_dir().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     assert!(shipped.contains(&unet), "the run used the repository's embedded UNet");
     let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
     assert_eq!(run["sampling"]["guidance"], defaults.guidance, "the embedded model's own defaults apply");

@@ -11,13 +11,14 @@ use dma::pipelines::baselines::mgd3::mgd3;
 use dma::pipelines::baselines::typical::most_typical;
 use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use std::path::Path;
 use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
-fn tiny_model() -> StableDiffusion {
-    StableDiffusion::load(&ModelSource::Folder(fixture("tiny-sd1")), Device::Cpu, Kind::Float).unwrap()
+fn tiny_model() -> DiffusionModel {
+    dma::loaders::load(&ModelSource::Folder(fixture("tiny-sd1")), Device::Cpu, Kind::Float).unwrap()
 }
 
 fn tiny_sampling(seed: u64) -> SamplingSettings {

@@ -13,7 +13,7 @@ use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::pipelines::mental_average::read_latents;
 use dma::models::tokenizer::Tokenizer;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::{single_file, ModelSource, StableDiffusion};
+use dma::loaders::{single_file, ModelSource};
 use dma::weights::{read_safetensors, write_safetensors};
 use std::collections::BTreeMap;
 use serde_json::Value;
@@ -366,7 +366,7 @@ fn fuzz_file(name: &str, file: &str, seed: u64, mutate: Mutator, load: fn(&Path)
 
 /// Damages `file` of a copy of tiny-sd1 and loads the whole model each time (see `fuzz`).
 fn fuzz_model_file(file: &str, seed: u64, mutate: Mutator, min_share: f64) {
-    fuzz_file("tiny-sd1", file, seed, mutate, |dir| StableDiffusion::load_folder(dir, Device::Cpu, Kind::Float).map(|_| ()), min_share);
+    fuzz_file("tiny-sd1", file, seed, mutate, |dir| dma::loaders::load_folder(dir, Device::Cpu, Kind::Float).map(|_| ()), min_share);
 }
 
 #[test]
@@ -478,7 +478,7 @@ fn damaged_init_latents_never_panic() {
     write_safetensors(&file, &[("latents", &Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu)))]).unwrap();
     // The model is loaded on the loader's thread: tensors cannot be shared across threads.
     let load: fn(&Path) -> anyhow::Result<()> = |path| {
-        let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float)?;
+        let model = dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float)?;
         read_latents(path, &model).map(|_| ())
     };
     fuzz("init latents", &file, 40, mutate_safetensors, &file, load, MIN_SHARE_WEIGHTS);

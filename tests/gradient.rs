@@ -2,16 +2,15 @@
 //! differences in f64.
 mod common;
 use common::fixture;
-use dma::method::hspace::{distance_to, HSpace};
-use dma::pipelines::StableDiffusion;
+use dma::method::hspace::distance_to;
 use tch::{Device, Kind, Tensor};
 
 #[test]
 fn hspace_loss_gradient_matches_finite_differences() {
     let _rng = common::global_rng();
-    let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Double).unwrap();
-    let context = model.encode_prompt("a photo of a dog").unwrap();
-    let hspace = HSpace::new(&model.unet, context, 4);
+    let model = dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Double).unwrap();
+    let context = model.condition("a photo of a dog").unwrap();
+    let hspace = model.hspace(context, 4);
     tch::manual_seed(7);
     let x = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
     let timestep = 601;
@@ -27,14 +26,14 @@ fn hspace_loss_gradient_matches_finite_differences() {
 #[test]
 fn alignment_computes_no_weight_gradients() {
     let _rng = common::global_rng();
-    let model = StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap();
-    let context = model.encode_prompt("a photo of a dog").unwrap();
-    let hspace = HSpace::new(&model.unet, context, 4);
+    let model = dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap();
+    let context = model.condition("a photo of a dog").unwrap();
+    let hspace = model.hspace(context, 4);
     let x = Tensor::randn([1, 4, 16, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let loss = hspace.h(&x, 500).square().mean(Kind::Float);
     loss.backward();
     assert!(x.grad().defined(), "the latent gets a gradient");
-    let weight = &model.unet.conv_in.weight;
+    let weight = &common::unet_of(&model).conv_in.weight;
     assert!(!weight.requires_grad(), "weights must not require gradients");
     assert!(!weight.grad().defined(), "no gradient may be accumulated into a weight");
 }

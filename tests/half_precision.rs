@@ -7,6 +7,7 @@ mod common;
 use dma::method::alignment::loss_and_gradient;
 use dma::method::hspace::HSpace;
 use dma::models::unet::config::UNetConfigFile;
+use dma::models::denoiser::{Condition, Denoiser, Network};
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
 use dma::weights::Weights;
 use std::collections::HashMap;
@@ -46,14 +47,14 @@ fn half_precision_alignment_gradients_follow_f32() {
     let weights: HashMap<String, Tensor> = fresh.named_tensors().into_iter().map(|(k, w)| (k, exact_in_half(&w.detach()))).collect();
     let model = |kind: Kind| {
         let shared = weights.iter().map(|(k, w)| (k.clone(), w.shallow_clone())).collect();
-        UNet2DConditionModel::load(&Weights::from_tensors(shared, "random UNet".into(), Device::Cpu, kind).root(), &config).unwrap()
+        Denoiser::new(Network::UNet(UNet2DConditionModel::load(&Weights::from_tensors(shared, "random UNet".into(), Device::Cpu, kind).root(), &config).unwrap()))
     };
     let latents = Tensor::randn([2, 4, 16, 16], (Kind::Float, Device::Cpu));
     let context = exact_in_half(&Tensor::randn([1, 77, 768], (Kind::Float, Device::Cpu)));
     let timestep = 951;
 
     let unet32 = model(Kind::Float);
-    let hspace32 = HSpace::new(&unet32, context.shallow_clone(), 2);
+    let hspace32 = HSpace::new(&unet32, Condition::Text(context.shallow_clone()), Kind::Float, 2);
     let h = hspace32.h_all(&latents, timestep);
     assert_eq!(h.size(), [2, 1280, 8, 8], "h must have SD 1.5's shape");
     // Row 0: the start of a step (the target is the latents' mean h); row 1: the target 90% of the way to latent
@@ -69,7 +70,7 @@ fn half_precision_alignment_gradients_follow_f32() {
     let mut failures = Vec::new();
     for kind in [Kind::Half, Kind::BFloat16] {
         let unet = model(kind);
-        let hspace = HSpace::new(&unet, context.to_kind(kind), 2);
+        let hspace = HSpace::new(&unet, Condition::Text(context.to_kind(kind)), kind, 2);
         let (losses, grad) = loss_and_gradient(&hspace, &x, &targets, timestep);
         let cos = cosines(&grad, &grad32);
         println!("{kind:?}: losses {losses:?}, gradient cosine vs f32: start {:.6}, 100x lower {:.6}", cos[0], cos[1]);

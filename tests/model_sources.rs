@@ -1,8 +1,7 @@
 //! Resolving --model: a folder, or a Hugging Face repo id found offline in the local cache.
 mod common;
 use common::fixture;
-use dma::pipelines::stable_diffusion::StableDiffusion;
-use dma::pipelines::ModelSource;
+use dma::loaders::ModelSource;
 use std::process::Command;
 
 /// A fake HF cache holding the tiny SD 1 fixture as `tiny-org/tiny-sd1` at revision `0123abc`.
@@ -104,7 +103,7 @@ fn a_tokenizer_longer_than_the_text_encoder_is_refused_at_load() {
         std::fs::copy(fixture("tiny-sd1/tokenizer").join(file), tokenizer.join(file)).unwrap();
     }
     std::fs::write(tokenizer.join("tokenizer_config.json"), r#"{"model_max_length": 78}"#).unwrap();
-    let loaded = StableDiffusion::load_folder(dir.path(), tch::Device::Cpu, tch::Kind::Float);
+    let loaded = dma::loaders::load_folder(dir.path(), tch::Device::Cpu, tch::Kind::Float);
     let err = format!("{:#}", loaded.err().expect("the folder should be refused"));
     assert!(err.contains("prompts are padded to 78 tokens, but the text encoder has only 77 positions"), "{err}");
 }

@@ -10,7 +10,7 @@ use dma::evaluation::zero_shot::ZeroShot;
 use dma::checkpoint::NoCheckpoints;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::modes::{discover, DiscoverySettings, Grounding};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::{Device, Kind};
@@ -163,7 +163,7 @@ fn footwear_clusters_into_its_three_kinds() {
     let _rng = common::global_rng();
     let source = ModelSource::Folder(embedded_dir());
     let defaults = RunDefaults::for_source(&source).unwrap();
-    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float).unwrap();
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float).unwrap();
     let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
     let footwear = broad_concepts().iter().find(|c| c.name == "footwear").unwrap();
     let sampling = defaults.sampling("footwear", 0);
@@ -204,7 +204,7 @@ fn a_clip_that_cannot_take_the_model_s_images_fails_before_sampling() {
 
 #[test]
 fn image_shape_is_what_decode_gives() {
-    for (name, model) in [("tiny-sd1", StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()), ("embedded", StableDiffusion::load_folder(&embedded_dir(), Device::Cpu, Kind::Float).unwrap())] {
+    for (name, model) in [("tiny-sd1", dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()), ("embedded", dma::loaders::load_folder(&embedded_dir(), Device::Cpu, Kind::Float).unwrap())] {
         let [c, h, w] = model.latent_shape();
         let decoded = model.decode(&tch::Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu)));
         assert_eq!(decoded.size()[1..], model.image_shape(), "{name}");

@@ -3,7 +3,7 @@
 mod common;
 use common::{assert_caught, closeness, fixture, reference_json, references, Closeness};
 use dma::pipelines::mental_average::{run, SamplingSettings};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
 use tch::{Device, Kind};
 
 /// Ten UNet calls in float32, each one's rounding (RTOL of tests/unet_parity.rs, 3e-5, at most) amplified by the
@@ -20,7 +20,7 @@ fn pipeline_parity(dir: &std::path::Path, guidance_factor: f64) -> Vec<Closeness
     let refs = references(dir);
     let json = reference_json(dir);
     let source = ModelSource::resolve(dir.to_str().unwrap()).unwrap();
-    let model = StableDiffusion::load(&source, Device::Cpu, Kind::Float).unwrap();
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float).unwrap();
     let settings = SamplingSettings {
         prompt: json["prompt"].as_str().unwrap().to_string(),
         steps: json["num_inference_steps"].as_u64().unwrap() as usize,

@@ -8,14 +8,14 @@ use dma::checkpoint::sampling::{self as checkpoint, Start, StepState};
 use dma::checkpoint::training::{Resume, TrainingState};
 use dma::checkpoint::Checkpoints;
 use dma::pipelines::mental_average::{alignment_work, run, run_stage, seeded_latents, SamplingResult, SamplingSettings};
-use dma::pipelines::StableDiffusion;
+use dma::pipelines::DiffusionModel;
 use dma::distributed::Ranks;
 use dma::passes::Passes;
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
-fn model() -> StableDiffusion {
-    StableDiffusion::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()
+fn model() -> DiffusionModel {
+    dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, Kind::Float).unwrap()
 }
 
 fn sampling(batch: i64) -> SamplingSettings {
@@ -28,7 +28,7 @@ fn align() -> AlignSettings {
 }
 
 /// A run of `k` latents in batches of 2, checking that the progress it tells equals the work it announced.
-fn dma(model: &StableDiffusion, k: i64, align: &AlignSettings) -> SamplingResult {
+fn dma(model: &DiffusionModel, k: i64, align: &AlignSettings) -> SamplingResult {
     let told = Cell::new(0u64);
     let result = run(model, &sampling(2), &seeded_latents(model, k, 3), Some(align), 0, &|n| told.set(told.get() + n)).unwrap();
     assert_eq!(told.get(), alignment_work(align, &sampling(2), k), "the progress told adds up to the work announced: {align:?}");
@@ -110,11 +110,11 @@ fn keep_norm_keeps_each_latent_on_its_sphere() {
     let init = seeded_latents(&model, 4, 3);
     // One aligned step at the first timestep: the aligned latents are what the sampler's first step received, so
     // their norms are read back by running the alignment hook alone.
-    use dma::method::{Alignment, HSpace};
+    use dma::method::Alignment;
     use dma::sampling::StepHooks;
-    let context = model.encode_prompt("a photo of a dog").unwrap();
+    let context = model.condition("a photo of a dog").unwrap();
     for keep_norm in [true, false] {
-        let mut alignment = Alignment::new(HSpace::new(&model.unet, context.shallow_clone(), 2), AlignSettings { keep_norm, ..settings.clone() }, &|_| {});
+        let mut alignment = Alignment::new(model.hspace(context.shallow_clone(), 2), AlignSettings { keep_norm, ..settings.clone() }, &|_| {});
         let aligned = alignment.before_step(0, 999, init.shallow_clone()).unwrap();
         let norms = |x: &Tensor| x.flatten(1, -1).norm_scalaropt_dim(2, [1], false);
         let change = (norms(&aligned) / norms(&init) - 1.0).abs().max().double_value(&[]);

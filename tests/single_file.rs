@@ -2,9 +2,9 @@
 //! diffusers folders (written by scripts/make_fixtures.py and checked there with diffusers' own single-file loader).
 mod common;
 use common::{assert_caught, closeness, fixture, fixture_with_edited_tensor, max_abs_diff, reference_json, references, Closeness};
-use dma::pipelines::single_file::{self, convert, detect_family, read_checkpoint, Configs, Family};
+use dma::loaders::single_file::{self, convert, detect_family, read_checkpoint, Configs, Family};
 use dma::models::tokenizer::Tokenizer;
-use dma::pipelines::StableDiffusion;
+use dma::pipelines::DiffusionModel;
 use dma::schedulers::ddim::PredictionType;
 use dma::weights::read_safetensors;
 use std::collections::{BTreeSet, HashMap};
@@ -62,14 +62,13 @@ fn sd2_open_clip_ldm_converts_to_the_folder_weights() {
 /// The UNet and text encoder built from the single file of the fixture folder `dir` (configs from the folder)
 /// against diffusers' reference outputs, with the tolerances of tests/unet_parity.rs (3e-5 of the largest magnitude)
 /// and tests/clip_parity.rs (1e-5): the same weights through the same model code, so the same rounding.
-fn single_file_parity(dir: &Path) -> (StableDiffusion, Vec<Closeness>) {
+fn single_file_parity(dir: &Path) -> (DiffusionModel, Vec<Closeness>) {
     let ldm_file = dir.join("ldm.safetensors");
     let sd = single_file::load_with_configs(&ldm_file, dir, Device::Cpu, Kind::Float).unwrap();
     let refs = references(dir);
     let t = Tensor::from(reference_json(dir)["unet_timestep"].as_i64().unwrap());
-    let out = tch::no_grad(|| sd.unet.forward(&refs["unet_sample"], &t, &refs["unet_encoder_hidden_states"]));
-    let ids = Tensor::from_slice(&sd.tokenizer.encode(reference_json(dir)["prompt"].as_str().unwrap()).unwrap()).unsqueeze(0);
-    let hidden = tch::no_grad(|| sd.text_encoder.forward(&ids));
+    let out = tch::no_grad(|| common::unet_of(&sd).forward(&refs["unet_sample"], &t, &refs["unet_encoder_hidden_states"], None));
+    let hidden = common::text_condition(&sd, reference_json(dir)["prompt"].as_str().unwrap());
     let name = dir.file_name().unwrap().to_string_lossy();
     let checks = vec![
         closeness(&format!("{name} single-file UNet output"), &out.sample, &refs["unet_out"], 3e-5, 0.0),
@@ -81,7 +80,7 @@ fn single_file_parity(dir: &Path) -> (StableDiffusion, Vec<Closeness>) {
 
 /// The whole loader, end to end: the UNet and text encoder built from the single file give diffusers' reference
 /// outputs, and the pipeline records the file.
-fn check_loaded(name: &str) -> StableDiffusion {
+fn check_loaded(name: &str) -> DiffusionModel {
     let (sd, checks) = single_file_parity(&fixture(name));
     for c in checks {
         c.check();

@@ -2,7 +2,7 @@
 mod common;
 use common::{assert_caught, closeness, fixture, fixture_with_edited_tensor, reference_json, references, Closeness};
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
-use dma::pipelines::source::component_weight_files;
+use dma::loaders::source::component_weight_files;
 use dma::weights::Weights;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -32,8 +32,8 @@ fn unet_parity(dir: &Path, kind: Kind) -> Vec<Closeness> {
     let sample = refs["unet_sample"].to_kind(kind);
     let context = refs["unet_encoder_hidden_states"].to_kind(kind);
     let t = Tensor::from(timestep);
-    let out = tch::no_grad(|| unet.forward(&sample, &t, &context));
-    let h_only = tch::no_grad(|| unet.encode_h(&sample, &t, &context));
+    let out = tch::no_grad(|| unet.forward(&sample, &t, &context, None));
+    let h_only = tch::no_grad(|| unet.encode_h(&sample, &t, &context, None));
     let name = dir.file_name().unwrap().to_string_lossy();
     vec![
         closeness(&format!("{name} {kind:?} UNet output"), &out.sample, &refs["unet_out"], RTOL, 0.0),
@@ -85,6 +85,32 @@ fn unet_runs_in_half_precision_close_to_f32() {
     // scale holds that with room, and a wrong kernel would be off by the whole scale.
     let refs = references("tiny-sd1");
     let (unet, _) = load_unet(&fixture("tiny-sd1"), Kind::BFloat16);
-    let out = tch::no_grad(|| unet.forward(&refs["unet_sample"].to_kind(Kind::BFloat16), &Tensor::from(500), &refs["unet_encoder_hidden_states"].to_kind(Kind::BFloat16)));
+    let out = tch::no_grad(|| unet.forward(&refs["unet_sample"].to_kind(Kind::BFloat16), &Tensor::from(500), &refs["unet_encoder_hidden_states"].to_kind(Kind::BFloat16), None));
     common::assert_close("bf16 UNet output", &out.sample, &refs["unet_out"], 0.1, 0.0);
+}
+
+/// h read after a down block (`--hspace-block`): the encoder path stops there and gives what the full pass saw at
+/// that point (down block i's output: its width, at the latent's size halved after each block but the last), and
+/// the full pass's output is unchanged by where h is read.
+#[test]
+fn h_after_a_down_block_is_that_block_s_output_on_both_paths() {
+    let dir = fixture("tiny-sd1");
+    let refs = references(&dir);
+    let (unet, _) = load_unet(&dir, Kind::Float);
+    let (sample, context) = (&refs["unet_sample"], &refs["unet_encoder_hidden_states"]);
+    let t = Tensor::from(reference_json(&dir)["unet_timestep"].as_i64().unwrap());
+    let (b, _, side, _) = sample.size4().unwrap();
+    let levels = unet.config.block_out_channels.len();
+    let mut shapes = Vec::new();
+    for block in 0..levels {
+        let encoder = tch::no_grad(|| unet.encode_h(sample, &t, context, Some(block)));
+        let full = tch::no_grad(|| unet.forward(sample, &t, context, Some(block)));
+        assert!(encoder.equal(&full.h), "block {block}: the encoder path's h differs from the full pass's");
+        assert!(full.sample.equal(&tch::no_grad(|| unet.forward(sample, &t, context, None)).sample), "block {block}: the output changed");
+        let halvings = block.min(levels - 2) as i64 + 1;
+        let side = side >> halvings.min(levels as i64 - 1);
+        assert_eq!(encoder.size(), [b, unet.config.block_out_channels[block], side, side], "block {block}");
+        shapes.push(encoder.size());
+    }
+    assert_ne!(shapes[0], shapes[levels - 1]);
 }

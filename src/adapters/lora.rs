@@ -3,7 +3,7 @@
 //! pytorch_lora_weights.safetensors with `unet.<module>.lora_A.weight` [r, in] and `unet.<module>.lora_B.weight`
 //! [out, r]. The file keeps no alpha, so diffusers loads it with alpha = r: the update is applied at scale 1.
 use crate::nn::LowRank;
-use crate::pipelines::StableDiffusion;
+use crate::pipelines::DiffusionModel;
 use crate::weights::write_safetensors;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -30,11 +30,11 @@ impl Lora {
     /// Fresh factors of rank `rank` on every attention projection of `model`'s UNet, as peft's "gaussian"
     /// initialisation: A ~ N(0, 1/r^2), B = 0, so training starts from the unchanged model. The tensors are f32
     /// leaves requiring gradients, on the model's device.
-    pub fn init(model: &mut StableDiffusion, rank: i64, seed: u64) -> Self {
+    pub fn init(model: &mut DiffusionModel, rank: i64, seed: u64) -> Self {
         tch::manual_seed(seed as i64);
         let device = model.device;
         let layers = model
-            .unet
+            .denoiser
             .attention_projections_mut()
             .into_iter()
             .map(|(path, linear)| {
@@ -94,10 +94,10 @@ impl Lora {
 
     /// Attaches the factors to the model's attention projections (replacing any LoRA there). Every layer must name
     /// a projection of this UNet with matching shapes; otherwise the adapter was made for another model.
-    pub fn apply(&self, model: &mut StableDiffusion) -> Result<()> {
+    pub fn apply(&self, model: &mut DiffusionModel) -> Result<()> {
         remove(model);
         let device = model.device;
-        let mut projections: BTreeMap<String, &mut crate::nn::Linear> = model.unet.attention_projections_mut().into_iter().collect();
+        let mut projections: BTreeMap<String, &mut crate::nn::Linear> = model.denoiser.attention_projections_mut().into_iter().collect();
         for (module, layer) in &self.layers {
             let Some(linear) = projections.get_mut(module) else {
                 bail!("the LoRA adapter has weights for `{module}`, which this model's UNet does not have: the adapter was made for another model");
@@ -117,8 +117,8 @@ impl Lora {
 }
 
 /// Takes every LoRA update off the model's UNet.
-pub fn remove(model: &mut StableDiffusion) {
-    for (_, linear) in model.unet.attention_projections_mut() {
+pub fn remove(model: &mut DiffusionModel) {
+    for (_, linear) in model.denoiser.attention_projections_mut() {
         linear.lora = None;
     }
 }

@@ -5,7 +5,7 @@ pub mod lora;
 pub mod textual_inversion;
 pub mod training;
 
-use crate::pipelines::StableDiffusion;
+use crate::pipelines::DiffusionModel;
 use crate::weights::read_safetensors;
 use anyhow::{Context, Result};
 use lora::Lora;
@@ -73,7 +73,7 @@ impl Adapter {
     }
 
     /// Puts the adapter into the model; fails if it was made for a model of other shapes.
-    pub fn apply(&self, model: &mut StableDiffusion) -> Result<()> {
+    pub fn apply(&self, model: &mut DiffusionModel) -> Result<()> {
         match self {
             Self::TextualInversion(ti) => ti.apply(model),
             Self::Lora(lora) => lora.apply(model),

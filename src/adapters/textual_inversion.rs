@@ -1,7 +1,7 @@
 //! Textual Inversion (Gal et al. 2022): a new token whose input embedding is learned so that prompts with it
 //! draw what a set of images shows. Stored as diffusers stores it: learned_embeds.safetensors with one tensor,
 //! named by the token, of shape [1, D] (diffusers' `load_textual_inversion` reads it).
-use crate::pipelines::StableDiffusion;
+use crate::pipelines::DiffusionModel;
 use crate::weights::write_safetensors;
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -35,7 +35,7 @@ impl TextualInversion {
 
     /// Adds the token to the model's tokenizer and text encoder; a width that does not match the text encoder's
     /// (an embedding learned for another model) is an error.
-    pub fn apply(&self, model: &mut StableDiffusion) -> Result<()> {
+    pub fn apply(&self, model: &mut DiffusionModel) -> Result<()> {
         model.add_token(&self.token, &self.embedding)?;
         Ok(())
     }

@@ -7,7 +7,8 @@ use super::{Adapter, AdapterKind};
 use crate::optim::AdamW;
 use crate::checkpoint::training::{Resume, TrainingState};
 use crate::checkpoint::Checkpoints;
-use crate::pipelines::StableDiffusion;
+use crate::models::denoiser::Condition;
+use crate::pipelines::DiffusionModel;
 use crate::schedulers::ddim::DdimScheduler;
 use crate::training::diffusion::noise_prediction_loss;
 use anyhow::{bail, ensure, Result};
@@ -36,11 +37,12 @@ pub fn prompt_with_token(prompt: &str, token: &str) -> String {
 
 /// The initial embedding of a new token: the mean input embedding of the prompt's own tokens (its ids less the
 /// start, end and padding ids, i.e. those of the empty prompt), so training starts at the concept.
-fn initial_embedding(model: &StableDiffusion, prompt: &str) -> Result<Tensor> {
-    let specials = model.tokenizer.encode("")?;
-    let words: Vec<i64> = model.tokenizer.encode(prompt)?.into_iter().filter(|id| !specials.contains(id)).collect();
+fn initial_embedding(model: &DiffusionModel, prompt: &str) -> Result<Tensor> {
+    let (tokenizer, text_encoder) = model.text("Textual Inversion")?;
+    let specials = tokenizer.encode("")?;
+    let words: Vec<i64> = tokenizer.encode(prompt)?.into_iter().filter(|id| !specials.contains(id)).collect();
     ensure!(!words.is_empty(), "the prompt {prompt:?} has no tokens to start a Textual Inversion embedding from");
-    let embeds = tch::no_grad(|| model.text_encoder.embed_tokens(&Tensor::from_slice(&words).unsqueeze(0)));
+    let embeds = tch::no_grad(|| text_encoder.embed_tokens(&Tensor::from_slice(&words).unsqueeze(0)));
     Ok(embeds.get(0).mean_dim(0, false, Kind::Float).to_device(Device::Cpu))
 }
 
@@ -48,7 +50,7 @@ fn initial_embedding(model: &StableDiffusion, prompt: &str) -> Result<Tensor> {
 /// the prompt with the token); LoRA's context never changes.
 enum Conditioning {
     Learned(Tensor),
-    Fixed(Tensor),
+    Fixed(Condition),
 }
 
 /// A learned tensor: the one saved at `resume`'s step, or `fresh` when starting anew; a leaf requiring gradients
@@ -65,7 +67,7 @@ fn learnable(resume: &Resume, name: &str, fresh: Tensor, device: Device) -> Resu
 /// every step.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
-    model: &mut StableDiffusion,
+    model: &mut DiffusionModel,
     samples: &Tensor,
     prompt: &str,
     token: &str,
@@ -86,7 +88,7 @@ pub fn train(
         AdapterKind::Ti => {
             let row = learnable(&resume, "token", initial_embedding(model, prompt)?, model.device)?;
             model.add_token(token, &row)?;
-            let ids = model.tokenizer.encode(&prompt_with_token(prompt, token))?;
+            let ids = model.text("Textual Inversion")?.0.encode(&prompt_with_token(prompt, token))?;
             (vec![("token".to_string(), row)], Conditioning::Learned(Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device)))
         }
         AdapterKind::Lora => {
@@ -98,7 +100,7 @@ pub fn train(
             }
             lora.apply(model)?;
             let params = lora.layers.into_iter().flat_map(|(m, l)| [(format!("{m}.lora_A"), l.down), (format!("{m}.lora_B"), l.up)]).collect();
-            (params, Conditioning::Fixed(model.encode_prompt(prompt)?))
+            (params, Conditioning::Fixed(model.condition(prompt)?))
         }
     };
     let mut optimizer = AdamW::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), settings.lr, WEIGHT_DECAY);
@@ -109,11 +111,11 @@ pub fn train(
         tch::manual_seed(settings.seed as i64 + step as i64);
         let picks = Tensor::randint(count, [settings.batch], (Kind::Int64, Device::Cpu)).to_device(samples.device());
         let x0 = samples.index_select(0, &picks).to_device(model.device).to_kind(model.kind);
-        let context = match &conditioning {
-            Conditioning::Learned(ids) => model.text_encoder.forward(ids),
-            Conditioning::Fixed(context) => context.shallow_clone(),
+        let condition = match &conditioning {
+            Conditioning::Learned(ids) => Condition::Text(model.text("Textual Inversion")?.1.forward(ids)),
+            Conditioning::Fixed(condition) => condition.shallow_clone(),
         };
-        let loss = noise_prediction_loss(&model.unet, &scheduler, &x0, &context);
+        let loss = noise_prediction_loss(&model.denoiser, &scheduler, &x0, &condition);
         let value = loss.double_value(&[]);
         ensure!(value.is_finite(), "adapter training ({stage}) step {}: the loss is {value}; the last checkpoint is kept", step + 1);
         optimizer.zero_grad();
@@ -144,14 +146,14 @@ pub fn train(
 /// The mean noise-prediction loss of `model` on `samples` given the prompt's context, over `draws` fixed
 /// (seeded) draws of timesteps and noise per sample: the same seed gives the same draws, so two models or
 /// prompts compared with one seed see exactly the same noise.
-pub fn mean_loss(model: &StableDiffusion, samples: &Tensor, prompt: &str, seed: u64, draws: usize) -> Result<f64> {
+pub fn mean_loss(model: &DiffusionModel, samples: &Tensor, prompt: &str, seed: u64, draws: usize) -> Result<f64> {
     let scheduler = DdimScheduler::new(&model.scheduler, 1)?;
-    let context = model.encode_prompt(prompt)?;
+    let condition = model.condition(prompt)?;
     let x0 = samples.to_device(model.device).to_kind(model.kind);
     let mut total = 0.0;
     for draw in 0..draws {
         tch::manual_seed(seed as i64 + draw as i64);
-        total += tch::no_grad(|| noise_prediction_loss(&model.unet, &scheduler, &x0, &context)).double_value(&[]);
+        total += tch::no_grad(|| noise_prediction_loss(&model.denoiser, &scheduler, &x0, &condition)).double_value(&[]);
     }
     Ok(total / draws.max(1) as f64)
 }

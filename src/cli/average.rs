@@ -4,7 +4,7 @@ use super::job::agree;
 use super::run::{Resumed, Run};
 use dma::checkpoint::sampling::share_start;
 use dma::distributed::{Ranks, Share};
-use dma::pipelines::ModelSource;
+use dma::loaders::ModelSource;
 use tch::Tensor;
 use super::report::{write_outputs, RunOutputs};
 use super::resume::Resumable;
@@ -21,7 +21,7 @@ use dma::output::OutDir;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, read_latents, run_from, seeded_latents, SamplingResult, SamplingSettings};
 use dma::pipelines::mental_average::work_until;
-use dma::pipelines::StableDiffusion;
+use dma::pipelines::DiffusionModel;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -262,7 +262,7 @@ impl Resumable for SampleArgs {
 struct Setup {
     run: Run,
     source: ModelSource,
-    model: StableDiffusion,
+    model: DiffusionModel,
     settings: SamplingSettings,
     load_seconds: f64,
 }
@@ -273,7 +273,7 @@ fn set_up(
     (command, args): (&'static str, &impl Serialize),
     common: &SamplingArgs,
     (source, settings, resolved): (ModelSource, SamplingSettings, serde_json::Value),
-    prepare: impl FnOnce(&mut StableDiffusion) -> Result<()>,
+    prepare: impl FnOnce(&mut DiffusionModel) -> Result<()>,
 ) -> Result<Setup> {
     let run = Run::open(ranks, command, resumed, args, &resolved, || common.out_dir(command))?;
     let model = run.load_model(&common.model, &source, &resolved, |model| {
@@ -307,7 +307,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
     };
     let (source, adapter, count, settings, align) = agree(ranks, resolve())?;
     let resolved = json!({ "sampling": settings, "alignment": align });
-    let apply_adapter = |model: &mut StableDiffusion| -> Result<()> {
+    let apply_adapter = |model: &mut DiffusionModel| -> Result<()> {
         if let (Some(adapter), Some(path)) = (&adapter, &args.adapter) {
             adapter.apply(model).with_context(|| format!("--adapter {}", path.display()))?;
         }

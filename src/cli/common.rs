@@ -4,7 +4,8 @@ use clap::Args;
 use dma::device::{parse_device, parse_kind};
 use dma::distributed::{launcher, Ranks};
 use dma::pipelines::embedded::embedded_model_dir;
-use dma::pipelines::{single_file, ModelSource, StableDiffusion};
+use dma::loaders::{self, single_file, ModelSource};
+use dma::pipelines::DiffusionModel;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::output::OutDir;
@@ -60,7 +61,7 @@ impl ModelArgs {
     }
 
     /// `load` onto this rank's device (`device_on_rank`).
-    pub fn load_on_rank(&self, source: &ModelSource, ranks: Ranks) -> Result<StableDiffusion> {
+    pub fn load_on_rank(&self, source: &ModelSource, ranks: Ranks) -> Result<DiffusionModel> {
         Self { device: self.device_on_rank(ranks), ..self.clone() }.load(source)
     }
 
@@ -68,30 +69,31 @@ impl ModelArgs {
         parse_kind(&self.dtype)
     }
 
-    pub fn load(&self, source: &ModelSource) -> Result<StableDiffusion> {
+    pub fn load(&self, source: &ModelSource) -> Result<DiffusionModel> {
         let (device, kind) = (self.device()?, self.kind()?);
         let model = match (source, &self.config) {
             (ModelSource::SingleFile(file), Some(configs)) => single_file::load_with_configs(file, configs, device, kind),
             (ModelSource::Folder(_), Some(_)) => bail!("--config applies to single-file checkpoints; a folder has its own configs"),
-            _ => StableDiffusion::load(source, device, kind),
+            _ => loaders::load(source, device, kind),
         };
         model.with_context(|| format!("cannot load the model {}", source.path().display()))
     }
 }
 
-/// Checks `prompt` against `model`'s tokenizer before any long work: a word it does not know is an error (naming
-/// `model_name` when several models are in play), and what a user would not expect is said: an empty prompt (the
-/// unconditional branch), and a prompt longer than the text encoder reads (the rest is dropped, as diffusers does).
-pub fn check_prompt(model: &StableDiffusion, prompt: &str, model_name: Option<&Path>) -> Result<()> {
+/// Checks `prompt` against `model` before any long work: a word its tokenizer does not know, or a name none of its
+/// classes has, is an error (naming `model_name` when several models are in play), and what a user would not expect
+/// is said: an empty prompt (the unconditional branch), and a prompt longer than the text encoder reads (the rest is
+/// dropped, as diffusers does).
+pub fn check_prompt(model: &DiffusionModel, prompt: &str, model_name: Option<&Path>) -> Result<()> {
     let named = || match model_name {
         Some(path) => format!("--prompt {prompt:?} with the model {}", path.display()),
         None => format!("--prompt {prompt:?}"),
     };
-    model.tokenizer.encode(prompt).with_context(named)?;
+    let truncation = model.check_prompt(prompt).with_context(named)?;
     if prompt.trim().is_empty() {
         warn(&format!("{}: an empty prompt is the unconditional branch; its average is of whatever the model draws", named()));
     }
-    if let Some((length, room)) = model.tokenizer.truncation(prompt)? {
+    if let Some((length, room)) = truncation {
         warn(&format!("{} is {length} tokens long; the text encoder reads only the first {room} (the rest is dropped, as in diffusers)", named()));
     }
     Ok(())
@@ -156,7 +158,7 @@ pub fn clip_dir(clip: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Checks now, before any long work, that the CLIP model from `dir` takes this model's images.
-pub fn check_clip(embedder: &ClipEmbedder, dir: &Path, model: &StableDiffusion) -> Result<()> {
+pub fn check_clip(embedder: &ClipEmbedder, dir: &Path, model: &DiffusionModel) -> Result<()> {
     let [c, h, w] = model.image_shape();
     let _ = embedder.image_embeds(&Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu))).with_context(|| {
         format!("the CLIP model {} cannot embed this model's {w}x{h} images; give one that can with --clip", dir.display())
@@ -165,7 +167,7 @@ pub fn check_clip(embedder: &ClipEmbedder, dir: &Path, model: &StableDiffusion) 
 }
 
 /// The CLIP model at `clip` (default: the embedded model's), checked to take this model's images.
-pub fn load_clip(clip: Option<&Path>, model: &StableDiffusion) -> Result<(ClipEmbedder, PathBuf)> {
+pub fn load_clip(clip: Option<&Path>, model: &DiffusionModel) -> Result<(ClipEmbedder, PathBuf)> {
     let dir = clip_dir(clip)?;
     let embedder = ClipEmbedder::load(&dir, model.device)?;
     check_clip(&embedder, &dir, model)?;

@@ -22,7 +22,8 @@ use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
 use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettings, Method, SeedOutcome};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -227,7 +228,7 @@ pub(super) enum Judge {
 }
 
 impl Judge {
-    pub(super) fn load(clip: Option<&Path>, model: &StableDiffusion) -> Result<(Self, PathBuf)> {
+    pub(super) fn load(clip: Option<&Path>, model: &DiffusionModel) -> Result<(Self, PathBuf)> {
         let dir = clip_dir(clip)?;
         let judge = match clip {
             None => Judge::Classes(ZeroShot::embedded(&dir, model.device)?),
@@ -269,7 +270,7 @@ struct Subject {
 
 /// Every seed of every subject on `model`, one item per seed handed to the ranks (`Run::items`; seed s of a
 /// subject is stage `<stage>/seed-s`). Each seed's outcome on rank 0, subject by subject (None elsewhere).
-fn evaluate_seeds(run: &mut Run, model: &StableDiffusion, judge: &Judge, subjects: &[Subject], settings: &EvalSettings, quiet: bool) -> Result<Option<Vec<Vec<SeedOutcome>>>> {
+fn evaluate_seeds(run: &mut Run, model: &DiffusionModel, judge: &Judge, subjects: &[Subject], settings: &EvalSettings, quiet: bool) -> Result<Option<Vec<Vec<SeedOutcome>>>> {
     let seeds = &settings.seeds;
     let items: Vec<Item> = subjects
         .iter()
@@ -353,7 +354,7 @@ fn base_record(command: &str, settings: &EvalSettings, clip: &Path, seconds: f64
 }
 
 /// Whether an evaluation's sampling and DMA (its larger of --samples and --latents) fit in `device`'s memory.
-fn check_fits(model: &StableDiffusion, settings: &EvalSettings, device: &str) -> Result<()> {
+fn check_fits(model: &DiffusionModel, settings: &EvalSettings, device: &str) -> Result<()> {
     let [c, h, w] = model.latent_shape();
     let count = format!("--samples {} and --latents {}", settings.samples, settings.latents);
     memory::check_fits(model, Work::Alignment, settings.sampling.batch, [settings.samples.max(settings.latents), c, h, w], &count, device)

@@ -11,7 +11,8 @@ use dma::method::AlignSettings;
 use dma::output::OutDir;
 use dma::pipelines::mental_average::{SamplingResult, SamplingSettings};
 use dma::pipelines::modes::{ModeOutcome, Modes};
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use serde_json::Value;
 use std::path::Path;
 use anyhow::{bail, Context, Result};
@@ -206,7 +207,7 @@ fn resolve(args: &ModesArgs) -> Result<(ModelSource, SamplingSettings, Discovery
 struct Outputs<'a> {
     args: &'a ModesArgs,
     source: &'a ModelSource,
-    model: &'a StableDiffusion,
+    model: &'a DiffusionModel,
     settings: &'a SamplingSettings,
     discovery: &'a DiscoverySettings,
     align: &'a AlignSettings,

@@ -7,8 +7,9 @@ use dma::method::AlignSettings;
 use dma::output::images::{grid, png_bytes, square_grid};
 use dma::output::OutDir;
 use dma::pipelines::mental_average::{SamplingResult, SamplingSettings};
-use dma::pipelines::stable_diffusion::sha256_file;
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::pipelines::model::sha256_file;
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use dma::weights::write_safetensors;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -22,7 +23,7 @@ const TRAJECTORY_COLUMNS: usize = 6;
 pub struct RunOutputs<'a> {
     pub command: &'a str,
     pub source: &'a ModelSource,
-    pub model: &'a StableDiffusion,
+    pub model: &'a DiffusionModel,
     pub model_args: &'a ModelArgs,
     pub settings: &'a SamplingSettings,
     pub align: Option<&'a AlignSettings>,
@@ -43,7 +44,7 @@ pub struct RunOutputs<'a> {
 }
 
 /// The trajectory figure: one row per recorded latent, its predicted clean image at evenly spaced steps.
-fn trajectory_image(model: &StableDiffusion, frames: &[(usize, i64, Tensor)]) -> Option<Tensor> {
+fn trajectory_image(model: &DiffusionModel, frames: &[(usize, i64, Tensor)]) -> Option<Tensor> {
     if frames.is_empty() {
         return None;
     }
@@ -56,7 +57,7 @@ fn trajectory_image(model: &StableDiffusion, frames: &[(usize, i64, Tensor)]) ->
 }
 
 /// The model a run used, as run.json records it: where it came from and each weight file's SHA-256.
-pub fn model_record(source: &ModelSource, model: &StableDiffusion) -> Result<Value> {
+pub fn model_record(source: &ModelSource, model: &DiffusionModel) -> Result<Value> {
     let hashes = model.info.weight_hashes()?;
     let weight_files: Vec<_> = model.info.weight_files.iter().zip(hashes).map(|(f, sha256)| json!({ "path": f.display().to_string(), "sha256": sha256 })).collect();
     Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))

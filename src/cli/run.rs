@@ -16,7 +16,8 @@ use dma::checkpoint::{Checkpoints, NoCheckpoints};
 use dma::distributed::items::{spread, Items};
 use dma::distributed::{communication_seconds, Parcel, Ranks};
 use dma::output::OutDir;
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -72,7 +73,7 @@ impl Run {
     /// The model of `model_args` on this rank's device, made ready by `prepare` (an adapter applied, what the run
     /// asks of it checked), on every rank; on several ranks, every rank must hold the same weights for the same
     /// settings `resolved`.
-    pub fn load_model(&self, model_args: &ModelArgs, source: &ModelSource, resolved: &Value, prepare: impl FnOnce(&mut StableDiffusion) -> Result<()>) -> Result<StableDiffusion> {
+    pub fn load_model(&self, model_args: &ModelArgs, source: &ModelSource, resolved: &Value, prepare: impl FnOnce(&mut DiffusionModel) -> Result<()>) -> Result<DiffusionModel> {
         let loaded = (|| {
             let mut model = model_args.load_on_rank(source, self.ranks)?;
             prepare(&mut model)?;

@@ -10,7 +10,8 @@ use super::resume::Resumable;
 use super::run::{Item, Run};
 use dma::distributed::Ranks;
 use dma::output::OutDir;
-use dma::pipelines::{ModelSource, StableDiffusion};
+use dma::loaders::ModelSource;
+use dma::pipelines::DiffusionModel;
 use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args, ValueEnum};
@@ -210,7 +211,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
 /// skeleton knows: the resumption, the ranks, the time), then moves the folder into place.
 fn write_sweep(
     out: OutDir,
-    (source, model, args, clip): (&ModelSource, &StableDiffusion, &SweepArgs, &Path),
+    (source, model, args, clip): (&ModelSource, &DiffusionModel, &SweepArgs, &Path),
     (points, resolved): (&[SweepPoint], &serde_json::Value),
     concepts: &[ConceptSweep],
     run_record: serde_json::Value,

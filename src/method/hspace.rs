@@ -1,5 +1,5 @@
-//! Reading h (the UNet mid-block output) for many latents at one timestep.
-use crate::models::unet::UNet2DConditionModel;
+//! Reading h (a UNet's mid-block output, a DiT's last block's tokens) for many latents at one timestep.
+use crate::models::denoiser::{Condition, Denoiser};
 use crate::distributed::{Ranks, Share};
 use crate::passes::{PassCounter, Passes};
 use anyhow::Result;
@@ -14,11 +14,13 @@ pub enum HBranch {
     Uncond,
 }
 
-/// The encoder half of a UNet with the text context of one branch: latents -> h.
+/// The path to h of a denoiser with the condition of one branch: latents -> h.
 pub struct HSpace<'a> {
-    pub unet: &'a UNet2DConditionModel,
-    /// The branch's text context [1, L, D], in the model's dtype and on its device.
-    pub context: Tensor,
+    pub denoiser: &'a Denoiser,
+    /// The branch's condition (one sample), on the model's device, text in the model's dtype.
+    pub condition: Condition,
+    /// The dtype the model runs in.
+    pub kind: Kind,
     pub batch: i64,
     /// The encoder passes made through this h-space: forward only here, forward and backward where a gradient
     /// is taken (`alignment::loss_and_gradient`).
@@ -26,13 +28,13 @@ pub struct HSpace<'a> {
 }
 
 impl<'a> HSpace<'a> {
-    pub fn new(unet: &'a UNet2DConditionModel, context: Tensor, batch: i64) -> Self {
-        Self { unet, context, batch, passes: PassCounter::default() }
+    pub fn new(denoiser: &'a Denoiser, condition: Condition, kind: Kind, batch: i64) -> Self {
+        Self { denoiser, condition, kind, batch, passes: PassCounter::default() }
     }
 
-    /// Whether the UNet runs in half precision (f16 or bf16).
+    /// Whether the model runs in half precision (f16 or bf16).
     pub fn half_precision(&self) -> bool {
-        matches!(self.context.kind(), Kind::Half | Kind::BFloat16)
+        matches!(self.kind, Kind::Half | Kind::BFloat16)
     }
 
     /// Whether h's values (the step's target, the logged losses, the residual the gradient follows) are computed
@@ -41,27 +43,32 @@ impl<'a> HSpace<'a> {
     /// 100-fold (gradient cosine 0.92 against f32). f16's 11 bits leave 0.19% there (cosine 0.9986), not worth an
     /// f32 forward per iteration. BENCHMARKS.md "Half-precision alignment gradients".
     pub fn values_in_latent_dtype(&self) -> bool {
-        self.context.kind() == Kind::BFloat16
+        self.kind == Kind::BFloat16
     }
 
     /// h for latents `x` [n,C,H,W] at `timestep`, computed in the UNet's dtype and returned in the latents'
     /// (f32, or f64 for checks); differentiable with respect to `x`.
     pub fn h(&self, x: &Tensor, timestep: i64) -> Tensor {
-        self.h_in(x, timestep, self.context.kind()).to_kind(x.kind())
+        self.h_in(x, timestep, self.kind).to_kind(x.kind())
     }
 
-    /// h computed in `kind`, whatever the UNet's dtype (its layers convert their weights).
+    /// h computed in `kind`, whatever the model's dtype (its layers convert their weights).
     fn h_in(&self, x: &Tensor, timestep: i64, kind: Kind) -> Tensor {
         let n = x.size()[0];
-        let input = x.to_device(self.context.device()).to_kind(kind);
-        let t = Tensor::from(timestep).to_device(self.context.device());
-        self.unet.encode_h(&input, &t, &self.context.to_kind(kind).expand([n, -1, -1], false))
+        let device = self.denoiser_device();
+        let input = x.to_device(device).to_kind(kind);
+        let t = Tensor::from(timestep).to_device(device);
+        self.denoiser.encode_h(&input, &t, &self.condition.in_kind(kind).repeat(n))
+    }
+
+    fn denoiser_device(&self) -> tch::Device {
+        self.condition.device()
     }
 
     /// h's values for any number of latents, in batches, without autograd, in the latents' dtype; computed in the
     /// UNet's dtype, or in the latents' where `values_in_latent_dtype`.
     pub fn h_all(&self, x: &Tensor, timestep: i64) -> Tensor {
-        let kind = if self.values_in_latent_dtype() { x.kind() } else { self.context.kind() };
+        let kind = if self.values_in_latent_dtype() { x.kind() } else { self.kind };
         self.passes.add(Passes { encoder_forward: x.size()[0] as u64, ..Passes::default() });
         tch::no_grad(|| {
             Tensor::cat(&x.split(self.batch, 0).iter().map(|c| self.h_in(c, timestep, kind).to_kind(x.kind())).collect::<Vec<_>>(), 0)

@@ -1,5 +1,6 @@
 pub mod attention;
 pub mod clip;
+pub mod denoiser;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod dit;

@@ -2,7 +2,7 @@
 //! runs on a CPU in under a minute with fewer latents and iterations); whatever the file leaves out, and every
 //! model without the file, gets the paper's settings.
 use super::mental_average::SamplingSettings;
-use super::ModelSource;
+use crate::loaders::ModelSource;
 use crate::adapters::training::AdapterTraining;
 use crate::adapters::AdapterKind;
 use crate::files::read_json;

@@ -5,7 +5,7 @@ use super::baselines::averages::{avg_vae, latent_centre, pixel_average};
 use super::baselines::{d4m::d4m, mgd3::mgd3, typical::most_typical, BaselineSettings};
 use crate::checkpoint::Checkpoints;
 use super::mental_average::{alignment_work, run_stage, seeded_latents, seeded_mental_average, SamplingResult, SamplingSettings};
-use super::StableDiffusion;
+use super::DiffusionModel;
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::metrics::{consistency, distances_to_mean, mean, median};
 use crate::evaluation::sharpness::laplacian_variance;
@@ -92,7 +92,7 @@ pub struct SampleSet {
 
 /// `count` samples of `sampling`'s prompt from its seed, as stage `stage` of `checkpoints`.
 pub fn draw_samples(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     embedder: &ClipEmbedder,
     sampling: &SamplingSettings,
     count: i64,
@@ -123,7 +123,7 @@ impl RunCost {
 
 /// DMA's prototype image [C,H,W] from `count` latents seeded by `sampling.seed`, as stage `stage`, with its log and cost.
 pub fn dma_prototype(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     sampling: &SamplingSettings,
     align: &AlignSettings,
     count: i64,
@@ -180,7 +180,7 @@ impl SeedOutcome {
 /// `<stage>/samples` and `<stage>/dma` of `checkpoints` (the other methods take a step or two).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_seed(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     embedder: &ClipEmbedder,
     prompt: &str,
     settings: &EvalSettings,

@@ -9,7 +9,8 @@
 //! an alignment iteration and 1.90 GB per sample of a training step (BENCHMARKS.md "Peak memory of one alignment
 //! iteration"), in proportion to the encoder's activation volume (channels x pixels summed over the down blocks,
 //! times the layers per block) and to the dtype's width.
-use super::StableDiffusion;
+use crate::models::unet::config::unet_activation_volume;
+use super::DiffusionModel;
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
@@ -24,24 +25,9 @@ const MARGIN: f64 = 1.25;
 /// A run may say how much memory to assume instead of asking the system (for tests, or to leave room).
 pub const LIMIT_VARIABLE: &str = "DMA_MEMORY_LIMIT";
 
-/// The encoder's activation volume per latent of `height` x `width`, in channel-pixels: each down block's width
-/// times its resolution (halved after every block but the last) times its layers.
-fn activation_volume(block_out_channels: &[i64], layers_per_block: i64, [height, width]: [i64; 2]) -> f64 {
-    let (mut height, mut width) = (height as f64, width as f64);
-    let mut volume = 0.0;
-    for (i, &channels) in block_out_channels.iter().enumerate() {
-        volume += channels as f64 * height * width * (layers_per_block + 1) as f64;
-        if i + 1 < block_out_channels.len() {
-            height = (height / 2.0).ceil();
-            width = (width / 2.0).ceil();
-        }
-    }
-    volume
-}
-
 /// SD 1.5's (block widths 320/640/1280/1280, 2 layers per block, 64x64 latents): what the measurement was of.
 fn sd15_volume() -> f64 {
-    activation_volume(&[320, 640, 1280, 1280], 2, [64, 64])
+    unet_activation_volume(&[320, 640, 1280, 1280], 2, [64, 64])
 }
 
 fn dtype_bytes(kind: Kind) -> f64 {
@@ -79,15 +65,13 @@ impl Work {
 /// The estimated memory of `work` on `model` over latents of shape `latents` [K, C, H, W]: (fixed bytes, bytes per
 /// latent of a batch). The fixed part holds the weights, the runtime, and per latent of the K: the latents (f32,
 /// with the copy a step makes), its h (in the model's dtype) and its decoded image (f32).
-pub fn estimate(model: &StableDiffusion, work: Work, latents: [i64; 4]) -> (f64, f64) {
+pub fn estimate(model: &DiffusionModel, work: Work, latents: [i64; 4]) -> (f64, f64) {
     let weights: f64 = model.info.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum();
     let [count, channels, height, width] = latents.map(|n| n as f64);
-    let config = &model.unet.config;
     let bytes = dtype_bytes(model.kind);
-    let volume = activation_volume(&config.block_out_channels, config.layers_per_block, [latents[2], latents[3]]);
+    let volume = model.denoiser.activation_volume([latents[2], latents[3]]);
     let per_latent = work.sd15_bytes() * volume / sd15_volume() * bytes / 4.0;
-    let halvings = 2f64.powi(config.block_out_channels.len().saturating_sub(1) as i32);
-    let h = *config.block_out_channels.last().unwrap_or(&0) as f64 * (height / halvings).ceil() * (width / halvings).ceil() * bytes;
+    let h = model.denoiser.h_elements([latents[2], latents[3]]) * bytes;
     let [image_channels, image_height, image_width] = model.image_shape().map(|n| n as f64);
     let [_, native_height, native_width] = model.latent_shape().map(|n| n as f64);
     let image = image_channels * image_height * image_width * (height * width) / (native_height * native_width) * 4.0;
@@ -156,7 +140,7 @@ fn size(bytes: f64) -> String {
 
 /// `check` against what `model`'s device has free, for a run over latents of shape `latents` set by `count` (the
 /// flag and its value); nothing is checked where that cannot be told.
-pub fn check_fits(model: &StableDiffusion, work: Work, batch: i64, latents: [i64; 4], count: &str, device_name: &str) -> Result<()> {
+pub fn check_fits(model: &DiffusionModel, work: Work, batch: i64, latents: [i64; 4], count: &str, device_name: &str) -> Result<()> {
     // An alignment batch larger than the run's latents holds only those; a training step draws its batch with
     // replacement, so its batch is what it says.
     let batch = match work {
@@ -178,12 +162,12 @@ mod tests {
         let sd15 = [320, 640, 1280, 1280];
         // Ratios of integer counts in float64: exact to about 1e-16.
         // Half the side (SD 1.5 at 256 px), a quarter of the activations; twice the layers, 3/2 of them.
-        assert!((activation_volume(&sd15, 2, [32, 32]) / sd15_volume() - 0.25).abs() < 1e-12);
-        assert!((activation_volume(&sd15, 5, [64, 64]) / sd15_volume() - 2.0).abs() < 1e-12);
+        assert!((unet_activation_volume(&sd15, 2, [32, 32]) / sd15_volume() - 0.25).abs() < 1e-12);
+        assert!((unet_activation_volume(&sd15, 5, [64, 64]) / sd15_volume() - 2.0).abs() < 1e-12);
         // A wide image: twice the width, twice the activations.
-        assert!((activation_volume(&sd15, 2, [64, 128]) / sd15_volume() - 2.0).abs() < 1e-12);
+        assert!((unet_activation_volume(&sd15, 2, [64, 128]) / sd15_volume() - 2.0).abs() < 1e-12);
         // The embedded model (32/64/128, 2 layers, 32x32): a small fraction of SD 1.5's.
-        let embedded = activation_volume(&[32, 64, 128], 2, [32, 32]) / sd15_volume();
+        let embedded = unet_activation_volume(&[32, 64, 128], 2, [32, 32]) / sd15_volume();
         assert!((embedded - 172_032.0 / 7_127_040.0).abs() < 1e-12, "{embedded}");
     }
 

@@ -3,12 +3,12 @@
 use crate::checkpoint::sampling::{share_start, Start, StepState};
 use crate::checkpoint::{Checkpoints, NoCheckpoints};
 use crate::distributed::{Ranks, Share};
-use super::StableDiffusion;
-use crate::method::hspace::{distances_over, HSpace};
+use super::DiffusionModel;
+use crate::method::hspace::distances_over;
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
 use crate::passes::{PassCounter, Passes};
 use crate::stop::status_of;
-use crate::sampling::{sample_from, GuidedDenoiser, StepHooks, TrajectoryRecorder};
+use crate::sampling::{sample_from, StepHooks, TrajectoryRecorder};
 use crate::schedulers::ddim::DdimScheduler;
 use crate::weights::read_safetensors;
 use anyhow::{bail, Context, Result};
@@ -31,35 +31,27 @@ pub struct SamplingSettings {
 
 impl SamplingSettings {
     /// The DDIM schedule these settings sample with.
-    pub fn scheduler(&self, model: &StableDiffusion) -> Result<DdimScheduler> {
+    pub fn scheduler(&self, model: &DiffusionModel) -> Result<DdimScheduler> {
         Ok(DdimScheduler::new(&model.scheduler, self.steps)?.with_clipped_model_output(self.use_clipped_model_output))
     }
 }
 
 /// K seeded Gaussian latents, drawn on the CPU so a seed gives the same noise on every device.
-pub fn seeded_latents(model: &StableDiffusion, count: i64, seed: u64) -> Tensor {
+pub fn seeded_latents(model: &DiffusionModel, count: i64, seed: u64) -> Tensor {
     let [c, h, w] = model.latent_shape();
     tch::manual_seed(seed as i64);
     Tensor::randn([count, c, h, w], (Kind::Float, Device::Cpu))
 }
 
 /// Checks latents given by the user (or read back from a checkpoint) against the model: [K, C, H, W] with the
-/// model's channels, a height and width its UNet can take (each down block but the last halves them, and the up
-/// path must meet the same sizes), and finite values.
-pub fn check_latents(model: &StableDiffusion, latents: &Tensor, what: &str) -> Result<()> {
+/// model's channels, a height and width its network can take (`Denoiser::check_latent_size`), and finite values.
+pub fn check_latents(model: &DiffusionModel, latents: &Tensor, what: &str) -> Result<()> {
     let [c, h, w] = model.latent_shape();
     let size = latents.size();
     if size.len() != 4 || size[0] == 0 || size[1] != c {
         bail!("{what}: latents have shape {size:?}; this model needs [K, {c}, H, W] with K > 0 (e.g. [K, {c}, {h}, {w}])");
     }
-    let factor = 1i64 << (model.unet.config.block_out_channels.len().saturating_sub(1)).min(30);
-    if size[2..].iter().any(|&side| side < factor || side % factor != 0) {
-        bail!(
-            "{what}: latents of {}x{}; this model's UNet needs a height and width that are multiples of {factor} (its native size is {h}x{w})",
-            size[2],
-            size[3]
-        );
-    }
+    model.denoiser.check_latent_size(size[2], size[3]).with_context(|| what.to_string())?;
     if !bool::try_from(latents.isfinite().all())? {
         bail!("{what}: the latents hold NaN or infinite values");
     }
@@ -68,7 +60,7 @@ pub fn check_latents(model: &StableDiffusion, latents: &Tensor, what: &str) -> R
 
 /// The latents of a file given by the user (`--init-latents`): the tensor `latents` of a safetensors file, of
 /// floating-point values checked against the model (`check_latents`), as f32.
-pub fn read_latents(path: &Path, model: &StableDiffusion) -> Result<Tensor> {
+pub fn read_latents(path: &Path, model: &DiffusionModel) -> Result<Tensor> {
     let what = format!("--init-latents {}", path.display());
     let tensors = read_safetensors(path).with_context(|| what.clone())?;
     let (_, latents) = tensors.into_iter().find(|(name, _)| name == "latents").with_context(|| format!("{what}: no tensor named `latents`"))?;
@@ -94,7 +86,7 @@ pub struct SamplingResult {
 /// Refuses a start (a checkpoint read back) that a run of `steps` steps aligned by `align` on `model` cannot have
 /// reached: a step out of range, a log of other steps, frames from the future, another number of latents than
 /// the run holds by then, latents of the wrong shape or not finite.
-fn check_start(start: &Start, model: &StableDiffusion, steps: usize, align: &AlignSettings) -> Result<()> {
+fn check_start(start: &Start, model: &DiffusionModel, steps: usize, align: &AlignSettings) -> Result<()> {
     let what = format!("the checkpoint at step {} of {steps}", start.first_step);
     if start.first_step > steps {
         bail!("{what}: the step is past the run's end; it is damaged or belongs to another run");
@@ -156,7 +148,7 @@ impl StepHooks for RunHooks<'_, '_> {
 /// Runs guided DDIM from `init` (f32, [K,C,H,W]), aligning the first `align.align_steps` steps when given
 /// (`None` is plain sampling). `progress` is told of every Adam iteration and every sampling step.
 pub fn run(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     settings: &SamplingSettings,
     init: &Tensor,
     align: Option<&AlignSettings>,
@@ -171,7 +163,7 @@ pub fn run(
 /// (rank 0 alone reads and keeps the checkpoints, and every rank ends with all the final latents).
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     settings: &SamplingSettings,
     init: &Tensor,
     align: Option<&AlignSettings>,
@@ -209,7 +201,7 @@ pub fn run_stage(
 /// rank gets the whole result (all final latents; the trajectory on rank 0). The same bits on any number of ranks.
 #[allow(clippy::too_many_arguments)]
 pub fn run_from(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     settings: &SamplingSettings,
     start: Start,
     align: Option<&AlignSettings>,
@@ -222,8 +214,8 @@ pub fn run_from(
         bail!("--batch must be at least 1, got {}", settings.batch);
     }
     let scheduler = settings.scheduler(model)?;
-    let (cond, uncond) = model.guidance_contexts(&settings.prompt)?;
-    let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: settings.guidance, batch: settings.batch };
+    let (cond, uncond) = model.guidance_conditions(&settings.prompt)?;
+    let denoiser = model.guided(&cond, &uncond, settings.guidance, settings.batch);
     // Both guidance branches run for every latent: two passes each.
     let unet_passes = PassCounter::default();
     let mut denoise = |x: &Tensor, t: i64| {
@@ -241,7 +233,7 @@ pub fn run_from(
     share.check(start.latents.size()[0], "the run's")?;
     let latents = share.take(&start.latents).to_device(model.device).to_kind(model.latent_kind());
     let context = if align.branch == HBranch::Cond { cond.shallow_clone() } else { uncond.shallow_clone() };
-    let mut alignment = Alignment::new(HSpace::new(&model.unet, context, settings.batch), align, progress).spread_over(ranks, share);
+    let mut alignment = Alignment::new(model.hspace(context, settings.batch), align, progress).spread_over(ranks, share);
     alignment.log = start.log;
     // Trajectories of latents that are kept to the end: of a run of --optimise, the optimised ones.
     let recorder = TrajectoryRecorder { latents: trajectory_latents.min(alignment.settings.optimised_of(start.run_latents)), frames: start.frames };
@@ -269,7 +261,7 @@ pub fn work_until(align: Option<&AlignSettings>, sampling: &SamplingSettings, la
 /// A mental average from `count` latents seeded by `settings.seed`, as stage `stage` of `checkpoints`: the run
 /// and the index of its prototype.
 pub fn seeded_mental_average(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     settings: &SamplingSettings,
     align: &AlignSettings,
     count: i64,
@@ -283,7 +275,7 @@ pub fn seeded_mental_average(
 /// DMA from the given initial noise [K,C,H,W] as stage `stage` of `checkpoints`, and the index of its prototype
 /// among the final latents (the K, or the optimised ones of `--optimise`).
 pub fn mental_average_from(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     settings: &SamplingSettings,
     align: &AlignSettings,
     init: &Tensor,
@@ -298,11 +290,11 @@ pub fn mental_average_from(
 
 /// The index of the latent whose h (at the last timestep, from the alignment's branch) is nearest the mean h of the
 /// run's final latents (every rank of `ranks` computes h for its share); its forward passes are added to the run's.
-pub fn prototype_index(model: &StableDiffusion, settings: &SamplingSettings, align: &AlignSettings, result: &mut SamplingResult, ranks: Ranks) -> Result<i64> {
+pub fn prototype_index(model: &DiffusionModel, settings: &SamplingSettings, align: &AlignSettings, result: &mut SamplingResult, ranks: Ranks) -> Result<i64> {
     let scheduler = settings.scheduler(model)?;
     let last = *scheduler.timesteps().last().expect("at least one step");
-    let context = model.encode_prompt(if align.branch == HBranch::Cond { &settings.prompt } else { "" })?;
-    let hspace = HSpace::new(&model.unet, context, settings.batch);
+    let context = model.condition(if align.branch == HBranch::Cond { &settings.prompt } else { "" })?;
+    let hspace = model.hspace(context, settings.batch);
     // A run of --optimise ends with its optimised latents only (the others were dropped after their last target).
     let share = Share::new(settings.batch, ranks.rank(), ranks.size());
     let total = result.latents.size()[0];

@@ -1,15 +1,13 @@
-//! Composing models into something that turns prompts into images; loading them from disk.
+//! Composing models into something that turns prompts into images, and what is built from that: the mental
+//! average, modes, evaluation, sweeps, baselines.
 pub mod baselines;
 pub mod defaults;
 pub mod embedded;
 pub mod evaluation;
 pub mod memory;
 pub mod mental_average;
+pub mod model;
 pub mod modes;
-pub mod single_file;
-pub mod source;
-pub mod stable_diffusion;
 pub mod sweep;
 
-pub use source::ModelSource;
-pub use stable_diffusion::StableDiffusion;
+pub use model::DiffusionModel;

@@ -3,7 +3,7 @@
 //! No files, no UI: the command line writes what this returns.
 use crate::checkpoint::Checkpoints;
 use super::mental_average::{alignment_work, mental_average_from, run_stage, seeded_latents, SamplingResult, SamplingSettings};
-use super::StableDiffusion;
+use super::DiffusionModel;
 use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
 use crate::adapters::{lora, Adapter, AdapterKind};
 use crate::clustering::{cluster, ClusterCount, Clustering, Criterion};
@@ -109,7 +109,7 @@ fn clustering_dims(settings: &DiscoverySettings) -> usize {
 /// stage `samples` of `checkpoints`, spread over `ranks`; rank 0 decodes and clusters, and every rank gets the
 /// clusters' assignment (the images and the figures of the clustering stay on rank 0: elsewhere images are empty).
 pub fn discover(
-    model: &StableDiffusion,
+    model: &DiffusionModel,
     sampling: &SamplingSettings,
     embedder: &ClipEmbedder,
     settings: &DiscoverySettings,
@@ -193,7 +193,7 @@ pub fn mode_token(prompt: &str, k: usize) -> String {
 /// model (Textual Inversion tokens stay; each mode's is distinct).
 #[allow(clippy::too_many_arguments)]
 pub fn prototypes_per_mode(
-    model: &mut StableDiffusion,
+    model: &mut DiffusionModel,
     modes: &Modes,
     sampling: &SamplingSettings,
     align: &AlignSettings,
@@ -214,7 +214,7 @@ pub fn prototypes_per_mode(
 /// stage and its length, `progress` advances it. The training and DMA are stages `mode-k/adapter` and
 /// `mode-k/average` of `checkpoints`. Leaves no LoRA on the model (a Textual Inversion token stays).
 pub fn prototype_of_mode(
-    model: &mut StableDiffusion,
+    model: &mut DiffusionModel,
     modes: &Modes,
     k: usize,
     (sampling, align, chain): (&SamplingSettings, &AlignSettings, &ChainSettings),

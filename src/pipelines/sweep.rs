@@ -7,7 +7,7 @@ use crate::checkpoint::Checkpoints;
 use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost};
 use super::mental_average::{alignment_work, work_until, SamplingSettings};
 use crate::distributed::Parcel;
-use super::StableDiffusion;
+use super::DiffusionModel;
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::zero_shot::ZeroShot;
 use crate::method::AlignSettings;
@@ -80,7 +80,7 @@ impl SweepItem {
     #[allow(clippy::too_many_arguments)]
     pub fn compute(
         &self,
-        model: &StableDiffusion,
+        model: &DiffusionModel,
         embedder: &ClipEmbedder,
         (prompts, sampling): (&[String], &SamplingSettings),
         (points, samples): (&[SweepPoint], i64),

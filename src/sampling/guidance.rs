@@ -1,21 +1,24 @@
-//! Classifier-free guidance around a UNet, evaluated in memory-bounded batches.
-use crate::models::unet::UNet2DConditionModel;
-use tch::Tensor;
+//! Classifier-free guidance around a denoiser, evaluated in memory-bounded batches.
+use crate::models::denoiser::{Condition, Denoiser};
+use tch::{Kind, Tensor};
 
 pub struct GuidedDenoiser<'a> {
-    pub unet: &'a UNet2DConditionModel,
-    /// Text contexts [1, L, D] of the prompt and of the empty prompt.
-    pub cond: &'a Tensor,
-    pub uncond: &'a Tensor,
+    pub denoiser: &'a Denoiser,
+    /// The conditions (one sample each) of the prompt and of the empty prompt.
+    pub cond: &'a Condition,
+    pub uncond: &'a Condition,
+    /// The dtype the model runs in.
+    pub kind: Kind,
     pub guidance: f64,
-    /// Latents per UNet call (each call runs 2x this many samples: both CFG branches).
+    /// Latents per network call (each call runs 2x this many samples: both CFG branches).
     pub batch: i64,
 }
 
 impl GuidedDenoiser<'_> {
-    /// uncond + w (cond - uncond) for every latent, without autograd, in the dtype of `x`; the UNet runs in its own.
+    /// uncond + w (cond - uncond) for every latent, without autograd, in the dtype of `x`; the network runs in its
+    /// own. (DiTPipeline guides only the noise channels and drops the learned variance: `Denoiser::predict` has
+    /// dropped it already.)
     pub fn predict(&self, x: &Tensor, timestep: i64) -> Tensor {
-        let kind = self.cond.kind();
         let device = self.cond.device();
         tch::no_grad(|| {
             let chunks: Vec<Tensor> = x
@@ -23,10 +26,10 @@ impl GuidedDenoiser<'_> {
                 .iter()
                 .map(|chunk| {
                     let n = chunk.size()[0];
-                    let input = Tensor::cat(&[chunk, chunk], 0).to_device(device).to_kind(kind);
-                    let context = Tensor::cat(&[self.uncond.expand([n, -1, -1], false), self.cond.expand([n, -1, -1], false)], 0);
+                    let input = Tensor::cat(&[chunk, chunk], 0).to_device(device).to_kind(self.kind);
+                    let condition = Condition::cat(&self.uncond.in_kind(self.kind).repeat(n), &self.cond.in_kind(self.kind).repeat(n));
                     let t = Tensor::from(timestep).to_device(device);
-                    let out = self.unet.forward(&input, &t, &context).sample.to_kind(x.kind());
+                    let out = self.denoiser.predict(&input, &t, &condition).noise.to_kind(x.kind());
                     let (uncond, cond) = (out.narrow(0, 0, n), out.narrow(0, n, n));
                     &uncond + (cond - &uncond) * self.guidance
                 })

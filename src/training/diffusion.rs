@@ -4,6 +4,7 @@
 use crate::checkpoint::training::{self as checkpoint, prefixed_params, Resume};
 use super::ema::Ema;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::denoiser::{Condition, Denoiser, Network};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::optim::AdamW;
 use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
@@ -38,7 +39,7 @@ impl TrainSettings {
 pub struct DiffusionTrainer {
     pub settings: TrainSettings,
     pub text_encoder: ClipTextModel,
-    pub unet: UNet2DConditionModel,
+    pub denoiser: Denoiser,
     text_weights: Weights,
     unet_weights: Weights,
     /// Text encoder parameters under `text_encoder.`, UNet parameters under `unet.`.
@@ -74,7 +75,7 @@ impl DiffusionTrainer {
             }
         }
         let step = resume.step;
-        Ok(Self { settings, text_encoder, unet, text_weights, unet_weights, params, optimizer, ema, scheduler, step, device })
+        Ok(Self { settings, text_encoder, denoiser: Denoiser::new(Network::UNet(unet)), text_weights, unet_weights, params, optimizer, ema, scheduler, step, device })
     }
 
     /// One optimisation step on images [B,C,H,W] in [-1,1] and their tokenised captions [B,L]. Returns the loss.
@@ -83,8 +84,8 @@ impl DiffusionTrainer {
         tch::manual_seed((s.seed ^ 0x5eed_0000) as i64 + self.step as i64);
         let device = self.device;
         let images = images.to_device(device);
-        let context = self.text_encoder.forward(&ids.to_device(device));
-        let loss = noise_prediction_loss(&self.unet, &self.scheduler, &images, &context);
+        let context = Condition::Text(self.text_encoder.forward(&ids.to_device(device)));
+        let loss = noise_prediction_loss(&self.denoiser, &self.scheduler, &images, &context);
         self.optimizer.zero_grad();
         loss.backward();
         self.optimizer.clip_grad_norm(1.0);
@@ -123,17 +124,17 @@ impl DiffusionTrainer {
     }
 }
 
-/// The denoising loss Stable Diffusion is trained with: clean samples [B,C,H,W] noised to uniformly drawn
-/// timesteps, the mean squared error of the UNet's prediction given `context` ([B,L,D] or [1,L,D]). Draws from
-/// libtorch's global generator (seed it first). Adapters are trained and judged by the same loss.
-pub fn noise_prediction_loss(unet: &UNet2DConditionModel, scheduler: &DdimScheduler, x0: &Tensor, context: &Tensor) -> Tensor {
+/// The denoising loss diffusion models are trained with: clean samples [B,C,H,W] noised to uniformly drawn
+/// timesteps, the mean squared error of the denoiser's prediction under `condition` (B samples, or one for all).
+/// Draws from libtorch's global generator (seed it first). Adapters are trained and judged by the same loss.
+pub fn noise_prediction_loss(denoiser: &Denoiser, scheduler: &DdimScheduler, x0: &Tensor, condition: &Condition) -> Tensor {
     let b = x0.size()[0];
     let train_steps = scheduler.alphas_cumprod().size()[0];
     let timesteps = Tensor::randint(train_steps, [b], (Kind::Int64, Device::Cpu)).to_device(x0.device());
     let noise = Tensor::randn(x0.size(), (x0.kind(), Device::Cpu)).to_device(x0.device());
     let (noisy, target) = scheduler.training_pair(x0, &noise, &timesteps);
-    let context = context.expand([b, -1, -1], false);
-    let prediction = unet.forward(&noisy, &timesteps, &context).sample;
+    let condition = if condition.len() == b { condition.shallow_clone() } else { condition.repeat(b) };
+    let prediction = denoiser.predict(&noisy, &timesteps, &condition).noise;
     // At least f32 for the mean of many squares; f64 stays f64 (gradient checks).
     let kind = if prediction.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     (prediction.to_kind(kind) - target.to_kind(kind)).square().mean(kind)

@@ -231,3 +231,19 @@ pub fn without_seconds(value: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// The UNet of a Stable Diffusion model (panics for another family).
+pub fn unet_of(model: &dma::pipelines::DiffusionModel) -> &dma::models::unet::UNet2DConditionModel {
+    match &model.denoiser.network {
+        dma::models::denoiser::Network::UNet(unet) => unet,
+        _ => panic!("the model is not a UNet model"),
+    }
+}
+
+/// The text encoder's output for `prompt` (panics for a class-conditional model).
+pub fn text_condition(model: &dma::pipelines::DiffusionModel, prompt: &str) -> Tensor {
+    match model.condition(prompt).unwrap() {
+        dma::models::denoiser::Condition::Text(hidden) => hidden,
+        _ => panic!("the model is not text-conditioned"),
+    }
+}

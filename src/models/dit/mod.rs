@@ -4,6 +4,7 @@
 //! DiT; there is no bottleneck), or after an earlier block (`hspace_block`). `encode_h` runs the blocks up to that
 //! one and skips the rest and the final layer.
 mod block;
+pub mod labels;
 pub mod config;
 mod patches;
 

@@ -247,3 +247,18 @@ impl UNetConfig {
         self.block_out_channels[0] * 4
     }
 }
+
+/// The encoder's activation volume per latent of `height` x `width`, in channel-pixels: each down block's width
+/// times its resolution (halved after every block but the last) times its layers (what memory estimates scale by).
+pub fn unet_activation_volume(block_out_channels: &[i64], layers_per_block: i64, [height, width]: [i64; 2]) -> f64 {
+    let (mut height, mut width) = (height as f64, width as f64);
+    let mut volume = 0.0;
+    for (i, &channels) in block_out_channels.iter().enumerate() {
+        volume += channels as f64 * height * width * (layers_per_block + 1) as f64;
+        if i + 1 < block_out_channels.len() {
+            height = (height / 2.0).ceil();
+            width = (width / 2.0).ceil();
+        }
+    }
+    volume
+}

@@ -1,7 +1,8 @@
 //! diffusers' UNet2DConditionModel for Stable Diffusion 1.x and 2.x, declared as its lists of blocks.
 //!
-//! h-space, where DMA aligns trajectories, is the output of `mid_block`. `encode_h` runs only what h depends on
-//! (conv_in, the time embedding, the down blocks, the mid block), so alignment never pays for the up path.
+//! h-space, where DMA aligns trajectories, is the output of `mid_block` (or, asked for, of one down block).
+//! `encode_h` runs only what h depends on (conv_in, the time embedding, the down blocks, the mid block), so
+//! alignment never pays for the up path.
 mod blocks;
 pub mod config;
 mod resnet;
@@ -90,23 +91,32 @@ impl UNet2DConditionModel {
         self.time_embedding.forward(&features.to_kind(like.kind()))
     }
 
-    /// conv_in, down blocks and mid block: returns h and the skips the up path needs.
-    fn down_path(&self, sample: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Tensor {
+    /// conv_in and the down blocks up to `last` (None: all, then the mid block), keeping the skips the up path
+    /// needs; also returns the output of down block `h_block` (None: the mid block's), which is h.
+    fn down_path(&self, sample: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>, h_block: Option<usize>, last: Option<usize>) -> (Tensor, Tensor) {
         let mut x = self.conv_in.forward(sample);
         skips.push(x.shallow_clone());
-        for block in &self.down_blocks {
+        let mut h = None;
+        for (i, block) in self.down_blocks.iter().enumerate() {
             x = block.forward(x, temb, context, skips);
+            if h_block == Some(i) {
+                h = Some(x.shallow_clone());
+            }
+            if last == Some(i) {
+                return (x, h.expect("h is read at or before the last block run"));
+            }
         }
-        self.mid_block.forward(&x, temb, context)
+        let x = self.mid_block.forward(&x, temb, context);
+        let h = h.unwrap_or_else(|| x.shallow_clone());
+        (x, h)
     }
 
     /// The full forward pass: the noise prediction for `sample` [B,C,H,W] at `timesteps` (scalar or [B]) given the
-    /// text context [B,L,D], together with h.
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> UNetOutput {
+    /// text context [B,L,D], together with h (the mid block's output, or down block `h_block`'s).
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, h_block: Option<usize>) -> UNetOutput {
         let temb = self.embed_time(timesteps, sample.size()[0], sample);
         let mut skips = Vec::new();
-        let h = self.down_path(sample, &temb, context, &mut skips);
-        let mut x = h.shallow_clone();
+        let (mut x, h) = self.down_path(sample, &temb, context, &mut skips, h_block, None);
         for block in &self.up_blocks {
             x = block.forward(x, &temb, context, &mut skips);
         }
@@ -114,10 +124,11 @@ impl UNet2DConditionModel {
         UNetOutput { sample: out, h }
     }
 
-    /// h alone, without the up path: what the alignment loss needs, at about half the cost of `forward`.
-    pub fn encode_h(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+    /// h alone, without the up path (nor the blocks after down block `h_block`): what the alignment loss needs, at
+    /// about half the cost of `forward`.
+    pub fn encode_h(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, h_block: Option<usize>) -> Tensor {
         let temb = self.embed_time(timesteps, sample.size()[0], sample);
         // The skips are dropped at once; with autograd they are freed as soon as nothing refers to them.
-        self.down_path(sample, &temb, context, &mut Vec::new())
+        self.down_path(sample, &temb, context, &mut Vec::new(), h_block, h_block).1
     }
 }

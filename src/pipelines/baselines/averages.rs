@@ -1,5 +1,5 @@
 //! Averages of samples: in pixels, and in latent space (decoded: Avg VAE). Both blur what varies.
-use crate::pipelines::StableDiffusion;
+use crate::pipelines::DiffusionModel;
 use tch::{Kind, Tensor};
 
 /// The mean image [C,H,W] of images [N,C,H,W].
@@ -14,6 +14,6 @@ pub fn latent_centre(latents: &Tensor) -> Tensor {
 }
 
 /// Avg VAE: the mean latent, decoded, [C,H,W]. For a pixel-space model this is the pixel average.
-pub fn avg_vae(model: &StableDiffusion, latents: &Tensor) -> Tensor {
+pub fn avg_vae(model: &DiffusionModel, latents: &Tensor) -> Tensor {
     model.decode(&latent_centre(latents)).squeeze_dim(0)
 }

@@ -2,8 +2,8 @@
 //! noised to `strength` of the schedule with seeded noise, then guided DDIM finishes it.
 use super::BaselineSettings;
 use crate::pipelines::mental_average::{seeded_latents, SamplingSettings};
-use crate::pipelines::StableDiffusion;
-use crate::sampling::{sample_from, GuidedDenoiser, NoHooks};
+use crate::pipelines::DiffusionModel;
+use crate::sampling::{sample_from, NoHooks};
 use anyhow::Result;
 use tch::Tensor;
 
@@ -14,7 +14,7 @@ pub fn first_step(steps: usize, strength: f64) -> usize {
 }
 
 /// One D4M prototype latent [1,C,H,W] from `centre`, its noise seeded by `seed`.
-pub fn d4m(model: &StableDiffusion, sampling: &SamplingSettings, baselines: &BaselineSettings, centre: &Tensor, seed: u64) -> Result<Tensor> {
+pub fn d4m(model: &DiffusionModel, sampling: &SamplingSettings, baselines: &BaselineSettings, centre: &Tensor, seed: u64) -> Result<Tensor> {
     let scheduler = sampling.scheduler(model)?;
     let first = first_step(scheduler.timesteps().len(), baselines.d4m_strength);
     let centre = centre.to_device(model.device).to_kind(model.latent_kind());
@@ -22,8 +22,8 @@ pub fn d4m(model: &StableDiffusion, sampling: &SamplingSettings, baselines: &Bas
     let Some(&start) = scheduler.timesteps().get(first) else {
         return Ok(centre); // strength 0: nothing is redrawn
     };
-    let (cond, uncond) = model.guidance_contexts(&sampling.prompt)?;
-    let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: baselines.d4m_guidance, batch: sampling.batch };
+    let (cond, uncond) = model.guidance_conditions(&sampling.prompt)?;
+    let denoiser = model.guided(&cond, &uncond, baselines.d4m_guidance, sampling.batch);
     let noised = scheduler.add_noise(&centre, &noise, start);
     sample_from(&scheduler, first, noised, &mut |x, t| Ok(denoiser.predict(x, t)), &mut NoHooks)
 }

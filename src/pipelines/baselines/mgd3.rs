@@ -2,17 +2,17 @@
 //! the first part of the steps (`sampling::mode_guidance`).
 use super::BaselineSettings;
 use crate::pipelines::mental_average::{seeded_latents, SamplingSettings};
-use crate::pipelines::StableDiffusion;
+use crate::pipelines::DiffusionModel;
 use crate::sampling::mode_guidance::ModeGuidance;
-use crate::sampling::{sample, GuidedDenoiser, NoHooks};
+use crate::sampling::{sample, NoHooks};
 use anyhow::Result;
 use tch::Tensor;
 
 /// One MGD3 prototype latent [1,C,H,W] guided toward `mode`, from noise seeded by `seed`.
-pub fn mgd3(model: &StableDiffusion, sampling: &SamplingSettings, baselines: &BaselineSettings, mode: &Tensor, seed: u64) -> Result<Tensor> {
+pub fn mgd3(model: &DiffusionModel, sampling: &SamplingSettings, baselines: &BaselineSettings, mode: &Tensor, seed: u64) -> Result<Tensor> {
     let scheduler = sampling.scheduler(model)?;
-    let (cond, uncond) = model.guidance_contexts(&sampling.prompt)?;
-    let denoiser = GuidedDenoiser { unet: &model.unet, cond: &cond, uncond: &uncond, guidance: sampling.guidance, batch: sampling.batch };
+    let (cond, uncond) = model.guidance_conditions(&sampling.prompt)?;
+    let denoiser = model.guided(&cond, &uncond, sampling.guidance, sampling.batch);
     let steps = (scheduler.timesteps().len() as f64 * baselines.mgd3_fraction).round() as usize;
     let guidance = ModeGuidance { scheduler: &scheduler, mode: mode.to_device(model.device), scale: baselines.mgd3_scale, steps };
     let noise = seeded_latents(model, 1, seed).to_device(model.device).to_kind(model.latent_kind());

@@ -6,7 +6,8 @@
 //! a checkpoint loads exactly as its diffusers conversion would. The renaming is derived from the configs (levels,
 //! layers per block, which blocks have attention), not from SD 1.5's numbering, so any UNet the configs describe
 //! converts. Every key must be renamed and then used by a model, or be one of the known non-model keys.
-use super::stable_diffusion::{ModelInfo, StableDiffusion};
+use crate::models::denoiser::{Denoiser, Network};
+use crate::pipelines::model::{Conditioner, DiffusionModel, ModelInfo};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::{ClipTokenizer, Tokenizer};
 use crate::models::unet::config::{BlockKind, UNetConfigFile};
@@ -103,7 +104,7 @@ impl Configs {
 }
 
 /// Loads an LDM checkpoint with the built-in configs of the family its keys show.
-pub fn load(file: &Path, device: Device, kind: Kind) -> Result<StableDiffusion> {
+pub fn load(file: &Path, device: Device, kind: Kind) -> Result<DiffusionModel> {
     let ldm = read_checkpoint(file)?;
     let configs = Configs::builtin(detect_family(&ldm, file)?)?;
     build(file, ldm, configs, device, kind)
@@ -111,7 +112,7 @@ pub fn load(file: &Path, device: Device, kind: Kind) -> Result<StableDiffusion> 
 
 /// Loads an LDM checkpoint with the configs and tokenizer of the diffusers folder `configs`, for checkpoints the
 /// built-in configs do not describe.
-pub fn load_with_configs(file: &Path, configs: &Path, device: Device, kind: Kind) -> Result<StableDiffusion> {
+pub fn load_with_configs(file: &Path, configs: &Path, device: Device, kind: Kind) -> Result<DiffusionModel> {
     let ldm = read_checkpoint(file)?;
     build(file, ldm, Configs::from_folder(configs)?, device, kind)
 }
@@ -122,7 +123,7 @@ fn build(
     configs: Configs,
     device: Device,
     kind: Kind,
-) -> Result<StableDiffusion> {
+) -> Result<DiffusionModel> {
     let converted = convert(ldm, &configs.unet, &configs.vae, &configs.text_encoder, file)?;
     let model = |tensors, part: &str| {
         let source = format!("{} ({part}, keys renamed from the LDM layout)", file.display());
@@ -132,10 +133,9 @@ fn build(
     let unet = model(converted.unet, "UNet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?;
     let vae = model(converted.vae, "VAE").build(|p| AutoencoderKL::load(p, &configs.vae))?;
     let info = ModelInfo::new(file.display().to_string(), vec![file.to_path_buf()]);
-    Ok(StableDiffusion {
-        tokenizer: configs.tokenizer,
-        text_encoder,
-        unet,
+    Ok(DiffusionModel {
+        conditioner: Conditioner::Text { tokenizer: configs.tokenizer, text_encoder },
+        denoiser: Denoiser::new(Network::UNet(unet)),
         vae: Some(vae),
         scheduler: configs.scheduler,
         info,

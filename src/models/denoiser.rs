@@ -1,0 +1,225 @@
+//! One way of calling a diffusion network, whatever its family: predict the noise of latents at a timestep under a
+//! condition, and read h, where DMA aligns trajectories. The sampler, the method and the pipelines see only this;
+//! the question "UNet or DiT?" is answered here and in the loaders, nowhere else.
+use super::dit::DiTTransformer2DModel;
+use super::unet::config::unet_activation_volume;
+use super::unet::UNet2DConditionModel;
+use crate::nn::Linear;
+use anyhow::{bail, ensure, Result};
+use tch::{Kind, Tensor};
+
+/// What the network is conditioned on, per sample along the batch.
+pub enum Condition {
+    /// A text encoder's hidden states [B, L, D] (Stable Diffusion).
+    Text(Tensor),
+    /// Class ids [B], int64 (DiT; the null class is the unconditional branch).
+    Class(Tensor),
+}
+
+impl Condition {
+    pub fn shallow_clone(&self) -> Self {
+        match self {
+            Self::Text(t) => Self::Text(t.shallow_clone()),
+            Self::Class(c) => Self::Class(c.shallow_clone()),
+        }
+    }
+
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Self::Text(t) | Self::Class(t) => t,
+        }
+    }
+
+    /// The batch size.
+    pub fn len(&self) -> i64 {
+        self.tensor().size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `n` copies of a one-sample condition (a view, no copy).
+    pub fn repeat(&self, n: i64) -> Self {
+        match self {
+            Self::Text(t) => Self::Text(t.expand([n, -1, -1], false)),
+            Self::Class(c) => Self::Class(c.expand([n], false)),
+        }
+    }
+
+    /// `first`'s samples, then `second`'s (both of one family).
+    pub fn cat(first: &Self, second: &Self) -> Self {
+        match (first, second) {
+            (Self::Text(a), Self::Text(b)) => Self::Text(Tensor::cat(&[a, b], 0)),
+            (Self::Class(a), Self::Class(b)) => Self::Class(Tensor::cat(&[a, b], 0)),
+            _ => unreachable!("conditions of one model are of one kind"),
+        }
+    }
+
+    /// A text condition in `kind` (class ids stay integers).
+    pub fn in_kind(&self, kind: Kind) -> Self {
+        match self {
+            Self::Text(t) => Self::Text(t.to_kind(kind)),
+            Self::Class(c) => Self::Class(c.shallow_clone()),
+        }
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.tensor().device()
+    }
+
+    pub fn to_device(&self, device: tch::Device) -> Self {
+        match self {
+            Self::Text(t) => Self::Text(t.to_device(device)),
+            Self::Class(c) => Self::Class(c.to_device(device)),
+        }
+    }
+}
+
+/// The network of a diffusion model.
+pub enum Network {
+    UNet(UNet2DConditionModel),
+    DiT(DiTTransformer2DModel),
+}
+
+/// A network's prediction for a batch: the noise (or v) in the latents' channels (a DiT's learned-variance channels
+/// dropped, as DiTPipeline drops them before the scheduler) and h.
+pub struct Prediction {
+    pub noise: Tensor,
+    pub h: Tensor,
+}
+
+/// A network and where its h is read.
+pub struct Denoiser {
+    pub network: Network,
+    /// The block h is read after: None for the family's h (a UNet's mid block, a DiT's last transformer block);
+    /// Some(i): a UNet's down block i, a DiT's transformer block i.
+    h_block: Option<usize>,
+}
+
+impl Denoiser {
+    pub fn new(network: Network) -> Self {
+        Self { network, h_block: None }
+    }
+
+    /// Reads h after block `block` instead of the family's default (`--hspace-block`).
+    pub fn read_h_after(&mut self, block: Option<usize>) -> Result<()> {
+        if let Some(i) = block {
+            let (blocks, what) = match &self.network {
+                Network::UNet(unet) => (unet.down_blocks.len(), "down blocks (h is the mid block's output unless a down block is named)"),
+                Network::DiT(dit) => (dit.transformer_blocks.len(), "transformer blocks"),
+            };
+            ensure!(i < blocks, "--hspace-block {i}: this model has {blocks} {what}, numbered from 0");
+        }
+        self.h_block = block;
+        Ok(())
+    }
+
+    pub fn h_block(&self) -> Option<usize> {
+        self.h_block
+    }
+
+    /// The family's name, as run records and errors say it.
+    pub fn family(&self) -> &'static str {
+        match &self.network {
+            Network::UNet(_) => "UNet",
+            Network::DiT(_) => "DiT",
+        }
+    }
+
+    /// The latents' channels.
+    pub fn in_channels(&self) -> i64 {
+        match &self.network {
+            Network::UNet(unet) => unet.config.in_channels,
+            Network::DiT(dit) => dit.config.in_channels,
+        }
+    }
+
+    /// The latents' native side, as the config gives it (64 where a UNet's config is silent).
+    pub fn sample_size(&self) -> i64 {
+        match &self.network {
+            Network::UNet(unet) => unet.config.sample_size.unwrap_or(64),
+            Network::DiT(dit) => dit.config.sample_size,
+        }
+    }
+
+    /// Refuses a latent size the network cannot take: a UNet needs sides that each down block but the last can
+    /// halve (and the up path meet again), a DiT a square of whole patches.
+    pub fn check_latent_size(&self, height: i64, width: i64) -> Result<()> {
+        let native = self.sample_size();
+        match &self.network {
+            Network::UNet(unet) => {
+                let factor = 1i64 << (unet.config.block_out_channels.len().saturating_sub(1)).min(30);
+                if [height, width].iter().any(|&side| side < factor || side % factor != 0) {
+                    bail!("latents of {height}x{width}; this model's UNet needs a height and width that are multiples of {factor} (its native size is {native}x{native})");
+                }
+            }
+            Network::DiT(dit) => {
+                let patch = dit.config.patch_size;
+                if height != width || height < patch || height % patch != 0 {
+                    bail!("latents of {height}x{width}; this DiT needs a square whose side is a multiple of its patch size {patch} (its native size is {native}x{native})");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The activation volume one latent of `size` [height, width] keeps for a backward pass through h's path, in
+    /// the units memory estimates scale SD 1.5's measurement by (`unet_activation_volume`). For a DiT: tokens x
+    /// width x 2 per block run, an estimate by analogy (a block keeps about as much per token as a UNet layer per
+    /// pixel), not a measurement.
+    pub fn activation_volume(&self, [height, width]: [i64; 2]) -> f64 {
+        match &self.network {
+            Network::UNet(unet) => unet_activation_volume(&unet.config.block_out_channels, unet.config.layers_per_block, [height, width]),
+            Network::DiT(dit) => {
+                let tokens = (height / dit.config.patch_size) * (width / dit.config.patch_size);
+                let blocks = dit.h_block(self.h_block) + 1;
+                (tokens * dit.config.width() * 2 * blocks as i64) as f64
+            }
+        }
+    }
+
+    /// The elements of one latent's h at latent size [height, width] (the mid block's output; a DiT's tokens).
+    pub fn h_elements(&self, [height, width]: [i64; 2]) -> f64 {
+        match &self.network {
+            Network::UNet(unet) => {
+                let channels = &unet.config.block_out_channels;
+                let halvings = 2f64.powi(channels.len().saturating_sub(1) as i32);
+                *channels.last().unwrap_or(&0) as f64 * (height as f64 / halvings).ceil() * (width as f64 / halvings).ceil()
+            }
+            Network::DiT(dit) => ((height / dit.config.patch_size) * (width / dit.config.patch_size) * dit.config.width()) as f64,
+        }
+    }
+
+    /// The prediction for latents `x` [B,C,H,W] at `timesteps` (a scalar or [B]) under `condition` (B samples).
+    pub fn predict(&self, x: &Tensor, timesteps: &Tensor, condition: &Condition) -> Prediction {
+        match (&self.network, condition) {
+            (Network::UNet(unet), Condition::Text(context)) => {
+                let out = unet.forward(x, timesteps, context, self.h_block);
+                Prediction { noise: out.sample, h: out.h }
+            }
+            (Network::DiT(dit), Condition::Class(labels)) => {
+                let out = dit.forward(x, timesteps, labels, self.h_block);
+                Prediction { noise: out.sample.narrow(1, 0, dit.config.in_channels), h: out.h }
+            }
+            _ => unreachable!("a model's conditions are of its network's kind"),
+        }
+    }
+
+    /// h alone, running only what it depends on.
+    pub fn encode_h(&self, x: &Tensor, timesteps: &Tensor, condition: &Condition) -> Tensor {
+        match (&self.network, condition) {
+            (Network::UNet(unet), Condition::Text(context)) => unet.encode_h(x, timesteps, context, self.h_block),
+            (Network::DiT(dit), Condition::Class(labels)) => dit.encode_h(x, timesteps, labels, self.h_block),
+            _ => unreachable!("a model's conditions are of its network's kind"),
+        }
+    }
+
+    /// Every linear projection of every attention layer by checkpoint path: where LoRA adapters attach.
+    pub fn attention_projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        match &mut self.network {
+            Network::UNet(unet) => unet.attention_projections_mut(),
+            Network::DiT(dit) => dit.attention_projections_mut(),
+        }
+    }
+}

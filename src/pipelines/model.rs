@@ -1,0 +1,192 @@
+//! A diffusion model as the method sees it: a prompt -> a condition, a denoiser (whatever its family), the
+//! scheduler config, latents -> images. It composes the parts and holds no sampling logic; `loaders` builds it.
+use crate::method::hspace::HSpace;
+use crate::models::clip_text::ClipTextModel;
+use crate::models::denoiser::{Condition, Denoiser};
+use crate::models::dit::labels::ClassLabels;
+use crate::models::tokenizer::Tokenizer;
+use crate::models::vae::AutoencoderKL;
+use crate::sampling::guidance::GuidedDenoiser;
+use crate::schedulers::ddim::DdimConfig;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// What turns a prompt into the denoiser's condition.
+pub enum Conditioner {
+    /// Stable Diffusion: the tokenizer and CLIP text encoder.
+    Text { tokenizer: Tokenizer, text_encoder: ClipTextModel },
+    /// A class-conditional model (DiT): the prompt names a class; the empty prompt is the null class.
+    Classes(ClassLabels),
+}
+
+pub struct DiffusionModel {
+    pub conditioner: Conditioner,
+    pub denoiser: Denoiser,
+    /// None for a model that diffuses in pixel space (the embedded model): its decoder is the identity.
+    pub vae: Option<AutoencoderKL>,
+    pub scheduler: DdimConfig,
+    pub info: ModelInfo,
+    pub device: Device,
+    pub kind: Kind,
+}
+
+/// What a run records about the model it used.
+#[derive(Serialize, Clone, Debug)]
+pub struct ModelInfo {
+    pub source: String,
+    pub weight_files: Vec<PathBuf>,
+    /// The weight files' SHA-256, once asked for (`weight_hashes`): an SD checkpoint's take seconds to read.
+    #[serde(skip)]
+    hashes: std::sync::OnceLock<Vec<String>>,
+}
+
+impl ModelInfo {
+    pub fn new(source: String, weight_files: Vec<PathBuf>) -> Self {
+        Self { source, weight_files, hashes: std::sync::OnceLock::new() }
+    }
+
+    /// Each weight file's SHA-256, in `weight_files`' order (read once).
+    pub fn weight_hashes(&self) -> Result<&[String]> {
+        if let Some(hashes) = self.hashes.get() {
+            return Ok(hashes);
+        }
+        let hashes = self.weight_files.iter().map(|f| sha256_file(f)).collect::<Result<Vec<_>>>()?;
+        Ok(self.hashes.get_or_init(|| hashes))
+    }
+}
+
+impl DiffusionModel {
+    /// The tokenizer and text encoder, for what only a text-conditioned model has (`what` names the need).
+    pub fn text(&self, what: &str) -> Result<(&Tokenizer, &ClipTextModel)> {
+        match &self.conditioner {
+            Conditioner::Text { tokenizer, text_encoder } => Ok((tokenizer, text_encoder)),
+            Conditioner::Classes(_) => bail!("{what} needs a text encoder; this model ({}) is conditioned on class labels", self.denoiser.family()),
+        }
+    }
+
+    /// The condition for `prompt` [1, ...]: the text encoder's last hidden state, or the class the prompt names
+    /// (the empty prompt: the null class, guidance's unconditional branch).
+    pub fn condition(&self, prompt: &str) -> Result<Condition> {
+        match &self.conditioner {
+            Conditioner::Text { tokenizer, text_encoder } => {
+                let ids = tokenizer.encode(prompt)?;
+                let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device);
+                Ok(Condition::Text(tch::no_grad(|| text_encoder.forward(&ids))))
+            }
+            Conditioner::Classes(labels) => {
+                let id = if prompt.trim().is_empty() { labels.classes } else { labels.id_of(prompt)? };
+                Ok(Condition::Class(Tensor::from_slice(&[id]).to_device(self.device)))
+            }
+        }
+    }
+
+    /// Checks that `prompt` can condition this model (a text prompt's words are in the tokenizer's vocabulary; a
+    /// class-conditional model's prompt names a class) and says how a text prompt is cut: Some((its length in
+    /// tokens, what the text encoder reads)) when it is longer than that.
+    pub fn check_prompt(&self, prompt: &str) -> Result<Option<(usize, usize)>> {
+        match &self.conditioner {
+            Conditioner::Text { tokenizer, .. } => {
+                tokenizer.encode(prompt)?;
+                tokenizer.truncation(prompt)
+            }
+            Conditioner::Classes(labels) => {
+                if !prompt.trim().is_empty() {
+                    labels.id_of(prompt)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The two conditions classifier-free guidance needs: the prompt's and the empty prompt's.
+    pub fn guidance_conditions(&self, prompt: &str) -> Result<(Condition, Condition)> {
+        Ok((self.condition(prompt)?, self.condition("")?))
+    }
+
+    /// Classifier-free guidance of this model's denoiser between `cond` and `uncond`, `batch` latents per call.
+    pub fn guided<'a>(&'a self, cond: &'a Condition, uncond: &'a Condition, guidance: f64, batch: i64) -> GuidedDenoiser<'a> {
+        GuidedDenoiser { denoiser: &self.denoiser, cond, uncond, kind: self.kind, guidance, batch }
+    }
+
+    /// The path to h under `condition`, `batch` latents per call.
+    pub fn hspace(&self, condition: Condition, batch: i64) -> HSpace<'_> {
+        HSpace::new(&self.denoiser, condition, self.kind, batch)
+    }
+
+    /// The prompt that names class `id` of a class-conditional model (`--class-id`): its first name in
+    /// id2label, or `class N`.
+    pub fn class_prompt(&self, id: i64) -> Result<String> {
+        match &self.conditioner {
+            Conditioner::Classes(labels) => Ok(labels.display_name(labels.check_id(id)?)),
+            Conditioner::Text { .. } => bail!("--class-id applies to class-conditional models (DiT); this model takes a text --prompt"),
+        }
+    }
+
+    /// Teaches the tokenizer a new token and the text encoder its embedding `row` [D] (Textual Inversion). The row
+    /// is used as given, so one that requires gradients is trained through the text encoder.
+    pub fn add_token(&mut self, token: &str, row: &Tensor) -> Result<i64> {
+        let family = self.denoiser.family();
+        let Conditioner::Text { tokenizer, text_encoder } = &mut self.conditioner else {
+            bail!("Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use a LoRA adapter");
+        };
+        let (tokens, rows) = (tokenizer.vocab_size() as i64, text_encoder.vocab_size());
+        anyhow::ensure!(tokens == rows, "the tokenizer has {tokens} ids but the text encoder {rows} embeddings; cannot add a token to both");
+        let width = text_encoder.hidden_size();
+        anyhow::ensure!(row.size() == [width], "the embedding for `{token}` has shape {:?}; this model's text encoder needs [{width}]", row.size());
+        let id = tokenizer.add_new_token(token)?;
+        text_encoder.add_token_embedding(&row.to_device(self.device))?;
+        Ok(id)
+    }
+
+    /// The dtype latents are kept and optimised in: f32 even when the model runs in half precision (Adam's small
+    /// steps would vanish in f16 rounding), f64 when the model does (for checks).
+    pub fn latent_kind(&self) -> Kind {
+        if self.kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        }
+    }
+
+    /// The latent shape [C, H, W] for images of the model's native size.
+    pub fn latent_shape(&self) -> [i64; 3] {
+        let size = self.denoiser.sample_size();
+        [self.denoiser.in_channels(), size, size]
+    }
+
+    /// The shape [C, H, W] of the images `decode` gives for latents of `latent_shape()`.
+    pub fn image_shape(&self) -> [i64; 3] {
+        let [c, h, w] = self.latent_shape();
+        match &self.vae {
+            Some(vae) => [vae.image_channels, h * vae.scale, w * vae.scale],
+            None => [c, h, w],
+        }
+    }
+
+    /// Latents [B,C,H,W] to images in [0,1], [B,C',H',W'], in f32 on the CPU. A pixel-space model's latents are
+    /// images in [-1,1].
+    pub fn decode(&self, latents: &Tensor) -> Tensor {
+        let latents = latents.to_device(self.device).to_kind(self.kind);
+        let images = match &self.vae {
+            Some(vae) => tch::no_grad(|| vae.images_from_latents(&latents)),
+            None => (latents / 2.0 + 0.5).clamp(0.0, 1.0),
+        };
+        images.to_kind(Kind::Float).to_device(Device::Cpu)
+    }
+
+    /// As `decode`, `batch` latents at a time, to bound the VAE's memory on many latents.
+    pub fn decode_batched(&self, latents: &Tensor, batch: i64) -> Tensor {
+        Tensor::cat(&latents.split(batch.max(1), 0).iter().map(|l| self.decode(l)).collect::<Vec<_>>(), 0)
+    }
+}
+
+/// A model file's SHA-256, so a run names exactly which weights it used.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
