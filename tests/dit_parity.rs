@@ -103,3 +103,75 @@ fn config_settings_a_dit_cannot_honour_are_refused_by_name() {
         assert!(err.contains(says) && err.contains("config.json"), "{key}: {err}");
     }
 }
+
+/// Ten DiT calls in float32, guided (4 (cond - uncond) + uncond) and carried through the steps, then the VAE: the
+/// tolerance of tests/pipeline_parity.rs, whose reasoning holds here.
+const PIPELINE_RTOL: f64 = 1e-4;
+
+/// DiTPipeline's 10-step guided DDIM run for classes 3 and 7, through the loader a user's folder goes through: each
+/// class's latent run on its own, prompted by a name of its class, with guidance `guidance_factor` times the
+/// reference's, against diffusers' final latents and images.
+fn dit_pipeline_parity(guidance_factor: f64) -> Vec<Closeness> {
+    let dir = fixture("tiny-dit");
+    let refs = references(&dir);
+    let json: serde_json::Value = common::reference_json(&dir);
+    let source = dma::loaders::ModelSource::resolve(dir.to_str().unwrap()).unwrap();
+    let model = dma::loaders::load(&source, Device::Cpu, Kind::Float).unwrap();
+    let mut checks = Vec::new();
+    for (row, prompt) in ["Egyptian cat", "UMBRELLA"].iter().enumerate() {
+        let settings = dma::pipelines::mental_average::SamplingSettings {
+            prompt: prompt.to_string(),
+            steps: json["pipeline"]["num_inference_steps"].as_u64().unwrap() as usize,
+            guidance: json["pipeline"]["guidance_scale"].as_f64().unwrap() * guidance_factor,
+            seed: 0,
+            batch: 1,
+            use_clipped_model_output: false,
+        };
+        let start = refs["pipeline_start_latents"].narrow(0, row as i64, 1);
+        let result = dma::pipelines::mental_average::run(&model, &settings, &start, None, 0, &|_| {}).unwrap();
+        let image = model.decode(&result.latents);
+        checks.push(closeness(&format!("{prompt} final latents"), &result.latents, &refs["pipeline_final_latents"].narrow(0, row as i64, 1), PIPELINE_RTOL, 0.0));
+        checks.push(closeness(&format!("{prompt} image"), &image, &refs["pipeline_images"].narrow(0, row as i64, 1), PIPELINE_RTOL, 0.0));
+    }
+    checks
+}
+
+#[test]
+fn dit_pipeline_matches_diffusers() {
+    for c in dit_pipeline_parity(1.0) {
+        c.check();
+    }
+}
+
+/// Guidance in the other convention (uncond + (w + 1)(cond - uncond)) fails the run by orders of magnitude.
+#[test]
+fn guidance_in_the_other_convention_fails_the_dit_pipeline_parity() {
+    for c in dit_pipeline_parity(5.0 / 4.0) {
+        assert_caught("guidance 5 for 4", &c, 100.0);
+    }
+}
+
+/// Class names resolve as DiTPipeline.get_label_ids resolves them (whole names; here case-insensitive too), and
+/// the errors a user meets name what is wrong.
+#[test]
+fn class_names_resolve_as_dit_pipeline_s_and_bad_ones_are_refused() {
+    let dir = fixture("tiny-dit");
+    let refs = references(&dir);
+    let json: serde_json::Value = common::reference_json(&dir);
+    let model = dma::loaders::load_folder(&dir, Device::Cpu, Kind::Float).unwrap();
+    let names: Vec<&str> = json["label_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    let want = Vec::<i64>::try_from(&refs["label_ids"]).unwrap();
+    for (name, id) in names.iter().zip(want) {
+        let dma::models::denoiser::Condition::Class(got) = model.condition(name).unwrap() else { panic!("a DiT's condition is a class") };
+        assert_eq!(Vec::<i64>::try_from(&got).unwrap(), [id], "{name}");
+    }
+    let dma::models::denoiser::Condition::Class(null) = model.condition("").unwrap() else { panic!() };
+    assert_eq!(Vec::<i64>::try_from(&null).unwrap(), [1000], "the empty prompt is DiTPipeline's null class");
+    let err = model.check_prompt("umbrela").unwrap_err().to_string();
+    assert!(err.contains("\"umbrella\" (class 7)"), "{err}");
+    assert_eq!(model.class_prompt(5).unwrap(), "great white shark");
+    assert_eq!(model.class_prompt(999).unwrap(), "class 999");
+    assert!(model.class_prompt(1000).unwrap_err().to_string().contains("classes 0 to 999"));
+    let Err(err) = model.text("Textual Inversion") else { panic!("a DiT has no text encoder") };
+    assert!(err.to_string().contains("conditioned on class labels"), "{err}");
+}
