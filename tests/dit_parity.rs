@@ -175,3 +175,41 @@ fn class_names_resolve_as_dit_pipeline_s_and_bad_ones_are_refused() {
     let Err(err) = model.text("Textual Inversion") else { panic!("a DiT has no text encoder") };
     assert!(err.to_string().contains("conditioned on class labels"), "{err}");
 }
+
+/// The command line on a DiT folder: a class by name or by --class-id, h after another block, the run record; and
+/// each bad input one error naming it, with nothing written.
+#[test]
+fn dma_average_runs_on_a_dit_folder_and_refuses_bad_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dit = fixture("tiny-dit");
+    let run = |args: &[&str], out: &str| {
+        let out = tmp.path().join(out);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dma"))
+            .args(["average", "--latents", "4", "--iters", "5", "--quiet", "--out"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string(), out)
+    };
+    let model = dit.to_str().unwrap();
+    let (ok, stderr, out) = run(&["--model", model, "--class-id", "7", "--hspace-block", "1"], "by-id");
+    assert!(ok, "{stderr}");
+    let record: serde_json::Value = common::read_json(&out.join("run.json"));
+    assert_eq!(record["model"]["family"], "DiT");
+    assert_eq!(record["model"]["hspace"], "transformer block 1");
+    assert_eq!(record["sampling"]["prompt"], "class 7");
+    assert!(out.join("prototype.png").is_file());
+    let (ok, stderr, _) = run(&["--model", model, "--prompt", "Umbrella"], "by-name");
+    assert!(ok, "{stderr}");
+    for (args, says) in [
+        (vec!["--model", model, "--prompt", "white sharks"], "the nearest names: \"white shark\" (class 5)"),
+        (vec!["--model", model, "--class-id", "1000"], "class 1000 does not exist: this model has classes 0 to 999"),
+        (vec!["--model", model, "--prompt", "sandal", "--hspace-block", "3"], "--hspace-block 3: this model has 3 transformer blocks"),
+        (vec!["--model", fixture("tiny-sd1").to_str().unwrap(), "--class-id", "3"], "--class-id 3: this model takes a text --prompt"),
+    ] {
+        let (ok, stderr, out) = run(&args, "bad");
+        assert!(!ok && stderr.contains(says) && stderr.lines().count() == 1, "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?}: the refused run left {}", out.display());
+    }
+}

@@ -1,5 +1,5 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
-use super::common::{check_prompt, out_dir, progress_bar, ModelArgs};
+use super::common::{check_class_ids, check_prompt, class_prompt, out_dir, progress_bar, ModelArgs};
 use super::job::agree;
 use super::run::{Resumed, Run};
 use dma::checkpoint::sampling::share_start;
@@ -30,9 +30,14 @@ use std::time::Instant;
 pub struct SamplingArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The concept, as a text prompt (required, except with --resume).
+    /// The concept, as a text prompt; for a class-conditional model (DiT), one of its class names (required, except
+    /// with --resume or --class-id).
     #[arg(long)]
     pub prompt: Option<String>,
+    /// For a class-conditional model (DiT): the class by its id instead of --prompt (the prompt `class N`).
+    #[arg(long, conflicts_with = "prompt")]
+    #[serde(default)]
+    pub class_id: Option<i64>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Seed of the initial noise.
@@ -218,19 +223,23 @@ pub struct SampleArgs {
 impl SamplingArgs {
     /// The flags over the model's defaults, with `count` (the latents or samples `count_flag` asks for) checked.
     pub fn settings(&self, defaults: &RunDefaults, count_flag: &str, count: i64) -> Result<SamplingSettings> {
-        let settings = self.sampler.settings(defaults, self.prompt()?, self.seed)?;
+        let settings = self.sampler.settings(defaults, &self.prompt()?, self.seed)?;
         if self.init_latents.is_none() && count < 1 {
             bail!("{count_flag} must be at least 1, got {count}");
         }
         Ok(settings)
     }
 
-    pub fn prompt(&self) -> Result<&str> {
-        self.prompt.as_deref().context("--prompt is required: the concept, as a text prompt")
+    pub fn prompt(&self) -> Result<String> {
+        match (&self.prompt, self.class_id) {
+            (_, Some(id)) => Ok(class_prompt(id)),
+            (Some(prompt), None) => Ok(prompt.clone()),
+            (None, None) => bail!("--prompt is required: the concept, as a text prompt (or, for a DiT, --class-id N)"),
+        }
     }
 
     pub fn out_dir(&self, command: &str) -> Result<OutDir> {
-        out_dir(self.out.as_deref(), command, self.prompt()?, self.force)
+        out_dir(self.out.as_deref(), command, &self.prompt()?, self.force)
     }
 
     /// The recorded options of a run resumed into `dir`, shown as `given` asks.
@@ -278,7 +287,8 @@ fn set_up(
     let run = Run::open(ranks, command, resumed, args, &resolved, || common.out_dir(command))?;
     let model = run.load_model(&common.model, &source, &resolved, |model| {
         prepare(model)?;
-        check_prompt(model, common.prompt()?, None)
+        check_class_ids(model, common.class_id.as_slice())?;
+        check_prompt(model, &common.prompt()?, None)
     })?;
     let load_seconds = run.seconds();
     Ok(Setup { run, source, model, settings, load_seconds })
@@ -293,7 +303,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
         // An adapter is read and checked against the prompt before anything long starts.
         let adapter = args.adapter.as_deref().map(|path| -> Result<Adapter> {
             let adapter = Adapter::read(path)?;
-            adapter.check_prompt(common.prompt()?).with_context(|| format!("--adapter {}", path.display()))?;
+            adapter.check_prompt(&common.prompt()?).with_context(|| format!("--adapter {}", path.display()))?;
             Ok(adapter)
         });
         let adapter = adapter.transpose()?;

@@ -29,6 +29,12 @@ pub struct ModelArgs {
     /// built-in SD 1.5 / SD 2.1 ones (e.g. SD 2.1-base, which predicts epsilon, or an inpainting model).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Where h (the space DMA aligns in) is read: after this block instead of the family's default. A DiT's
+    /// transformer blocks are numbered from 0 (default: the last, as in the paper); a UNet's down blocks likewise
+    /// (default: the mid block).
+    #[arg(long)]
+    #[serde(default)]
+    pub hspace_block: Option<usize>,
     /// The flag that named the model, for messages: `--model`, or `--models` where several are compared.
     #[arg(skip = "--model")]
     #[serde(skip, default = "model_flag")]
@@ -76,8 +82,20 @@ impl ModelArgs {
             (ModelSource::Folder(_), Some(_)) => bail!("--config applies to single-file checkpoints; a folder has its own configs"),
             _ => loaders::load(source, device, kind),
         };
-        model.with_context(|| format!("cannot load the model {}", source.path().display()))
+        let mut model = model.with_context(|| format!("cannot load the model {}", source.path().display()))?;
+        model.denoiser.read_h_after(self.hspace_block)?;
+        Ok(model)
     }
+}
+
+/// The prompt `--class-id id` stands for: a class-conditional model reads `class N` as class N.
+pub fn class_prompt(id: i64) -> String {
+    format!("class {id}")
+}
+
+/// Refuses --class-id for a model that is not class-conditional, or an id outside its classes.
+pub fn check_class_ids(model: &DiffusionModel, ids: &[i64]) -> Result<()> {
+    ids.iter().try_for_each(|&id| model.class_prompt(id).map(drop).with_context(|| format!("--class-id {id}")))
 }
 
 /// Checks `prompt` against `model` before any long work: a word its tokenizer does not know, or a name none of its

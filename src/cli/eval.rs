@@ -1,7 +1,7 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{check_clip, check_prompt, clip_dir, out_dir, ModelArgs};
+use super::common::{check_class_ids, check_clip, check_prompt, class_prompt, clip_dir, out_dir, ModelArgs};
 use super::job::agree;
 use super::report::{model_record, png_text, subject_folder, write_samples};
 use super::resume::Resumable;
@@ -142,9 +142,13 @@ pub struct CompareArgs {
     /// f32, f16, bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// The concept (required, except with --resume).
-    #[arg(long, required_unless_present = "resume")]
+    /// The concept (required, except with --resume or --class-id).
+    #[arg(long, required_unless_present_any = ["resume", "class_id"])]
     pub prompt: Option<String>,
+    /// For class-conditional models (DiT): the class by its id instead of --prompt (the prompt `class N`).
+    #[arg(long, conflicts_with = "prompt")]
+    #[serde(default)]
+    pub class_id: Option<i64>,
     #[command(flatten)]
     pub common: EvalCommon,
 }
@@ -170,9 +174,13 @@ impl Resumable for CompareArgs {
 /// The concepts an evaluation or a sweep runs on, shared by `eval` and `sweep`.
 #[derive(Args, Debug, Serialize, Deserialize)]
 pub struct ConceptArgs {
-    /// A concept (repeat for several).
+    /// A concept (repeat for several); for a class-conditional model (DiT), one of its class names.
     #[arg(long)]
     pub prompt: Vec<String>,
+    /// For a class-conditional model (DiT): a class by its id (repeat for several; the prompt `class N`).
+    #[arg(long)]
+    #[serde(default)]
+    pub class_id: Vec<i64>,
     /// A file of concepts, one prompt per line (blank lines and lines starting with # are skipped).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -183,6 +191,8 @@ impl ConceptArgs {
     pub(super) fn read(&self) -> Result<Vec<String>> {
         let given = &self.prompt;
         let mut prompts = given.clone();
+        prompts.extend(self.class_id.iter().map(|&id| class_prompt(id)));
+        let given = &prompts.clone();
         if let Some(path) = &self.prompts {
             let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
             prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
@@ -191,7 +201,7 @@ impl ConceptArgs {
             }
         }
         if prompts.is_empty() {
-            bail!("give the concepts to evaluate with --prompt P (repeatable) or --prompts FILE");
+            bail!("give the concepts to evaluate with --prompt P (repeatable), --class-id N (repeatable) or --prompts FILE");
         }
         Ok(prompts)
     }
@@ -375,6 +385,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
     let device = args.model.device_on_rank(ranks);
     let model = run.load_model(&args.model, &source, &resolved, |model| {
         check_fits(model, &settings, &device)?;
+        check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
     let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
@@ -395,11 +406,14 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
 
 pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
     let (resumed, args) = Run::arguments("compare", args, matches, ranks)?;
-    let prompt = args.prompt.clone().context("--prompt is required: the concept")?;
+    let prompt = match (&args.prompt, args.class_id) {
+        (_, Some(id)) => class_prompt(id),
+        (prompt, None) => prompt.clone().context("--prompt is required: the concept")?,
+    };
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
-        .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, flag: "--models" })
+        .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, hspace_block: None, flag: "--models" })
         .collect();
     let resolve = || -> Result<_> {
         let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;
@@ -419,6 +433,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
     for (i, ((source, model_args), settings)) in sources.iter().zip(&model_args).zip(&settings).enumerate() {
         let model = run.load_model(model_args, source, &json!([i, resolved]), |model| {
             check_fits(model, settings, &device)?;
+            check_class_ids(model, args.class_id.as_slice()).with_context(|| format!("the model {}", source.path().display()))?;
             check_prompt(model, &prompt, Some(source.path()))
         })?;
         let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;

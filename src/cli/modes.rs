@@ -1,7 +1,7 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
 use super::average::{AlignArgs, SamplingArgs};
-use super::common::{check_prompt, load_clip, progress_bar};
+use super::common::{check_class_ids, check_prompt, load_clip, progress_bar};
 use super::job::agree;
 use super::report::{model_record, png_text, write_samples};
 use super::resume::Resumable;
@@ -111,7 +111,8 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> 
     let mut run = Run::open(ranks, "modes", resumed, &args, &resolved, || common.out_dir("modes"))?;
     let device = common.model.device_on_rank(ranks);
     let mut model = run.load_model(&common.model, &source, &resolved, |model| {
-        check_prompt(model, common.prompt()?, None)?;
+        check_class_ids(model, common.class_id.as_slice())?;
+        check_prompt(model, &common.prompt()?, None)?;
         let [c, h, w] = model.latent_shape();
         let count = format!("--samples {} and --latents {}", discovery.samples, chain.latents);
         memory::check_fits(model, Work::Alignment, settings.batch, [discovery.samples.max(chain.latents), c, h, w], &count, &device)?;

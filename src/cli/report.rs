@@ -56,11 +56,18 @@ fn trajectory_image(model: &DiffusionModel, frames: &[(usize, i64, Tensor)]) -> 
     Some(grid(&stacked, columns as i64, MAX_GRID_WIDTH))
 }
 
-/// The model a run used, as run.json records it: where it came from and each weight file's SHA-256.
+/// The model a run used, as run.json records it: where it came from, each weight file's SHA-256, its family and
+/// where its h is read.
 pub fn model_record(source: &ModelSource, model: &DiffusionModel) -> Result<Value> {
     let hashes = model.info.weight_hashes()?;
     let weight_files: Vec<_> = model.info.weight_files.iter().zip(hashes).map(|(f, sha256)| json!({ "path": f.display().to_string(), "sha256": sha256 })).collect();
-    Ok(json!({ "source": source.path().display().to_string(), "weight_files": weight_files }))
+    let denoiser = &model.denoiser;
+    Ok(json!({
+        "source": source.path().display().to_string(),
+        "weight_files": weight_files,
+        "family": denoiser.family(),
+        "hspace": denoiser.hspace_name(),
+    }))
 }
 
 /// A new subfolder of `out` for the results of `title` (a concept, a model): its slug, made distinct from the

@@ -2,7 +2,7 @@
 //! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
 //! scores DMA, with its cost counted in network passes.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{check_prompt, out_dir, ModelArgs};
+use super::common::{check_class_ids, check_prompt, out_dir, ModelArgs};
 use super::eval::{ConceptArgs, Judge, JudgingArgs};
 use super::job::agree;
 use super::report::{model_record, png_text, subject_folder};
@@ -180,6 +180,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         let [c, h, w] = model.latent_shape();
         let largest = points.iter().map(|p| p.latents).max().unwrap_or(1).max(samples);
         memory::check_fits(model, Work::Alignment, sampling.batch, [largest, c, h, w], &format!("--samples {samples} and the largest --latents {largest}"), &device)?;
+        check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
     let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;

@@ -127,6 +127,19 @@ impl Denoiser {
         }
     }
 
+    /// Where h is read, in words (`mid block`, `down block 2`, `transformer block 27 (the last)`).
+    pub fn hspace_name(&self) -> String {
+        match (&self.network, self.h_block) {
+            (Network::UNet(_), None) => "mid block".into(),
+            (Network::UNet(_), Some(i)) => format!("down block {i}"),
+            (Network::DiT(dit), block) => {
+                let i = dit.h_block(block);
+                let last = if i + 1 == dit.transformer_blocks.len() { " (the last)" } else { "" };
+                format!("transformer block {i}{last}")
+            }
+        }
+    }
+
     /// The latents' channels.
     pub fn in_channels(&self) -> i64 {
         match &self.network {

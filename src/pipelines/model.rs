@@ -120,7 +120,7 @@ impl DiffusionModel {
     pub fn class_prompt(&self, id: i64) -> Result<String> {
         match &self.conditioner {
             Conditioner::Classes(labels) => Ok(labels.display_name(labels.check_id(id)?)),
-            Conditioner::Text { .. } => bail!("--class-id applies to class-conditional models (DiT); this model takes a text --prompt"),
+            Conditioner::Text { .. } => bail!("this model takes a text --prompt; only class-conditional models (DiT) take a class id"),
         }
     }
 
