@@ -199,6 +199,7 @@ fn dma_average_runs_on_a_dit_folder_and_refuses_bad_classes() {
     assert_eq!(record["model"]["family"], "DiT");
     assert_eq!(record["model"]["hspace"], "transformer block 1");
     assert_eq!(record["sampling"]["prompt"], "class 7");
+    assert_eq!(record["sampling"]["guidance"], 4.0, "a DiT folder samples with DiTPipeline's guidance by default");
     assert!(out.join("prototype.png").is_file());
     let (ok, stderr, _) = run(&["--model", model, "--prompt", "Umbrella"], "by-name");
     assert!(ok, "{stderr}");

@@ -26,13 +26,31 @@ pub fn load(source: &ModelSource, device: Device, kind: Kind) -> Result<Diffusio
 /// `transformer` folder).
 pub fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<DiffusionModel> {
     let index = model_index(dir)?;
-    let pipeline = index.as_ref().and_then(|i| i.get("_class_name")).and_then(|c| c.as_str()).unwrap_or("");
-    match pipeline {
-        "DiTPipeline" => dit::load_folder(dir, index.as_ref(), device, kind),
-        "" if dir.join("transformer").is_dir() => dit::load_folder(dir, None, device, kind),
-        p if p.starts_with("StableDiffusionXL") => bail!("{}: {p} (SDXL) is not supported yet", dir.display()),
-        _ => stable_diffusion::load_folder(dir, index.as_ref(), device, kind),
+    let pipeline = pipeline_class(index.as_ref());
+    if is_dit(dir, index.as_ref()) {
+        return dit::load_folder(dir, index.as_ref(), device, kind);
     }
+    if pipeline.starts_with("StableDiffusionXL") {
+        bail!("{}: {pipeline} (SDXL) is not supported yet", dir.display());
+    }
+    stable_diffusion::load_folder(dir, index.as_ref(), device, kind)
+}
+
+/// Whether the folder `dir` holds a DiT pipeline.
+pub fn is_dit_folder(dir: &Path) -> Result<bool> {
+    Ok(is_dit(dir, model_index(dir)?.as_ref()))
+}
+
+fn is_dit(dir: &Path, index: Option<&serde_json::Value>) -> bool {
+    match pipeline_class(index) {
+        "" => dir.join("transformer").is_dir(),
+        class => class == "DiTPipeline",
+    }
+}
+
+/// The pipeline class model_index.json names ("" without one).
+fn pipeline_class(index: Option<&serde_json::Value>) -> &str {
+    index.and_then(|i| i.get("_class_name")).and_then(|c| c.as_str()).unwrap_or("")
 }
 
 /// model_index.json, where the folder has one.

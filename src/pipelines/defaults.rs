@@ -11,6 +11,8 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "dma_defaults.json";
+/// DiTPipeline's default guidance scale.
+const DIT_GUIDANCE: f64 = 4.0;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -85,10 +87,12 @@ impl Default for RunDefaults {
 }
 
 impl RunDefaults {
-    /// The defaults for a model: its folder's dma_defaults.json over the paper's.
+    /// The defaults for a model: its folder's dma_defaults.json over the paper's; a DiT folder without the file
+    /// samples with DiTPipeline's guidance, 4.
     pub fn for_source(source: &ModelSource) -> Result<Self> {
         match source {
             ModelSource::Folder(dir) if dir.join(FILE).is_file() => read_json(&dir.join(FILE)),
+            ModelSource::Folder(dir) if crate::loaders::is_dit_folder(dir)? => Ok(Self { guidance: DIT_GUIDANCE, ..Self::default() }),
             _ => Ok(Self::default()),
         }
     }
