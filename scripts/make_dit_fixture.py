@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from make_fixtures import FIXTURES, check_sane, log, perturb_, stats
+from make_fixtures import FIXTURES, check_sane, log, perturb_, stats, tiny_vae
 
 FOLDER = FIXTURES / "tiny-dit"
 # DiTPipeline hard-codes the null class as id 1000, so the label table has ImageNet's 1000 rows (+ the null row);
@@ -76,24 +76,14 @@ TRANSFORMER = dict(
 
 
 def build():
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     gen = torch.Generator().manual_seed(5151)
     torch.manual_seed(5150)
     transformer = DiTTransformer2DModel(**TRANSFORMER)
     perturb_(transformer, gen, scale=0.1)
     torch.manual_seed(5152)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-    )
+    vae = tiny_vae(16)
     perturb_(vae, gen)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,

@@ -378,8 +378,25 @@ def perturb_(module, generator, scale=0.02):
                 p.copy_(p.half().float())
 
 
+def tiny_vae(sample_size):
+    """A random AutoencoderKL of VAE_BLOCKS widths, one layer per block, 4 latent channels (halving once)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(VAE_BLOCKS),
+        up_block_types=("UpDecoderBlock2D",) * len(VAE_BLOCKS),
+        block_out_channels=VAE_BLOCKS,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=sample_size,
+    )
+
+
 def build_components(flavour):
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     sd2 = flavour == "sd2"
@@ -422,17 +439,7 @@ def build_components(flavour):
     perturb_(text_encoder, gen)
 
     torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(VAE_BLOCKS),
-        up_block_types=("UpDecoderBlock2D",) * len(VAE_BLOCKS),
-        block_out_channels=VAE_BLOCKS,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=32,
-    )
+    vae = tiny_vae(32)
     perturb_(vae, gen)
 
     scheduler = DDIMScheduler(

@@ -26,11 +26,7 @@ fn every_aligned_step_reduces_the_spread_of_h() {
     let init = seeded_latents(&model, 6, 3);
     let result = run(&model, &settings(6), &init, Some(&align()), 2, &|_| {}).unwrap();
     assert_eq!(result.log.len(), 3, "one log entry per aligned step");
-    for step in &result.log {
-        println!("{step:?}");
-        assert!(step.spread_after < step.spread_before, "step {}: spread {} -> {}", step.step, step.spread_before, step.spread_after);
-        assert!(step.loss_after < step.loss_before, "step {}: loss {} -> {}", step.step, step.loss_before, step.loss_after);
-    }
+    common::assert_every_step_aligns(&result.log);
 }
 
 #[test]

@@ -247,3 +247,12 @@ pub fn text_condition(model: &dma::pipelines::DiffusionModel, prompt: &str) -> T
         _ => panic!("the model is not text-conditioned"),
     }
 }
+
+/// Every aligned step of a DMA run's log lowered both the spread of h and the alignment loss.
+pub fn assert_every_step_aligns(log: &[dma::method::StepLog]) {
+    for step in log {
+        println!("{step:?}");
+        assert!(step.spread_after < step.spread_before, "step {}: spread {} -> {}", step.step, step.spread_before, step.spread_after);
+        assert!(step.loss_after < step.loss_before, "step {}: loss {} -> {}", step.step, step.loss_before, step.loss_after);
+    }
+}
