@@ -21,7 +21,8 @@ fn torch_lib_dir() -> Option<PathBuf> {
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// The embedded model's folder, of which the binary carries every file but the training logs.
+/// The embedded model's folder (the UNet model, its CLIP in `clip/` and the DiT in `dit/`), of which the binary
+/// carries every file but the training logs (`training/` folders).
 const EMBEDDED: &str = "models/embedded";
 const NOT_EMBEDDED: &str = "training";
 
@@ -46,7 +47,7 @@ fn list_embedded_files() {
     let mut code = String::from("pub const FILES: &[(&str, &[u8])] = &[\n");
     for file in files {
         let relative = file.strip_prefix(&root).unwrap();
-        if relative.starts_with(NOT_EMBEDDED) {
+        if relative.components().any(|c| c.as_os_str() == NOT_EMBEDDED) {
             continue;
         }
         println!("cargo:rerun-if-changed={}", file.display());

@@ -3,13 +3,16 @@
 # (random weights, 64x64 latent, f32, CPU): Rust (examples/bench_alignment.rs) against PyTorch/diffusers
 # (bench/torch_alignment.py) on the same machine, alternating, plus the encoder-only speed-up and peak memory.
 #
-#   bench/alignment.sh [-r ROUNDS] [-b "1 2 4"] [--no-memory] [--no-timing]
+#   bench/alignment.sh [--dit] [-r ROUNDS] [-b "1 2 4"] [--no-memory] [--no-timing]
+#
+# --dit: the same at DiT-XL/2-256's config (random weights, 32x32x4 latent, class-conditional; h the last of 28
+# transformer blocks' tokens) instead of SD 1.5's UNet.
 #
 # Environment (flags win): ROUNDS (default 3): rounds of timing, each one repetition of every mode in Rust and in
 # PyTorch, back to back (the two processes stay loaded and take turns; which goes first alternates);
 # MEM_BATCHES (default "1 2 4"), MEM_REPS alignment iterations per memory process (default 2),
-# BUDGET_GB (default 24), DMA_BENCH_UNET (the UNet folder; default $DMA_CACHE/bench/sd15-random-unet, made if
-# missing), DMA_BENCH_OUT (where the JSON lines go; default $DMA_CACHE/bench/results).
+# BUDGET_GB (default 24), DMA_BENCH_UNET (the network's folder; default $DMA_CACHE/bench/sd15-random-unet, or
+# dit-xl-256-random-transformer with --dit, made if missing), DMA_BENCH_OUT (where the JSON lines go; default $DMA_CACHE/bench/results).
 #
 # Setup: installs the venv of scripts/env.sh with diffusers (once per machine), makes the random SD 1.5 UNet
 # (about 3.4 GB, once), builds the example. Wall time with the defaults on an idle 2-core machine: about
@@ -23,13 +26,15 @@ MEM_REPS="${MEM_REPS:-2}"
 BUDGET_GB="${BUDGET_GB:-24}"
 DO_TIMING=1
 DO_MEMORY=1
+NETWORK=sd15-unet
 while [ $# -gt 0 ]; do
   case "$1" in
+    --dit) NETWORK=dit-xl-256; shift ;;
     -r|--rounds) ROUNDS="$2"; shift 2 ;;
     -b|--batches) MEM_BATCHES="$2"; shift 2 ;;
     --no-memory) DO_MEMORY=0; shift ;;
     --no-timing) DO_TIMING=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,16 +43,22 @@ export DMA_FIXTURE_DEPS=1
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
 CACHE="${DMA_CACHE:-$HOME/.cache/dma}"
-UNET="${DMA_BENCH_UNET:-$CACHE/bench/sd15-random-unet}"
+if [ "$NETWORK" = dit-xl-256 ]; then
+  UNET="${DMA_BENCH_UNET:-$CACHE/bench/dit-xl-256-random-transformer}"
+  NET_FLAG=--transformer
+else
+  UNET="${DMA_BENCH_UNET:-$CACHE/bench/sd15-random-unet}"
+  NET_FLAG=--unet
+fi
 OUT_DIR="${DMA_BENCH_OUT:-$CACHE/bench/results}"
 mkdir -p "$OUT_DIR"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-RESULTS="$OUT_DIR/alignment-$STAMP.jsonl"
-LOG="$OUT_DIR/alignment-$STAMP.log"
+RESULTS="$OUT_DIR/alignment-$NETWORK-$STAMP.jsonl"
+LOG="$OUT_DIR/alignment-$NETWORK-$STAMP.log"
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 
-python3 bench/make_sd15_unet.py --out "$UNET" 2>&1 | tee -a "$LOG" >&2
+python3 bench/make_random_network.py --network "$NETWORK" --out "$UNET" 2>&1 | tee -a "$LOG" >&2
 cargo build --release --example bench_alignment 2>&1 | tail -3 | tee -a "$LOG" >&2
 RUST_BIN=target/release/examples/bench_alignment
 
@@ -64,7 +75,7 @@ run() {
   local cmd
   if [ "$impl" = rust ]; then cmd=("$RUST_BIN"); else cmd=(python3 bench/torch_alignment.py); fi
   local line
-  line="$("${cmd[@]}" --unet "$UNET" --threads "$THREADS" "$@" 2>>"$LOG" | grep '^{' | tail -1)"
+  line="$("${cmd[@]}" "$NET_FLAG" "$UNET" --threads "$THREADS" "$@" 2>>"$LOG" | grep '^{' | tail -1)"
   [ -n "$line" ] || { log "$impl $role round $round: no result (see $LOG)"; return 1; }
   echo "{\"role\":\"$role\",\"round\":$round,${line#\{}" >>"$RESULTS"
   log "$impl $role round $round: $(echo "$line" | python3 -c 'import json, sys; d = json.load(sys.stdin); print(" ".join(f"{k}={v:.2f}s" for k, v in d["median"].items()), "peak", round(d["rss"]["peak_bytes"] / 1e9, 2), "GB")'); loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -73,7 +84,7 @@ run() {
 if [ "$DO_TIMING" = 1 ]; then
   # Both load once and take turns, one repetition each, per mode and round (bench/compare_alignment.py).
   log "timing: $ROUNDS rounds in lockstep (load $(cut -d' ' -f1-3 /proc/loadavg))"
-  python3 bench/compare_alignment.py --rust-bin "$RUST_BIN" --unet "$UNET" --threads "$THREADS" \
+  python3 bench/compare_alignment.py --rust-bin "$RUST_BIN" "$NET_FLAG" "$UNET" --threads "$THREADS" \
     --rounds "$ROUNDS" --warmup 1 >>"$RESULTS" 2> >(tee -a "$LOG" >&2)
 fi
 
@@ -89,10 +100,10 @@ if [ "$DO_MEMORY" = 1 ]; then
 fi
 
 {
-  echo "## Alignment iteration (SD 1.5 UNet config, CPU) - $STAMP"
+  echo "## Alignment iteration ($NETWORK config, CPU) - $STAMP"
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.1f GB RAM", $2 * 1024 / 1e9}' /proc/meminfo); torch $(python3 -c 'import torch; print(torch.__version__)'), diffusers $(python3 -c 'import diffusers; print(diffusers.__version__)'); load average before/after: see $LOG."
   echo
   python3 bench/summarize_alignment.py "$RESULTS" --budget-gb "$BUDGET_GB"
-} | tee "$OUT_DIR/alignment-$STAMP.md"
-log "summary: $OUT_DIR/alignment-$STAMP.md"
+} | tee "$OUT_DIR/alignment-$NETWORK-$STAMP.md"
+log "summary: $OUT_DIR/alignment-$NETWORK-$STAMP.md"

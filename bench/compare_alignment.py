@@ -7,6 +7,7 @@ round). On a shared machine whose load drifts, each Rust/PyTorch pair sees nearl
 a pair is far steadier than a ratio of separately timed processes.
 
     python3 bench/compare_alignment.py --rust-bin target/release/examples/bench_alignment --unet DIR \\
+        (or --transformer DIR)
         [--rounds 3] [--warmup 1] [--threads N] [--modes ...] >> results.jsonl
 
 Writes JSON lines to stdout: one "ready" line per implementation, one "pair" line per mode and round
@@ -63,7 +64,9 @@ def loadavg():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rust-bin", required=True)
-    ap.add_argument("--unet", required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--unet")
+    which.add_argument("--transformer", help="a DiT transformer folder, instead of --unet")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, required=True)
@@ -71,7 +74,8 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES))
     args = ap.parse_args()
     modes = args.modes.split(",")
-    common = ["--unet", args.unet, "--threads", str(args.threads), "--batch", str(args.batch)]
+    network = ["--unet", args.unet] if args.unet else ["--transformer", args.transformer]
+    common = [*network, "--threads", str(args.threads), "--batch", str(args.batch)]
     here = os.path.dirname(os.path.abspath(__file__))
     # Loaded one after the other, so the two loads do not compete.
     servers = {"rust": Server("rust", [args.rust_bin, "--serve", *common])}

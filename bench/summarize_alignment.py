@@ -22,8 +22,8 @@ MODES = ("enc_fwd", "enc_fwd_bwd", "full_fwd", "full_fwd_bwd")
 LABEL = {
     "enc_fwd": "encode_h forward (no grad)",
     "enc_fwd_bwd": "**alignment iteration**: encode_h forward + backward to latent",
-    "full_fwd": "full UNet forward (no grad)",
-    "full_fwd_bwd": "full UNet forward + backward from the h loss",
+    "full_fwd": "full forward (no grad)",
+    "full_fwd_bwd": "full forward + backward from the h loss",
 }
 GB = 1e9
 

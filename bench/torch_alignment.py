@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch/diffusers counterpart of examples/bench_alignment.rs: the same modes, inputs and JSON line.
 
-    python3 bench/torch_alignment.py --unet DIR [--modes enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd]
+    python3 bench/torch_alignment.py (--unet DIR | --transformer DIR) [--modes enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd]
         [--batch 1] [--reps 3] [--warmup 1] [--threads N] [--skip-check]
 
 Modes (weights frozen, as in the Rust crate: gradients go to the latent only):
@@ -11,6 +11,10 @@ Modes (weights frozen, as in the Rust crate: gradients go to the latent only):
   random target, gradient with respect to the latent;
 - full_fwd: unet(...) under no_grad;
 - full_fwd_bwd: unet(...) with autograd, h read by a forward hook on mid_block, the same loss, gradient to the latent.
+
+With --transformer (a DiTTransformer2DModel folder) the same modes run on a DiT: h is the last transformer block's
+output (diffusers' forward up to it, by hand, for the encoder path; a hook on that block in the full forward), the
+condition is class ids instead of text.
 
 The inputs are drawn in the same order from the same libtorch CPU generator as the Rust example, so the check
 values (loss, mean |h|, mean |grad|) of the two should agree to float precision.
@@ -72,18 +76,41 @@ def distance_to(h, target):
     return (h - target).square().flatten(1).mean(1)
 
 
+def dit_encode_h(transformer, sample, timestep, labels):
+    """diffusers' DiTTransformer2DModel.forward up to and including the last transformer block."""
+    x = transformer.pos_embed(sample)
+    timestep = timestep.expand(sample.shape[0])
+    for block in transformer.transformer_blocks:
+        x = block(x, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, timestep=timestep,
+                  cross_attention_kwargs=None, class_labels=labels)
+    return x
+
+
 class Bench:
-    def __init__(self, unet, latent, timestep, context, target):
-        self.unet, self.latent, self.timestep, self.context, self.target = unet, latent, timestep, context, target
+    """`condition` is the text context for a UNet, the class ids for a DiT."""
+
+    def __init__(self, net, latent, timestep, condition, target):
+        self.net, self.latent, self.timestep, self.condition, self.target = net, latent, timestep, condition, target
+        self.is_dit = hasattr(net, "transformer_blocks")
         self.captured = None
-        unet.mid_block.register_forward_hook(self._hook)
+        h_module = net.transformer_blocks[-1] if self.is_dit else net.mid_block
+        h_module.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
         self.captured = output
 
+    def encode_h(self, sample):
+        if self.is_dit:
+            return dit_encode_h(self.net, sample, self.timestep, self.condition)
+        return encode_h(self.net, sample, self.timestep, self.condition)
+
     def full_h(self, sample):
         self.captured = None
-        out = self.unet(sample, self.timestep, encoder_hidden_states=self.context, return_dict=False)[0]
+        if self.is_dit:
+            timestep = self.timestep.expand(sample.shape[0])
+            out = self.net(sample, timestep=timestep, class_labels=self.condition, return_dict=False)[0]
+        else:
+            out = self.net(sample, self.timestep, encoder_hidden_states=self.condition, return_dict=False)[0]
         h, self.captured = self.captured, None
         return out, h
 
@@ -91,7 +118,7 @@ class Bench:
         """One repetition; everything it allocates is freed before it returns (as in the Rust example)."""
         if mode == "enc_fwd":
             with torch.no_grad():
-                h = encode_h(self.unet, self.latent, self.timestep, self.context)
+                h = self.encode_h(self.latent)
             return {"h_abs_mean": h.abs().mean(dtype=torch.float64).item()}
         if mode == "full_fwd":
             with torch.no_grad():
@@ -102,7 +129,7 @@ class Bench:
             }
         leaf = self.latent.detach().requires_grad_(True)
         if mode == "enc_fwd_bwd":
-            h = encode_h(self.unet, leaf, self.timestep, self.context)
+            h = self.encode_h(leaf)
         else:
             _out, h = self.full_h(leaf)
         loss = distance_to(h, self.target).sum()
@@ -133,7 +160,9 @@ def serve(bench, ready):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--unet", required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--unet")
+    which.add_argument("--transformer", help="a DiTTransformer2DModel folder, instead of --unet")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
@@ -157,26 +186,36 @@ def main():
         torch.set_num_threads(args.threads)
     threads = {"intra_op": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
 
-    from diffusers import UNet2DConditionModel
+    from diffusers import DiTTransformer2DModel, UNet2DConditionModel
 
     start = time.perf_counter()
-    unet = UNet2DConditionModel.from_pretrained(args.unet, torch_dtype=torch.float32).eval()
-    unet.requires_grad_(False)
+    if args.transformer:
+        net = DiTTransformer2DModel.from_pretrained(args.transformer, torch_dtype=torch.float32).eval()
+    else:
+        net = UNet2DConditionModel.from_pretrained(args.unet, torch_dtype=torch.float32).eval()
+    net.requires_grad_(False)
     load_s = time.perf_counter() - start
     load_peak = proc_status_bytes("VmHWM")
 
+    # The latent, the condition, the target h: the order of examples/bench_alignment.rs.
     torch.manual_seed(args.seed)
     b = args.batch
-    latent = torch.randn(b, 4, 64, 64)
-    context = torch.randn(b, 77, 768)
-    target = torch.randn(1, unet.config.block_out_channels[-1], 8, 8)
+    c = net.config
+    side = c.sample_size
+    latent = torch.randn(b, c.in_channels, side, side)
+    if args.transformer:
+        condition = torch.randint(c.num_embeds_ada_norm, (b,))
+        target = torch.randn(1, (side // c.patch_size) ** 2, c.num_attention_heads * c.attention_head_dim)
+    else:
+        condition = torch.randn(b, 77, c.cross_attention_dim)
+        target = torch.randn(1, c.block_out_channels[-1], side // 8, side // 8)
     timestep = torch.tensor(args.timestep)
-    bench = Bench(unet, latent, timestep, context, target)
+    bench = Bench(net, latent, timestep, condition, target)
 
     h_diff = None
     if not args.skip_check:
         with torch.no_grad():
-            h_enc = encode_h(unet, latent, timestep, context)
+            h_enc = bench.encode_h(latent)
             _, h_full = bench.full_h(latent)
             h_diff = (h_enc - h_full).abs().max().item()
         del h_enc, h_full

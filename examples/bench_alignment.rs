@@ -1,5 +1,6 @@
 //! Times one DMA alignment iteration (encoder-only forward to h, backward to the latent) and what it would cost
-//! without the encoder-only path (full UNet forward, h read from it), on a UNet folder in diffusers format.
+//! without the encoder-only path (full forward, h read from it), on a UNet or a DiT transformer folder in diffusers
+//! format (for a DiT, h is the last block's tokens and the encoder path skips only the final layer).
 //!
 //! Prints one JSON line: seconds per repetition of each mode, their medians, peak RSS and a few values of h and of
 //! the gradient (the same seeded inputs as bench/torch_alignment.py, so the two can be compared number for number).
@@ -7,7 +8,7 @@
 //! ```text
 //! cargo build --release --example bench_alignment
 //! target/release/examples/bench_alignment --unet ~/.cache/dma/bench/sd15-random-unet \
-//!     [--modes enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd] [--batch 1] [--reps 3] [--warmup 1] [--threads N]
+//!     (or --transformer ~/.cache/dma/bench/dit-xl-256-random-transformer) [--modes enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd] [--batch 1] [--reps 3] [--warmup 1] [--threads N]
 //! target/release/examples/bench_alignment --info      # thread counts only, no model
 //! ```
 //!
@@ -23,9 +24,11 @@
 //!
 //! Memory: VmHWM is reset (`/proc/self/clear_refs`, 5) once the model and the inputs are in memory, so
 //! `rss.peak_bytes` is the peak while the modes ran (weights included), not the transient peak of loading.
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use dma::method::hspace::distance_to;
+use dma::models::denoiser::{Condition, Denoiser, Network};
+use dma::models::dit::{DiTConfig, DiTTransformer2DModel};
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
 use dma::loaders::source::component_weight_files;
 use dma::weights::Weights;
@@ -37,11 +40,14 @@ use tch::{Device, Kind, Tensor};
 const MODES: [&str; 5] = ["enc_fwd", "enc_fwd_bwd", "full_fwd", "full_fwd_bwd", "train_fwd_bwd"];
 
 #[derive(Parser)]
-#[command(about = "Times DMA's alignment iteration on a diffusers UNet folder")]
+#[command(about = "Times DMA's alignment iteration on a diffusers UNet or DiT transformer folder")]
 struct Args {
     /// The UNet folder (config.json + diffusion_pytorch_model.safetensors).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "transformer")]
     unet: Option<PathBuf>,
+    /// A DiT's transformer folder (DiTTransformer2DModel config.json + weights), instead of --unet.
+    #[arg(long)]
+    transformer: Option<PathBuf>,
     /// Comma-separated modes, run interleaved: enc_fwd, enc_fwd_bwd, full_fwd, full_fwd_bwd, train_fwd_bwd.
     #[arg(long, value_delimiter = ',', default_value = "enc_fwd,enc_fwd_bwd,full_fwd,full_fwd_bwd")]
     modes: Vec<String>,
@@ -101,33 +107,34 @@ fn reset_peak_rss() -> bool {
 struct Inputs {
     latent: Tensor,
     timestep: Tensor,
-    context: Tensor,
+    /// Text hidden states for a UNet, class ids for a DiT.
+    condition: Condition,
     target: Tensor,
 }
 
 /// Runs one repetition of `mode`; returns a few scalars of the result (for the cross-check with PyTorch).
 /// Everything the repetition allocates is dropped before it returns, so a caller's timing includes freeing it.
-fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String, Value> {
+fn run_mode(net: &Denoiser, mode: &str, inp: &Inputs) -> Map<String, Value> {
     let mut stats = Map::new();
     let mut put = |k: &str, t: &Tensor| {
         stats.insert(k.into(), json!(t.double_value(&[])));
     };
     match mode {
         "enc_fwd" => {
-            let h = tch::no_grad(|| unet.encode_h(&inp.latent, &inp.timestep, &inp.context, None));
+            let h = tch::no_grad(|| net.encode_h(&inp.latent, &inp.timestep, &inp.condition));
             put("h_abs_mean", &h.abs().mean(Kind::Double));
         }
         "full_fwd" => {
-            let out = tch::no_grad(|| unet.forward(&inp.latent, &inp.timestep, &inp.context, None));
+            let out = tch::no_grad(|| net.predict(&inp.latent, &inp.timestep, &inp.condition));
             put("h_abs_mean", &out.h.abs().mean(Kind::Double));
-            put("sample_abs_mean", &out.sample.abs().mean(Kind::Double));
+            put("sample_abs_mean", &out.noise.abs().mean(Kind::Double));
         }
         "enc_fwd_bwd" | "full_fwd_bwd" => {
             let leaf = inp.latent.detach().set_requires_grad(true);
             let (losses, _keep) = if mode == "enc_fwd_bwd" {
-                (distance_to(&unet.encode_h(&leaf, &inp.timestep, &inp.context, None), &inp.target), None)
+                (distance_to(&net.encode_h(&leaf, &inp.timestep, &inp.condition), &inp.target), None)
             } else {
-                let out = unet.forward(&leaf, &inp.timestep, &inp.context, None);
+                let out = net.predict(&leaf, &inp.timestep, &inp.condition);
                 (distance_to(&out.h, &inp.target), Some(out))
             };
             let loss = losses.sum(Kind::Float);
@@ -137,7 +144,7 @@ fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String
         }
         "train_fwd_bwd" => {
             let leaf = inp.latent.detach().set_requires_grad(true);
-            let loss = unet.forward(&leaf, &inp.timestep, &inp.context, None).sample.square().mean(Kind::Float);
+            let loss = net.predict(&leaf, &inp.timestep, &inp.condition).noise.square().mean(Kind::Float);
             let grad = Tensor::run_backward(&[&loss], &[&leaf], false, false).pop().unwrap();
             put("loss", &loss.detach());
             put("grad_abs_mean", &grad.abs().mean(Kind::Double));
@@ -148,7 +155,7 @@ fn run_mode(unet: &UNet2DConditionModel, mode: &str, inp: &Inputs) -> Map<String
 }
 
 /// The lockstep protocol of `--serve` (see bench/compare_alignment.py).
-fn serve(unet: &UNet2DConditionModel, inp: &Inputs, ready: Value) -> Result<()> {
+fn serve(net: &Denoiser, inp: &Inputs, ready: Value) -> Result<()> {
     use std::io::{BufRead, Write};
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{ready}")?;
@@ -160,7 +167,7 @@ fn serve(unet: &UNet2DConditionModel, inp: &Inputs, ready: Value) -> Result<()> 
             "rss" => json!({"rss_bytes": proc_status_bytes("VmRSS"), "hwm_bytes": proc_status_bytes("VmHWM")}),
             m if MODES.contains(&m) => {
                 let (c0, t0) = (cpu_seconds(), Instant::now());
-                let stats = run_mode(unet, m, inp);
+                let stats = run_mode(net, m, inp);
                 let wall = t0.elapsed().as_secs_f64();
                 json!({"mode": m, "wall": wall, "cpu": cpu_seconds() - c0, "check": stats})
             }
@@ -170,6 +177,12 @@ fn serve(unet: &UNet2DConditionModel, inp: &Inputs, ready: Value) -> Result<()> 
         stdout.flush()?;
     }
     Ok(())
+}
+
+/// A network from its folder's safetensors, every weight used.
+fn load<M>(dir: &std::path::Path, build: impl FnOnce(&dma::weights::WeightPath) -> Result<M>) -> Result<M> {
+    let files = component_weight_files(dir, "diffusion_pytorch_model")?;
+    Weights::from_files(&files, Device::Cpu, Kind::Float)?.build(build)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -200,32 +213,48 @@ fn main() -> Result<()> {
             bail!("unknown mode `{m}` (expected one of {})", MODES.join(", "));
         }
     }
-    let dir = args.unet.context("--unet DIR is required")?;
-
     let start = Instant::now();
-    let config = UNetConfig::from_file(&dir.join("config.json"))?;
-    let files = component_weight_files(&dir, "diffusion_pytorch_model")?;
-    let weights = Weights::from_files(&files, Device::Cpu, Kind::Float)?;
-    let unet = UNet2DConditionModel::load(&weights.root(), &config)?;
-    weights.check_all_used("")?;
-    drop(weights); // the model's tensors share storage with the loaded ones
+    let net = match (&args.unet, &args.transformer) {
+        (Some(dir), _) => {
+            let config = UNetConfig::from_file(&dir.join("config.json"))?;
+            Network::UNet(load(dir, |p| UNet2DConditionModel::load(p, &config))?)
+        }
+        (None, Some(dir)) => {
+            let config = DiTConfig::from_file(&dir.join("config.json"))?;
+            Network::DiT(load(dir, |p| DiTTransformer2DModel::load(p, &config))?)
+        }
+        (None, None) => bail!("--unet DIR or --transformer DIR is required"),
+    };
+    let net = Denoiser::new(net);
     let load_s = start.elapsed().as_secs_f64();
     let load_peak = proc_status_bytes("VmHWM");
 
-    // The same draws, in the same order, as bench/torch_alignment.py (same libtorch CPU generator).
+    // The same draws, in the same order, as bench/torch_alignment.py (same libtorch CPU generator): the latent, the
+    // condition (SD's 77 text tokens, or a DiT's class ids), the target h.
     tch::manual_seed(args.seed);
     let b = args.batch;
-    let latent = Tensor::randn([b, 4, 64, 64], (Kind::Float, Device::Cpu));
-    let context = Tensor::randn([b, 77, 768], (Kind::Float, Device::Cpu));
-    let last = *config.block_out_channels.last().unwrap();
-    let target = Tensor::randn([1, last, 8, 8], (Kind::Float, Device::Cpu));
-    let inp = Inputs { latent, timestep: Tensor::from(args.timestep), context, target };
+    let side = net.sample_size();
+    let latent = Tensor::randn([b, net.in_channels(), side, side], (Kind::Float, Device::Cpu));
+    let (condition, target) = match &net.network {
+        Network::UNet(unet) => {
+            let context = Tensor::randn([b, 77, unet.config.cross_attention_dim], (Kind::Float, Device::Cpu));
+            let last = *unet.config.block_out_channels.last().unwrap();
+            (Condition::Text(context), Tensor::randn([1, last, side / 8, side / 8], (Kind::Float, Device::Cpu)))
+        }
+        Network::DiT(dit) => {
+            let c = &dit.config;
+            let labels = Tensor::randint(c.classes, [b], (Kind::Int64, Device::Cpu));
+            let tokens = (c.sample_size / c.patch_size).pow(2);
+            (Condition::Class(labels), Tensor::randn([1, tokens, c.width()], (Kind::Float, Device::Cpu)))
+        }
+    };
+    let inp = Inputs { latent, timestep: Tensor::from(args.timestep), condition, target };
 
     // Consistency of the two paths to h (once, before anything is timed or measured).
     let h_diff = (!args.skip_check).then(|| {
         tch::no_grad(|| {
-            let h_enc = unet.encode_h(&inp.latent, &inp.timestep, &inp.context, None);
-            let h_full = unet.forward(&inp.latent, &inp.timestep, &inp.context, None).h;
+            let h_enc = net.encode_h(&inp.latent, &inp.timestep, &inp.condition);
+            let h_full = net.predict(&inp.latent, &inp.timestep, &inp.condition).h;
             (h_enc - h_full).abs().max().double_value(&[])
         })
     });
@@ -234,21 +263,21 @@ fn main() -> Result<()> {
     let reset = reset_peak_rss();
 
     if args.serve {
-        return serve(&unet, &inp, json!({"impl": "rust", "ready": true, "batch": b, "threads": threads, "load_s": load_s,
+        return serve(&net, &inp, json!({"impl": "rust", "ready": true, "batch": b, "threads": threads, "load_s": load_s,
             "h_encode_vs_full_max_abs_diff": h_diff}));
     }
 
     let mut checks: Map<String, Value> = Map::new();
     for _ in 0..args.warmup {
         for m in &args.modes {
-            checks.insert(m.clone(), Value::Object(run_mode(&unet, m, &inp)));
+            checks.insert(m.clone(), Value::Object(run_mode(&net, m, &inp)));
         }
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); args.modes.len()];
     for _ in 0..args.reps {
         for (i, m) in args.modes.iter().enumerate() {
             let t0 = Instant::now();
-            let stats = run_mode(&unet, m, &inp);
+            let stats = run_mode(&net, m, &inp);
             times[i].push(t0.elapsed().as_secs_f64());
             checks.entry(m.clone()).or_insert(Value::Object(stats));
         }

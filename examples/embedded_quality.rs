@@ -2,8 +2,9 @@
 //! the held-out test images of all 20 classes; for each class, how many of N samples at the model's default
 //! settings the zero-shot classifier assigns to the prompt's class; and how "footwear" samples split into its three
 //! kinds. Writes a grid of samples per class (one row per class) for the README.
-//! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png|-] [GUIDANCE] [SEED_BASE]`
-//! (defaults 100, none, the model's default guidance, 0; 0 samples measures the CLIP model only). Class c is
+//! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png|-] [GUIDANCE|-] [SEED_BASE]
+//! [MODEL]` (defaults 100, none, the model's default guidance, 0, models/embedded; `models/embedded/dit` measures
+//! the embedded DiT, whose labels take the same prompts; 0 samples measures the CLIP model only). Class c is
 //! sampled from seed SEED_BASE + c and "footwear" from SEED_BASE + 1000: settings are chosen on other seeds than
 //! the reported figures' (the README's sweep used base 5000).
 use dma::data::captions::{broad_concepts, class_captions};
@@ -22,9 +23,10 @@ fn main() -> anyhow::Result<()> {
     let grid_path = args.get(2).filter(|p| *p != "-").map(PathBuf::from);
     let guidance: Option<f64> = args.get(3).filter(|g| *g != "-").map(|s| s.parse()).transpose()?;
     let seed_base: u64 = args.get(4).map_or(Ok(0), |s| s.parse())?;
-    let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
+    let embedded = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
+    let model_dir = args.get(5).map_or(embedded.clone(), PathBuf::from);
     let names = class_names();
-    let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
+    let classifier = ZeroShot::embedded(&embedded.join("clip"), Device::Cpu)?;
 
     let test = Dataset::load(&data_dir()?, Split::Test)?;
     let images = (test.images() + 1.0) / 2.0;
@@ -46,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     if per_class == 0 {
         return Ok(());
     }
-    let source = ModelSource::Folder(model_dir);
+    let source = ModelSource::Folder(model_dir.clone());
     let mut defaults = RunDefaults::for_source(&source)?;
     defaults.guidance = guidance.unwrap_or(defaults.guidance);
     let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         let settings = SamplingSettings { batch: 50, ..defaults.sampling(prompt, seed) };
         Ok(model.decode(&run(&model, &settings, &seeded_latents(&model, n, seed), None, 0, &|_| {})?.latents))
     };
+    println!("\nmodel: {}", model_dir.display());
     println!("\n{per_class} samples per class (prompt = the class's first caption, guidance {}, {} steps, seeds from {seed_base}): share the zero-shot classifier assigns to the prompt's class", defaults.guidance, defaults.steps);
     println!("| class | prompt | agreement |\n|---|---|---|");
     let mut rows = Vec::new();

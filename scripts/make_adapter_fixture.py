@@ -10,6 +10,10 @@ How to run (from the repository root; CPU, seconds, no network):
   seeded random lora_A and lora_B (B is zero at initialisation; random here so the update shows), saved by
   StableDiffusionPipeline.save_lora_weights. reference: the UNet's output (float32) loaded with
   load_lora_weights from that file, on seeded inputs, and without the LoRA.
+- dit-lora/pytorch_lora_weights.safetensors: the same kind of rank-1 LoRA on tests/fixtures/tiny-dit's transformer
+  (every transformer block's attn1 to_q/to_k/to_v/to_out.0), injected by peft (diffusers' DiTTransformer2DModel has
+  no LoRA loader of its own) and saved with the `transformer.` prefix diffusers gives transformer LoRAs.
+  dit_reference.safetensors: the transformer's output (float32) with that LoRA and without it, on seeded inputs.
 - ti/learned_embeds.safetensors: a seeded embedding for the token <tiny-mode0> in the layout diffusers'
   textual_inversion.py saves ({token: [1, D]}). reference: the text encoder's last hidden state for
   "a photo of <tiny-mode0>" after load_textual_inversion, and the token ids.
@@ -18,8 +22,8 @@ import json
 import os
 
 import torch
-from diffusers import StableDiffusionPipeline
-from peft import LoraConfig
+from diffusers import DiTTransformer2DModel, StableDiffusionPipeline
+from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
@@ -32,6 +36,30 @@ PROMPT = "a photo of " + TOKEN
 
 def pipeline():
     return StableDiffusionPipeline.from_pretrained(BASE, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+
+
+def dit_lora():
+    """The DiT part, from its own generator so the UNet files above stay as they were."""
+    gen = torch.Generator().manual_seed(12)
+    transformer = DiTTransformer2DModel.from_pretrained(os.path.join(ROOT, "tests", "fixtures", "tiny-dit", "transformer"), torch_dtype=torch.float32)
+    ref = {
+        "sample": torch.randn([2, 4, 8, 8], generator=gen),
+        "timesteps": torch.tensor([601, 51]),
+        "class_labels": torch.tensor([3, 1000]),
+    }
+    with torch.no_grad():
+        ref["out_base"] = transformer(ref["sample"], timestep=ref["timesteps"], class_labels=ref["class_labels"]).sample
+    config = LoraConfig(r=1, lora_alpha=1, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    transformer = inject_adapter_in_model(config, transformer)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        ref["out_lora"] = transformer(ref["sample"], timestep=ref["timesteps"], class_labels=ref["class_labels"]).sample
+    state = {f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+    os.makedirs(os.path.join(OUT, "dit-lora"), exist_ok=True)
+    save_file(state, os.path.join(OUT, "dit-lora", "pytorch_lora_weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(OUT, "dit_reference.safetensors"))
 
 
 def main():
@@ -74,6 +102,7 @@ def main():
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump({"description": __doc__.strip(), "token": TOKEN, "prompt": PROMPT}, f, indent=2)
         f.write("\n")
+    dit_lora()
 
 
 if __name__ == "__main__":

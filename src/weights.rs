@@ -175,7 +175,8 @@ impl Weights {
     }
 
     /// Fresh weights to train: every weight a model asks for is created on first use, initialised like PyTorch's
-    /// layers (norms 1 and 0, biases 0, embeddings N(0, 0.02), other weights U(±1/sqrt(fan_in))). Seed the global
+    /// layers (norms 1 and 0, biases 0, embeddings N(0, 0.02), other weights U(±1/sqrt(fan_in))), DiT's adaLN-Zero
+    /// modulations at zero. Seed the global
     /// RNG first for a reproducible start.
     pub fn initialise(source: String, device: Device, kind: Kind) -> Self {
         Self { mode: Mode::Initialise, ..Self::from_tensors(HashMap::new(), source, device, kind) }
@@ -234,10 +235,15 @@ impl Weights {
 /// PyTorch's default initialisation, chosen by the key's name and the tensor's rank.
 fn initial_value(key: &str, shape: &[i64], device: Device, kind: Kind) -> Tensor {
     let options = (kind, device);
-    let is_embedding = key.ends_with("embedding.weight") || key.ends_with("class_embedding");
+    let is_embedding = key.ends_with("embedding.weight") || key.ends_with("class_embedding") || key.ends_with("embedding_table.weight");
+    // adaLN-Zero (DiT): every block's modulation and the final layer start at zero, so each block starts as the
+    // identity and the prediction at zero (Peebles & Xie, section 3.2).
+    let is_ada_ln_zero = key.contains("norm1.linear.") || key.contains("proj_out_1.") || key.contains("proj_out_2.");
     if key.ends_with("logit_scale") {
         // CLIP's initial temperature, 1/0.07.
         Tensor::full(shape, (1.0f64 / 0.07).ln(), options)
+    } else if is_ada_ln_zero {
+        Tensor::zeros(shape, options)
     } else if is_embedding {
         Tensor::randn(shape, options) * 0.02
     } else if key.ends_with(".bias") {

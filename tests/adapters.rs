@@ -182,7 +182,7 @@ fn lora_gradient_matches_finite_differences_and_trains_nothing_else() {
             (path, LoraLayer { down, up })
         })
         .collect();
-    let lora = Lora { layers };
+    let lora = Lora { network: "unet".into(), layers };
     lora.apply(&mut model).unwrap();
     let params: Vec<Tensor> = lora.layers.values().flat_map(|l| [l.down.shallow_clone(), l.up.shallow_clone()]).collect();
     let context = model.condition("a photo of a dog").unwrap();
@@ -230,6 +230,40 @@ fn adapters_for_another_model_or_prompt_are_refused_clearly() {
     let taken = TextualInversion { token: "sandal".into(), embedding: Tensor::zeros([64], (Kind::Float, Device::Cpu)) };
     let error = format!("{:#}", taken.apply(&mut embedded).unwrap_err());
     assert!(error.contains("already in the tokenizer's vocabulary"), "{error}");
+}
+
+/// The tiny DiT's output with and without the fixture's peft LoRA (`transformer.` keys) against diffusers + peft,
+/// at tests/dit_parity.rs's tolerance; a LoRA written for the DiT has the fixture's keys; UNet and DiT LoRAs are
+/// refused by the other family's model, naming both.
+#[test]
+fn a_peft_lora_on_a_dit_changes_the_transformer_as_peft_does_and_stays_with_its_family() {
+    let refs: std::collections::HashMap<String, Tensor> = read_safetensors(&fixture("adapters/dit_reference.safetensors")).unwrap().into_iter().collect();
+    let mut dit = dma::loaders::load_folder(&fixture("tiny-dit"), Device::Cpu, Kind::Float).unwrap();
+    let forward = |model: &DiffusionModel| {
+        let dma::models::denoiser::Network::DiT(network) = &model.denoiser.network else { panic!("the fixture is a DiT") };
+        tch::no_grad(|| network.forward(&refs["sample"], &refs["timesteps"], &refs["class_labels"], None).sample)
+    };
+    let change = max_abs_diff(&refs["out_lora"], &refs["out_base"]);
+    assert!(change > 0.1, "the fixture's LoRA should change the output visibly ({change})");
+    let path = fixture("adapters/dit-lora/pytorch_lora_weights.safetensors");
+    let lora = Adapter::read(&path).unwrap();
+    closeness("tiny DiT without the LoRA", &forward(&dit), &refs["out_base"], 3e-5, 0.0).check();
+    lora.apply(&mut dit).unwrap();
+    closeness("tiny DiT with the LoRA", &forward(&dit), &refs["out_lora"], 3e-5, 0.0).check();
+
+    let _rng = common::global_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let written = Adapter::Lora(Lora::init(&mut dit, 1, 3)).write_into(dir.path()).unwrap();
+    let keys = |path: &std::path::Path| -> BTreeMap<String, Vec<i64>> {
+        read_safetensors(path).unwrap().into_iter().map(|(k, t)| (k, t.size())).collect()
+    };
+    assert_eq!(keys(&written), keys(&path), "a DiT LoRA's key names and shapes as peft's, under `transformer.`");
+    let mut unet = tiny(Kind::Float);
+    let error = format!("{:#}", lora.apply(&mut unet).unwrap_err());
+    assert!(error.contains("`transformer`") && error.contains("`unet`") && error.contains("another model"), "{error}");
+    let unet_lora = Adapter::read(&fixture("adapters/lora/pytorch_lora_weights.safetensors")).unwrap();
+    let error = format!("{:#}", unet_lora.apply(&mut dit).unwrap_err());
+    assert!(error.contains("`unet`") && error.contains("`transformer`") && error.contains("another model"), "{error}");
 }
 
 /// Keeps an adapter's training checkpoint in a folder after every step, as `dma modes` does, and fails at step

@@ -1,6 +1,6 @@
 //! The embedded model's training data and captions. Needs the data installed by scripts/setup_data.sh (CI runs it
 //! first); without it these tests fail and say so.
-use dma::data::captions::{all_captions, broad_concepts, class_captions, vocabulary, Captioner, DEFAULT_P_BROAD};
+use dma::data::captions::{all_captions, broad_concepts, class_captions, label_names, vocabulary, Captioner, DEFAULT_P_BROAD, NUM_LABELS};
 use dma::data::classes::{CLASSES, DIGIT_BASE};
 use dma::data::{class_names, data_dir, mnist_digits, Dataset, Rng, Split, NUM_CLASSES};
 use dma::models::tokenizer::{words, WordTokenizer};
@@ -165,6 +165,47 @@ fn captions_name_their_class_or_a_concept_holding_it() {
         assert!(all.iter().any(|c| c == caption), "{caption:?} missing");
     }
     assert!(!all.iter().any(|c| c.contains("a ankle") || c.contains("a eight") || c.contains("an one")));
+}
+
+/// The embedded DiT's labels: a class's label is drawn as often as its plain captions are, each concept's as
+/// often as its captions; and every caption of the text model names, through the DiT's id2label, the label of
+/// what it describes (so the same prompts work on both embedded models).
+#[test]
+fn labels_follow_the_captions_and_every_caption_names_its_label() {
+    let captioner = Captioner::new(DEFAULT_P_BROAD).unwrap();
+    let mut rng = Rng::new(2);
+    for class in 0..NUM_CLASSES {
+        let concepts: Vec<usize> = (0..broad_concepts().len()).filter(|&i| broad_concepts()[i].classes.contains(&class)).collect();
+        let n = 4000;
+        let mut counts = vec![0usize; NUM_LABELS];
+        for _ in 0..n {
+            counts[captioner.label(class, &mut rng)] += 1;
+        }
+        for (label, &count) in counts.iter().enumerate() {
+            let expected = match label.checked_sub(NUM_CLASSES) {
+                None if label == class => 1.0 - DEFAULT_P_BROAD * concepts.len() as f64,
+                Some(concept) if concepts.contains(&concept) => DEFAULT_P_BROAD,
+                _ => 0.0,
+            };
+            let share = count as f64 / n as f64;
+            assert!((share - expected).abs() < 0.03, "class {class}, label {label}: share {share}, expected {expected}");
+        }
+    }
+    let names: Vec<Vec<String>> = (0..NUM_LABELS).map(label_names).collect();
+    let index = dma::training::embedded::dit_model_index(&names);
+    let labels = dma::models::dit::labels::ClassLabels::new(index.get("id2label"), NUM_LABELS as i64).unwrap();
+    for class in 0..NUM_CLASSES {
+        for caption in class_captions(class) {
+            assert_eq!(labels.id_of(&caption).unwrap(), class as i64, "{caption:?}");
+        }
+    }
+    for (i, concept) in broad_concepts().iter().enumerate() {
+        for caption in concept.captions {
+            assert_eq!(labels.id_of(caption).unwrap(), (NUM_CLASSES + i) as i64, "{caption:?}");
+        }
+    }
+    assert_eq!(labels.id_of("ankle boot").unwrap(), 9);
+    assert_eq!(labels.id_of("seven").unwrap(), 17, "a digit's bare name is one of its label's names too");
 }
 
 #[test]

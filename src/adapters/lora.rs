@@ -1,7 +1,8 @@
-//! LoRA (Hu et al. 2021) on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of every self- and
-//! cross-attention), as diffusers' LoRA training scripts configure peft. Stored as diffusers saves UNet LoRA:
-//! pytorch_lora_weights.safetensors with `unet.<module>.lora_A.weight` [r, in] and `unet.<module>.lora_B.weight`
-//! [out, r]. The file keeps no alpha, so diffusers loads it with alpha = r: the update is applied at scale 1.
+//! LoRA (Hu et al. 2021) on the network's attention projections (to_q, to_k, to_v, to_out.0 of every self- and
+//! cross-attention of a UNet, of every transformer block of a DiT), as diffusers' LoRA training scripts configure
+//! peft. Stored as diffusers saves LoRA: pytorch_lora_weights.safetensors with `<network>.<module>.lora_A.weight`
+//! [r, in] and `<network>.<module>.lora_B.weight` [out, r], the network being `unet` or `transformer`. The file
+//! keeps no alpha, so diffusers loads it with alpha = r: the update is applied at scale 1.
 use crate::nn::LowRank;
 use crate::pipelines::DiffusionModel;
 use crate::weights::write_safetensors;
@@ -11,7 +12,8 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 pub const FILE_NAME: &str = "pytorch_lora_weights.safetensors";
-const PREFIX: &str = "unet.";
+/// The networks whose LoRA files are read (diffusers' pipeline attribute names).
+const NETWORKS: [&str; 2] = ["unet", "transformer"];
 
 /// One projection's factors.
 pub struct LoraLayer {
@@ -22,17 +24,20 @@ pub struct LoraLayer {
 }
 
 pub struct Lora {
-    /// By module path under the UNet (`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`).
+    /// The network it adapts: `unet` or `transformer` (see `Denoiser::component`).
+    pub network: String,
+    /// By module path under the network (`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`).
     pub layers: BTreeMap<String, LoraLayer>,
 }
 
 impl Lora {
-    /// Fresh factors of rank `rank` on every attention projection of `model`'s UNet, as peft's "gaussian"
+    /// Fresh factors of rank `rank` on every attention projection of `model`'s network, as peft's "gaussian"
     /// initialisation: A ~ N(0, 1/r^2), B = 0, so training starts from the unchanged model. The tensors are f32
     /// leaves requiring gradients, on the model's device.
     pub fn init(model: &mut DiffusionModel, rank: i64, seed: u64) -> Self {
         tch::manual_seed(seed as i64);
         let device = model.device;
+        let network = model.denoiser.component().to_string();
         let layers = model
             .denoiser
             .attention_projections_mut()
@@ -43,16 +48,18 @@ impl Lora {
                 (path, LoraLayer { down: down.set_requires_grad(true), up: up.set_requires_grad(true) })
             })
             .collect();
-        Self { layers }
+        Self { network, layers }
     }
 
-    /// Tensors read from an adapter file, when every key is a peft LoRA factor of a UNet module.
+    /// Tensors read from an adapter file, when every key is a peft LoRA factor of a module of one network.
     pub fn from_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Self> {
         let mut factors: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+        let mut networks = std::collections::BTreeSet::new();
         for (key, tensor) in tensors {
-            let module = key.strip_prefix(PREFIX).with_context(|| {
-                format!("{}: `{key}` is not a UNet LoRA weight (expected keys `unet.<module>.lora_A.weight` / `.lora_B.weight`; text-encoder LoRA is not supported)", path.display())
+            let (network, module) = key.split_once('.').filter(|(n, _)| NETWORKS.contains(n)).with_context(|| {
+                format!("{}: `{key}` is not a UNet or transformer LoRA weight (expected keys `unet.<module>.lora_A.weight` / `.lora_B.weight`, or `transformer.` for a DiT; text-encoder LoRA is not supported)", path.display())
             })?;
+            networks.insert(network.to_string());
             let tensor = tensor.to_kind(Kind::Float);
             if let Some(m) = module.strip_suffix(".lora_A.weight") {
                 factors.entry(m.to_string()).or_default().0 = Some(tensor);
@@ -75,7 +82,12 @@ impl Lora {
         if layers.is_empty() {
             bail!("{}: no LoRA weights", path.display());
         }
-        Ok(Self { layers })
+        let mut networks = networks.into_iter();
+        let network = networks.next().unwrap_or_default();
+        if let Some(other) = networks.next() {
+            bail!("{}: the file holds LoRA weights for both `{network}` and `{other}`; one adapter adapts one network", path.display());
+        }
+        Ok(Self { network, layers })
     }
 
     pub fn rank(&self) -> i64 {
@@ -86,21 +98,26 @@ impl Lora {
         let names: Vec<(String, Tensor)> = self
             .layers
             .iter()
-            .flat_map(|(m, l)| [(format!("{PREFIX}{m}.lora_A.weight"), l.down.detach()), (format!("{PREFIX}{m}.lora_B.weight"), l.up.detach())])
+            .flat_map(|(m, l)| [(format!("{}.{m}.lora_A.weight", self.network), l.down.detach()), (format!("{}.{m}.lora_B.weight", self.network), l.up.detach())])
             .collect();
         let named: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), t)).collect();
         write_safetensors(path, &named)
     }
 
-    /// Attaches the factors to the model's attention projections (replacing any LoRA there). Every layer must name
-    /// a projection of this UNet with matching shapes; otherwise the adapter was made for another model.
+    /// Attaches the factors to the model's attention projections (replacing any LoRA there). The adapter must be for
+    /// this model's kind of network, and every layer must name a projection of it with matching shapes; otherwise
+    /// the adapter was made for another model.
     pub fn apply(&self, model: &mut DiffusionModel) -> Result<()> {
+        let network = model.denoiser.component();
+        if self.network != network {
+            bail!("the LoRA adapter adapts a `{}` but this model's network is a `{network}` ({}): the adapter was made for another model", self.network, model.denoiser.family());
+        }
         remove(model);
         let device = model.device;
         let mut projections: BTreeMap<String, &mut crate::nn::Linear> = model.denoiser.attention_projections_mut().into_iter().collect();
         for (module, layer) in &self.layers {
             let Some(linear) = projections.get_mut(module) else {
-                bail!("the LoRA adapter has weights for `{module}`, which this model's UNet does not have: the adapter was made for another model");
+                bail!("the LoRA adapter has weights for `{module}`, which this model's {network} does not have: the adapter was made for another model");
             };
             let (inputs, outputs) = (linear.in_features(), linear.out_features());
             if layer.down.size()[1] != inputs || layer.up.size()[0] != outputs {
@@ -116,7 +133,7 @@ impl Lora {
     }
 }
 
-/// Takes every LoRA update off the model's UNet.
+/// Takes every LoRA update off the model's network.
 pub fn remove(model: &mut DiffusionModel) {
     for (_, linear) in model.denoiser.attention_projections_mut() {
         linear.lora = None;

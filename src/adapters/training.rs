@@ -136,7 +136,7 @@ pub fn train(
                     (module, super::lora::LoraLayer { down: pair[0].1.detach(), up: pair[1].1.detach() })
                 })
                 .collect();
-            let lora = Lora { layers };
+            let lora = Lora { network: model.denoiser.component().to_string(), layers };
             lora.apply(model)?;
             Adapter::Lora(lora)
         }

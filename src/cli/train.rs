@@ -4,9 +4,9 @@
 use super::common::progress_bar;
 use super::interrupt;
 use dma::stop::{stop_requested, Interrupted};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use dma::data::captions::{classes_described_by, vocabulary, Captioner, DEFAULT_P_BROAD};
+use dma::data::captions::{classes_described_by, label_names, vocabulary, Captioner, DEFAULT_P_BROAD, NUM_LABELS};
 use dma::data::dataset::Dataset;
 use dma::data::rng::Rng;
 use dma::data::{data_dir, Split};
@@ -21,18 +21,57 @@ use tch::Tensor;
 /// Longest caption in tokens, start and end tokens included.
 const MAX_CAPTION_TOKENS: usize = 16;
 
+/// The network `dma train` trains.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum TrainedNetwork {
+    /// The embedded Stable Diffusion: a CLIP text encoder and a UNet, conditioned on captions.
+    Unet,
+    /// The embedded DiT: a class-conditional transformer whose labels are the 20 kinds and the broad concepts.
+    Dit,
+}
+
+impl TrainedNetwork {
+    fn default_steps(self) -> usize {
+        match self {
+            Self::Unet => 5000,
+            Self::Dit => 4000,
+        }
+    }
+
+    fn default_batch(self) -> i64 {
+        match self {
+            Self::Unet => 64,
+            Self::Dit => 128,
+        }
+    }
+
+    /// The model folder and the training state's folder when not given.
+    fn default_folders(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unet => ("models/embedded", "train/embedded"),
+            Self::Dit => ("models/embedded/dit", "train/embedded-dit"),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// The model folder to create (configs and tokenizer) and to export the averaged weights into.
-    #[arg(long, default_value = "models/embedded")]
-    pub model_out: PathBuf,
-    /// Checkpoints and the loss log; a checkpoint here is resumed.
-    #[arg(long, default_value = "train/embedded")]
-    pub state: PathBuf,
-    #[arg(long, default_value_t = 5000)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch: i64,
+    #[arg(long, value_enum, default_value = "unet")]
+    pub network: TrainedNetwork,
+    /// The model folder to create (configs and tokenizer) and to export the averaged weights into (default
+    /// models/embedded, for --network dit models/embedded/dit).
+    #[arg(long)]
+    pub model_out: Option<PathBuf>,
+    /// Checkpoints and the loss log; a checkpoint here is resumed (default train/embedded, for --network dit
+    /// train/embedded-dit).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Optimisation steps (default 5000; for --network dit 4000).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Images per step (default 64; for --network dit 128: a DiT step costs a third of a UNet step here).
+    #[arg(long)]
+    pub batch: Option<i64>,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 200)]
@@ -59,8 +98,8 @@ pub struct TrainArgs {
 impl TrainArgs {
     fn settings(&self) -> TrainSettings {
         TrainSettings {
-            steps: self.steps,
-            batch: self.batch,
+            steps: self.steps.unwrap_or(self.network.default_steps()),
+            batch: self.batch.unwrap_or(self.network.default_batch()),
             lr: self.lr,
             warmup: self.warmup,
             weight_decay: self.weight_decay,
@@ -72,26 +111,37 @@ impl TrainArgs {
     }
 }
 
-/// Writes the configs, run defaults and tokenizer of a new embedded model folder; an existing folder is kept as
-/// it is (only its run defaults are added when missing).
-fn create_model_folder(dir: &Path) -> Result<()> {
+/// Writes the configs, run defaults and tokenizer (or class names) of a new embedded model folder; an existing
+/// folder is kept as it is (only its run defaults are added when missing).
+fn create_model_folder(dir: &Path, network: TrainedNetwork) -> Result<()> {
     let defaults = dir.join(dma::pipelines::defaults::FILE);
     if !defaults.is_file() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         write_json(&defaults, &embedded::run_defaults())?;
     }
+    let network_folder = match network {
+        TrainedNetwork::Unet => "unet",
+        TrainedNetwork::Dit => "transformer",
+    };
     if dir.join("model_index.json").is_file() {
+        ensure!(dir.join(network_folder).is_dir(), "{}: the model folder has no `{network_folder}` folder, so --network {} cannot train it (another --model-out?)", dir.display(), format!("{network:?}").to_lowercase());
         return Ok(());
     }
-    let tokenizer = WordTokenizer::from_words(&vocabulary(), MAX_CAPTION_TOKENS)?;
-    tokenizer.save(&dir.join("tokenizer"))?;
-    let text = embedded::text_encoder_config(tokenizer.vocab_size(), MAX_CAPTION_TOKENS, tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id());
-    for (file, value) in [
-        ("unet/config.json", embedded::unet_config()),
-        ("text_encoder/config.json", text),
-        ("scheduler/scheduler_config.json", embedded::scheduler_config()),
-        ("model_index.json", embedded::model_index()),
-    ] {
+    let files = match network {
+        TrainedNetwork::Unet => {
+            let tokenizer = WordTokenizer::from_words(&vocabulary(), MAX_CAPTION_TOKENS)?;
+            tokenizer.save(&dir.join("tokenizer"))?;
+            let text = embedded::text_encoder_config(tokenizer.vocab_size(), MAX_CAPTION_TOKENS, tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id());
+            vec![("unet/config.json", embedded::unet_config()), ("text_encoder/config.json", text), ("model_index.json", embedded::model_index())]
+        }
+        TrainedNetwork::Dit => {
+            let names: Vec<Vec<String>> = (0..NUM_LABELS).map(label_names).collect();
+            vec![("transformer/config.json", embedded::dit_config(NUM_LABELS)), ("model_index.json", embedded::dit_model_index(&names))]
+        }
+    };
+    // model_index.json last: it marks a complete folder.
+    let scheduler = ("scheduler/scheduler_config.json", embedded::scheduler_config());
+    for (file, value) in std::iter::once(scheduler).chain(files) {
         let path = dir.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).with_context(|| format!("cannot create {}", path.display()))?;
         write_json(&path, &value)?;
@@ -99,9 +149,17 @@ fn create_model_folder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How the images of a batch are conditioned: by captions, tokenised for a text encoder, or by a class-conditional
+/// model's label ids.
+enum Conditioning {
+    Captions(Tokenizer),
+    Labels,
+}
+
 /// A training batch: images [B,1,32,32] in [-1,1], their classes, captions (empty with probability
-/// `uncond_prob`) and the captions' ids [B,L]. It depends only on (seed, step), so a resumed run repeats nothing
-/// and skips nothing.
+/// `uncond_prob`; none when conditioned by labels) and the conditions' ids: the captions' tokens [B,L], or labels
+/// [B] (the null label `NUM_LABELS` with probability `uncond_prob`). It depends only on (seed, step), so a resumed
+/// run repeats nothing and skips nothing.
 struct CaptionedBatch {
     images: Tensor,
     classes: Vec<usize>,
@@ -109,18 +167,25 @@ struct CaptionedBatch {
     ids: Tensor,
 }
 
-fn captioned_batch(data: &Dataset, tokenizer: &Tokenizer, seed: u64, step: usize, batch: i64, uncond_prob: f64) -> Result<CaptionedBatch> {
+fn captioned_batch(data: &Dataset, conditioning: &Conditioning, seed: u64, step: usize, batch: i64, uncond_prob: f64) -> Result<CaptionedBatch> {
     let captioner = Captioner::new(DEFAULT_P_BROAD)?;
     let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
     let (images, classes) = data.batch(&mut rng, batch as usize);
     let mut captions = Vec::with_capacity(classes.len());
     let mut ids = Vec::new();
     for &class in &classes {
-        let caption = if rng.uniform() < uncond_prob { String::new() } else { captioner.caption(class, &mut rng) };
-        ids.extend(tokenizer.encode(&caption)?);
-        captions.push(caption);
+        let unconditional = rng.uniform() < uncond_prob;
+        match conditioning {
+            Conditioning::Captions(tokenizer) => {
+                let caption = if unconditional { String::new() } else { captioner.caption(class, &mut rng) };
+                ids.extend(tokenizer.encode(&caption)?);
+                captions.push(caption);
+            }
+            Conditioning::Labels => ids.push(if unconditional { NUM_LABELS } else { captioner.label(class, &mut rng) } as i64),
+        }
     }
     let ids = Tensor::from_slice(&ids).view([classes.len() as i64, -1]);
+    let ids = if matches!(conditioning, Conditioning::Labels) { ids.squeeze_dim(1) } else { ids };
     Ok(CaptionedBatch { images, classes, captions, ids })
 }
 
@@ -235,14 +300,20 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     let device = dma::device::parse_device(&args.device)?;
     let data = training_data()?;
-    create_model_folder(&args.model_out)?;
-    let tokenizer = Tokenizer::from_folder(&args.model_out.join("tokenizer"))?;
-    let mut trainer = DiffusionTrainer::new(&args.model_out, &args.state, settings.clone(), device)?;
+    let (model_out, state) = args.network.default_folders();
+    let model_out = args.model_out.clone().unwrap_or_else(|| model_out.into());
+    let state = args.state.clone().unwrap_or_else(|| state.into());
+    create_model_folder(&model_out, args.network)?;
+    let conditioning = match args.network {
+        TrainedNetwork::Unet => Conditioning::Captions(Tokenizer::from_folder(&model_out.join("tokenizer"))?),
+        TrainedNetwork::Dit => Conditioning::Labels,
+    };
+    let mut trainer = DiffusionTrainer::new(&model_out, &state, settings.clone(), device)?;
     training_loop(
         &mut trainer,
-        |step| captioned_batch(&data, &tokenizer, settings.seed, step, settings.batch, settings.uncond_prob),
+        |step| captioned_batch(&data, &conditioning, settings.seed, step, settings.batch, settings.uncond_prob),
         (settings.steps, settings.checkpoint_every),
-        (&args.state, &args.model_out),
+        (&state, &model_out),
         args.quiet,
     )
 }
@@ -306,11 +377,11 @@ pub fn train_clip(args: TrainClipArgs) -> Result<()> {
     let device = dma::device::parse_device(&args.device)?;
     let data = training_data()?;
     create_clip_folder(&args.model_out, &args.model.join("tokenizer"))?;
-    let tokenizer = Tokenizer::from_folder(&args.model_out)?;
+    let conditioning = Conditioning::Captions(Tokenizer::from_folder(&args.model_out)?);
     let mut trainer = ClipTrainer::new(&args.model_out, &args.state, settings.clone(), device)?;
     training_loop(
         &mut trainer,
-        |step| captioned_batch(&data, &tokenizer, settings.seed, step, settings.batch, 0.0),
+        |step| captioned_batch(&data, &conditioning, settings.seed, step, settings.batch, 0.0),
         (settings.steps, settings.checkpoint_every),
         (&args.state, &args.model_out),
         args.quiet,

@@ -106,13 +106,47 @@ impl Captioner {
     }
 
     pub fn caption(&self, class: usize, rng: &mut Rng) -> String {
-        let u = rng.uniform();
-        // The k-th concept of the class takes [k p, (k+1) p) of the unit interval.
-        let concept = concepts_of(class).enumerate().find(|&(k, _)| u < (k + 1) as f64 * self.p_broad);
-        match concept {
-            Some((_, concept)) => rng.choose(concept.captions).to_string(),
+        match self.broad_concept(class, rng) {
+            Some(concept) => rng.choose(BROAD_CONCEPTS[concept].captions).to_string(),
             None => rng.choose(&class_captions(class)).clone(),
         }
+    }
+
+    /// The label a class-conditional model is trained with for an image of `class`: its class, or, as often as a
+    /// caption would be that concept's, a broad concept's label (see `label_names`).
+    pub fn label(&self, class: usize, rng: &mut Rng) -> usize {
+        match self.broad_concept(class, rng) {
+            Some(concept) => NUM_CLASSES + concept,
+            None => class,
+        }
+    }
+
+    /// Which broad concept (by index), if any, stands for an image of `class` this time.
+    fn broad_concept(&self, class: usize, rng: &mut Rng) -> Option<usize> {
+        let u = rng.uniform();
+        // The k-th concept of the class takes [k p, (k+1) p) of the unit interval.
+        let members = (0..BROAD_CONCEPTS.len()).filter(|&i| BROAD_CONCEPTS[i].classes.contains(&class));
+        members.enumerate().find(|&(k, _)| u < (k + 1) as f64 * self.p_broad).map(|(_, index)| index)
+    }
+}
+
+/// The labels of a class-conditional model trained on these images: the 20 classes (ids 0-19), then each broad
+/// concept (20 "footwear", 21 "a digit", 22 "an even digit").
+pub const NUM_LABELS: usize = NUM_CLASSES + BROAD_CONCEPTS.len();
+
+/// A label's names, as a DiT's id2label lists them (comma-separated): a class's name and its plain captions, a
+/// broad concept's captions; so the prompts that work on the text-conditioned model name the same things.
+pub fn label_names(label: usize) -> Vec<String> {
+    match label.checked_sub(NUM_CLASSES) {
+        None => {
+            let mut names = class_captions(label);
+            let name = CLASSES[label].name.to_string();
+            if !names.contains(&name) {
+                names.insert(0, name);
+            }
+            names
+        }
+        Some(concept) => BROAD_CONCEPTS[concept].captions.iter().map(|c| c.to_string()).collect(),
     }
 }
 

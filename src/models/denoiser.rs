@@ -127,6 +127,15 @@ impl Denoiser {
         }
     }
 
+    /// The network's folder and attribute name in a diffusers pipeline (`unet`, `transformer`); adapter files
+    /// prefix their keys with it.
+    pub fn component(&self) -> &'static str {
+        match &self.network {
+            Network::UNet(_) => "unet",
+            Network::DiT(_) => "transformer",
+        }
+    }
+
     /// Where h is read, in words (`mid block`, `down block 2`, `transformer block 27 (the last)`).
     pub fn hspace_name(&self) -> String {
         match (&self.network, self.h_block) {

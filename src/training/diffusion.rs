@@ -1,10 +1,12 @@
-//! Training a text-conditioned diffusion model (CLIP text encoder + UNet, jointly, from scratch) with the
-//! noise-prediction loss, resumable from checkpoints: every step's randomness comes from (seed, step), so a
-//! resumed run continues exactly as an uninterrupted one would.
+//! Training a diffusion model from scratch with the noise-prediction loss: a text-conditioned one (CLIP text
+//! encoder + UNet, jointly) or a class-conditional one (DiT, whose class table is part of the network).
+//! Resumable from checkpoints: every step's randomness comes from (seed, step), so a resumed run continues exactly
+//! as an uninterrupted one would.
 use crate::checkpoint::training::{self as checkpoint, prefixed_params, Resume};
 use super::ema::Ema;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::denoiser::{Condition, Denoiser, Network};
+use crate::models::dit::{DiTConfig, DiTTransformer2DModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::optim::AdamW;
 use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
@@ -36,13 +38,21 @@ impl TrainSettings {
     }
 }
 
+/// The trained network's part of the model folder: its config, where its weights go and its checkpoint prefix.
+struct Component {
+    prefix: &'static str,
+    file: &'static str,
+    weights: Weights,
+}
+
 pub struct DiffusionTrainer {
     pub settings: TrainSettings,
-    pub text_encoder: ClipTextModel,
+    /// The text encoder of a text-conditioned model; None for a class-conditional one.
+    pub text_encoder: Option<ClipTextModel>,
     pub denoiser: Denoiser,
-    text_weights: Weights,
-    unet_weights: Weights,
-    /// Text encoder parameters under `text_encoder.`, UNet parameters under `unet.`.
+    /// The text encoder's (if any) and the network's weights.
+    components: Vec<Component>,
+    /// Every component's parameters under its prefix (`text_encoder.`, `unet.`, `transformer.`).
     params: Vec<(String, Tensor)>,
     optimizer: AdamW,
     ema: Ema,
@@ -52,19 +62,33 @@ pub struct DiffusionTrainer {
 }
 
 impl DiffusionTrainer {
-    /// Builds the model described by `model_dir`'s configs, from the checkpoint in `train_dir` when there is one
-    /// (refusing one made with other settings), else freshly initialised from the seed.
+    /// Builds the model described by `model_dir`'s configs (a `transformer/` folder makes it a class-conditional
+    /// DiT, else a text encoder and a UNet), from the checkpoint in `train_dir` when there is one (refusing one made
+    /// with other settings), else freshly initialised from the seed.
     pub fn new(model_dir: &Path, train_dir: &Path, settings: TrainSettings, device: Device) -> Result<Self> {
-        let text_config = ClipTextConfig::from_file(&model_dir.join("text_encoder/config.json"))?;
-        let unet_config = UNetConfig::from_file(&model_dir.join("unet/config.json"))?;
         let scheduler = DdimScheduler::new(&DdimConfig::from_file(&model_dir.join("scheduler/scheduler_config.json"))?, 1)?;
         let resume = Resume::open(train_dir, &settings)?;
         tch::manual_seed(settings.seed as i64);
-        let text_weights = resume.weights("text_encoder", device);
-        let unet_weights = resume.weights("unet", device);
-        let text_encoder = text_weights.build(|p| ClipTextModel::load(p, &text_config))?;
-        let unet = unet_weights.build(|p| UNet2DConditionModel::load(p, &unet_config))?;
-        let params = prefixed_params(&[("text_encoder", &text_weights), ("unet", &unet_weights)]);
+        let mut components = Vec::new();
+        let (text_encoder, network) = if model_dir.join("transformer").is_dir() {
+            let config = DiTConfig::from_file(&model_dir.join("transformer/config.json"))?;
+            let weights = resume.weights("transformer", device);
+            let dit = weights.build(|p| DiTTransformer2DModel::load(p, &config))?;
+            components.push(Component { prefix: "transformer", file: "transformer/diffusion_pytorch_model.safetensors", weights });
+            (None, Network::DiT(dit))
+        } else {
+            let text_config = ClipTextConfig::from_file(&model_dir.join("text_encoder/config.json"))?;
+            let unet_config = UNetConfig::from_file(&model_dir.join("unet/config.json"))?;
+            let text_weights = resume.weights("text_encoder", device);
+            let unet_weights = resume.weights("unet", device);
+            let text_encoder = text_weights.build(|p| ClipTextModel::load(p, &text_config))?;
+            let unet = unet_weights.build(|p| UNet2DConditionModel::load(p, &unet_config))?;
+            components.push(Component { prefix: "text_encoder", file: "text_encoder/model.safetensors", weights: text_weights });
+            components.push(Component { prefix: "unet", file: "unet/diffusion_pytorch_model.safetensors", weights: unet_weights });
+            (Some(text_encoder), Network::UNet(unet))
+        };
+        let prefixed: Vec<(&str, &Weights)> = components.iter().map(|c| (c.prefix, &c.weights)).collect();
+        let params = prefixed_params(&prefixed);
         let shared = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         let mut optimizer = AdamW::new(shared, settings.lr, settings.weight_decay);
         resume.restore(&mut optimizer)?;
@@ -75,16 +99,22 @@ impl DiffusionTrainer {
             }
         }
         let step = resume.step;
-        Ok(Self { settings, text_encoder, denoiser: Denoiser::new(Network::UNet(unet)), text_weights, unet_weights, params, optimizer, ema, scheduler, step, device })
+        Ok(Self { settings, text_encoder, denoiser: Denoiser::new(network), components, params, optimizer, ema, scheduler, step, device })
     }
 
-    /// One optimisation step on images [B,C,H,W] in [-1,1] and their tokenised captions [B,L]. Returns the loss.
+    /// One optimisation step on images [B,C,H,W] in [-1,1] and their conditions: tokenised captions [B,L] for a
+    /// text-conditioned model, class ids [B] (the null class for the unconditional branch) for a DiT. Returns the
+    /// loss.
     pub fn train_step(&mut self, images: &Tensor, ids: &Tensor) -> f64 {
         let s = &self.settings;
         tch::manual_seed((s.seed ^ 0x5eed_0000) as i64 + self.step as i64);
         let device = self.device;
         let images = images.to_device(device);
-        let context = Condition::Text(self.text_encoder.forward(&ids.to_device(device)));
+        let ids = ids.to_device(device);
+        let context = match &self.text_encoder {
+            Some(encoder) => Condition::Text(encoder.forward(&ids)),
+            None => Condition::Class(ids),
+        };
         let loss = noise_prediction_loss(&self.denoiser, &self.scheduler, &images, &context);
         self.optimizer.zero_grad();
         loss.backward();
@@ -105,10 +135,7 @@ impl DiffusionTrainer {
     /// model small (the loader converts to the run's dtype).
     pub fn export(&self, model_dir: &Path) -> Result<()> {
         let averaged: HashMap<&str, &Tensor> = self.ema.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        for (prefix, weights, file) in [
-            ("text_encoder", &self.text_weights, "text_encoder/model.safetensors"),
-            ("unet", &self.unet_weights, "unet/diffusion_pytorch_model.safetensors"),
-        ] {
+        for Component { prefix, file, weights } in &self.components {
             let tensors: Vec<(String, Tensor)> = weights
                 .named_tensors()
                 .into_iter()

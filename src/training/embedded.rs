@@ -70,6 +70,41 @@ pub fn model_index() -> Value {
     })
 }
 
+/// The embedded DiT: a class-conditional Diffusion Transformer on the same 32x32 images, in pixel space like the
+/// UNet model (4x4 patches: 64 tokens of width 128, 8 blocks; h-space is the last block's 64x128 tokens). It
+/// predicts the noise only (no learned sigma: it is trained with the plain noise-prediction loss, as the UNet).
+/// `classes` counts its labels (see `data::captions::NUM_LABELS`); the table has one more row, the null class.
+pub fn dit_config(classes: usize) -> Value {
+    json!({
+        "_class_name": "DiTTransformer2DModel",
+        "sample_size": 32,
+        "in_channels": 1,
+        "out_channels": 1,
+        "patch_size": 4,
+        "num_attention_heads": 4,
+        "attention_head_dim": 32,
+        "num_layers": 8,
+        "num_embeds_ada_norm": classes,
+        "activation_fn": "gelu-approximate",
+        "norm_type": "ada_norm_zero",
+        "norm_elementwise_affine": false,
+        "norm_eps": 1e-5,
+        "attention_bias": true
+    })
+}
+
+/// A DiTPipeline without a VAE; `id2label` gives each label's comma-separated names.
+pub fn dit_model_index(id2label: &[Vec<String>]) -> Value {
+    let names: serde_json::Map<String, Value> = id2label.iter().enumerate().map(|(id, names)| (id.to_string(), json!(names.join(", ")))).collect();
+    json!({
+        "_class_name": "DiTPipeline",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "transformer": ["diffusers", "DiTTransformer2DModel"],
+        "vae": [null, null],
+        "id2label": names
+    })
+}
+
 /// What `dma average` uses on this model unless told otherwise: a mental average in under a minute on two CPU
 /// cores (16 latents, at most 30 Adam iterations per aligned step; the model is small, so that suffices). In pixel
 /// space DDIM clips its prediction of x0, and guidance pushes x0 past the clip; re-deriving the noise from the

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Builds diffusers' UNet2DConditionModel with the Stable Diffusion 1.5 config and seeded random weights, and saves
-it with save_pretrained (config.json + diffusion_pytorch_model.safetensors, f32, about 3.4 GB).
+"""Builds a network at a published model's size with seeded random weights, and saves it with save_pretrained
+(config.json + diffusion_pytorch_model.safetensors, f32): diffusers' UNet2DConditionModel with the Stable
+Diffusion 1.5 config (about 3.4 GB), or DiTTransformer2DModel with DiT-XL/2-256's (`--network dit-xl-256`, about
+2.7 GB).
 
 Used by bench/alignment.sh; the folder lives in a cache outside the repository and is reused when present.
 
-    python3 bench/make_sd15_unet.py [--out DIR] [--seed N] [--force]
+    python3 bench/make_random_network.py [--network sd15-unet|dit-xl-256] [--out DIR] [--seed N] [--force]
 """
 import argparse
 import json
@@ -37,8 +39,28 @@ SD15_UNET_CONFIG = dict(
     upcast_attention=False,
     resnet_time_scale_shift="default",
 )
+# facebook/DiT-XL-2-256, transformer/config.json, written out in full.
+DIT_XL_256_CONFIG = dict(
+    num_attention_heads=16,
+    attention_head_dim=72,
+    in_channels=4,
+    out_channels=8,
+    num_layers=28,
+    dropout=0.0,
+    norm_num_groups=32,
+    attention_bias=True,
+    sample_size=32,
+    patch_size=2,
+    activation_fn="gelu-approximate",
+    num_embeds_ada_norm=1000,
+    upcast_attention=False,
+    norm_type="ada_norm_zero",
+    norm_elementwise_affine=False,
+    norm_eps=1e-5,
+)
 
-DEFAULT_OUT = os.path.join(os.environ.get("DMA_CACHE", os.path.expanduser("~/.cache/dma")), "bench", "sd15-random-unet")
+NETWORKS = {"sd15-unet": "sd15-random-unet", "dit-xl-256": "dit-xl-256-random-transformer"}
+CACHE = os.path.join(os.environ.get("DMA_CACHE", os.path.expanduser("~/.cache/dma")), "bench")
 
 
 def complete(folder):
@@ -49,28 +71,33 @@ def complete(folder):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--network", choices=sorted(NETWORKS), default="sd15-unet")
+    ap.add_argument("--out", help="default: the bench cache's folder for the network")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even when the folder is complete")
     args = ap.parse_args()
+    args.out = args.out or os.path.join(CACHE, NETWORKS[args.network])
     if complete(args.out) and not args.force:
         print(f"reusing {args.out}", file=sys.stderr)
         return
     import torch
-    from diffusers import UNet2DConditionModel
+    from diffusers import DiTTransformer2DModel, UNet2DConditionModel
 
     start = time.time()
     torch.manual_seed(args.seed)
-    unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
-    params = sum(p.numel() for p in unet.parameters())
-    print(f"built SD 1.5 UNet: {params / 1e6:.1f}M parameters in {time.time() - start:.0f} s", file=sys.stderr)
+    if args.network == "dit-xl-256":
+        net = DiTTransformer2DModel(**DIT_XL_256_CONFIG).eval()
+    else:
+        net = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+    params = sum(p.numel() for p in net.parameters())
+    print(f"built {args.network}: {params / 1e6:.1f}M parameters in {time.time() - start:.0f} s", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     marker = os.path.join(args.out, ".complete")
     if os.path.exists(marker):
         os.remove(marker)
-    unet.save_pretrained(args.out, safe_serialization=True, max_shard_size="20GB")
+    net.save_pretrained(args.out, safe_serialization=True, max_shard_size="20GB")
     with open(os.path.join(args.out, "bench_info.json"), "w") as f:
-        json.dump({"seed": args.seed, "parameters": params, "torch": torch.__version__}, f)
+        json.dump({"network": args.network, "seed": args.seed, "parameters": params, "torch": torch.__version__}, f)
     open(marker, "w").close()
     print(f"saved {args.out} in {time.time() - start:.0f} s", file=sys.stderr)
 
