@@ -184,8 +184,10 @@ fn captioned_batch(data: &Dataset, conditioning: &Conditioning, seed: u64, step:
             Conditioning::Labels => ids.push(if unconditional { NUM_LABELS } else { captioner.label(class, &mut rng) } as i64),
         }
     }
-    let ids = Tensor::from_slice(&ids).view([classes.len() as i64, -1]);
-    let ids = if matches!(conditioning, Conditioning::Labels) { ids.squeeze_dim(1) } else { ids };
+    let ids = match conditioning {
+        Conditioning::Captions(_) => Tensor::from_slice(&ids).view([classes.len() as i64, -1]),
+        Conditioning::Labels => Tensor::from_slice(&ids),
+    };
     Ok(CaptionedBatch { images, classes, captions, ids })
 }
 
