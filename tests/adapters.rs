@@ -5,6 +5,7 @@
 //! are refused.
 mod common;
 use common::{assert_caught, check_gradient, closeness, fixture, max_abs_diff, references, Closeness};
+use dma::adapters::class_embedding::ClassEmbedding;
 use dma::adapters::lora::{Lora, LoraLayer};
 use dma::adapters::textual_inversion::TextualInversion;
 use dma::adapters::training::{mean_loss, prompt_with_token, train, AdapterTraining};
@@ -26,6 +27,10 @@ use tch::{Device, Kind, Tensor};
 
 fn tiny(kind: Kind) -> DiffusionModel {
     dma::loaders::load_folder(&fixture("tiny-sd1"), Device::Cpu, kind).unwrap()
+}
+
+fn tiny_dit(kind: Kind) -> DiffusionModel {
+    dma::loaders::load_folder(&fixture("tiny-dit"), Device::Cpu, kind).unwrap()
 }
 
 fn embedded_dir() -> PathBuf {
@@ -293,10 +298,83 @@ impl Checkpoints for StopAt {
     }
 }
 
+/// A class embedding is a class like the others: started at class 3's rows it conditions exactly as class 3 (the
+/// null class keeps its id), its gradient matches finite differences, training it on one kind of image lowers the
+/// held-out loss against the class it started from, and its file reads back to the same conditioning.
+#[test]
+fn a_learned_class_embedding_conditions_as_a_class_and_learns_its_mode() {
+    let _rng = common::global_rng();
+    let mut dit = tiny_dit(Kind::Float);
+    let start = dit.class_prompt(3).unwrap();
+    let rows = dit.class_rows(&start).unwrap();
+    assert_eq!(dit.add_class("<copy-of-3>", &rows).unwrap(), 1001, "added after the null class 1000");
+    tch::manual_seed(1);
+    let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[500i64, 20]);
+    let predict = |model: &DiffusionModel, prompt: &str| tch::no_grad(|| model.denoiser.predict(&x, &t, &model.condition(prompt).unwrap().repeat(2)).noise);
+    assert!(predict(&dit, "<copy-of-3>").equal(&predict(&dit, &start)), "a copy of class 3's rows conditions as class 3");
+    assert!(!predict(&dit, "").equal(&predict(&dit, &start)), "the null class is still the null class");
+
+    // The gradient the training follows, in f64.
+    let mut model = tiny_dit(Kind::Double);
+    let scheduler = DdimScheduler::new(&model.scheduler, 1).unwrap();
+    let rows: Vec<Tensor> = model.class_rows(&start).unwrap().into_iter().map(|r| r.set_requires_grad(true)).collect();
+    model.add_class("<fd-class>", &rows).unwrap();
+    let x0 = Tensor::randn([2, 4, 8, 8], (Kind::Double, Device::Cpu));
+    let condition = model.condition("<fd-class>").unwrap();
+    let loss = || {
+        tch::manual_seed(9);
+        noise_prediction_loss(&model.denoiser, &scheduler, &x0, &condition.repeat(2)).to_kind(Kind::Double)
+    };
+    check_gradient(&rows, &loss, 1e-6, 1e-5);
+
+    // A "mode" the model has never seen: smooth bright latents. 24 to learn from, 8 held out.
+    let mut dit = tiny_dit(Kind::Float);
+    let mode = (Tensor::randn([32, 4, 1, 1], (Kind::Float, Device::Cpu)) * 0.2 + 0.8).expand([32, 4, 8, 8], false).contiguous();
+    let (trained, held) = (mode.narrow(0, 0, 24), mode.narrow(0, 24, 8));
+    let base = mean_loss(&dit, &held, &start, 77, 16).unwrap();
+    let settings = AdapterTraining { kind: AdapterKind::ClassEmbedding, steps: 100, lr: 1e-2, batch: 8, rank: 1, seed: 0 };
+    let adapter = train(&mut dit, &trained, &start, "<bright-mode>", &settings, &|_| {}, "adapter", &mut NoCheckpoints).unwrap();
+    let adapted = mean_loss(&dit, &held, "<bright-mode>", 77, 16).unwrap();
+    println!("held-out loss: {base:.4} as class 3, {adapted:.4} as the learned class");
+    assert!(adapted < base * 0.9, "the learned class should lower the held-out loss: {base} -> {adapted}");
+    assert!(dit.class_rows(&start).unwrap().iter().zip(&tiny_dit(Kind::Float).class_rows(&start).unwrap()).all(|(a, b)| a.equal(b)), "class 3 itself is untouched");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = adapter.write_into(dir.path()).unwrap();
+    assert_eq!(file.file_name().unwrap(), "learned_class.safetensors");
+    let read = Adapter::read(&file).unwrap();
+    assert_eq!(read.kind(), AdapterKind::ClassEmbedding);
+    read.check_prompt("<BRIGHT-mode>").unwrap();
+    let error = format!("{:#}", read.check_prompt(&start).unwrap_err());
+    assert!(error.contains("<bright-mode>"), "a prompt naming another class names the adapter's: {error}");
+    let mut fresh = tiny_dit(Kind::Float);
+    read.apply(&mut fresh).unwrap();
+    assert!(predict(&fresh, "<bright-mode>").equal(&predict(&dit, "<bright-mode>")), "the file conditions as the trained class");
+}
+
+#[test]
+fn class_embeddings_and_tokens_are_refused_by_the_other_family_and_by_other_shapes() {
+    let rows = Tensor::zeros([2, 32], (Kind::Float, Device::Cpu));
+    let class = ClassEmbedding { name: "<c>".into(), rows };
+    let error = format!("{:#}", class.apply(&mut tiny(Kind::Float)).unwrap_err());
+    assert!(error.contains("conditioned on text") && error.contains("Textual Inversion"), "{error}");
+    let mut dit = tiny_dit(Kind::Float);
+    let error = format!("{:#}", class.apply(&mut dit).unwrap_err());
+    assert!(error.contains("2 rows") && error.contains("blocks"), "a block count mismatch says so: {error}");
+    let error = format!("{:#}", AdapterKind::Ti.check_fits(&dit).unwrap_err());
+    assert!(error.contains("class-embedding"), "TI on a DiT points to its analogue: {error}");
+    assert!(AdapterKind::ClassEmbedding.check_fits(&tiny(Kind::Float)).is_err() && AdapterKind::Lora.check_fits(&dit).is_ok());
+    let taken = ClassEmbedding { name: dit.class_prompt(3).unwrap(), rows: Tensor::stack(&dit.class_rows("class 3").unwrap(), 0) };
+    let error = format!("{:#}", taken.apply(&mut dit).unwrap_err());
+    assert!(error.contains("is taken by class 3"), "{error}");
+}
+
 /// The learned tensors of an adapter, by name.
 fn learned(adapter: &Adapter) -> Vec<(String, Tensor)> {
     match adapter {
         Adapter::TextualInversion(ti) => vec![(ti.token.clone(), ti.embedding.shallow_clone())],
+        Adapter::ClassEmbedding(class) => vec![(class.name.clone(), class.rows.shallow_clone())],
         Adapter::Lora(lora) => lora.layers.iter().flat_map(|(m, l)| [(format!("{m}.A"), l.down.shallow_clone()), (format!("{m}.B"), l.up.shallow_clone())]).collect(),
     }
 }
@@ -305,15 +383,20 @@ fn learned(adapter: &Adapter) -> Vec<(String, Tensor)> {
 fn adapter_training_stopped_midway_resumes_to_exactly_the_uninterrupted_result() {
     let _rng = common::global_rng();
     tch::manual_seed(5);
-    let samples = Tensor::randn([6, 4, 16, 16], (Kind::Float, Device::Cpu));
-    for kind in [AdapterKind::Ti, AdapterKind::Lora] {
+    let unet_samples = Tensor::randn([6, 4, 16, 16], (Kind::Float, Device::Cpu));
+    let dit_samples = Tensor::randn([6, 4, 8, 8], (Kind::Float, Device::Cpu));
+    for kind in [AdapterKind::Ti, AdapterKind::Lora, AdapterKind::ClassEmbedding] {
+        let (tiny, samples, prompt): (fn(Kind) -> DiffusionModel, _, _) = match kind {
+            AdapterKind::ClassEmbedding => (tiny_dit, &dit_samples, "class 3"),
+            _ => (tiny, &unet_samples, "a photo of a dog"),
+        };
         let settings = AdapterTraining { kind, steps: 6, lr: 1e-2, batch: 2, rank: 1, seed: 3 };
         let tmp = tempfile::tempdir().unwrap();
         let token = "<resume-test>";
         let trained = |stop_at: Option<usize>, dir: &str| {
             let mut model = tiny(Kind::Float);
             let mut checkpoints = StopAt { dir: tmp.path().join(dir), stop_at, steps: Vec::new() };
-            let adapter = train(&mut model, &samples, "a photo of a dog", token, &settings, &|_| {}, "adapter", &mut checkpoints);
+            let adapter = train(&mut model, samples, prompt, token, &settings, &|_| {}, "adapter", &mut checkpoints);
             (adapter, checkpoints.steps)
         };
         let whole = trained(None, "whole").0.unwrap();
@@ -329,12 +412,12 @@ fn adapter_training_stopped_midway_resumes_to_exactly_the_uninterrupted_result()
         for ((name, x), (_, y)) in a.iter().zip(&b) {
             assert!(x.equal(y), "{kind:?} `{name}` differs after resuming (max {})", max_abs_diff(x, y));
         }
-        let fresh = learned(&train(&mut tiny(Kind::Float), &samples, "a photo of a dog", token, &settings, &|_| {}, "adapter", &mut NoCheckpoints).unwrap());
+        let fresh = learned(&train(&mut tiny(Kind::Float), samples, prompt, token, &settings, &|_| {}, "adapter", &mut NoCheckpoints).unwrap());
         assert!(fresh.iter().zip(&a).all(|((_, x), (_, y))| x.equal(y)), "{kind:?}: checkpointing changes nothing");
         // A different setting is another training run, and its checkpoint is refused.
         let other = AdapterTraining { lr: 2e-2, ..settings.clone() };
         let mut model = tiny(Kind::Float);
-        let refused = train(&mut model, &samples, "a photo of a dog", token, &other, &|_| {}, "adapter", &mut StopAt { dir: tmp.path().join("stopped"), stop_at: None, steps: Vec::new() });
+        let refused = train(&mut model, samples, prompt, token, &other, &|_| {}, "adapter", &mut StopAt { dir: tmp.path().join("stopped"), stop_at: None, steps: Vec::new() });
         assert!(format!("{:#}", refused.err().unwrap()).contains("other settings"));
     }
 }

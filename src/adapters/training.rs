@@ -1,6 +1,7 @@
 //! Learning an adapter from the samples of one mode: the ordinary noise-prediction loss on those samples (their
 //! final latents, so no encoder is needed), with only the adapter's parameters trained. Both kinds use AdamW at a
 //! constant learning rate with weight decay 1e-2 and gradient clipping at 1, as diffusers' training scripts do.
+use super::class_embedding::ClassEmbedding;
 use super::lora::Lora;
 use super::textual_inversion::TextualInversion;
 use super::{Adapter, AdapterKind};
@@ -62,7 +63,8 @@ fn learnable(resume: &Resume, name: &str, fresh: Tensor, device: Device) -> Resu
 
 /// Trains an adapter of `settings.kind` on `samples` (final latents [N,C,H,W] of one mode) and leaves it applied
 /// to `model`. Textual Inversion adds `token` (it must be new to the tokenizer) and learns it in
-/// `prompt_with_token(prompt, token)`; LoRA learns with `prompt` itself. Training starts from `stage`'s checkpoint
+/// `prompt_with_token(prompt, token)`; a class embedding adds the class `token`, starting from the rows of the
+/// class `prompt` names; LoRA learns with `prompt` itself. Training starts from `stage`'s checkpoint
 /// when `checkpoints` has one (a finished stage trains no more) and shows them every step; `progress` is told of
 /// every step.
 #[allow(clippy::too_many_arguments)]
@@ -90,6 +92,17 @@ pub fn train(
             model.add_token(token, &row)?;
             let ids = model.text("Textual Inversion")?.0.encode(&prompt_with_token(prompt, token))?;
             (vec![("token".to_string(), row)], Conditioning::Learned(Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device)))
+        }
+        AdapterKind::ClassEmbedding => {
+            let rows = model
+                .class_rows(prompt)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, row)| learnable(&resume, &format!("class.{i}"), row, model.device))
+                .collect::<Result<Vec<_>>>()?;
+            model.add_class(token, &rows)?;
+            let condition = model.condition(token)?;
+            (rows.into_iter().enumerate().map(|(i, row)| (format!("class.{i}"), row)).collect(), Conditioning::Fixed(condition))
         }
         AdapterKind::Lora => {
             ensure!(settings.rank > 0, "the LoRA rank must be at least 1");
@@ -128,6 +141,10 @@ pub fn train(
     let learned = |i: usize| params[i].1.detach().to_device(Device::Cpu);
     Ok(match settings.kind {
         AdapterKind::Ti => Adapter::TextualInversion(TextualInversion { token: token.to_string(), embedding: learned(0) }),
+        AdapterKind::ClassEmbedding => {
+            let rows: Vec<Tensor> = (0..params.len()).map(learned).collect();
+            Adapter::ClassEmbedding(ClassEmbedding { name: token.to_string(), rows: Tensor::stack(&rows, 0) })
+        }
         AdapterKind::Lora => {
             let layers = params
                 .chunks(2)

@@ -67,13 +67,13 @@ pub struct ModesArgs {
     /// Also learn one adapter per mode and compute each mode's mental average, and the concept's overall one.
     #[arg(long)]
     pub average: bool,
-    /// The adapter learned per mode.
+    /// The adapter learned per mode (ti: text models only; class-embedding: class-conditional models only).
     #[arg(long, value_enum, default_value_t = AdapterKind::Lora)]
     pub adapter_kind: AdapterKind,
-    /// Adapter training steps [default: Textual Inversion 3000, LoRA 2000, or the model's].
+    /// Adapter training steps [default: Textual Inversion and class embedding 3000, LoRA 2000, or the model's].
     #[arg(long)]
     pub adapter_steps: Option<usize>,
-    /// Adapter learning rate [default: Textual Inversion 1e-2, LoRA 1e-4, or the model's].
+    /// Adapter learning rate [default: Textual Inversion and class embedding 1e-2, LoRA 1e-4, or the model's].
     #[arg(long)]
     pub adapter_lr: Option<f64>,
     /// Samples per adapter training step [default: 4, or the model's].
@@ -117,6 +117,7 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> 
         let count = format!("--samples {} and --latents {}", discovery.samples, chain.latents);
         memory::check_fits(model, Work::Alignment, settings.batch, [discovery.samples.max(chain.latents), c, h, w], &count, &device)?;
         if args.average {
+            chain.adapter.kind.check_fits(model)?;
             memory::check_fits(model, Work::Training, chain.adapter.batch, [discovery.samples, c, h, w], &count, &device)?;
         }
         Ok(())

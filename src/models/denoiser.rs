@@ -237,6 +237,22 @@ impl Denoiser {
         }
     }
 
+    /// A class-conditional network's label-table rows for class `id`, one per block that holds a table.
+    pub fn class_rows(&self, id: i64) -> Result<Vec<Tensor>> {
+        match &self.network {
+            Network::DiT(dit) => Ok(dit.class_rows(id)),
+            Network::UNet(_) => bail!("a UNet has no class embeddings; it is conditioned on text"),
+        }
+    }
+
+    /// Adds a class whose label-table rows are `rows` (one per block, used as given); returns its id.
+    pub fn add_class(&mut self, rows: &[Tensor]) -> Result<i64> {
+        match &mut self.network {
+            Network::DiT(dit) => dit.add_class(rows),
+            Network::UNet(_) => bail!("a UNet has no class embeddings; it is conditioned on text: use Textual Inversion"),
+        }
+    }
+
     /// Every linear projection of every attention layer by checkpoint path: where LoRA adapters attach.
     pub fn attention_projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
         match &mut self.network {

@@ -112,7 +112,9 @@ impl RunDefaults {
     /// Training settings for an adapter of `kind` with these defaults.
     pub fn adapter(&self, kind: AdapterKind, seed: u64) -> AdapterTraining {
         let (steps, lr) = match kind {
-            AdapterKind::Ti => (self.ti_steps, self.ti_lr),
+            // A class embedding is Textual Inversion's analogue (one learned row per label table, of the scale of
+            // a token embedding): it trains with TI's settings.
+            AdapterKind::Ti | AdapterKind::ClassEmbedding => (self.ti_steps, self.ti_lr),
             AdapterKind::Lora => (self.lora_steps, self.lora_lr),
         };
         AdapterTraining { kind, steps, lr, batch: self.adapter_batch, rank: self.lora_rank, seed }

@@ -129,7 +129,7 @@ impl DiffusionModel {
     pub fn add_token(&mut self, token: &str, row: &Tensor) -> Result<i64> {
         let family = self.denoiser.family();
         let Conditioner::Text { tokenizer, text_encoder } = &mut self.conditioner else {
-            bail!("Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use a LoRA adapter");
+            bail!("Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use a LoRA adapter or a learned class embedding (--adapter-kind lora or class-embedding)");
         };
         let (tokens, rows) = (tokenizer.vocab_size() as i64, text_encoder.vocab_size());
         anyhow::ensure!(tokens == rows, "the tokenizer has {tokens} ids but the text encoder {rows} embeddings; cannot add a token to both");
@@ -137,6 +137,28 @@ impl DiffusionModel {
         anyhow::ensure!(row.size() == [width], "the embedding for `{token}` has shape {:?}; this model's text encoder needs [{width}]", row.size());
         let id = tokenizer.add_new_token(token)?;
         text_encoder.add_token_embedding(&row.to_device(self.device))?;
+        Ok(id)
+    }
+
+    /// The label-table rows (one per block) of the class `prompt` names: where a learned class embedding starts.
+    pub fn class_rows(&self, prompt: &str) -> Result<Vec<Tensor>> {
+        let Condition::Class(id) = self.condition(prompt)? else {
+            bail!("a class embedding needs a class-conditional model; this model ({}) is conditioned on text: use Textual Inversion", self.denoiser.family());
+        };
+        self.denoiser.class_rows(id.int64_value(&[0]))
+    }
+
+    /// Adds a class named `name` whose label-table rows are `rows` (one per block; used as given, so rows that
+    /// require gradients are learned): a class-conditional model's Textual Inversion. Returns its id.
+    pub fn add_class(&mut self, name: &str, rows: &[Tensor]) -> Result<i64> {
+        let family = self.denoiser.family();
+        let Conditioner::Classes(labels) = &mut self.conditioner else {
+            bail!("a class embedding needs a class-conditional model; this model ({family}) is conditioned on text: use Textual Inversion (--adapter-kind ti)");
+        };
+        labels.check_new_name(name)?;
+        let id = self.denoiser.add_class(rows)?;
+        let named = labels.add(name)?;
+        anyhow::ensure!(named == id, "the class names and the network's label tables disagree (class {named} named, row {id} added)");
         Ok(id)
     }
 

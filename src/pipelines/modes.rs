@@ -236,6 +236,7 @@ pub fn prototype_of_mode(
     let adapter = train(model, &trained, &sampling.prompt, &token, &chain.adapter, progress, &format!("mode-{k}/adapter"), checkpoints)?;
     let mode_sampling = match chain.adapter.kind {
         AdapterKind::Ti => SamplingSettings { prompt: prompt_with_token(&sampling.prompt, &token), ..sampling.clone() },
+        AdapterKind::ClassEmbedding => SamplingSettings { prompt: token.clone(), ..sampling.clone() },
         AdapterKind::Lora => SamplingSettings { guidance: chain.lora_guidance, ..sampling.clone() },
     };
     let held_out = match base {

@@ -13,6 +13,9 @@ pub struct TimestepLabelEmbedding {
     pub timestep: TimestepEmbedding,
     /// [classes + 1, width]: the last row is the null class.
     pub labels: Tensor,
+    /// Rows [width] of classes added after the null class (learned class embeddings, ids classes + 1, ...). Kept
+    /// apart and used as given, so rows that require gradients are learned through every forward pass.
+    pub added: Vec<Tensor>,
 }
 
 /// The sinusoid count of DiT's timestep embedding (diffusers' `Timesteps(num_channels=256, ...)`).
@@ -23,6 +26,7 @@ impl TimestepLabelEmbedding {
         Ok(Self {
             timestep: TimestepEmbedding::load(&p.sub("timestep_embedder"), TIME_FEATURES, width)?,
             labels: p.get("class_embedder.embedding_table.weight", &[classes + 1, width])?,
+            added: Vec::new(),
         })
     }
 
@@ -30,7 +34,13 @@ impl TimestepLabelEmbedding {
     pub fn forward(&self, timesteps: &Tensor, class_labels: &Tensor, like: &Tensor) -> Tensor {
         // flip_sin_to_cos true, downscale_freq_shift 1: DiT's sinusoids, unlike SD's shift 0.
         let features = timestep_features(timesteps, TIME_FEATURES, true, 1.0).to_kind(like.kind());
-        self.timestep.forward(&features) + self.labels.to_kind(like.kind()).index_select(0, class_labels)
+        let table = if self.added.is_empty() {
+            self.labels.shallow_clone()
+        } else {
+            let rows: Vec<Tensor> = std::iter::once(self.labels.shallow_clone()).chain(self.added.iter().map(|row| row.to_kind(self.labels.kind()).unsqueeze(0))).collect();
+            Tensor::cat(&rows, 0)
+        };
+        self.timestep.forward(&features) + table.to_kind(like.kind()).index_select(0, class_labels)
     }
 }
 

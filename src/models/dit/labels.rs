@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 pub struct ClassLabels {
     /// The number of classes (ids 0..classes; the null class is `classes`).
     pub classes: i64,
-    /// Each id's names, in id2label's order (empty without id2label).
+    /// Each id's names, in id2label's order (empty without id2label), and the added classes' names.
     names: BTreeMap<i64, Vec<String>>,
+    /// Classes added after the null class (learned class embeddings): ids classes + 1 ..= classes + added.
+    added: i64,
 }
 
 impl ClassLabels {
@@ -24,7 +26,7 @@ impl ClassLabels {
                 names.insert(id, label.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect());
             }
         }
-        Ok(Self { classes, names })
+        Ok(Self { classes, names, added: 0 })
     }
 
     pub fn has_names(&self) -> bool {
@@ -53,9 +55,29 @@ impl ClassLabels {
         }
     }
 
-    /// Refuses an id outside the model's classes.
+    /// Refuses an id outside the model's classes and those added.
     pub fn check_id(&self, id: i64) -> Result<i64> {
-        ensure!((0..self.classes).contains(&id), "class {id} does not exist: this model has classes 0 to {}", self.classes - 1);
+        let added = self.classes + 1..=self.classes + self.added;
+        ensure!((0..self.classes).contains(&id) || added.contains(&id), "class {id} does not exist: this model has classes 0 to {}", self.classes - 1);
+        Ok(id)
+    }
+
+    /// Refuses a name no class can be added under: empty, with a comma, or already a class's.
+    pub fn check_new_name(&self, name: &str) -> Result<()> {
+        ensure!(!name.trim().is_empty() && !name.contains(','), "a class name cannot be empty or contain a comma: {name:?}");
+        if let Ok(id) = self.id_of(name) {
+            bail!("the class name {name:?} is taken by class {id}");
+        }
+        Ok(())
+    }
+
+    /// Names the next added class `name` (a learned class embedding, numbered after the null class and those
+    /// added before); a name some class already has is refused. Returns its id.
+    pub fn add(&mut self, name: &str) -> Result<i64> {
+        self.check_new_name(name)?;
+        self.added += 1;
+        let id = self.classes + self.added;
+        self.names.insert(id, vec![name.trim().to_string()]);
         Ok(id)
     }
 
@@ -117,6 +139,18 @@ mod tests {
         assert!(l.id_of("cat").unwrap_err().to_string().contains("no class names (`id2label`"));
         assert_eq!(l.display_name(3), "class 3");
         assert_eq!(labels().display_name(1), "great white shark");
+    }
+
+    #[test]
+    fn added_classes_follow_the_null_class_and_are_named() {
+        let mut l = labels();
+        assert_eq!(l.add("<shark-mode0>").unwrap(), 1001, "the null class 1000 keeps its id");
+        assert_eq!(l.add("<shark-mode1>").unwrap(), 1002);
+        assert_eq!(l.id_of("<SHARK-mode1>").unwrap(), 1002);
+        assert_eq!(l.check_id(1001).unwrap(), 1001);
+        assert!(l.check_id(1000).is_err() && l.check_id(1003).is_err(), "the null class and unused ids name no class");
+        assert!(l.add("white shark").unwrap_err().to_string().contains("taken by class 1"));
+        assert!(l.add("a, b").is_err());
     }
 
     #[test]

@@ -58,6 +58,26 @@ impl DiTTransformer2DModel {
         out
     }
 
+    /// Each block's label-table row for class `id` (the null class included): copies, free of the table.
+    pub fn class_rows(&self, id: i64) -> Vec<Tensor> {
+        self.transformer_blocks.iter().map(|b| b.embedding.labels.get(id).detach().copy()).collect()
+    }
+
+    /// Adds a class after the null class and the classes added before: `rows` holds its row for each block, used
+    /// as given (rows that require gradients are learned). Returns the new class id.
+    pub fn add_class(&mut self, rows: &[Tensor]) -> Result<i64> {
+        let (blocks, width) = (self.transformer_blocks.len(), self.config.width());
+        anyhow::ensure!(rows.len() == blocks, "a class embedding of {} rows does not fit this DiT: it has {blocks} blocks, each with its own label table", rows.len());
+        if let Some(row) = rows.iter().find(|r| r.size() != [width]) {
+            anyhow::bail!("a class embedding row of shape {:?} does not fit this DiT (width {width})", row.size());
+        }
+        let device = self.transformer_blocks[0].embedding.labels.device();
+        for (block, row) in self.transformer_blocks.iter_mut().zip(rows) {
+            block.embedding.added.push(row.to_device(device));
+        }
+        Ok(self.config.classes + self.transformer_blocks[0].embedding.added.len() as i64)
+    }
+
     /// The index of the block h is read after: `block` if given, else the last.
     pub fn h_block(&self, block: Option<usize>) -> usize {
         block.unwrap_or(self.transformer_blocks.len() - 1)
