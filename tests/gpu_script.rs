@@ -14,9 +14,11 @@ fn the_gpu_check_parses_and_runs_on_the_cpu() {
     let output = Command::new(script).args(["--device", "cpu", "--quick"]).env("DMA_GPU_PREBUILT", "1").env("OUT", out.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    // Three models x six parts, each agreeing: on the CPU against itself, exactly.
-    assert_eq!(stdout.matches("| 0.000e0 | ").count(), 18, "{stdout}");
-    assert_eq!(stdout.matches("| yes |").count(), 18, "{stdout}");
+    // Three text models x six parts and the DiT's five (no text encoder), each agreeing: on the CPU against
+    // itself, exactly.
+    assert_eq!(stdout.matches("| 0.000e0 | ").count(), 23, "{stdout}");
+    assert_eq!(stdout.matches("| yes |").count(), 23, "{stdout}");
+    assert!(stdout.contains("| tiny-dit | DiT output |"), "{stdout}");
     assert!(!stdout.contains("| NO |"));
     for dtype in ["f32", "bf16", "f16"] {
         assert!(stdout.contains(&format!("| {dtype} | 2 |")), "throughput of {dtype} at batch 2: {stdout}");
