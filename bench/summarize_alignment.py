@@ -100,7 +100,7 @@ def main():
             p(f"Cross-check (same seeded inputs): alignment loss Rust {a['loss']:.7g} vs PyTorch {b['loss']:.7g} "
               f"(rel. diff {rel('loss'):.1e}); mean |grad| {a['grad_abs_mean']:.7g} vs {b['grad_abs_mean']:.7g} "
               f"(rel. diff {rel('grad_abs_mean'):.1e}); max abs difference between h from the encoder-only path and h "
-              f"from the full forward: Rust {hd.get('rust')}, PyTorch (hand-run encoder vs forward hook on mid_block) "
+              f"from the full forward: Rust {hd.get('rust')}, PyTorch (hand-run encoder vs forward hook on h's block: the mid block, or a DiT's last transformer block) "
               f"{hd.get('pytorch')}.")
             p("")
 
