@@ -14,7 +14,7 @@ use crate::models::unet::config::{BlockKind, UNetConfigFile};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::schedulers::ddim::DdimConfig;
-use crate::weights::{read_safetensors, Weights};
+use crate::weights::{read_weight_file, Weights};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -146,7 +146,7 @@ fn build(
 
 /// Reads a checkpoint and checks that it holds the three models in the LDM layout.
 pub fn read_checkpoint(file: &Path) -> Result<HashMap<String, Tensor>> {
-    let ldm: HashMap<String, Tensor> = read_safetensors(file)?.into_iter().collect();
+    let ldm: HashMap<String, Tensor> = read_weight_file(file)?.into_iter().collect();
     let has = |prefix: &str| ldm.keys().any(|k| k.starts_with(prefix));
     if !has(UNET) {
         let mut examples: Vec<&str> = ldm.keys().map(String::as_str).collect();

@@ -1,5 +1,6 @@
 //! Where a model comes from: a diffusers folder, a Hugging Face repo id in the local cache, or a single-file
 //! checkpoint. Resolution only finds files; it loads nothing.
+use crate::weights::TORCH_EXTENSIONS;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 pub enum ModelSource {
     /// A folder in diffusers layout (model_index.json, unet/, text_encoder/, tokenizer/, vae/, scheduler/).
     Folder(PathBuf),
-    /// One `.safetensors` file in the original LDM key layout.
+    /// One `.safetensors` or PyTorch checkpoint file (`.ckpt`, ...) in the original LDM key layout.
     SingleFile(PathBuf),
 }
 
@@ -21,10 +22,11 @@ impl ModelSource {
             return Ok(Self::Folder(path.to_path_buf()));
         }
         if path.is_file() {
-            if path.extension().is_some_and(|e| e == "safetensors") {
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if extension == "safetensors" || TORCH_EXTENSIONS.contains(&extension) {
                 return Ok(Self::SingleFile(path.to_path_buf()));
             }
-            bail!("{spec}: a single-file checkpoint must be a .safetensors file (.ckpt pickles are not loaded)");
+            bail!("{spec}: a single-file checkpoint must be a .safetensors or PyTorch (.ckpt, .pt, .pth, .bin) file");
         }
         if looks_like_repo_id(spec) {
             return hf_cache_snapshot(spec).map(Self::Folder);
@@ -81,22 +83,24 @@ fn hf_cache_snapshot(repo_id: &str) -> Result<PathBuf> {
 }
 
 /// The weight files of one component folder (e.g. `unet/`), preferring safetensors in full precision, then the
-/// fp16 variant; sharded checkpoints are listed through their index.
+/// fp16 variant, then PyTorch's .bin files (read as tensors only: `weights::torch_file`); sharded checkpoints are
+/// listed through their index. `stem` is the safetensors name (`diffusion_pytorch_model`, or transformers'
+/// `model`, whose .bin is `pytorch_model.bin`).
 pub fn component_weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-    for variant in ["", ".fp16"] {
-        let single = dir.join(format!("{stem}{variant}.safetensors"));
-        if single.is_file() {
-            return Ok(vec![single]);
-        }
-        let index = dir.join(format!("{stem}{variant}.safetensors.index.json"));
-        if index.is_file() {
-            return sharded_files(&index);
+    let bin_stem = if stem == "model" { "pytorch_model" } else { stem };
+    for (stem, extension) in [(stem, "safetensors"), (bin_stem, "bin")] {
+        for variant in ["", ".fp16"] {
+            let single = dir.join(format!("{stem}{variant}.{extension}"));
+            if single.is_file() {
+                return Ok(vec![single]);
+            }
+            let index = dir.join(format!("{stem}{variant}.{extension}.index.json"));
+            if index.is_file() {
+                return sharded_files(&index);
+            }
         }
     }
-    if dir.join(format!("{stem}.bin")).is_file() {
-        bail!("{}: only PyTorch .bin weights found; this tool reads safetensors (convert them, e.g. with diffusers' save_pretrained)", dir.display());
-    }
-    bail!("{}: no weights found (expected {stem}.safetensors)", dir.display())
+    bail!("{}: no weights found (expected {stem}.safetensors or {bin_stem}.bin)", dir.display())
 }
 
 fn sharded_files(index: &Path) -> Result<Vec<PathBuf>> {

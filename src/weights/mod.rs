@@ -1,4 +1,5 @@
-//! Named weights read from safetensors files, handed out by checkpoint path with their shapes checked.
+//! Named weights read from safetensors files or PyTorch checkpoints (`torch_file`: tensors only, never code),
+//! handed out by checkpoint path with their shapes checked.
 //!
 //! Model structs mirror the checkpoint's key names: a block asks its `WeightPath` for `"conv1.weight"` with the
 //! shape its config implies, and a missing key or a wrong shape is an error naming the file, the key and both
@@ -8,6 +9,10 @@
 //! For training, the same model code builds from `Weights::trainable` (every weight a leaf requiring gradients)
 //! or `Weights::initialise` (missing weights are created with PyTorch's default initialisation), so a model
 //! has one definition whether it is loaded, trained or created.
+mod pickle;
+pub mod torch_file;
+mod zip;
+
 use anyhow::{bail, Context, Result};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -72,18 +77,34 @@ fn dtype_of(kind: Kind) -> Option<safetensors::Dtype> {
     })
 }
 
+/// Opens `path` if it is a plain file (`what` it should be names it in errors): a folder cannot be read, and a
+/// FIFO or a device would block or never end.
+fn open_plain_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    let metadata = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if metadata.is_dir() {
+        bail!("{} is a folder, not {what}", path.display());
+    }
+    if !metadata.is_file() {
+        bail!("{} is not a plain file (a pipe or a device?); expected {what}", path.display());
+    }
+    std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The file extensions of PyTorch checkpoints (`torch_file`).
+pub const TORCH_EXTENSIONS: [&str; 4] = ["bin", "pt", "pth", "ckpt"];
+
+/// Every tensor of a weight file: safetensors, or a PyTorch checkpoint by its extension (.bin, .pt, .pth, .ckpt).
+pub fn read_weight_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if TORCH_EXTENSIONS.contains(&ext) => torch_file::read_torch_file(path),
+        _ => read_safetensors(path),
+    }
+}
+
 /// Reads every tensor of a safetensors file onto the CPU, keeping its stored dtype.
 /// A truncated or corrupt file is an error naming the file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    // A folder cannot be read, and a FIFO or a device would block or never end: only a plain file is opened.
-    let metadata = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if metadata.is_dir() {
-        bail!("{} is a folder, not a safetensors file", path.display());
-    }
-    if !metadata.is_file() {
-        bail!("{} is not a plain file (a pipe or a device?); expected a safetensors file", path.display());
-    }
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = open_plain_file(path, "a safetensors file")?;
     // SAFETY: the map is read-only and dropped before this function returns; tensors are copied out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
     Ok(tensors_from_safetensors(&mmap, &path.display().to_string())?.0)
@@ -150,11 +171,11 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()>
 }
 
 impl Weights {
-    /// Loads and merges one or more safetensors files (sharded checkpoints come as several).
+    /// Loads and merges one or more weight files (sharded checkpoints come as several).
     pub fn from_files(files: &[PathBuf], device: Device, kind: Kind) -> Result<Self> {
         let mut tensors = HashMap::new();
         for file in files {
-            tensors.extend(read_safetensors(file)?);
+            tensors.extend(read_weight_file(file)?);
         }
         let source = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
         Ok(Self::from_tensors(tensors, source, device, kind))
