@@ -136,11 +136,13 @@ fn eval_writes_every_method_s_figures_and_a_report_that_renders_with_its_images(
     let output = tiny_eval(&out, &[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let methods = ["pixel-average", "avg-vae", "d4m", "mgd3", "typical", "dma"];
+    // Table 1's protocol: the samples from --seed 0, once; the repetitions from seeds 1 and 2.
     for method in methods {
-        for seed in [0, 1] {
+        for seed in [1, 2] {
             assert!(out.join(format!("a-photo-of-a-dog/{method}-seed{seed}.png")).is_file(), "{method} seed {seed}");
         }
     }
+    assert!(out.join("a-photo-of-a-dog/samples-seed0").is_dir() && !out.join("a-photo-of-a-dog/samples-seed1").exists(), "the shared samples are written once");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 1 + methods.len(), "{csv}");
@@ -154,6 +156,15 @@ fn eval_writes_every_method_s_figures_and_a_report_that_renders_with_its_images(
     let results = read_json(&out.join("results.json"));
     let scores = &results["results"][0]["scores"];
     assert_eq!(scores["methods"].as_array().unwrap().len(), methods.len());
+    // From shared samples a deterministic average is the same image in every repetition: consistency exactly 0;
+    // the methods with randomness of their own vary.
+    let consistency = |i: usize| scores["methods"][i]["consistency"].as_f64().unwrap();
+    for (i, method) in methods.iter().enumerate() {
+        match *method {
+            "pixel-average" | "avg-vae" | "typical" => assert_eq!(consistency(i), 0.0, "{method}: {scores}"),
+            _ => assert!(consistency(i) > 0.0, "{method}: {scores}"),
+        }
+    }
     // The pixel average is the blurriest image on the page.
     let sharpness = |i: usize| scores["methods"][i]["sharpness"].as_f64().unwrap();
     assert!(sharpness(0) < sharpness(5) && sharpness(0) < scores["samples_sharpness"].as_f64().unwrap(), "{scores}");
@@ -161,17 +172,37 @@ fn eval_writes_every_method_s_figures_and_a_report_that_renders_with_its_images(
     let markdown = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(markdown.contains("| DMA |") && markdown.contains("| D4M |"), "{markdown}");
     let run = read_json(&out.join("run.json"));
-    assert_eq!(run["settings"]["seeds"], serde_json::json!([0, 1]));
+    assert_eq!(run["settings"]["seeds"], serde_json::json!([1, 2]));
+    assert_eq!(run["settings"]["protocol"], "shared-samples");
     assert!(run["model"]["weight_files"][0]["sha256"].is_string());
 
-    // 6 methods x 2 seeds of prototypes and 4 samples x 2 seeds; 2 plots of 2 seeds' lines.
+    // 6 methods x 2 repetitions of prototypes and the 4 shared samples; 2 plots of 2 repetitions' lines.
     let page = out.join("report.html");
-    assert_eq!(render(&page), (20, 20, 4));
+    assert_eq!(render(&page), (16, 16, 4));
     // The check can fail: a page with a broken image renders one fewer.
     let html = std::fs::read_to_string(&page).unwrap();
     let broken = tmp.path().join("broken.html");
     std::fs::write(&broken, html.replacen("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1)).unwrap();
-    assert_eq!(render(&broken).0, 19);
+    assert_eq!(render(&broken).0, 15);
+}
+
+/// `--fresh-samples`: every repetition draws its own samples from its seed, so even a deterministic average
+/// varies; the samples of each are written.
+#[test]
+fn fresh_samples_redraw_the_samples_for_every_repetition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = tiny_eval(&out, &["--fresh-samples", "--methods", "avg-vae,typical"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for seed in [0, 1] {
+        assert!(out.join(format!("a-photo-of-a-dog/samples-seed{seed}")).is_dir(), "seed {seed}'s samples");
+        assert!(out.join(format!("a-photo-of-a-dog/avg-vae-seed{seed}.png")).is_file());
+    }
+    let run = read_json(&out.join("run.json"));
+    assert_eq!((&run["settings"]["seeds"], &run["settings"]["protocol"]), (&serde_json::json!([0, 1]), &serde_json::json!("fresh-samples")));
+    let results = read_json(&out.join("results.json"));
+    let methods = &results["results"][0]["scores"]["methods"];
+    assert!(methods[0]["consistency"].as_f64().unwrap() > 0.0 && methods[1]["consistency"].as_f64().unwrap() > 0.0, "{methods}");
 }
 
 #[test]
@@ -190,8 +221,8 @@ fn compare_puts_each_model_s_prototypes_side_by_side() {
     assert!(csv.contains("tiny-sd1") && csv.contains("tiny-sd2"), "{csv}");
     let run = read_json(&out.join("run.json"));
     assert_eq!(run["models"].as_array().unwrap().len(), 2);
-    // Side by side: 2 models x 2 seeds of DMA; then per model 2 methods x 2 seeds and 4 samples x 2 seeds.
-    assert_eq!(render(&out.join("report.html")), (28, 28, 8));
+    // Side by side: 2 models x 2 repetitions of DMA; then per model 2 methods x 2 repetitions and its 4 shared samples.
+    assert_eq!(render(&out.join("report.html")), (20, 20, 8));
 }
 
 #[test]
@@ -201,7 +232,8 @@ fn bad_eval_input_fails_with_one_clear_message_and_no_output() {
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "# nothing here\n\n").unwrap();
     for (flags, expected) in [
-        (vec!["--seeds", "0"], vec!["--seeds"]),
+        (vec!["--seeds", "0"], vec!["--repeats"]),
+        (vec!["--repeats", "0"], vec!["--repeats"]),
         (vec!["--methods", "gan"], vec!["gan", "dma"]),
         (vec!["--d4m-strength", "1.5"], vec!["--d4m-strength"]),
         (vec!["--mgd3-fraction=-1"], vec!["--mgd3-fraction"]),
@@ -227,7 +259,7 @@ fn bad_eval_input_fails_with_one_clear_message_and_no_output() {
     assert!(!output.status.success() && !out.exists() && stderr.contains("zebra"), "{stderr}");
 }
 
-/// The comparison on the embedded model, small: "footwear" (three kinds) over 2 seeds of 30 samples. What the
+/// The comparison on the embedded model, small: "footwear" (three kinds), 30 shared samples, 2 repetitions. What the
 /// benchmark (BENCHMARKS.md "Evaluation") measures at full size, with margins a small run keeps.
 #[test]
 fn on_the_embedded_model_dma_is_sharp_where_averages_blur_and_more_representative_than_a_sample() {
@@ -248,5 +280,6 @@ fn on_the_embedded_model_dma_is_sharp_where_averages_blur_and_more_representativ
         assert!(["sandal", "sneaker", "ankle boot"].contains(&class.as_str().unwrap()), "{dma}");
     }
     let classes: usize = scores["sample_classes"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap() as usize).sum();
-    assert_eq!(classes, 60, "every sample is classified");
+    assert_eq!(classes, 30, "every sample is classified");
+    assert_eq!(method("avg-vae")["consistency"].as_f64().unwrap(), 0.0, "Avg VAE from shared samples is one image");
 }

@@ -222,7 +222,8 @@ mod across_ranks {
         let job = mpirun(3, &eval_args(&out)).stderr(std::process::Stdio::piped()).spawn().unwrap();
         // The first round's three items are kept by rank 0 as they arrive; the second round is then under way.
         let stages = tmp.path().join(".stopped.partial/checkpoints");
-        let kept = || (0..2).flat_map(|s| (0..3).map(move |seed| format!("subject-{s}/seed-{seed}/outcome.safetensors"))).filter(|f| stages.join(f).is_file()).count();
+        // Table 1's protocol: the samples take --seed 0, the repetitions seeds 1 to 3.
+        let kept = || (0..2).flat_map(|s| (1..4).map(move |seed| format!("subject-{s}/seed-{seed}/outcome.safetensors"))).filter(|f| stages.join(f).is_file()).count();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         while kept() == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -308,7 +308,7 @@ fn a_comparison_interrupted_midway_resumes_to_the_same_results() {
     succeeded(&dma(&compare_args(&reference)));
     let stopped = tmp.path().join("stopped");
     let child = spawn(&compare_args(&stopped));
-    wait_for_stage(&stopped, "subject-1/seed-0/dma", 2);
+    wait_for_stage(&stopped, "subject-1/seed-1/dma", 2);
     signal(&child, "INT");
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -325,7 +325,7 @@ fn an_evaluation_killed_midway_resumes_to_the_same_results() {
     succeeded(&dma(&eval_args(&reference)));
     let killed = tmp.path().join("killed");
     let mut child = spawn(&eval_args(&killed));
-    let reached = wait_for_stage(&killed, "subject-1/seed-0/dma", 2);
+    let reached = wait_for_stage(&killed, "subject-1/seed-1/dma", 2);
     signal(&child, "KILL");
     child.wait().unwrap();
     assert!(reached < 6 && !killed.exists());

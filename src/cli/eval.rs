@@ -1,7 +1,7 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
 use super::average::{AlignArgs, SamplerArgs};
-use super::common::{check_class_ids, check_clip, check_prompt, class_prompt, clip_dir, out_dir, ModelArgs};
+use super::common::{check_class_ids, check_clip, check_prompt, class_prompt, clip_dir, out_dir, progress_bar, ModelArgs};
 use super::job::agree;
 use super::report::{model_record, png_text, subject_folder, write_samples};
 use super::resume::Resumable;
@@ -21,8 +21,9 @@ use dma::output::OutDir;
 use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
-use dma::pipelines::evaluation::{evaluate_seed, score, ConceptScores, EvalSettings, Method, SeedOutcome};
+use dma::pipelines::evaluation::{draw_samples, evaluate_seed, score, ConceptScores, EvalSettings, Method, Protocol, SeedOutcome};
 use dma::loaders::ModelSource;
+use dma::pipelines::mental_average::SamplingSettings;
 use dma::pipelines::DiffusionModel;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -32,14 +33,17 @@ use tch::Device;
 /// they are judged against, the metrics' CLIP, and where the results go.
 #[derive(Args, Debug, Serialize, Deserialize)]
 pub struct JudgingArgs {
-    /// Repetitions: every method runs from seeds --seed, --seed + 1, ... (consistency is measured across them).
-    #[arg(long, default_value_t = 5)]
+    /// Repetitions (the paper's Table 1: 10); consistency is measured across them. In `eval` and `compare` (Table
+    /// 1's protocol) the samples come from --seed and the repetitions from seeds --seed + 1, ...; with
+    /// --fresh-samples, and in `sweep`, every repetition draws its own samples from seeds --seed, --seed + 1, ...
+    #[arg(long = "repeats", visible_alias = "seeds", default_value_t = 5)]
     pub seeds: u64,
     /// The first seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Samples drawn per seed: what representativeness and sharpness are judged against, and the set every
-    /// baseline is computed from [default: 100, or the model's].
+    /// Samples drawn per concept (per repetition with --fresh-samples and in `sweep`): what representativeness and sharpness
+    /// are judged against, and the set every baseline is computed from (the paper: 1000) [default: 100, or the
+    /// model's].
     #[arg(long)]
     pub samples: Option<i64>,
     /// A CLIP model folder in transformers' layout for the metrics (e.g. openai/clip-vit-large-patch14)
@@ -67,12 +71,17 @@ impl JudgingArgs {
         Self { quiet: given.quiet, out: Some(dir), resume: None, ..self }
     }
 
-    /// The seeds, checked.
-    pub(super) fn seeds(&self) -> Result<Vec<u64>> {
+    /// The repetitions' seeds, checked: `shared` samples take --seed, and the repetitions the seeds after it;
+    /// otherwise the repetitions start at --seed.
+    pub(super) fn seeds(&self, shared: bool) -> Result<Vec<u64>> {
         if self.seeds == 0 {
-            bail!("--seeds must be at least 1 (2 or more to measure consistency)");
+            bail!("--repeats must be at least 1 (2 or more to measure consistency)");
         }
-        Ok((self.seed..).take(self.seeds as usize).collect())
+        let first = match shared {
+            true => self.seed.checked_add(1).context("--seed is the largest seed; the repetitions need the seeds after it")?,
+            false => self.seed,
+        };
+        Ok((first..).take(self.seeds as usize).collect())
     }
 
     /// Samples per seed with these defaults, checked.
@@ -95,6 +104,13 @@ pub struct EvalCommon {
     #[command(flatten)]
     #[serde(flatten)]
     pub judging: JudgingArgs,
+    /// Every repetition draws its own samples and computes every method from them, instead of the paper's Table 1
+    /// protocol (one set of samples per concept shared by every repetition, which then varies only each method's
+    /// own randomness: a deterministic average has consistency 0). It answers another question: how much a
+    /// prototype varies with everything redrawn.
+    #[arg(long)]
+    #[serde(default)]
+    pub fresh_samples: bool,
     /// The methods, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
@@ -215,7 +231,8 @@ impl EvalCommon {
         let latents = self.align.latents(defaults)?;
         align.validate_for(latents)?;
         let samples = self.judging.samples(defaults)?;
-        let seeds = self.judging.seeds()?;
+        let protocol = if self.fresh_samples { Protocol::FreshSamples } else { Protocol::SharedSamples };
+        let seeds = self.judging.seeds(protocol == Protocol::SharedSamples)?;
         let baselines = BaselineSettings { d4m_strength: self.d4m_strength, d4m_guidance: self.d4m_guidance, mgd3_scale: self.mgd3_scale, mgd3_fraction: self.mgd3_fraction };
         baselines.validate()?;
         let mut methods: Vec<Method> = Vec::new();
@@ -227,7 +244,7 @@ impl EvalCommon {
         if methods.is_empty() {
             bail!("--methods: name at least one method");
         }
-        Ok(EvalSettings { sampling, align, latents, samples, seeds, methods, baselines })
+        Ok(EvalSettings { sampling, align, latents, samples, seeds, protocol, methods, baselines })
     }
 }
 
@@ -278,17 +295,33 @@ struct Subject {
     stage: String,
 }
 
-/// Every seed of every subject on `model`, one item per seed handed to the ranks (`Run::items`; seed s of a
-/// subject is stage `<stage>/seed-s`). Each seed's outcome on rank 0, subject by subject (None elsewhere).
+/// Every repetition of every subject on `model`, one item per repetition handed to the ranks (`Run::items`;
+/// repetition s of a subject is stage `<stage>/seed-s`), after each subject's shared samples where the protocol
+/// shares them (stage `<stage>/samples`, drawn by all ranks). Each repetition's outcome on rank 0, subject by
+/// subject (None elsewhere).
 fn evaluate_seeds(run: &mut Run, model: &DiffusionModel, judge: &Judge, subjects: &[Subject], settings: &EvalSettings, quiet: bool) -> Result<Option<Vec<Vec<SeedOutcome>>>> {
+    let mut shared = Vec::new();
+    let ranks = run.ranks;
+    if settings.protocol == Protocol::SharedSamples {
+        for subject in subjects {
+            let sampling = SamplingSettings { prompt: subject.prompt.clone(), ..settings.sampling.clone() };
+            let bar = progress_bar(sampling.steps as u64, quiet || !ranks.is_root());
+            bar.set_message(format!("{}: {} samples", subject.title, settings.samples));
+            let stage = format!("{}/samples", subject.stage);
+            let set = draw_samples(model, judge.embedder(), &sampling, settings.samples, &|n| bar.inc(n), &stage, run.shared_stage(), ranks);
+            shared.push(set.map_err(|e| run.explain(e))?);
+            bar.finish_and_clear();
+        }
+    }
     let seeds = &settings.seeds;
     let items: Vec<Item> = subjects
         .iter()
         .flat_map(|s| seeds.iter().map(move |seed| Item { stage: format!("{}/seed-{seed}", s.stage), title: format!("{} (seed {seed})", s.title), work: settings.work_per_seed() }))
         .collect();
     let outcomes = run.items(&items, quiet, &mut |i, checkpoints, progress| {
-        let (subject, seed) = (&subjects[i / seeds.len()], seeds[i % seeds.len()]);
-        let outcome = evaluate_seed(model, judge.embedder(), &subject.prompt, settings, seed, progress, &items[i].stage, checkpoints)?;
+        let (subject, repetition) = (i / seeds.len(), i % seeds.len());
+        let repetition = (seeds[repetition], shared.get(subject), repetition == 0);
+        let outcome = evaluate_seed(model, judge.embedder(), &subjects[subject].prompt, settings, repetition, progress, &items[i].stage, checkpoints)?;
         Ok(outcome.to_parcel())
     })?;
     let Some(outcomes) = outcomes else { return Ok(None) };
@@ -305,8 +338,9 @@ fn scored(judge: &Judge, title: &str, prompt: &str, source: &ModelSource, outcom
     Ok(Evaluated { title: title.to_string(), source: source.clone(), outcomes, scores })
 }
 
-/// Writes every prototype as a PNG, the tables, the report and the record, then moves the folder into place.
-fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated], record: Value) -> Result<()> {
+/// Writes every prototype as a PNG, the samples (`sample_seed`: the seed of samples shared by the repetitions,
+/// None where each drew its own), the tables, the report and the record, then moves the folder into place.
+fn write_results(out: OutDir, (command, title): (&str, &str), subjects: &[Evaluated], sample_seed: Option<u64>, record: Value) -> Result<()> {
     let mut written = Vec::new();
     let mut folders: Vec<String> = Vec::new();
     for subject in subjects {
@@ -314,7 +348,11 @@ fn write_results(out: OutDir, command: &str, title: &str, subjects: &[Evaluated]
         for outcome in &subject.outcomes {
             let parameters = json!({ "seed": outcome.seed, "settings": record["settings"] });
             let text = png_text(&subject.scores.prompt, &subject.source, &parameters);
-            written.push(write_samples(&out, &format!("{folder}/samples-seed{}", outcome.seed), &outcome.samples, &text, outcome.seed)?);
+            // Shared samples are kept with the first repetition but drawn from the sampling seed.
+            if outcome.samples.size()[0] > 0 {
+                let seed = sample_seed.unwrap_or(outcome.seed);
+                written.push(write_samples(&out, &format!("{folder}/samples-seed{seed}"), &outcome.samples, &text, seed)?);
+            }
             for (method, image) in &outcome.prototypes {
                 let name = format!("{folder}/{}-seed{}.png", method.slug(), outcome.seed);
                 let parameters = json!({ "method": method, "seed": outcome.seed, "settings": record["settings"] });
@@ -400,7 +438,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         record["device"] = json!(args.model.device);
         record["dtype"] = json!(args.model.dtype);
         let title = format!("dma eval: {}", source.path().display());
-        write_results(out, "eval", &title, &evaluated, record)
+        write_results(out, ("eval", &title), &evaluated, settings.shared_sample_seed(), record)
     })
 }
 
@@ -453,6 +491,6 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
         record["device"] = json!(args.device);
         record["dtype"] = json!(args.dtype);
         let title = format!("dma compare: {prompt}");
-        write_results(out, "compare", &title, &evaluated, record)
+        write_results(out, ("compare", &title), &evaluated, settings[0].shared_sample_seed(), record)
     })
 }

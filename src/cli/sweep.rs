@@ -170,7 +170,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         let defaults = RunDefaults::for_source(&source)?;
         let sampling = args.sampler.settings(&defaults, "", judging.seed)?;
         let points = points(&args.align, &axes(&args.sweep)?, &args.point, &defaults, sampling.steps)?;
-        Ok((prompts, source, sampling, points, judging.samples(&defaults)?, judging.seeds()?))
+        Ok((prompts, source, sampling, points, judging.samples(&defaults)?, judging.seeds(false)?))
     };
     let (prompts, source, sampling, points, samples, seeds) = agree(ranks, resolve())?;
     let resolved = json!({ "prompts": prompts, "sampling": sampling, "points": points, "seeds": seeds, "samples": samples });

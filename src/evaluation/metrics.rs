@@ -15,7 +15,10 @@ pub fn consistency(embeds: &Tensor) -> Option<f64> {
         return None;
     }
     let unit = unit_rows(embeds);
-    let cosine = unit.matmul(&unit.tr());
+    // Identical embeddings (a deterministic average's, under shared samples) are at distance 0 exactly, not at the
+    // 1e-16 their rounded norms leave.
+    let same = embeds.unsqueeze(1).eq_tensor(&embeds.unsqueeze(0)).all_dims(Some([2].as_slice()), false);
+    let cosine = unit.matmul(&unit.tr()).masked_fill(&same, 1.0);
     // Sum over distinct pairs: the off-diagonal entries, each pair counted twice.
     let off_diagonal = (cosine.sum(Kind::Double) - cosine.trace()).double_value(&[]);
     Some(1.0 - off_diagonal / (r * (r - 1)) as f64)
@@ -63,6 +66,9 @@ mod tests {
         let same = rows(&[0.3, -1.0, 2.0, 0.3, -1.0, 2.0, 0.6, -2.0, 4.0], 3);
         assert!(consistency(&same).unwrap().abs() < 1e-12, "{:?}", consistency(&same));
         assert_eq!(consistency(&rows(&[1.0, 0.0], 2)), None, "one prototype has no pairs");
+        // Bitwise-identical embeddings are at distance 0 exactly, whatever their norms round to.
+        let copies = rows(&[0.3, -1.7, 2.9, 0.3, -1.7, 2.9, 0.3, -1.7, 2.9], 3);
+        assert_eq!(consistency(&copies), Some(0.0));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The paper's comparison (issue "Evaluation"): for each seed, the concept's samples, DMA's prototype and every
-//! baseline's from the same samples; then, over the seeds, each method's consistency, representativeness,
-//! sharpness and zero-shot classes. No files, no UI.
+//! The paper's comparison (issue "Evaluation"): for each repetition, DMA's prototype and every baseline's from the
+//! concept's samples; then, over the repetitions, each method's consistency, representativeness, sharpness and
+//! zero-shot classes. Under the paper's Table 1 protocol the samples are drawn once per concept and shared by every
+//! repetition, which varies only each method's own randomness; under the fresh-samples protocol each repetition
+//! draws its own. No files, no UI.
 use super::baselines::averages::{avg_vae, latent_centre, pixel_average};
 use super::baselines::{d4m::d4m, mgd3::mgd3, typical::most_typical, BaselineSettings};
 use crate::checkpoint::Checkpoints;
@@ -58,6 +60,20 @@ impl Method {
     }
 }
 
+/// How repetitions relate to the samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// The paper's Table 1: one set of samples per concept (from the sampling seed), shared by every repetition;
+    /// a repetition varies only each method's own randomness (DMA's latents, D4M's and MGD3's noise), so a
+    /// deterministic average (pixel average, Avg VAE, the most typical sample) has consistency 0.
+    #[default]
+    SharedSamples,
+    /// Every repetition draws its own samples from its seed and computes every method from them: how much a
+    /// prototype varies with everything redrawn.
+    FreshSamples,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalSettings {
     /// The sampler's settings; the prompt and seed are set per concept and seed.
@@ -65,17 +81,25 @@ pub struct EvalSettings {
     pub align: AlignSettings,
     /// DMA's K.
     pub latents: i64,
-    /// Samples drawn per seed: the set every baseline is computed from.
+    /// Samples drawn per concept (shared samples) or per repetition (fresh samples): the set every baseline is
+    /// computed from and every prototype judged against.
     pub samples: i64,
+    /// The repetitions' seeds (under shared samples, the samples' own seed is `sampling.seed`, not among them).
     pub seeds: Vec<u64>,
+    pub protocol: Protocol,
     pub methods: Vec<Method>,
     pub baselines: BaselineSettings,
 }
 
 impl EvalSettings {
-    /// Progress units of one seed (sampling steps and Adam iterations), as `evaluate_seed` reports them.
+    /// The seed of the samples every repetition shares (None when each draws its own).
+    pub fn shared_sample_seed(&self) -> Option<u64> {
+        (self.protocol == Protocol::SharedSamples).then_some(self.sampling.seed)
+    }
+
+    /// Progress units of one repetition (sampling steps and Adam iterations), as `evaluate_seed` reports them.
     pub fn work_per_seed(&self) -> u64 {
-        let steps = self.sampling.steps as u64;
+        let steps = if self.protocol == Protocol::FreshSamples { self.sampling.steps as u64 } else { 0 };
         let dma = if self.methods.contains(&Method::Dma) { alignment_work(&self.align, &self.sampling, self.latents) } else { 0 };
         let guided = self.methods.iter().filter(|m| matches!(m, Method::D4m | Method::Mgd3)).count() as u64;
         steps + dma + guided
@@ -90,7 +114,9 @@ pub struct SampleSet {
     pub embeds: Tensor,
 }
 
-/// `count` samples of `sampling`'s prompt from its seed, as stage `stage` of `checkpoints`.
+/// `count` samples of `sampling`'s prompt from its seed, as stage `stage` of `checkpoints`, drawn by `ranks` (each
+/// its share; every rank gets them all).
+#[allow(clippy::too_many_arguments)]
 pub fn draw_samples(
     model: &DiffusionModel,
     embedder: &ClipEmbedder,
@@ -99,9 +125,10 @@ pub fn draw_samples(
     progress: &dyn Fn(u64),
     stage: &str,
     checkpoints: &mut dyn Checkpoints,
+    ranks: Ranks,
 ) -> Result<SampleSet> {
     let init = seeded_latents(model, count, sampling.seed);
-    let latents = run_stage(model, sampling, &init, None, 0, progress, (stage, checkpoints), Ranks::alone())?.latents;
+    let latents = run_stage(model, sampling, &init, None, 0, progress, (stage, checkpoints), ranks)?.latents;
     let images = model.decode_batched(&latents, sampling.batch);
     let embeds = embedder.image_embeds(&images)?;
     Ok(SampleSet { latents, images, embeds })
@@ -137,10 +164,12 @@ pub fn dma_prototype(
     Ok((image, result.log, cost))
 }
 
-/// One seed of one concept: its samples and each method's prototype.
+/// One repetition of one concept: the samples it drew and each method's prototype.
 pub struct SeedOutcome {
     pub seed: u64,
-    /// The samples' images [N,C,H,W] in [0,1], and their CLIP embeddings [N,D].
+    /// The images [N,C,H,W] in [0,1] of the samples this repetition drew, and their CLIP embeddings [N,D]. Under
+    /// shared samples the set is drawn once per concept and kept with the concept's first repetition; the others
+    /// hold none (N = 0).
     pub samples: Tensor,
     pub sample_embeds: Tensor,
     /// Each method's prototype image [C,H,W], in the order of the settings' methods.
@@ -176,33 +205,43 @@ impl SeedOutcome {
     }
 }
 
-/// The samples of `prompt` from `seed` and every method's prototype from them. The samples and DMA are the stages
-/// `<stage>/samples` and `<stage>/dma` of `checkpoints` (the other methods take a step or two).
+/// Repetition `seed` of `prompt`: every method's prototype from `shared` (the concept's samples) or, without them,
+/// from samples this repetition draws from `seed`; `keeps_shared` says whether the outcome records the shared
+/// samples (the concept's first repetition does). Fresh samples and DMA are the stages `<stage>/samples` and
+/// `<stage>/dma` of `checkpoints` (the other methods take a step or two).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_seed(
     model: &DiffusionModel,
     embedder: &ClipEmbedder,
     prompt: &str,
     settings: &EvalSettings,
-    seed: u64,
+    (seed, shared, keeps_shared): (u64, Option<&SampleSet>, bool),
     progress: &dyn Fn(u64),
     stage: &str,
     checkpoints: &mut dyn Checkpoints,
 ) -> Result<SeedOutcome> {
     let sampling = SamplingSettings { prompt: prompt.to_string(), seed, ..settings.sampling.clone() };
-    let SampleSet { latents, images: samples, embeds: sample_embeds } = draw_samples(model, embedder, &sampling, settings.samples, progress, &format!("{stage}/samples"), checkpoints)?;
-    let centre = latent_centre(&latents);
+    let drawn;
+    let set = match shared {
+        Some(set) => set,
+        None => {
+            drawn = draw_samples(model, embedder, &sampling, settings.samples, progress, &format!("{stage}/samples"), checkpoints, Ranks::alone())?;
+            &drawn
+        }
+    };
+    let (latents, samples, sample_embeds) = (&set.latents, &set.images, &set.embeds);
+    let centre = latent_centre(latents);
     let decode_one = |latent: &Tensor| model.decode(latent).squeeze_dim(0);
     let mut prototypes = Vec::new();
     let mut dma_log = Vec::new();
     let mut dma_cost = RunCost::default();
     for &method in &settings.methods {
         let image = match method {
-            Method::PixelAverage => pixel_average(&samples),
-            Method::AvgVae => avg_vae(model, &latents),
+            Method::PixelAverage => pixel_average(samples),
+            Method::AvgVae => avg_vae(model, latents),
             Method::D4m => decode_one(&d4m(model, &sampling, &settings.baselines, &centre, seed)?),
             Method::Mgd3 => decode_one(&mgd3(model, &sampling, &settings.baselines, &centre, seed)?),
-            Method::Typical => samples.get(most_typical(&sample_embeds) as i64),
+            Method::Typical => samples.get(most_typical(sample_embeds) as i64),
             Method::Dma => {
                 let (image, log, cost) = dma_prototype(model, &sampling, &settings.align, settings.latents, progress, &format!("{stage}/dma"), checkpoints)?;
                 (dma_log, dma_cost) = (log, cost);
@@ -214,6 +253,10 @@ pub fn evaluate_seed(
         }
         prototypes.push((method, image));
     }
+    let (samples, sample_embeds) = match shared.is_none() || keeps_shared {
+        true => (samples.shallow_clone(), sample_embeds.shallow_clone()),
+        false => (samples.narrow(0, 0, 0), sample_embeds.narrow(0, 0, 0)),
+    };
     Ok(SeedOutcome { seed, samples, sample_embeds, prototypes, dma_log, dma_cost })
 }
 
@@ -294,7 +337,10 @@ impl<'a> Judged<'a> {
     /// `method`'s figures from its prototypes [R,C,H,W], one per seed.
     pub fn method(&self, method: Method, prototypes: &Tensor) -> Result<MethodScores> {
         let images = prototypes.to_kind(Kind::Float);
-        let embeds = self.embedder.image_embeds(&images)?;
+        // A repeated image gets its first copy's embedding: within a batch, a GEMM may round rows differently by
+        // their position, which would make identical prototypes look (1e-14) inconsistent.
+        let first_copy: Vec<i64> = (0..images.size()[0]).map(|i| (0..=i).find(|&j| images.get(j).equal(&images.get(i))).unwrap_or(i)).collect();
+        let embeds = self.embedder.image_embeds(&images)?.index_select(0, &Tensor::from_slice(&first_copy).to_device(images.device()));
         let representativeness_per_seed = distances_to_mean(&embeds, &self.sample_embeds);
         let sharpness_per_seed = laplacian_variance(&images);
         let sharpness = mean(&sharpness_per_seed).unwrap_or(f64::NAN);
@@ -311,8 +357,9 @@ impl<'a> Judged<'a> {
     }
 }
 
-/// Scores every method of `outcomes` (one per seed) for `prompt`, embedding with `embedder` and classifying with
-/// `zero_shot` when given.
+/// Scores every method of `outcomes` (one per repetition) for `prompt` against the samples they hold (all of them:
+/// fresh samples are every repetition's, shared samples the first's), embedding with `embedder` and classifying
+/// with `zero_shot` when given.
 pub fn score(
     embedder: &ClipEmbedder,
     zero_shot: Option<(&ZeroShot, &[&str])>,

@@ -6,7 +6,7 @@
 use crate::checkpoint::Checkpoints;
 use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost};
 use super::mental_average::{alignment_work, work_until, SamplingSettings};
-use crate::distributed::Parcel;
+use crate::distributed::{Parcel, Ranks};
 use super::DiffusionModel;
 use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::zero_shot::ZeroShot;
@@ -91,7 +91,7 @@ impl SweepItem {
         Ok(match *self {
             SweepItem::Samples { concept, seed } => {
                 let sampling = SamplingSettings { prompt: prompts[concept].clone(), seed, ..sampling.clone() };
-                let set = draw_samples(model, embedder, &sampling, samples, progress, &format!("{stage}/samples"), checkpoints)?;
+                let set = draw_samples(model, embedder, &sampling, samples, progress, &format!("{stage}/samples"), checkpoints, Ranks::alone())?;
                 Parcel::new(json!(null)).with("images", &set.images).with("embeds", &set.embeds)
             }
             SweepItem::Dma { point, concept, seed } => {
