@@ -6,7 +6,7 @@ use super::job::agree;
 use super::report::{model_record, png_text, subject_folder, write_samples};
 use super::resume::Resumable;
 use super::run::{Item, Run};
-use dma::distributed::Ranks;
+use dma::distributed::{Ranks, Share};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
@@ -301,11 +301,14 @@ struct Subject {
 /// subject (None elsewhere).
 fn evaluate_seeds(run: &mut Run, model: &DiffusionModel, judge: &Judge, subjects: &[Subject], settings: &EvalSettings, quiet: bool) -> Result<Option<Vec<Vec<SeedOutcome>>>> {
     let mut shared = Vec::new();
-    let ranks = run.ranks;
+    // The ranks share the drawing when each gets a batch of it; otherwise every rank draws them all (the same
+    // samples, as one process draws them).
+    let share = Share::new(settings.sampling.batch, run.ranks.rank(), run.ranks.size());
+    let ranks = if share.check(settings.samples, "--samples").is_ok() { run.ranks } else { Ranks::alone() };
     if settings.protocol == Protocol::SharedSamples {
         for subject in subjects {
             let sampling = SamplingSettings { prompt: subject.prompt.clone(), ..settings.sampling.clone() };
-            let bar = progress_bar(sampling.steps as u64, quiet || !ranks.is_root());
+            let bar = progress_bar(sampling.steps as u64, quiet || !run.ranks.is_root());
             bar.set_message(format!("{}: {} samples", subject.title, settings.samples));
             let stage = format!("{}/samples", subject.stage);
             let set = draw_samples(model, judge.embedder(), &sampling, settings.samples, &|n| bar.inc(n), &stage, run.shared_stage(), ranks);

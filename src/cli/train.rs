@@ -69,7 +69,7 @@ pub struct TrainArgs {
     /// Optimisation steps (default 5000; for --network dit 4000).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Images per step (default 64; for --network dit 128: a DiT step costs a third of a UNet step here).
+    /// Images per step (default 64; for --network dit 128: a transformer learns these images more slowly than a UNet).
     #[arg(long)]
     pub batch: Option<i64>,
     #[arg(long, default_value_t = 1e-3)]

@@ -71,7 +71,8 @@ pub fn model_index() -> Value {
 }
 
 /// The embedded DiT: a class-conditional Diffusion Transformer on the same 32x32 images, in pixel space like the
-/// UNet model (4x4 patches: 64 tokens of width 128, 8 blocks; h-space is the last block's 64x128 tokens). It
+/// UNet model (2x2 patches: 256 tokens of width 128, 8 blocks; h-space is the last block's 256x128 tokens; 4x4
+/// patches, tried first, drew malformed digits: BENCHMARKS.md "The embedded DiT"). It
 /// predicts the noise only (no learned sigma: it is trained with the plain noise-prediction loss, as the UNet).
 /// `classes` counts its labels (see `data::captions::NUM_LABELS`); the table has one more row, the null class.
 pub fn dit_config(classes: usize) -> Value {
@@ -80,7 +81,7 @@ pub fn dit_config(classes: usize) -> Value {
         "sample_size": 32,
         "in_channels": 1,
         "out_channels": 1,
-        "patch_size": 4,
+        "patch_size": 2,
         "num_attention_heads": 4,
         "attention_head_dim": 32,
         "num_layers": 8,
