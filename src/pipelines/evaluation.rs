@@ -61,13 +61,12 @@ impl Method {
 }
 
 /// How repetitions relate to the samples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// The paper's Table 1: one set of samples per concept (from the sampling seed), shared by every repetition;
     /// a repetition varies only each method's own randomness (DMA's latents, D4M's and MGD3's noise), so a
     /// deterministic average (pixel average, Avg VAE, the most typical sample) has consistency 0.
-    #[default]
     SharedSamples,
     /// Every repetition draws its own samples from its seed and computes every method from them: how much a
     /// prototype varies with everything redrawn.
