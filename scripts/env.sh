@@ -27,6 +27,16 @@ if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps-2" ]; the
   touch "$DMA_VENV/.fixture-deps-2"
 fi
 
+# scripts/make_image_reward_fixture.py runs the image-reward package's own code; it pins timm and fairscale, and it
+# and timm import torchvision (0.26.0 is the build paired with torch 2.11). --no-deps: its other requirements
+# (openai's clip, datasets) are for parts the script does not import, and torch must stay as it is.
+if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps-3" ]; then
+  dma_log "installing image-reward, timm, fairscale and torchvision for the ImageReward fixture"
+  "$DMA_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+    image-reward==1.5 timm==0.6.13 fairscale==0.4.13 torchvision==0.26.0 || return 1
+  touch "$DMA_VENV/.fixture-deps-3"
+fi
+
 # torch-sys asks `python3` where libtorch is, so the venv's interpreter must come first on PATH.
 export PATH="$DMA_VENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1

@@ -21,13 +21,14 @@ use dma::output::OutDir;
 use dma::pipelines::baselines::BaselineSettings;
 use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
-use dma::pipelines::evaluation::{draw_samples, evaluate_seed, score, ConceptScores, EvalSettings, Method, Protocol, SeedOutcome};
+use dma::pipelines::evaluation::{draw_samples, evaluate_seed, score, ConceptScores, EvalSettings, Instruments, Method, Protocol, SeedOutcome};
+use dma::models::blip::image_reward::ImageReward;
 use dma::loaders::ModelSource;
 use dma::pipelines::mental_average::SamplingSettings;
 use dma::pipelines::DiffusionModel;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use tch::Device;
+use tch::{Device, Kind};
 
 /// How prototypes are judged, shared by `eval`, `compare` and `sweep`: the seeds they are made from, the samples
 /// they are judged against, the metrics' CLIP, and where the results go.
@@ -111,6 +112,12 @@ pub struct EvalCommon {
     #[arg(long)]
     #[serde(default)]
     pub fresh_samples: bool,
+    /// ImageReward for the prototypes' quality (the paper's Table 1): the `image-reward` package's ImageReward.pt,
+    /// or the folder holding it (~/.cache/ImageReward), with med_config.json beside it and BERT's vocab.txt beside it
+    /// or bert-base-uncased in the Hugging Face cache. Scores every prototype and sample against its prompt.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub image_reward: Option<PathBuf>,
     /// The methods, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
@@ -249,34 +256,48 @@ impl EvalCommon {
 }
 
 /// The metrics' CLIP: the embedded one with its zero-shot classes, or the one given with --clip.
-pub(super) enum Judge {
+enum Clip {
     Classes(ZeroShot),
     Plain(ClipEmbedder),
 }
 
+/// What prototypes are judged with: the metrics' CLIP, and ImageReward where --image-reward gives it.
+pub(super) struct Judge {
+    clip: Clip,
+    image_reward: Option<ImageReward>,
+}
+
 impl Judge {
-    pub(super) fn load(clip: Option<&Path>, model: &DiffusionModel) -> Result<(Self, PathBuf)> {
+    /// Loads the judges on the model's device: the CLIP of --clip (the embedded one by default), and ImageReward
+    /// from `image_reward` (in float32).
+    pub(super) fn load(clip: Option<&Path>, image_reward: Option<&Path>, model: &DiffusionModel) -> Result<(Self, PathBuf)> {
         let dir = clip_dir(clip)?;
-        let judge = match clip {
-            None => Judge::Classes(ZeroShot::embedded(&dir, model.device)?),
-            Some(_) => Judge::Plain(ClipEmbedder::load(&dir, model.device)?),
+        let clip = match clip {
+            None => Clip::Classes(ZeroShot::embedded(&dir, model.device)?),
+            Some(_) => Clip::Plain(ClipEmbedder::load(&dir, model.device)?),
         };
+        let image_reward = image_reward
+            .map(|path| ImageReward::load(path, model.device, Kind::Float).with_context(|| format!("--image-reward {}", path.display())))
+            .transpose()?;
+        let judge = Self { clip, image_reward };
         check_clip(judge.embedder(), &dir, model)?;
         Ok((judge, dir))
     }
 
     pub(super) fn embedder(&self) -> &ClipEmbedder {
-        match self {
-            Judge::Classes(zero_shot) => &zero_shot.embedder,
-            Judge::Plain(embedder) => embedder,
+        match &self.clip {
+            Clip::Classes(zero_shot) => &zero_shot.embedder,
+            Clip::Plain(embedder) => embedder,
         }
     }
 
-    pub(super) fn zero_shot(&self) -> Option<&ZeroShot> {
-        match self {
-            Judge::Classes(zero_shot) => Some(zero_shot),
-            Judge::Plain(_) => None,
-        }
+    /// The instruments, with the zero-shot classes named by `class_names`.
+    pub(super) fn instruments<'a>(&'a self, class_names: &'a [&'a str]) -> Instruments<'a> {
+        let zero_shot = match &self.clip {
+            Clip::Classes(zero_shot) => Some((zero_shot, class_names)),
+            Clip::Plain(_) => None,
+        };
+        Instruments { clip: self.embedder(), zero_shot, image_reward: self.image_reward.as_ref() }
     }
 }
 
@@ -337,7 +358,7 @@ fn evaluate_seeds(run: &mut Run, model: &DiffusionModel, judge: &Judge, subjects
 /// A subject's seeds scored.
 fn scored(judge: &Judge, title: &str, prompt: &str, source: &ModelSource, outcomes: Vec<SeedOutcome>) -> Result<Evaluated> {
     let names = class_names();
-    let scores = score(judge.embedder(), judge.zero_shot().map(|z| (z, names.as_slice())), prompt, &outcomes)?;
+    let scores = score(judge.instruments(&names), prompt, &outcomes)?;
     Ok(Evaluated { title: title.to_string(), source: source.clone(), outcomes, scores })
 }
 
@@ -429,7 +450,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
-    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.image_reward.as_deref(), &model))?;
     let subjects: Vec<Subject> = prompts.iter().enumerate().map(|(i, p)| Subject { title: p.clone(), prompt: p.clone(), stage: format!("subject-{i}") }).collect();
     let outcomes = evaluate_seeds(&mut run, &model, &judge, &subjects, &settings, judging.quiet)?;
     let seconds = run.seconds();
@@ -437,6 +458,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         let outcomes = outcomes.context("rank 0 holds every outcome")?;
         let evaluated = subjects.iter().zip(outcomes).map(|(s, o)| scored(&judge, &s.title, &s.prompt, &source, o)).collect::<Result<Vec<_>>>()?;
         let mut record = base_record("eval", &settings, &clip, seconds, (resumed, ranks));
+        record["image_reward"] = json!(args.common.image_reward);
         record["model"] = model_record(&source, &model)?;
         record["device"] = json!(args.model.device);
         record["dtype"] = json!(args.model.dtype);
@@ -477,7 +499,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
             check_class_ids(model, args.class_id.as_slice()).with_context(|| format!("the model {}", source.path().display()))?;
             check_prompt(model, &prompt, Some(source.path()))
         })?;
-        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
+        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.image_reward.as_deref(), &model))?;
         let subject = Subject { title: format!("{}: {prompt}", source.path().display()), prompt: prompt.clone(), stage: format!("subject-{i}") };
         if let Some(mut outcomes) = evaluate_seeds(&mut run, &model, &judge, std::slice::from_ref(&subject), settings, judging.quiet)? {
             evaluated.push((subject, source, outcomes.pop().unwrap_or_default()));
@@ -490,6 +512,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
         let (judge, clip) = judged.context("at least one model")?;
         let evaluated = evaluated.into_iter().map(|(s, source, o)| scored(&judge, &s.title, &s.prompt, source, o)).collect::<Result<Vec<_>>>()?;
         let mut record = base_record("compare", &settings[0], &clip, seconds, (resumed, ranks));
+        record["image_reward"] = json!(args.common.image_reward);
         record["models"] = json!(models);
         record["device"] = json!(args.device);
         record["dtype"] = json!(args.dtype);

@@ -183,7 +183,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
-    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), &model))?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), None, &model))?;
     let sweep_items = SweepItem::all(prompts.len(), points.len(), &seeds);
     let items: Vec<Item> = sweep_items
         .iter()
@@ -201,9 +201,8 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
     let seconds = run.seconds();
     run.finish(&device, json!({ "seconds": seconds }), |out, resumption, ranks| {
         let names = class_names();
-        let zero_shot = judge.zero_shot().map(|z| (z, names.as_slice()));
         let outcomes = outcomes.context("rank 0 holds every outcome")?;
-        let concepts = assemble((judge.embedder(), zero_shot), (&prompts, &points, &seeds), &sweep_items, &outcomes, tch::Device::Cpu)?;
+        let concepts = assemble(judge.instruments(&names), (&prompts, &points, &seeds), &sweep_items, &outcomes, tch::Device::Cpu)?;
         write_sweep(out, (&source, &model, &args, &clip), (&points, &resolved), &concepts, json!({ "resumed": resumption, "ranks": ranks, "timings_seconds": { "total": seconds } }))
     })
 }

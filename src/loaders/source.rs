@@ -62,7 +62,7 @@ fn hf_hub_cache() -> Option<PathBuf> {
 }
 
 /// The snapshot folder of `repo_id` at the revision `refs/main` points to.
-fn hf_cache_snapshot(repo_id: &str) -> Result<PathBuf> {
+pub(crate) fn hf_cache_snapshot(repo_id: &str) -> Result<PathBuf> {
     let cache = hf_hub_cache().context("cannot locate the Hugging Face cache (set HF_HOME or HF_HUB_CACHE)")?;
     let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
     if !repo.is_dir() {

@@ -1,10 +1,14 @@
 pub mod attention;
+pub mod bert;
+pub mod blip;
 pub mod clip;
 pub mod denoiser;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod dit;
 pub mod embeddings;
+pub mod image_processor;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vit;

@@ -18,13 +18,18 @@ pub(crate) fn csv_field(text: &str) -> String {
     }
 }
 
+/// A figure a run may not have, empty where it has none.
+fn optional(value: Option<f64>) -> String {
+    value.map_or_else(String::new, |v| v.to_string())
+}
+
 fn classes_text(scores: &MethodScores) -> String {
     scores.classes.as_ref().map_or_else(String::new, |c| c.join(" "))
 }
 
 pub fn results_csv(concepts: &[(String, &ConceptScores)]) -> String {
     let mut out = String::from(
-        "subject,prompt,method,consistency,representativeness,sharpness,sharpness_vs_samples,samples_sharpness,median_sample_representativeness,classes\n",
+        "subject,prompt,method,consistency,representativeness,sharpness,sharpness_vs_samples,samples_sharpness,median_sample_representativeness,image_reward,samples_image_reward,classes\n",
     );
     for (subject, concept) in concepts {
         for m in &concept.methods {
@@ -32,12 +37,14 @@ pub fn results_csv(concepts: &[(String, &ConceptScores)]) -> String {
                 csv_field(subject),
                 csv_field(&concept.prompt),
                 m.method.slug().to_string(),
-                m.consistency.map_or_else(String::new, |v| v.to_string()),
+                optional(m.consistency),
                 m.representativeness.to_string(),
                 m.sharpness.to_string(),
                 m.sharpness_vs_samples.to_string(),
                 concept.samples_sharpness.to_string(),
                 concept.median_sample_representativeness.to_string(),
+                optional(m.image_reward),
+                optional(concept.samples_image_reward),
                 csv_field(&classes_text(m)),
             ];
             writeln!(out, "{}", fields.join(",")).expect("writing to a String");
@@ -46,35 +53,47 @@ pub fn results_csv(concepts: &[(String, &ConceptScores)]) -> String {
     out
 }
 
-/// One table: a row per method, each figure the mean over `concepts`.
+/// One table: a row per method, each figure the mean over `concepts`; the ImageReward column where they have it.
 fn method_table(out: &mut String, concepts: &[&ConceptScores], with_classes: bool) {
-    let header = "| method | consistency (CLIP) | representativeness (CLIP) | sharpness | sharpness / samples' |";
-    let _ = writeln!(out, "{header}{}", if with_classes { " classes |" } else { "" });
-    let _ = writeln!(out, "|---|---|---|---|---|{}", if with_classes { "---|" } else { "" });
+    let with_reward = concepts.iter().any(|c| c.samples_image_reward.is_some());
+    let extra = |reward: String, classes: String| {
+        let mut cells = String::new();
+        if with_reward {
+            let _ = write!(cells, " {reward} |");
+        }
+        if with_classes {
+            let _ = write!(cells, " {classes} |");
+        }
+        cells
+    };
+    let _ = writeln!(
+        out,
+        "| method | consistency (CLIP) | representativeness (CLIP) | sharpness | sharpness / samples' |{}",
+        extra("quality (ImageReward)".into(), "classes".into())
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|{}", extra("---".into(), "---".into()));
     let methods: Vec<Method> = concepts.first().map(|c| c.methods.iter().map(|m| m.method).collect()).unwrap_or_default();
     for (i, method) in methods.iter().enumerate() {
         let column = |f: &dyn Fn(&MethodScores) -> Option<f64>| mean(&concepts.iter().filter_map(|c| f(&c.methods[i])).collect::<Vec<_>>());
-        let _ = write!(
+        let classes = concepts.iter().map(|c| classes_text(&c.methods[i])).collect::<Vec<_>>().join("; ");
+        let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{}",
             method.label(),
             figure(column(&|m| m.consistency)),
             figure(column(&|m| Some(m.representativeness))),
             figure(column(&|m| Some(m.sharpness))),
             figure(column(&|m| Some(m.sharpness_vs_samples))),
+            extra(figure(column(&|m| m.image_reward)), classes),
         );
-        if with_classes {
-            let _ = write!(out, " {} |", concepts.iter().map(|c| classes_text(&c.methods[i])).collect::<Vec<_>>().join("; "));
-        }
-        out.push('\n');
     }
-    let samples = |f: &dyn Fn(&ConceptScores) -> f64| figure(mean(&concepts.iter().map(|c| f(c)).collect::<Vec<_>>()));
+    let samples = |f: &dyn Fn(&ConceptScores) -> Option<f64>| figure(mean(&concepts.iter().filter_map(|c| f(c)).collect::<Vec<_>>()));
     let _ = writeln!(
         out,
         "| samples (median / mean) | - | {} | {} | 1 |{}",
-        samples(&|c| c.median_sample_representativeness),
-        samples(&|c| c.samples_sharpness),
-        if with_classes { " |" } else { "" }
+        samples(&|c| Some(c.median_sample_representativeness)),
+        samples(&|c| Some(c.samples_sharpness)),
+        extra(samples(&|c| c.samples_image_reward), String::new())
     );
 }
 
@@ -83,7 +102,8 @@ pub fn results_markdown(concepts: &[(String, &ConceptScores)]) -> String {
     let mut out = String::from(
         "Consistency: mean pairwise CLIP cosine distance between prototypes from different seeds (lower is better). \
          Representativeness: CLIP cosine distance from a prototype to the mean embedding of the concept's samples \
-         (lower is better). Sharpness: variance of the Laplacian.\n\n",
+         (lower is better). Sharpness: variance of the Laplacian. Quality: ImageReward against the prompt (higher \
+         is better), where a reward model was given.\n\n",
     );
     let all: Vec<&ConceptScores> = concepts.iter().map(|(_, c)| *c).collect();
     if all.len() > 1 {

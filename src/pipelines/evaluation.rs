@@ -12,6 +12,7 @@ use crate::evaluation::clip_embedder::ClipEmbedder;
 use crate::evaluation::metrics::{consistency, distances_to_mean, mean, median};
 use crate::evaluation::sharpness::laplacian_variance;
 use crate::evaluation::zero_shot::ZeroShot;
+use crate::models::blip::image_reward::ImageReward;
 use crate::method::{AlignSettings, StepLog};
 use crate::passes::Passes;
 use crate::distributed::{Parcel, Ranks};
@@ -275,6 +276,10 @@ pub struct MethodScores {
     pub sharpness_vs_samples: f64,
     /// Zero-shot class of each seed's prototype (when a classifier is given).
     pub classes: Option<Vec<String>>,
+    /// ImageReward of each seed's prototype against the concept's prompt, and their mean (when a reward model is
+    /// given; higher is better).
+    pub image_reward_per_seed: Option<Vec<f64>>,
+    pub image_reward: Option<f64>,
 }
 
 /// A concept's figures: each method's, and the samples' own for reference.
@@ -288,13 +293,35 @@ pub struct ConceptScores {
     pub median_sample_representativeness: f64,
     /// How many samples fell in each zero-shot class, most first (when a classifier is given).
     pub sample_classes: Option<Vec<(String, usize)>>,
+    /// The samples' mean ImageReward (when a reward model is given): what a typical sample scores.
+    pub samples_image_reward: Option<f64>,
+}
+
+/// What prototypes are judged with: the metrics' CLIP, a zero-shot classifier with its class names, and
+/// ImageReward for quality, the last two where given.
+#[derive(Clone, Copy)]
+pub struct Instruments<'a> {
+    pub clip: &'a ClipEmbedder,
+    pub zero_shot: Option<(&'a ZeroShot, &'a [&'a str])>,
+    pub image_reward: Option<&'a ImageReward>,
+}
+
+/// Images per ImageReward pass: its ViT-L reads 224x224 images.
+const REWARD_BATCH: i64 = 16;
+
+impl Instruments<'_> {
+    /// Each image's ImageReward for `prompt`, when a reward model is given.
+    fn rewards(&self, images: &Tensor, prompt: &str) -> Result<Option<Vec<f64>>> {
+        let Some(model) = self.image_reward else { return Ok(None) };
+        Ok(Some(Vec::<f64>::try_from(model.score(images, prompt, REWARD_BATCH)?.to_kind(Kind::Double))?))
+    }
 }
 
 /// What prototypes are judged against: the concept's samples (every seed's), by their CLIP embeddings, their mean
 /// sharpness and (with a classifier) their zero-shot classes.
 pub struct Judged<'a> {
-    pub embedder: &'a ClipEmbedder,
-    pub zero_shot: Option<(&'a ZeroShot, &'a [&'a str])>,
+    pub instruments: Instruments<'a>,
+    pub prompt: String,
     /// The samples' embeddings [N,D].
     pub sample_embeds: Tensor,
     pub samples_sharpness: f64,
@@ -303,16 +330,11 @@ pub struct Judged<'a> {
 impl<'a> Judged<'a> {
     /// The figures of `samples` (images [N,C,H,W] in [0,1] and their embeddings [N,D]): the judge, and the concept's
     /// scores without any method yet.
-    pub fn samples(
-        embedder: &'a ClipEmbedder,
-        zero_shot: Option<(&'a ZeroShot, &'a [&'a str])>,
-        prompt: &str,
-        samples: &Tensor,
-        sample_embeds: &Tensor,
-    ) -> Result<(Self, ConceptScores)> {
+    pub fn samples(instruments: Instruments<'a>, prompt: &str, samples: &Tensor, sample_embeds: &Tensor) -> Result<(Self, ConceptScores)> {
         let samples_sharpness = mean(&laplacian_variance(samples)).unwrap_or(f64::NAN);
         let median_sample_representativeness = median(&distances_to_mean(sample_embeds, sample_embeds)).unwrap_or(f64::NAN);
-        let judged = Self { embedder, zero_shot, sample_embeds: sample_embeds.shallow_clone(), samples_sharpness };
+        let samples_image_reward = instruments.rewards(samples, prompt)?.and_then(|r| mean(&r));
+        let judged = Self { instruments, prompt: prompt.to_string(), sample_embeds: sample_embeds.shallow_clone(), samples_sharpness };
         let sample_classes = judged.class_names(samples)?.map(|classes| {
             let mut counts: Vec<(String, usize)> = Vec::new();
             for class in classes {
@@ -324,12 +346,19 @@ impl<'a> Judged<'a> {
             counts.sort_by(|a, b| b.1.cmp(&a.1));
             counts
         });
-        let scores = ConceptScores { prompt: prompt.to_string(), methods: Vec::new(), samples_sharpness, median_sample_representativeness, sample_classes };
+        let scores = ConceptScores {
+            prompt: prompt.to_string(),
+            methods: Vec::new(),
+            samples_sharpness,
+            median_sample_representativeness,
+            sample_classes,
+            samples_image_reward,
+        };
         Ok((judged, scores))
     }
 
     fn class_names(&self, images: &Tensor) -> Result<Option<Vec<String>>> {
-        let Some((classifier, names)) = self.zero_shot else { return Ok(None) };
+        let Some((classifier, names)) = self.instruments.zero_shot else { return Ok(None) };
         Ok(Some(classifier.classify(images)?.into_iter().map(|c| names[c].to_string()).collect()))
     }
 
@@ -339,10 +368,11 @@ impl<'a> Judged<'a> {
         // A repeated image gets its first copy's embedding: within a batch, a GEMM may round rows differently by
         // their position, which would make identical prototypes look (1e-14) inconsistent.
         let first_copy: Vec<i64> = (0..images.size()[0]).map(|i| (0..=i).find(|&j| images.get(j).equal(&images.get(i))).unwrap_or(i)).collect();
-        let embeds = self.embedder.image_embeds(&images)?.index_select(0, &Tensor::from_slice(&first_copy).to_device(images.device()));
+        let embeds = self.instruments.clip.image_embeds(&images)?.index_select(0, &Tensor::from_slice(&first_copy).to_device(images.device()));
         let representativeness_per_seed = distances_to_mean(&embeds, &self.sample_embeds);
         let sharpness_per_seed = laplacian_variance(&images);
         let sharpness = mean(&sharpness_per_seed).unwrap_or(f64::NAN);
+        let image_reward_per_seed = self.instruments.rewards(&images, &self.prompt)?;
         Ok(MethodScores {
             method,
             consistency: consistency(&embeds),
@@ -352,22 +382,18 @@ impl<'a> Judged<'a> {
             sharpness,
             sharpness_per_seed,
             classes: self.class_names(&images)?,
+            image_reward: image_reward_per_seed.as_deref().and_then(mean),
+            image_reward_per_seed,
         })
     }
 }
 
 /// Scores every method of `outcomes` (one per repetition) for `prompt` against the samples they hold (all of them:
-/// fresh samples are every repetition's, shared samples the first's), embedding with `embedder` and classifying
-/// with `zero_shot` when given.
-pub fn score(
-    embedder: &ClipEmbedder,
-    zero_shot: Option<(&ZeroShot, &[&str])>,
-    prompt: &str,
-    outcomes: &[SeedOutcome],
-) -> Result<ConceptScores> {
+/// fresh samples are every repetition's, shared samples the first's), with `instruments`.
+pub fn score(instruments: Instruments, prompt: &str, outcomes: &[SeedOutcome]) -> Result<ConceptScores> {
     let samples = Tensor::cat(&outcomes.iter().map(|o| o.samples.shallow_clone()).collect::<Vec<_>>(), 0);
     let sample_embeds = Tensor::cat(&outcomes.iter().map(|o| o.sample_embeds.shallow_clone()).collect::<Vec<_>>(), 0);
-    let (judged, mut scores) = Judged::samples(embedder, zero_shot, prompt, &samples, &sample_embeds)?;
+    let (judged, mut scores) = Judged::samples(instruments, prompt, &samples, &sample_embeds)?;
     let methods: Vec<Method> = outcomes.first().map(|o| o.prototypes.iter().map(|(m, _)| *m).collect()).unwrap_or_default();
     for (i, &method) in methods.iter().enumerate() {
         let images = Tensor::stack(&outcomes.iter().map(|o| o.prototypes[i].1.shallow_clone()).collect::<Vec<_>>(), 0);

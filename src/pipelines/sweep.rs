@@ -4,12 +4,11 @@
 //! The work is independent items (a seed's samples, a setting's DMA run from a seed) that ranks can share, then
 //! assembled. No files, no UI.
 use crate::checkpoint::Checkpoints;
-use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Judged, Method, MethodScores, RunCost};
+use super::evaluation::{dma_prototype, draw_samples, ConceptScores, Instruments, Judged, Method, MethodScores, RunCost};
 use super::mental_average::{alignment_work, work_until, SamplingSettings};
 use crate::distributed::{Parcel, Ranks};
 use super::DiffusionModel;
 use crate::evaluation::clip_embedder::ClipEmbedder;
-use crate::evaluation::zero_shot::ZeroShot;
 use crate::method::AlignSettings;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -106,9 +105,9 @@ impl SweepItem {
 
 /// The sweep's results from its items' outcomes (`SweepItem::all`'s order): per concept, the samples of every
 /// seed judged once (their figures are kept, not the images), then each setting's prototypes scored against them
-/// with `embedder`, classed by `zero_shot` when given (with the class names).
-pub fn assemble<'a>(
-    (embedder, zero_shot): (&'a ClipEmbedder, Option<(&'a ZeroShot, &'a [&'a str])>),
+/// with `instruments`.
+pub fn assemble(
+    instruments: Instruments,
     (prompts, points, seeds): (&[String], &[SweepPoint], &[u64]),
     items: &[SweepItem],
     outcomes: &[Parcel],
@@ -123,7 +122,7 @@ pub fn assemble<'a>(
         let sets = seeds.iter().map(|&seed| outcome(SweepItem::Samples { concept, seed })).collect::<Result<Vec<_>>>()?;
         let images = Tensor::cat(&sets.iter().map(|s| s.tensor("images", device)).collect::<Result<Vec<_>>>()?, 0);
         let embeds = Tensor::cat(&sets.iter().map(|s| s.tensor("embeds", device)).collect::<Result<Vec<_>>>()?, 0);
-        let (judge, scores) = Judged::samples(embedder, zero_shot, prompt, &images, &embeds)?;
+        let (judge, scores) = Judged::samples(instruments, prompt, &images, &embeds)?;
         let mut results = Vec::new();
         for point in 0..points.len() {
             let mut runs = Vec::new();

@@ -2,7 +2,8 @@
 //! trainer. Every caption that truly describes an image counts as its match (several images of one batch can
 //! share a class, and a broad caption describes several classes), so the loss is InfoNCE with several positives.
 use crate::checkpoint::training::{self as checkpoint, prefixed_params, Resume};
-use crate::models::clip::{ClipConfig, ClipImageProcessor, ClipModel};
+use crate::models::clip::{ClipConfig, ClipModel};
+use crate::models::image_processor::ImageProcessor;
 use crate::optim::AdamW;
 use crate::weights::{write_safetensors, Weights};
 use anyhow::Result;
@@ -45,7 +46,7 @@ impl ClipTrainer {
     /// `train_dir` when there is one, else freshly initialised.
     pub fn new(model_dir: &Path, train_dir: &Path, settings: ClipTrainSettings, device: Device) -> Result<Self> {
         let config = ClipConfig::from_file(&model_dir.join("config.json"))?;
-        let processor = ClipImageProcessor::load(model_dir, &config.vision_config)?;
+        let processor = ImageProcessor::load(model_dir, config.vision_config.image_size, config.vision_config.num_channels)?;
         let resume = Resume::open(train_dir, &settings)?;
         tch::manual_seed(settings.seed as i64);
         let weights = resume.weights("clip", device);

@@ -29,9 +29,11 @@ use std::path::Path;
 
 mod clip_bpe;
 mod word_level;
+mod wordpiece;
 
 use clip_bpe::clean;
 pub use clip_bpe::ClipTokenizer;
+pub use wordpiece::WordPieceTokenizer;
 pub use word_level::{words, WordTokenizer, WORD_BOS, WORD_EOS, WORD_PAD};
 
 /// Used when a tokenizer folder gives no length (CLIP's context length).

@@ -1,0 +1,112 @@
+//! The Vision Transformer of timm (and of BLIP's own `vit.py`, which ImageReward ships): the image cut into
+//! patches by a strided convolution, a class token in front, learned positions, pre-norm blocks with one fused
+//! q/k/v projection, a final layer norm. Weights by timm's names (`patch_embed.proj`, `cls_token`, `pos_embed`,
+//! `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`); other layouts rename theirs to these.
+use crate::nn::{Conv2d, LayerNorm, Linear};
+use crate::weights::WeightPath;
+use anyhow::{ensure, Result};
+use tch::Tensor;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitConfig {
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    pub mlp_width: i64,
+    pub patch_size: i64,
+    pub image_size: i64,
+    pub channels: i64,
+    pub layer_norm_eps: f64,
+}
+
+impl VitConfig {
+    pub fn patches(&self) -> i64 {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.width > 0 && self.depth > 0 && self.mlp_width > 0, "a ViT of width {}, depth {}, MLP width {}", self.width, self.depth, self.mlp_width);
+        ensure!(self.heads > 0 && self.width % self.heads == 0, "a ViT width of {} cannot be split into {} heads", self.width, self.heads);
+        ensure!(
+            self.patch_size > 0 && self.image_size >= self.patch_size && self.image_size % self.patch_size == 0,
+            "a ViT image size of {} is not a whole number of {}-pixel patches",
+            self.image_size,
+            self.patch_size
+        );
+        Ok(())
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: i64,
+}
+
+impl Block {
+    fn load(p: &WeightPath, cfg: &VitConfig) -> Result<Self> {
+        let (d, eps) = (cfg.width, cfg.layer_norm_eps);
+        Ok(Self {
+            norm1: LayerNorm::load(&p.sub("norm1"), d, eps)?,
+            qkv: Linear::load(&p.sub("attn.qkv"), d, 3 * d, true)?,
+            proj: Linear::load(&p.sub("attn.proj"), d, d, true)?,
+            norm2: LayerNorm::load(&p.sub("norm2"), d, eps)?,
+            fc1: Linear::load(&p.sub("mlp.fc1"), d, cfg.mlp_width, true)?,
+            fc2: Linear::load(&p.sub("mlp.fc2"), cfg.mlp_width, d, true)?,
+            heads: cfg.heads,
+        })
+    }
+
+    fn attention(&self, x: &Tensor) -> Tensor {
+        let (b, l, d) = x.size3().expect("tokens are [batch, length, width]");
+        let qkv = self.qkv.forward(x).view([b, l, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
+        let out = Tensor::scaled_dot_product_attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None, false);
+        self.proj.forward(&out.transpose(1, 2).reshape([b, l, d]))
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + self.attention(&self.norm1.forward(x));
+        // Exact (erf) GELU, nn.GELU's default, in timm's and BLIP's ViTs.
+        &x + self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"))
+    }
+}
+
+pub struct VisionTransformer {
+    patch_embed: Conv2d,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    pub config: VitConfig,
+}
+
+impl VisionTransformer {
+    pub fn load(p: &WeightPath, cfg: &VitConfig) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.width;
+        Ok(Self {
+            patch_embed: Conv2d::load(&p.sub("patch_embed.proj"), cfg.channels, d, cfg.patch_size, cfg.patch_size, 0)?,
+            cls_token: p.get("cls_token", &[1, 1, d])?,
+            pos_embed: p.get("pos_embed", &[1, cfg.patches() + 1, d])?,
+            blocks: (0..cfg.depth).map(|i| Block::load(&p.sub("blocks").sub(i), cfg)).collect::<Result<_>>()?,
+            norm: LayerNorm::load(&p.sub("norm"), d, cfg.layer_norm_eps)?,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Every token's final state [B, 1 + patches, width], the class token first, from pixel values [B, C, S, S].
+    pub fn forward(&self, pixels: &Tensor) -> Tensor {
+        let kind = pixels.kind();
+        let patches = self.patch_embed.forward(pixels).flatten(2, 3).transpose(1, 2);
+        let cls = self.cls_token.to_kind(kind).expand([patches.size()[0], 1, -1], false);
+        let mut x = Tensor::cat(&[cls, patches], 1) + self.pos_embed.to_kind(kind);
+        for block in &self.blocks {
+            x = block.forward(&x);
+        }
+        self.norm.forward(&x)
+    }
+}
