@@ -205,6 +205,40 @@ fn fresh_samples_redraw_the_samples_for_every_repetition() {
     assert!(methods[0]["consistency"].as_f64().unwrap() > 0.0 && methods[1]["consistency"].as_f64().unwrap() > 0.0, "{methods}");
 }
 
+/// `--image-reward`: Table 1's quality column, every prototype and sample scored against the prompt by the tiny
+/// ImageReward fixture; a deterministic average scores the same in every repetition.
+#[test]
+fn eval_with_image_reward_scores_every_prototype_and_the_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let reward = fixture("tiny-image-reward");
+    let output = tiny_eval(&out, &["--methods", "avg-vae,dma", "--image-reward", reward.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results = read_json(&out.join("results.json"));
+    let scores = &results["results"][0]["scores"];
+    let per_seed = |i: usize| -> Vec<f64> { scores["methods"][i]["image_reward_per_seed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let (avg_vae, dma) = (per_seed(0), per_seed(1));
+    assert_eq!(avg_vae.len(), 2);
+    assert_eq!(avg_vae[0], avg_vae[1], "Avg VAE is one image in both repetitions: {scores}");
+    assert!(dma.iter().chain(&avg_vae).all(|r| r.is_finite()), "{scores}");
+    let mean = (dma[0] + dma[1]) / 2.0;
+    assert!((scores["methods"][1]["image_reward"].as_f64().unwrap() - mean).abs() < 1e-12, "{scores}");
+    assert!(scores["samples_image_reward"].as_f64().unwrap().is_finite(), "{scores}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let column = header.iter().position(|h| *h == "image_reward").unwrap();
+    for row in csv.lines().skip(1) {
+        assert!(row.split(',').nth(column).unwrap().parse::<f64>().is_ok_and(f64::is_finite), "{row}");
+    }
+    let markdown = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(markdown.contains("quality (ImageReward)"), "{markdown}");
+    assert_eq!(read_json(&out.join("run.json"))["image_reward"], reward.to_str().unwrap());
+    // Without it, no such column.
+    let plain = tmp.path().join("plain");
+    assert!(tiny_eval(&plain, &["--methods", "avg-vae"]).status.success());
+    assert!(!std::fs::read_to_string(plain.join("results.md")).unwrap().contains("ImageReward"));
+}
+
 #[test]
 fn compare_puts_each_model_s_prototypes_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();
@@ -240,6 +274,7 @@ fn bad_eval_input_fails_with_one_clear_message_and_no_output() {
         (vec!["--samples", "0"], vec!["--samples"]),
         (vec!["--prompts", missing.to_str().unwrap()], vec!["missing.txt"]),
         (vec!["--prompts", empty.to_str().unwrap()], vec!["no prompts"]),
+        (vec!["--image-reward", missing.to_str().unwrap()], vec!["--image-reward", "missing.txt"]),
     ] {
         let out = tmp.path().join("out");
         let output = tiny_eval(&out, &flags);

@@ -9,7 +9,7 @@ use dma::data::captions::broad_concepts;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::checkpoint::NoCheckpoints;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::modes::{discover, DiscoverySettings, Grounding};
+use dma::pipelines::modes::{discover, Describer, Describers, DiscoverySettings, Grounding};
 use dma::loaders::ModelSource;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -106,6 +106,13 @@ fn bad_modes_input_fails_before_any_work() {
         (&["--pca-dims", "0"][..], &["--pca-dims"][..]),
         (&["--adapter-steps", "0"][..], &["--adapter-steps"][..]),
         (&["--init-latents", "x.safetensors"][..], &["--init-latents"][..]),
+        (&["--by", "colour: red, blue", "--grounding", "blip-vqa"][..], &["--vqa"][..]),
+        (&["--vqa", "x"][..], &["--grounding blip-vqa"][..]),
+        (&["--question", "what?"][..], &["--grounding blip-vqa"][..]),
+        (&["--grounding", "blip-vqa"][..], &["--by"][..]),
+        (&["--grounding", "owl"][..], &["owl", "blip-vqa"][..]),
+        (&["--by", "colour: red, blue", "--grounding", "blip-vqa", "--vqa", "/no/such/vqa"][..], &["/no/such/vqa"][..]),
+        (&["--by", "colour: red, blue", "--grounding", "blip-vqa", "--vqa", fixture("tiny-clip").to_str().unwrap()][..], &["tiny-clip"][..]),
     ] {
         let stderr = modes_fails(flags);
         for part in expected {
@@ -168,9 +175,9 @@ fn footwear_clusters_into_its_three_kinds() {
     let footwear = broad_concepts().iter().find(|c| c.name == "footwear").unwrap();
     let sampling = defaults.sampling("footwear", 0);
     let values = vec!["sandal".to_string(), "sneaker".to_string(), "ankle boot".to_string()];
-    for grounding in [None, Some(Grounding { attribute: "kind".into(), values })] {
+    for grounding in [None, Some(Grounding { attribute: "kind".into(), values, describer: Describer::Clip })] {
         let settings = DiscoverySettings { samples: 100, clusters: ClusterCount::Auto { max: 8 }, criterion: Criterion::Silhouette, pca_dims: defaults.pca_dims, grounding: grounding.clone() };
-        let modes = discover(&model, &sampling, &classifier.embedder, &settings, &|_| {}, &mut NoCheckpoints, Ranks::alone()).unwrap();
+        let modes = discover(&model, &sampling, Describers { clip: &classifier.embedder, vqa: None }, &settings, &|_| {}, &mut NoCheckpoints, Ranks::alone()).unwrap();
         let classes = classifier.classify(&modes.images).unwrap();
         let mut majorities = Vec::new();
         for k in 0..modes.clustering.k {
@@ -209,4 +216,34 @@ fn image_shape_is_what_decode_gives() {
         let decoded = model.decode(&tch::Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu)));
         assert_eq!(decoded.size()[1..], model.image_shape(), "{name}");
     }
+}
+
+/// `--grounding blip-vqa`: the samples are described by the tiny VQA model's answer log-likelihoods for each value
+/// (less their mean), and the run records the question it asked.
+#[test]
+fn modes_grounded_by_blip_vqa_cluster_the_answer_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let vqa_dir = fixture("tiny-blip-vqa");
+    let flags = ["--by", "colour: red, blue, black", "--grounding", "blip-vqa", "--vqa", vqa_dir.to_str().unwrap(), "--clusters", "2", "--save-latents"];
+    let output = tiny_modes(&out, &flags);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let record = common::read_json(&out.join("clusters.json"));
+    assert_eq!(record["vqa"], vqa_dir.to_str().unwrap());
+    assert_eq!(record["grounding"]["describer"], serde_json::json!({ "model": "blip-vqa", "question": "what is the colour?" }), "{}", record["grounding"]);
+    // The features clustering saw, recomputed from the samples the run wrote: the VQA's scores, centred per sample.
+    let vqa = dma::models::blip::vqa::BlipVqa::load(&vqa_dir, Device::Cpu, Kind::Float).unwrap();
+    let model = dma::loaders::load(&ModelSource::Folder(fixture("tiny-sd1")), Device::Cpu, Kind::Float).unwrap();
+    let latents = dma::weights::read_safetensors(&out.join("latents.safetensors")).unwrap().remove(0).1;
+    let images = model.decode_batched(&latents, 6);
+    let values: Vec<String> = ["red", "blue", "black"].map(String::from).to_vec();
+    let scores = vqa.answer_log_likelihoods(&images, "what is the colour?", &values, 4).unwrap();
+    let grounding = Grounding { attribute: "colour".into(), values, describer: Describer::BlipVqa { question: "what is the colour?".into() } };
+    let clip = dma::evaluation::clip_embedder::ClipEmbedder::load(&fixture("tiny-clip"), Device::Cpu).unwrap();
+    let features = dma::pipelines::modes::features(Describers { clip: &clip, vqa: Some(&vqa) }, &images, Some(&grounding)).unwrap();
+    let centred = &scores - scores.mean_dim(1, true, Kind::Float);
+    assert!(features.allclose(&centred, 1e-6, 1e-6, false), "the grounded features are not the centred answer scores");
+    assert!(scores.std(true).double_value(&[]) > 1e-3, "the answer scores do not vary between samples: {scores}");
+    let labels: Vec<i64> = record["clustering"]["labels"].as_array().unwrap().iter().map(|l| l.as_i64().unwrap()).collect();
+    assert_eq!(labels.len(), 6);
 }

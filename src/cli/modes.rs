@@ -15,7 +15,7 @@ use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
 use serde_json::Value;
 use std::path::Path;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 use dma::adapters::AdapterKind;
@@ -26,7 +26,8 @@ use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
 use dma::pipelines::mental_average::seeded_mental_average;
 use dma::pipelines::mental_average::alignment_work;
-use dma::pipelines::modes::{discover, mode_images, prototype_of_mode, ChainSettings, DiscoverySettings, Grounding};
+use dma::models::blip::vqa::BlipVqa;
+use dma::pipelines::modes::{discover, mode_images, prototype_of_mode, ChainSettings, Describer, Describers, DiscoverySettings, Grounding};
 use dma::weights::write_safetensors;
 use serde_json::json;
 use std::path::PathBuf;
@@ -36,6 +37,15 @@ use tch::Tensor;
 const MAX_GRID_WIDTH: i64 = 4096;
 /// modes.png shows each prototype at least this high (the embedded model's are 32 pixels).
 const FIGURE_SIDE: i64 = 128;
+
+/// What describes samples for `--by`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroundingModel {
+    #[default]
+    Clip,
+    BlipVqa,
+}
 
 #[derive(Args, Debug, Serialize, Deserialize)]
 pub struct ModesArgs {
@@ -61,9 +71,23 @@ pub struct ModesArgs {
     #[arg(long)]
     pub clip: Option<PathBuf>,
     /// Cluster along an attribute you name instead of what differs most: "attribute: value, value, ..."; each
-    /// sample is embedded by its CLIP similarity to each value's text.
+    /// sample is described by how well each value fits it, as --grounding judges.
     #[arg(long)]
     pub by: Option<String>,
+    /// How --by describes a sample: `clip` (its CLIP similarity to each value's text) or `blip-vqa` (the
+    /// log-likelihood BLIP's VQA model, --vqa, gives each value as the answer to --question about it).
+    #[arg(long, value_enum, default_value_t = GroundingModel::Clip, requires = "by")]
+    #[serde(default)]
+    pub grounding: GroundingModel,
+    /// The BLIP VQA model for `--grounding blip-vqa`: a BlipForQuestionAnswering folder in transformers' layout
+    /// or its Hugging Face id in the local cache (e.g. Salesforce/blip-vqa-base).
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub vqa: Option<String>,
+    /// The question `--grounding blip-vqa` asks [default: "what is the <attribute>?"].
+    #[arg(long)]
+    #[serde(default)]
+    pub question: Option<String>,
     /// Also learn one adapter per mode and compute each mode's mental average, and the concept's overall one.
     #[arg(long)]
     pub average: bool,
@@ -122,21 +146,35 @@ pub fn modes(args: ModesArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> 
         }
         Ok(())
     })?;
-    let (embedder, clip_dir) = agree(ranks, (|| {
+    let (embedder, clip_dir, vqa) = agree(ranks, (|| {
         let (embedder, clip_dir) = load_clip(args.clip.as_deref(), &model)?;
-        // The values' texts must be words the CLIP's tokenizer knows: checked now, not after sampling.
-        if let Some(g) = &discovery.grounding {
-            let _ = embedder.text_embeds(&g.values).with_context(|| format!("--by {:?}", args.by.as_deref().unwrap_or_default()))?;
-        }
-        Ok((embedder, clip_dir))
+        let by = || format!("--by {:?}", args.by.as_deref().unwrap_or_default());
+        let vqa = match discovery.grounding.as_ref().map(|g| &g.describer) {
+            // The values' texts must be words the CLIP's tokenizer knows: checked now, not after sampling.
+            Some(Describer::Clip) => {
+                let values = &discovery.grounding.as_ref().expect("grounded").values;
+                let _ = embedder.text_embeds(values).with_context(by)?;
+                None
+            }
+            Some(Describer::BlipVqa { .. }) => {
+                let vqa = load_vqa(args.vqa.as_deref().context("--grounding blip-vqa needs --vqa")?, model.device)?;
+                for value in &discovery.grounding.as_ref().expect("grounded").values {
+                    vqa.answer_ids(value).with_context(by)?;
+                }
+                Some(vqa)
+            }
+            None => None,
+        };
+        Ok((embedder, clip_dir, vqa))
     })())?;
+    let describers = Describers { clip: &embedder, vqa: vqa.as_ref() };
     let load_seconds = run.seconds();
     let quiet = common.quiet || !ranks.is_root();
 
     // The samples are drawn by every rank (its share), clustered by rank 0.
     let bar = progress_bar(settings.steps as u64, quiet);
     bar.set_message(format!("sampling {}", discovery.samples));
-    let modes = discover(&model, &settings, &embedder, &discovery, &|n| bar.inc(n), run.shared_stage(), ranks).map_err(|e| run.explain(e))?;
+    let modes = discover(&model, &settings, describers, &discovery, &|n| bar.inc(n), run.shared_stage(), ranks).map_err(|e| run.explain(e))?;
     bar.finish_and_clear();
     let discovery_seconds = run.seconds() - load_seconds;
     let chain_results = if args.average {
@@ -186,7 +224,19 @@ fn resolve(args: &ModesArgs) -> Result<(ModelSource, SamplingSettings, Discovery
     let samples = args.samples.unwrap_or(defaults.mode_samples);
     let settings = common.settings(&defaults, "--samples", samples)?;
     args.clusters.validate(samples.max(0) as usize).with_context(|| format!("--clusters with --samples {samples}"))?;
-    let grounding = args.by.as_deref().map(Grounding::parse).transpose()?;
+    let mut grounding = args.by.as_deref().map(Grounding::parse).transpose()?;
+    match (args.grounding, &mut grounding) {
+        (GroundingModel::BlipVqa, Some(g)) => {
+            ensure!(args.vqa.is_some(), "--grounding blip-vqa needs --vqa: a BLIP VQA model (e.g. Salesforce/blip-vqa-base)");
+            let question = args.question.clone().unwrap_or_else(|| g.default_question());
+            ensure!(!question.trim().is_empty(), "--question is empty");
+            g.describer = Describer::BlipVqa { question };
+        }
+        _ => ensure!(
+            args.vqa.is_none() && args.question.is_none(),
+            "--vqa and --question are for `--grounding blip-vqa`, which is not selected"
+        ),
+    }
     let discovery = DiscoverySettings { samples, clusters: args.clusters, criterion: args.cluster_criterion, pca_dims: args.pca_dims.unwrap_or(defaults.pca_dims), grounding };
     if discovery.pca_dims == 0 {
         bail!("--pca-dims must be at least 1");
@@ -276,6 +326,7 @@ fn write_modes(o: Outputs, out: OutDir, modes: &Modes, chain_results: Option<(Sa
         "samples": samples,
         "clip": o.clip_dir.display().to_string(),
         "grounding": o.discovery.grounding,
+        "vqa": o.args.vqa,
         "clustering": modes.clustering,
         "clusters": clusters,
     });
@@ -301,4 +352,13 @@ fn write_modes(o: Outputs, out: OutDir, modes: &Modes, chain_results: Option<(Sa
     let folder = out.finish()?;
     eprintln!("{} clusters of {samples} samples (sizes {:?}); wrote {}", modes.clustering.k, modes.clustering.sizes, folder.display());
     Ok(())
+}
+
+/// The VQA model of --vqa (a folder or a Hugging Face id in the local cache), in float32 on `device`.
+fn load_vqa(spec: &str, device: tch::Device) -> Result<BlipVqa> {
+    let dir = match ModelSource::resolve(spec).with_context(|| format!("--vqa {spec}"))? {
+        ModelSource::Folder(dir) => dir,
+        ModelSource::SingleFile(file) => bail!("--vqa {}: expected a BlipForQuestionAnswering folder, not a single file", file.display()),
+    };
+    BlipVqa::load(&dir, device, tch::Kind::Float).with_context(|| format!("--vqa {spec}"))
 }

@@ -102,9 +102,12 @@ pub fn results_markdown(concepts: &[(String, &ConceptScores)]) -> String {
     let mut out = String::from(
         "Consistency: mean pairwise CLIP cosine distance between prototypes from different seeds (lower is better). \
          Representativeness: CLIP cosine distance from a prototype to the mean embedding of the concept's samples \
-         (lower is better). Sharpness: variance of the Laplacian. Quality: ImageReward against the prompt (higher \
-         is better), where a reward model was given.\n\n",
+         (lower is better). Sharpness: variance of the Laplacian.",
     );
+    if concepts.iter().any(|(_, c)| c.samples_image_reward.is_some()) {
+        out.push_str(" Quality: ImageReward against the prompt (higher is better).");
+    }
+    out.push_str("\n\n");
     let all: Vec<&ConceptScores> = concepts.iter().map(|(_, c)| *c).collect();
     if all.len() > 1 {
         let _ = writeln!(out, "## Mean over {} subjects\n", all.len());

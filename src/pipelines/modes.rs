@@ -8,23 +8,35 @@ use crate::adapters::training::{mean_loss, prompt_with_token, train, AdapterTrai
 use crate::adapters::{lora, Adapter, AdapterKind};
 use crate::clustering::{cluster, ClusterCount, Clustering, Criterion};
 use crate::evaluation::clip_embedder::ClipEmbedder;
+use crate::models::blip::vqa::BlipVqa;
 use crate::distributed::{Parcel, Ranks};
 use crate::method::{AlignSettings, StepLog};
 use crate::passes::Passes;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// A grounded axis, `--by "colour: red, blue, black"`: samples are clustered by their CLIP similarity to one text
-/// prompt per value instead of by their whole image embedding.
+/// A grounded axis, `--by "colour: red, blue, black"`: samples are clustered by how each value describes them
+/// instead of by their whole image embedding, as `describer` judges it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Grounding {
     pub attribute: String,
     pub values: Vec<String>,
+    pub describer: Describer,
+}
+
+/// What says how well a value describes a sample.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", tag = "model")]
+pub enum Describer {
+    /// The CLIP similarity of the image to the value's text.
+    Clip,
+    /// The log-likelihood BLIP's VQA model gives the value as the answer to `question` about the image.
+    BlipVqa { question: String },
 }
 
 impl Grounding {
-    /// "attribute: value, value, ..." with at least two distinct values.
+    /// "attribute: value, value, ..." with at least two distinct values, described by CLIP.
     pub fn parse(text: &str) -> Result<Self> {
         let Some((attribute, values)) = text.split_once(':') else {
             bail!("--by {text:?}: expected an attribute and its values, e.g. \"colour: red, blue, black\"");
@@ -38,9 +50,24 @@ impl Grounding {
         unique.sort();
         unique.dedup();
         ensure!(unique.len() == values.len(), "--by {text:?}: a value is listed twice");
-        Ok(Self { attribute, values })
+        Ok(Self { attribute, values, describer: Describer::Clip })
+    }
+
+    /// The question a VQA model is asked when none is given: "what is the <attribute>?".
+    pub fn default_question(&self) -> String {
+        format!("what is the {}?", self.attribute)
     }
 }
+
+/// The models samples are described with: CLIP always, BLIP's VQA model for `Describer::BlipVqa` grounding.
+#[derive(Clone, Copy)]
+pub struct Describers<'a> {
+    pub clip: &'a ClipEmbedder,
+    pub vqa: Option<&'a BlipVqa>,
+}
+
+/// Images per pass of the VQA model (its ViT reads 384x384 images).
+const VQA_BATCH: i64 = 16;
 
 /// How modes are found.
 #[derive(Clone, Debug, Serialize)]
@@ -82,18 +109,21 @@ impl Modes {
     }
 }
 
-/// What clustering sees: unit image embeddings [N, D], or, grounded, each image's cosine similarity to each
-/// value's text less the image's mean similarity [N, V]. Zero-shot choices among the values depend only on those
-/// differences; the mean (how much the image resembles any of the values) is not the axis the user named.
-pub fn features(embedder: &ClipEmbedder, images: &Tensor, grounding: Option<&Grounding>) -> Result<Tensor> {
-    let images = embedder.image_embeds(images)?;
-    Ok(match grounding {
-        Some(g) => {
-            let similarity = images.matmul(&embedder.text_embeds(&g.values)?.tr());
-            &similarity - similarity.mean_dim(1, true, Kind::Float)
+/// What clustering sees: unit image embeddings [N, D], or, grounded, each value's score for each image less the
+/// image's mean score over the values [N, V]. Zero-shot choices among the values depend only on those differences;
+/// the mean (how much the image resembles any of the values, or how likely any answer is) is not the axis the user
+/// named. The scores: CLIP cosine similarities, or the VQA model's answer log-likelihoods, where a value's constant
+/// offset (a longer answer is less likely everywhere) moves every sample alike and so separates none.
+pub fn features(describers: Describers, images: &Tensor, grounding: Option<&Grounding>) -> Result<Tensor> {
+    let Some(g) = grounding else { return describers.clip.image_embeds(images) };
+    let scores = match &g.describer {
+        Describer::Clip => describers.clip.image_embeds(images)?.matmul(&describers.clip.text_embeds(&g.values)?.tr()),
+        Describer::BlipVqa { question } => {
+            let vqa = describers.vqa.context("grounding by BLIP-VQA needs a VQA model (--vqa)")?;
+            vqa.answer_log_likelihoods(images, question, &g.values, VQA_BATCH)?
         }
-        None => images,
-    })
+    };
+    Ok(&scores - scores.mean_dim(1, true, Kind::Float))
 }
 
 /// Principal components to keep: grounded features have V - 1 dimensions (their rows sum to zero).
@@ -111,7 +141,7 @@ fn clustering_dims(settings: &DiscoverySettings) -> usize {
 pub fn discover(
     model: &DiffusionModel,
     sampling: &SamplingSettings,
-    embedder: &ClipEmbedder,
+    describers: Describers,
     settings: &DiscoverySettings,
     progress: &dyn Fn(u64),
     checkpoints: &mut dyn Checkpoints,
@@ -127,7 +157,7 @@ pub fn discover(
     // Every rank needs to know which sample is in which mode; how the clusters were found is rank 0's to report.
     let mut found = None;
     let (k, labels) = ranks.from_root(|| {
-        let clustering = cluster_images(embedder, &images, settings, sampling.seed)?;
+        let clustering = cluster_images(describers, &images, settings, sampling.seed)?;
         let assignment = (clustering.k, clustering.labels.clone());
         found = Some(clustering);
         Ok(assignment)
@@ -137,8 +167,8 @@ pub fn discover(
 }
 
 /// Embeds images [N,C,H,W] in [0,1] as `settings` says (whole image or grounded) and clusters them.
-pub fn cluster_images(embedder: &ClipEmbedder, images: &Tensor, settings: &DiscoverySettings, seed: u64) -> Result<Clustering> {
-    let features = features(embedder, images, settings.grounding.as_ref())?;
+pub fn cluster_images(describers: Describers, images: &Tensor, settings: &DiscoverySettings, seed: u64) -> Result<Clustering> {
+    let features = features(describers, images, settings.grounding.as_ref())?;
     cluster(&features, settings.clusters, settings.criterion, clustering_dims(settings), seed)
 }
 
