@@ -37,6 +37,16 @@ if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps-3" ]; the
   touch "$DMA_VENV/.fixture-deps-3"
 fi
 
+# scripts/make_dreamsim_fixture.py runs the dreamsim package's own code (model.py, feature_extraction/*). --no-deps:
+# its other requirements are installed above (peft, timm, torchvision, transformers) or not imported by what the
+# script runs (scipy; open-clip-torch, imported only for load_open_clip_as_dino's unused _sanity_check, needs ftfy
+# and timm>=1.0.17, which would clash with ImageReward's timm 0.6.13, so the script stubs that one import).
+if [ "${DMA_FIXTURE_DEPS:-0}" = 1 ] && [ ! -f "$DMA_VENV/.fixture-deps-4" ]; then
+  dma_log "installing dreamsim for the DreamSim fixture"
+  "$DMA_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps dreamsim==0.2.1 || return 1
+  touch "$DMA_VENV/.fixture-deps-4"
+fi
+
 # torch-sys asks `python3` where libtorch is, so the venv's interpreter must come first on PATH.
 export PATH="$DMA_VENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1

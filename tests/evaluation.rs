@@ -146,11 +146,18 @@ fn eval_writes_every_method_s_figures_and_a_report_that_renders_with_its_images(
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 1 + methods.len(), "{csv}");
+    let header: Vec<&str> = rows[0].split(',').collect();
+    let figures = ["consistency", "representativeness", "sharpness", "sharpness_vs_samples", "samples_sharpness", "median_sample_representativeness"];
     for (row, method) in rows[1..].iter().zip(methods) {
         let fields: Vec<&str> = row.split(',').collect();
         assert_eq!(fields[2], method);
-        for figure in &fields[3..9] {
-            assert!(figure.parse::<f64>().is_ok_and(f64::is_finite), "{method}: {figure} in {row}");
+        for name in figures {
+            let figure = fields[header.iter().position(|h| *h == name).unwrap()];
+            assert!(figure.parse::<f64>().is_ok_and(f64::is_finite), "{method}: {name} {figure} in {row}");
+        }
+        // Without --dreamsim and --image-reward their columns are empty.
+        for name in ["dreamsim_consistency", "image_reward"] {
+            assert_eq!(fields[header.iter().position(|h| *h == name).unwrap()], "", "{name} in {row}");
         }
     }
     let results = read_json(&out.join("results.json"));
@@ -205,14 +212,15 @@ fn fresh_samples_redraw_the_samples_for_every_repetition() {
     assert!(methods[0]["consistency"].as_f64().unwrap() > 0.0 && methods[1]["consistency"].as_f64().unwrap() > 0.0, "{methods}");
 }
 
-/// `--image-reward`: Table 1's quality column, every prototype and sample scored against the prompt by the tiny
-/// ImageReward fixture; a deterministic average scores the same in every repetition.
+/// `--image-reward` and `--dreamsim`: Table 1's quality and DreamSim consistency columns, by the tiny fixtures;
+/// a deterministic average scores the same in every repetition, so its DreamSim consistency is 0 exactly.
 #[test]
-fn eval_with_image_reward_scores_every_prototype_and_the_samples() {
+fn eval_with_image_reward_and_dreamsim_fills_table_1() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let reward = fixture("tiny-image-reward");
-    let output = tiny_eval(&out, &["--methods", "avg-vae,dma", "--image-reward", reward.to_str().unwrap()]);
+    let (reward, dreamsim) = (fixture("tiny-image-reward"), fixture("tiny-dreamsim"));
+    let flags = ["--methods", "avg-vae,dma", "--image-reward", reward.to_str().unwrap(), "--dreamsim", dreamsim.to_str().unwrap()];
+    let output = tiny_eval(&out, &flags);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let results = read_json(&out.join("results.json"));
     let scores = &results["results"][0]["scores"];
@@ -230,13 +238,18 @@ fn eval_with_image_reward_scores_every_prototype_and_the_samples() {
     for row in csv.lines().skip(1) {
         assert!(row.split(',').nth(column).unwrap().parse::<f64>().is_ok_and(f64::is_finite), "{row}");
     }
+    let dreamsim_consistency = |i: usize| scores["methods"][i]["dreamsim_consistency"].as_f64().unwrap();
+    assert_eq!(dreamsim_consistency(0), 0.0, "{scores}");
+    assert!(dreamsim_consistency(1) > 0.0, "{scores}");
     let markdown = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert!(markdown.contains("quality (ImageReward)"), "{markdown}");
-    assert_eq!(read_json(&out.join("run.json"))["image_reward"], reward.to_str().unwrap());
+    assert!(markdown.contains("quality (ImageReward)") && markdown.contains("consistency (DreamSim)"), "{markdown}");
+    let run = read_json(&out.join("run.json"));
+    assert_eq!((&run["image_reward"], &run["dreamsim"]), (&serde_json::json!(reward), &serde_json::json!(dreamsim)));
     // Without it, no such column.
     let plain = tmp.path().join("plain");
     assert!(tiny_eval(&plain, &["--methods", "avg-vae"]).status.success());
-    assert!(!std::fs::read_to_string(plain.join("results.md")).unwrap().contains("ImageReward"));
+    let markdown = std::fs::read_to_string(plain.join("results.md")).unwrap();
+    assert!(!markdown.contains("ImageReward") && !markdown.contains("DreamSim"), "{markdown}");
 }
 
 #[test]
@@ -275,6 +288,7 @@ fn bad_eval_input_fails_with_one_clear_message_and_no_output() {
         (vec!["--prompts", missing.to_str().unwrap()], vec!["missing.txt"]),
         (vec!["--prompts", empty.to_str().unwrap()], vec!["no prompts"]),
         (vec!["--image-reward", missing.to_str().unwrap()], vec!["--image-reward", "missing.txt"]),
+        (vec!["--dreamsim", missing.to_str().unwrap()], vec!["--dreamsim", "missing.txt"]),
     ] {
         let out = tmp.path().join("out");
         let output = tiny_eval(&out, &flags);

@@ -23,6 +23,7 @@ use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
 use dma::pipelines::evaluation::{draw_samples, evaluate_seed, score, ConceptScores, EvalSettings, Instruments, Method, Protocol, SeedOutcome};
 use dma::models::blip::image_reward::ImageReward;
+use dma::models::dreamsim::DreamSim;
 use dma::loaders::ModelSource;
 use dma::pipelines::mental_average::SamplingSettings;
 use dma::pipelines::DiffusionModel;
@@ -112,6 +113,13 @@ pub struct EvalCommon {
     #[arg(long)]
     #[serde(default)]
     pub fresh_samples: bool,
+    /// DreamSim for a second consistency (the paper's Table 1): the folder the `dreamsim` package caches its
+    /// default "ensemble" model in (its cache_dir, ./models by default), holding checkpoints/
+    /// dino_vitbase16_pretrain.pth, clip_vitb16_pretrain.pth.tar, open_clip_vitb16_pretrain.pth.tar and
+    /// ensemble_lora/.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub dreamsim: Option<PathBuf>,
     /// ImageReward for the prototypes' quality (the paper's Table 1): the `image-reward` package's ImageReward.pt,
     /// or the folder holding it (~/.cache/ImageReward), with med_config.json beside it and BERT's vocab.txt beside it
     /// or bert-base-uncased in the Hugging Face cache. Scores every prototype and sample against its prompt.
@@ -139,6 +147,10 @@ impl EvalCommon {
     /// The recorded arguments of a run resumed into `dir`, shown as `given` asks.
     fn resumed(self, given: &EvalCommon, dir: PathBuf) -> Self {
         Self { judging: self.judging.resumed(&given.judging, dir), ..self }
+    }
+
+    fn judge_paths(&self) -> JudgePaths<'_> {
+        JudgePaths { dreamsim: self.dreamsim.as_deref(), image_reward: self.image_reward.as_deref() }
     }
 }
 
@@ -261,25 +273,39 @@ enum Clip {
     Plain(ClipEmbedder),
 }
 
-/// What prototypes are judged with: the metrics' CLIP, and ImageReward where --image-reward gives it.
+/// What prototypes are judged with: the metrics' CLIP, and DreamSim and ImageReward where --dreamsim and
+/// --image-reward give them.
 pub(super) struct Judge {
     clip: Clip,
+    dreamsim: Option<DreamSim>,
     image_reward: Option<ImageReward>,
 }
 
+/// Where `eval` and `compare` find the optional judges.
+#[derive(Clone, Copy, Default)]
+pub(super) struct JudgePaths<'a> {
+    pub dreamsim: Option<&'a Path>,
+    pub image_reward: Option<&'a Path>,
+}
+
 impl Judge {
-    /// Loads the judges on the model's device: the CLIP of --clip (the embedded one by default), and ImageReward
-    /// from `image_reward` (in float32).
-    pub(super) fn load(clip: Option<&Path>, image_reward: Option<&Path>, model: &DiffusionModel) -> Result<(Self, PathBuf)> {
+    /// Loads the judges on the model's device: the CLIP of --clip (the embedded one by default), and DreamSim and
+    /// ImageReward from `paths` (in float32).
+    pub(super) fn load(clip: Option<&Path>, paths: JudgePaths, model: &DiffusionModel) -> Result<(Self, PathBuf)> {
         let dir = clip_dir(clip)?;
         let clip = match clip {
             None => Clip::Classes(ZeroShot::embedded(&dir, model.device)?),
             Some(_) => Clip::Plain(ClipEmbedder::load(&dir, model.device)?),
         };
-        let image_reward = image_reward
+        let dreamsim = paths
+            .dreamsim
+            .map(|path| DreamSim::load(path, model.device, Kind::Float).with_context(|| format!("--dreamsim {}", path.display())))
+            .transpose()?;
+        let image_reward = paths
+            .image_reward
             .map(|path| ImageReward::load(path, model.device, Kind::Float).with_context(|| format!("--image-reward {}", path.display())))
             .transpose()?;
-        let judge = Self { clip, image_reward };
+        let judge = Self { clip, dreamsim, image_reward };
         check_clip(judge.embedder(), &dir, model)?;
         Ok((judge, dir))
     }
@@ -297,7 +323,7 @@ impl Judge {
             Clip::Classes(zero_shot) => Some((zero_shot, class_names)),
             Clip::Plain(_) => None,
         };
-        Instruments { clip: self.embedder(), zero_shot, image_reward: self.image_reward.as_ref() }
+        Instruments { clip: self.embedder(), zero_shot, dreamsim: self.dreamsim.as_ref(), image_reward: self.image_reward.as_ref() }
     }
 }
 
@@ -450,7 +476,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
-    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.image_reward.as_deref(), &model))?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.judge_paths(), &model))?;
     let subjects: Vec<Subject> = prompts.iter().enumerate().map(|(i, p)| Subject { title: p.clone(), prompt: p.clone(), stage: format!("subject-{i}") }).collect();
     let outcomes = evaluate_seeds(&mut run, &model, &judge, &subjects, &settings, judging.quiet)?;
     let seconds = run.seconds();
@@ -459,6 +485,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         let evaluated = subjects.iter().zip(outcomes).map(|(s, o)| scored(&judge, &s.title, &s.prompt, &source, o)).collect::<Result<Vec<_>>>()?;
         let mut record = base_record("eval", &settings, &clip, seconds, (resumed, ranks));
         record["image_reward"] = json!(args.common.image_reward);
+        record["dreamsim"] = json!(args.common.dreamsim);
         record["model"] = model_record(&source, &model)?;
         record["device"] = json!(args.model.device);
         record["dtype"] = json!(args.model.dtype);
@@ -499,7 +526,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
             check_class_ids(model, args.class_id.as_slice()).with_context(|| format!("the model {}", source.path().display()))?;
             check_prompt(model, &prompt, Some(source.path()))
         })?;
-        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.image_reward.as_deref(), &model))?;
+        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.judge_paths(), &model))?;
         let subject = Subject { title: format!("{}: {prompt}", source.path().display()), prompt: prompt.clone(), stage: format!("subject-{i}") };
         if let Some(mut outcomes) = evaluate_seeds(&mut run, &model, &judge, std::slice::from_ref(&subject), settings, judging.quiet)? {
             evaluated.push((subject, source, outcomes.pop().unwrap_or_default()));
@@ -513,6 +540,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
         let evaluated = evaluated.into_iter().map(|(s, source, o)| scored(&judge, &s.title, &s.prompt, source, o)).collect::<Result<Vec<_>>>()?;
         let mut record = base_record("compare", &settings[0], &clip, seconds, (resumed, ranks));
         record["image_reward"] = json!(args.common.image_reward);
+        record["dreamsim"] = json!(args.common.dreamsim);
         record["models"] = json!(models);
         record["device"] = json!(args.device);
         record["dtype"] = json!(args.dtype);

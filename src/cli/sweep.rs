@@ -3,7 +3,7 @@
 //! scores DMA, with its cost counted in network passes.
 use super::average::{AlignArgs, SamplerArgs};
 use super::common::{check_class_ids, check_prompt, out_dir, ModelArgs};
-use super::eval::{ConceptArgs, Judge, JudgingArgs};
+use super::eval::{ConceptArgs, Judge, JudgePaths, JudgingArgs};
 use super::job::agree;
 use super::report::{model_record, png_text, subject_folder};
 use super::resume::Resumable;
@@ -183,7 +183,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
-    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), None, &model))?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), JudgePaths::default(), &model))?;
     let sweep_items = SweepItem::all(prompts.len(), points.len(), &seeds);
     let items: Vec<Item> = sweep_items
         .iter()

@@ -126,6 +126,18 @@ impl ImageProcessor {
         Self::new(ProcessorFile::default(), image_size, 3)
     }
 
+    /// An RGB bicubic resize to `size` x `size` and nothing else (DreamSim's `Resize((224, 224))`; it normalises
+    /// per backbone itself).
+    pub fn resize_only(size: i64) -> Result<Self> {
+        let file = ProcessorFile {
+            size: Some(SizeField::Dict(SizeDict { shortest_edge: None, height: Some(size), width: Some(size) })),
+            do_center_crop: false,
+            do_normalize: false,
+            ..ProcessorFile::default()
+        };
+        Self::new(file, size, 3)
+    }
+
     fn new(file: ProcessorFile, s: i64, channels: i64) -> Result<Self> {
         ensure!(file.resample == BICUBIC, "resample {} is not supported, only {BICUBIC} (bicubic)", file.resample);
         let resize = file.do_resize.then(|| file.size.map_or(Ok(Resize::ShortestEdge(s)), Resize::parse)).transpose()?;

@@ -6,6 +6,7 @@ pub mod denoiser;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod dit;
+pub mod dreamsim;
 pub mod embeddings;
 pub mod image_processor;
 pub mod tokenizer;

@@ -1,7 +1,9 @@
-//! The Vision Transformer of timm (and of BLIP's own `vit.py`, which ImageReward ships): the image cut into
-//! patches by a strided convolution, a class token in front, learned positions, pre-norm blocks with one fused
+//! The Vision Transformer of timm and DINO (and of BLIP's own `vit.py`, which ImageReward ships): the image cut
+//! into patches by a strided convolution, a class token in front, learned positions, pre-norm blocks with one fused
 //! q/k/v projection, a final layer norm. Weights by timm's names (`patch_embed.proj`, `cls_token`, `pos_embed`,
 //! `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`); other layouts rename theirs to these.
+//! CLIP's image towers fit it too, as DreamSim converts them: a layer norm after the positions (CLIP's `ln_pre`,
+//! stored as `pos_drop`) and, for OpenAI's, the quick GELU.
 use crate::nn::{Conv2d, LayerNorm, Linear};
 use crate::weights::WeightPath;
 use anyhow::{ensure, Result};
@@ -17,6 +19,26 @@ pub struct VitConfig {
     pub image_size: i64,
     pub channels: i64,
     pub layer_norm_eps: f64,
+    pub activation: VitActivation,
+    /// A layer norm on the tokens before the first block (`pos_drop`: CLIP's `ln_pre`).
+    pub pre_norm: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VitActivation {
+    /// The exact (erf) GELU, nn.GELU's default: timm's, DINO's, BLIP's and OpenCLIP's ViTs.
+    Gelu,
+    /// x * sigmoid(1.702 x): OpenAI's CLIP.
+    QuickGelu,
+}
+
+impl VitActivation {
+    fn forward(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Gelu => x.gelu("none"),
+            Self::QuickGelu => x * (x * 1.702).sigmoid(),
+        }
+    }
 }
 
 impl VitConfig {
@@ -45,6 +67,7 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     heads: i64,
+    activation: VitActivation,
 }
 
 impl Block {
@@ -58,6 +81,7 @@ impl Block {
             fc1: Linear::load(&p.sub("mlp.fc1"), d, cfg.mlp_width, true)?,
             fc2: Linear::load(&p.sub("mlp.fc2"), cfg.mlp_width, d, true)?,
             heads: cfg.heads,
+            activation: cfg.activation,
         })
     }
 
@@ -70,8 +94,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let x = x + self.attention(&self.norm1.forward(x));
-        // Exact (erf) GELU, nn.GELU's default, in timm's and BLIP's ViTs.
-        &x + self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"))
+        &x + self.fc2.forward(&self.activation.forward(&self.fc1.forward(&self.norm2.forward(&x))))
     }
 }
 
@@ -79,6 +102,7 @@ pub struct VisionTransformer {
     patch_embed: Conv2d,
     cls_token: Tensor,
     pos_embed: Tensor,
+    pre_norm: Option<LayerNorm>,
     blocks: Vec<Block>,
     norm: LayerNorm,
     pub config: VitConfig,
@@ -92,6 +116,7 @@ impl VisionTransformer {
             patch_embed: Conv2d::load(&p.sub("patch_embed.proj"), cfg.channels, d, cfg.patch_size, cfg.patch_size, 0)?,
             cls_token: p.get("cls_token", &[1, 1, d])?,
             pos_embed: p.get("pos_embed", &[1, cfg.patches() + 1, d])?,
+            pre_norm: cfg.pre_norm.then(|| LayerNorm::load(&p.sub("pos_drop"), d, cfg.layer_norm_eps)).transpose()?,
             blocks: (0..cfg.depth).map(|i| Block::load(&p.sub("blocks").sub(i), cfg)).collect::<Result<_>>()?,
             norm: LayerNorm::load(&p.sub("norm"), d, cfg.layer_norm_eps)?,
             config: cfg.clone(),
@@ -100,13 +125,21 @@ impl VisionTransformer {
 
     /// Every token's final state [B, 1 + patches, width], the class token first, from pixel values [B, C, S, S].
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
+        self.norm.forward(&self.blocks_output(pixels))
+    }
+
+    /// Every token as the last block gives it, before the final norm (DINO's features, as DreamSim reads them).
+    pub fn blocks_output(&self, pixels: &Tensor) -> Tensor {
         let kind = pixels.kind();
         let patches = self.patch_embed.forward(pixels).flatten(2, 3).transpose(1, 2);
         let cls = self.cls_token.to_kind(kind).expand([patches.size()[0], 1, -1], false);
         let mut x = Tensor::cat(&[cls, patches], 1) + self.pos_embed.to_kind(kind);
+        if let Some(norm) = &self.pre_norm {
+            x = norm.forward(&x);
+        }
         for block in &self.blocks {
             x = block.forward(&x);
         }
-        self.norm.forward(&x)
+        x
     }
 }

@@ -29,7 +29,7 @@ fn classes_text(scores: &MethodScores) -> String {
 
 pub fn results_csv(concepts: &[(String, &ConceptScores)]) -> String {
     let mut out = String::from(
-        "subject,prompt,method,consistency,representativeness,sharpness,sharpness_vs_samples,samples_sharpness,median_sample_representativeness,image_reward,samples_image_reward,classes\n",
+        "subject,prompt,method,consistency,representativeness,sharpness,sharpness_vs_samples,samples_sharpness,median_sample_representativeness,classes,dreamsim_consistency,image_reward,samples_image_reward\n",
     );
     for (subject, concept) in concepts {
         for m in &concept.methods {
@@ -43,9 +43,11 @@ pub fn results_csv(concepts: &[(String, &ConceptScores)]) -> String {
                 m.sharpness_vs_samples.to_string(),
                 concept.samples_sharpness.to_string(),
                 concept.median_sample_representativeness.to_string(),
+                csv_field(&classes_text(m)),
+                // The instruments added later come last, so readers by position keep working.
+                optional(m.dreamsim_consistency),
                 optional(m.image_reward),
                 optional(concept.samples_image_reward),
-                csv_field(&classes_text(m)),
             ];
             writeln!(out, "{}", fields.join(",")).expect("writing to a String");
         }
@@ -56,6 +58,8 @@ pub fn results_csv(concepts: &[(String, &ConceptScores)]) -> String {
 /// One table: a row per method, each figure the mean over `concepts`; the ImageReward column where they have it.
 fn method_table(out: &mut String, concepts: &[&ConceptScores], with_classes: bool) {
     let with_reward = concepts.iter().any(|c| c.samples_image_reward.is_some());
+    let with_dreamsim = concepts.iter().any(|c| c.methods.iter().any(|m| m.dreamsim_consistency.is_some()));
+    let dreamsim_cell = |cell: String| if with_dreamsim { format!(" {cell} |") } else { String::new() };
     let extra = |reward: String, classes: String| {
         let mut cells = String::new();
         if with_reward {
@@ -68,19 +72,21 @@ fn method_table(out: &mut String, concepts: &[&ConceptScores], with_classes: boo
     };
     let _ = writeln!(
         out,
-        "| method | consistency (CLIP) | representativeness (CLIP) | sharpness | sharpness / samples' |{}",
+        "| method | consistency (CLIP) |{} representativeness (CLIP) | sharpness | sharpness / samples' |{}",
+        dreamsim_cell("consistency (DreamSim)".into()),
         extra("quality (ImageReward)".into(), "classes".into())
     );
-    let _ = writeln!(out, "|---|---|---|---|---|{}", extra("---".into(), "---".into()));
+    let _ = writeln!(out, "|---|---|{}---|---|---|{}", dreamsim_cell("---".into()), extra("---".into(), "---".into()));
     let methods: Vec<Method> = concepts.first().map(|c| c.methods.iter().map(|m| m.method).collect()).unwrap_or_default();
     for (i, method) in methods.iter().enumerate() {
         let column = |f: &dyn Fn(&MethodScores) -> Option<f64>| mean(&concepts.iter().filter_map(|c| f(&c.methods[i])).collect::<Vec<_>>());
         let classes = concepts.iter().map(|c| classes_text(&c.methods[i])).collect::<Vec<_>>().join("; ");
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |{}",
+            "| {} | {} |{} {} | {} | {} |{}",
             method.label(),
             figure(column(&|m| m.consistency)),
+            dreamsim_cell(figure(column(&|m| m.dreamsim_consistency))),
             figure(column(&|m| Some(m.representativeness))),
             figure(column(&|m| Some(m.sharpness))),
             figure(column(&|m| Some(m.sharpness_vs_samples))),
@@ -90,7 +96,8 @@ fn method_table(out: &mut String, concepts: &[&ConceptScores], with_classes: boo
     let samples = |f: &dyn Fn(&ConceptScores) -> Option<f64>| figure(mean(&concepts.iter().filter_map(|c| f(c)).collect::<Vec<_>>()));
     let _ = writeln!(
         out,
-        "| samples (median / mean) | - | {} | {} | 1 |{}",
+        "| samples (median / mean) | - |{} {} | {} | 1 |{}",
+        dreamsim_cell("-".into()),
         samples(&|c| Some(c.median_sample_representativeness)),
         samples(&|c| Some(c.samples_sharpness)),
         extra(samples(&|c| c.samples_image_reward), String::new())
@@ -104,6 +111,9 @@ pub fn results_markdown(concepts: &[(String, &ConceptScores)]) -> String {
          Representativeness: CLIP cosine distance from a prototype to the mean embedding of the concept's samples \
          (lower is better). Sharpness: variance of the Laplacian.",
     );
+    if concepts.iter().any(|(_, c)| c.methods.iter().any(|m| m.dreamsim_consistency.is_some())) {
+        out.push_str(" Consistency (DreamSim): the same with DreamSim's distance.");
+    }
     if concepts.iter().any(|(_, c)| c.samples_image_reward.is_some()) {
         out.push_str(" Quality: ImageReward against the prompt (higher is better).");
     }

@@ -13,6 +13,7 @@ use crate::evaluation::metrics::{consistency, distances_to_mean, mean, median};
 use crate::evaluation::sharpness::laplacian_variance;
 use crate::evaluation::zero_shot::ZeroShot;
 use crate::models::blip::image_reward::ImageReward;
+use crate::models::dreamsim::DreamSim;
 use crate::method::{AlignSettings, StepLog};
 use crate::passes::Passes;
 use crate::distributed::{Parcel, Ranks};
@@ -266,6 +267,8 @@ pub struct MethodScores {
     pub method: Method,
     /// Mean pairwise CLIP cosine distance between its prototypes from different seeds (None with one seed).
     pub consistency: Option<f64>,
+    /// The same by DreamSim's distance (when a DreamSim model is given).
+    pub dreamsim_consistency: Option<f64>,
     /// CLIP cosine distance from each seed's prototype to the mean embedding of all the concept's samples, and
     /// their mean.
     pub representativeness_per_seed: Vec<f64>,
@@ -297,23 +300,24 @@ pub struct ConceptScores {
     pub samples_image_reward: Option<f64>,
 }
 
-/// What prototypes are judged with: the metrics' CLIP, a zero-shot classifier with its class names, and
-/// ImageReward for quality, the last two where given.
+/// What prototypes are judged with: the metrics' CLIP, a zero-shot classifier with its class names, DreamSim for
+/// a second consistency and ImageReward for quality, the last three where given.
 #[derive(Clone, Copy)]
 pub struct Instruments<'a> {
     pub clip: &'a ClipEmbedder,
     pub zero_shot: Option<(&'a ZeroShot, &'a [&'a str])>,
+    pub dreamsim: Option<&'a DreamSim>,
     pub image_reward: Option<&'a ImageReward>,
 }
 
-/// Images per ImageReward pass: its ViT-L reads 224x224 images.
-const REWARD_BATCH: i64 = 16;
+/// Images per ImageReward or DreamSim pass: their ViTs read 224x224 images.
+const JUDGE_BATCH: i64 = 16;
 
 impl Instruments<'_> {
     /// Each image's ImageReward for `prompt`, when a reward model is given.
     fn rewards(&self, images: &Tensor, prompt: &str) -> Result<Option<Vec<f64>>> {
         let Some(model) = self.image_reward else { return Ok(None) };
-        Ok(Some(Vec::<f64>::try_from(model.score(images, prompt, REWARD_BATCH)?.to_kind(Kind::Double))?))
+        Ok(Some(Vec::<f64>::try_from(model.score(images, prompt, JUDGE_BATCH)?.to_kind(Kind::Double))?))
     }
 }
 
@@ -368,7 +372,9 @@ impl<'a> Judged<'a> {
         // A repeated image gets its first copy's embedding: within a batch, a GEMM may round rows differently by
         // their position, which would make identical prototypes look (1e-14) inconsistent.
         let first_copy: Vec<i64> = (0..images.size()[0]).map(|i| (0..=i).find(|&j| images.get(j).equal(&images.get(i))).unwrap_or(i)).collect();
-        let embeds = self.instruments.clip.image_embeds(&images)?.index_select(0, &Tensor::from_slice(&first_copy).to_device(images.device()));
+        let first_copy = Tensor::from_slice(&first_copy).to_device(images.device());
+        let embeds = self.instruments.clip.image_embeds(&images)?.index_select(0, &first_copy);
+        let dreamsim_embeds = self.instruments.dreamsim.map(|d| d.embed(&images, JUDGE_BATCH)).transpose()?;
         let representativeness_per_seed = distances_to_mean(&embeds, &self.sample_embeds);
         let sharpness_per_seed = laplacian_variance(&images);
         let sharpness = mean(&sharpness_per_seed).unwrap_or(f64::NAN);
@@ -376,6 +382,7 @@ impl<'a> Judged<'a> {
         Ok(MethodScores {
             method,
             consistency: consistency(&embeds),
+            dreamsim_consistency: dreamsim_embeds.and_then(|e| consistency(&e.index_select(0, &first_copy))),
             representativeness: mean(&representativeness_per_seed).unwrap_or(f64::NAN),
             representativeness_per_seed,
             sharpness_vs_samples: sharpness / self.samples_sharpness,

@@ -90,10 +90,11 @@ fn open_plain_file(path: &Path, what: &str) -> Result<std::fs::File> {
     std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// The file extensions of PyTorch checkpoints (`torch_file`).
-pub const TORCH_EXTENSIONS: [&str; 4] = ["bin", "pt", "pth", "ckpt"];
+/// The file extensions of PyTorch checkpoints (`torch_file`); `tar` for the `.pth.tar` names some projects
+/// (DreamSim) give files torch.save wrote.
+pub const TORCH_EXTENSIONS: [&str; 5] = ["bin", "pt", "pth", "ckpt", "tar"];
 
-/// Every tensor of a weight file: safetensors, or a PyTorch checkpoint by its extension (.bin, .pt, .pth, .ckpt).
+/// Every tensor of a weight file: safetensors, or a PyTorch checkpoint by its extension (.bin, .pt, .pth, .ckpt, .tar).
 pub fn read_weight_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
     match path.extension().and_then(|e| e.to_str()) {
         Some(ext) if TORCH_EXTENSIONS.contains(&ext) => torch_file::read_torch_file(path),

@@ -9,7 +9,7 @@ use crate::loaders::source::hf_cache_snapshot;
 use crate::models::bert::{BertConfig, BlipTextModel};
 use crate::models::image_processor::ImageProcessor;
 use crate::models::tokenizer::WordPieceTokenizer;
-use crate::models::vit::{VisionTransformer, VitConfig};
+use crate::models::vit::{VisionTransformer, VitActivation, VitConfig};
 use crate::nn::Linear;
 use crate::weights::{read_weight_file, Weights};
 use anyhow::{bail, ensure, Context, Result};
@@ -95,6 +95,8 @@ fn vit_config(tensors: &HashMap<String, Tensor>, source: &str) -> Result<VitConf
         image_size: grid * patch_size,
         channels: patch[1],
         layer_norm_eps: VIT_LAYER_NORM_EPS,
+        activation: VitActivation::Gelu,
+        pre_norm: false,
     })
 }
 

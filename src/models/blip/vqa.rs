@@ -8,7 +8,7 @@ use crate::loaders::source::component_weight_files;
 use crate::models::bert::{sequence_log_likelihood, BertConfig, BlipTextModel, LmHead};
 use crate::models::image_processor::ImageProcessor;
 use crate::models::tokenizer::WordPieceTokenizer;
-use crate::models::vit::{VisionTransformer, VitConfig};
+use crate::models::vit::{VisionTransformer, VitActivation, VitConfig};
 use crate::weights::{read_weight_file, Weights};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
@@ -57,6 +57,8 @@ impl BlipVisionConfig {
             image_size: self.image_size,
             channels: 3,
             layer_norm_eps: self.layer_norm_eps,
+            activation: VitActivation::Gelu,
+            pre_norm: false,
         })
     }
 }
