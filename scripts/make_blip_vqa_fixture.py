@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats
+from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats, write_references
 
 OUT = FIXTURES / "tiny-blip-vqa"
 CASES = FIXTURES / "wordpiece-cases.json"
@@ -434,7 +434,6 @@ BLIP_DESCRIPTION = (
 
 def build_blip():
     import transformers
-    from safetensors.torch import save_file
 
     original = save_blip(OUT)
     model, tok, processor, missing = reload_blip(OUT, original)
@@ -442,7 +441,6 @@ def build_blip():
     ref = {k: v.detach().contiguous() for k, v in blip_references(model, tok, processor).items()}
     for k, v in ref.items():
         assert v.dtype in (torch.float32, torch.int64), (k, v.dtype)
-    save_file(ref, str(OUT / "reference.safetensors"), metadata={"format": "pt"})
     meta = {
         "description": BLIP_DESCRIPTION,
         "questions": QUESTIONS,
@@ -459,11 +457,8 @@ def build_blip():
         "tied_weights": TIED_NOTE + "; model.safetensors leaves out " + ", ".join(missing) if missing else
         TIED_NOTE + "; model.safetensors stores both copies",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in ref.items()},
     }
-    with open(OUT / "reference.json", "w") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    write_references(OUT, ref, meta, 1e6)
 
 
 def main():
@@ -478,9 +473,6 @@ def main():
     OUT.mkdir(parents=True)
     log(f"building {OUT.relative_to(ROOT)}")
     build_blip()
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    log(f"done; {OUT.relative_to(ROOT)} holds {total / 1e3:.0f} kB: {sorted(p.name for p in OUT.iterdir())}")
-    assert total < 1e6, "the BLIP VQA fixture must stay under 1 MB"
 
 
 if __name__ == "__main__":

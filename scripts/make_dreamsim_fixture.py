@@ -89,7 +89,7 @@ import numpy
 import torch
 
 from make_blip_vqa_fixture import rescale_, to_pil
-from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats
+from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats, write_references
 
 OUT = FIXTURES / "tiny-dreamsim"
 IMAGE_SIZE = 224  # dreamsim_args['img_size']
@@ -507,7 +507,6 @@ def main():
     import safetensors
     import torchvision
     import transformers
-    from safetensors.torch import save_file
 
     torch.set_num_threads(1)  # tiny work; the result does not depend on it
     transformers.utils.logging.set_verbosity_error()
@@ -529,7 +528,6 @@ def main():
     levels = ref["pixels"] * 255
     assert torch.equal(levels.round(), levels) and torch.equal(levels.round().to(torch.uint8).float() / 255, ref["pixels"])
     ref["pixels"] = levels.round().to(torch.uint8)
-    save_file(ref, str(OUT / "reference.safetensors"), metadata={"format": "pt"})
     adapter_files = sorted(p.name for p in (OUT / LORA_DIR).iterdir())
     weight_files = [DINO_HUB_FILE, *CLIP_FILES.values(), DINO_TRAINING_FILE]
     weight_files.append(Path(LORA_DIR) / "adapter_model.safetensors")
@@ -571,14 +569,8 @@ def main():
             if getattr(sys.modules.get("open_clip"), "stubbed", False)
             else importlib.metadata.version("open-clip-torch"),
         },
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in ref.items()},
     }
-    with open(OUT / "reference.json", "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    log(f"done; {OUT.relative_to(ROOT)} holds {total / 1e3:.0f} kB: {sorted(p.name for p in OUT.iterdir())}")
-    assert total < 3.5e6, "the DreamSim fixture must stay under 3.5 MB"
+    write_references(OUT, ref, meta, 3.5e6)
 
 
 if __name__ == "__main__":

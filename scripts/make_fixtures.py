@@ -86,6 +86,21 @@ def log(*args):
     print("[make_fixtures]", *args, flush=True)
 
 
+def write_references(folder, ref, meta, max_bytes):
+    """Writes reference.safetensors (the tensors `ref`) and reference.json (`meta`, with every tensor's shape and
+    dtype under "tensors"), then checks that the whole fixture folder stays under `max_bytes`."""
+    from safetensors.torch import save_file
+
+    save_file(ref, str(folder / "reference.safetensors"), metadata={"format": "pt"})
+    meta = {**meta, "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in ref.items()}}
+    with open(folder / "reference.json", "w") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    log(f"done; {folder.relative_to(ROOT)} holds {total / 1e3:.0f} kB: {sorted(p.name for p in folder.iterdir())}")
+    assert total < max_bytes, f"{folder.name} must stay under {max_bytes / 1e6:g} MB"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CLIP vocabulary
 # ----------------------------------------------------------------------------------------------------------------

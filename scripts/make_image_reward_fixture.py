@@ -69,7 +69,7 @@ import numpy
 import torch
 
 from make_blip_vqa_fixture import raw_images, rescale_, to_pil, write_vocab
-from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats
+from make_fixtures import FIXTURES, ROOT, check_sane, log, perturb_, stats, write_references
 
 OUT = FIXTURES / "tiny-image-reward"
 PROMPTS = ["a photo of a sneaker", "a red boot"]
@@ -341,7 +341,6 @@ DESCRIPTION = (
 def main():
     import torchvision
     import transformers
-    from safetensors.torch import save_file
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     transformers.utils.logging.set_verbosity_error()
@@ -366,7 +365,6 @@ def main():
     ref = {k: v.detach().contiguous() for k, v in references(model).items()}
     for k, v in ref.items():
         assert v.dtype in (torch.float32, torch.int64), (k, v.dtype)
-    save_file(ref, str(OUT / "reference.safetensors"), metadata={"format": "pt"})
     meta = {
         "description": DESCRIPTION,
         "prompts": PROMPTS,
@@ -389,14 +387,8 @@ def main():
             "timm": importlib.metadata.version("timm"),
             "fairscale": importlib.metadata.version("fairscale"),
         },
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in ref.items()},
     }
-    with open(OUT / "reference.json", "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    log(f"done; {OUT.relative_to(ROOT)} holds {total / 1e3:.0f} kB: {sorted(p.name for p in OUT.iterdir())}")
-    assert total < 1e6, "the ImageReward fixture must stay under 1 MB"
+    write_references(OUT, ref, meta, 1e6)
 
 
 if __name__ == "__main__":
