@@ -50,7 +50,7 @@ fn lora_parity(lora: Option<Lora>) -> [Closeness; 2] {
     let refs = references("adapters");
     let mut model = tiny(Kind::Float);
     let forward = |model: &DiffusionModel| {
-        tch::no_grad(|| common::unet_of(model).forward(&refs["unet_sample"], &refs["unet_timesteps"], &refs["unet_context"], None).sample)
+        tch::no_grad(|| common::unet_of(model).forward(&refs["unet_sample"], &refs["unet_timesteps"], &refs["unet_context"], None, None).sample)
     };
     let base = forward(&model);
     let adapter = match lora {

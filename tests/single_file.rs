@@ -67,7 +67,7 @@ fn single_file_parity(dir: &Path) -> (DiffusionModel, Vec<Closeness>) {
     let sd = single_file::load_with_configs(&ldm_file, dir, Device::Cpu, Kind::Float).unwrap();
     let refs = references(dir);
     let t = Tensor::from(reference_json(dir)["unet_timestep"].as_i64().unwrap());
-    let out = tch::no_grad(|| common::unet_of(&sd).forward(&refs["unet_sample"], &t, &refs["unet_encoder_hidden_states"], None));
+    let out = tch::no_grad(|| common::unet_of(&sd).forward(&refs["unet_sample"], &t, &refs["unet_encoder_hidden_states"], None, None));
     let hidden = common::text_condition(&sd, reference_json(dir)["prompt"].as_str().unwrap());
     let name = dir.file_name().unwrap().to_string_lossy();
     let checks = vec![

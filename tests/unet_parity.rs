@@ -32,8 +32,8 @@ fn unet_parity(dir: &Path, kind: Kind) -> Vec<Closeness> {
     let sample = refs["unet_sample"].to_kind(kind);
     let context = refs["unet_encoder_hidden_states"].to_kind(kind);
     let t = Tensor::from(timestep);
-    let out = tch::no_grad(|| unet.forward(&sample, &t, &context, None));
-    let h_only = tch::no_grad(|| unet.encode_h(&sample, &t, &context, None));
+    let out = tch::no_grad(|| unet.forward(&sample, &t, &context, None, None));
+    let h_only = tch::no_grad(|| unet.encode_h(&sample, &t, &context, None, None));
     let name = dir.file_name().unwrap().to_string_lossy();
     vec![
         closeness(&format!("{name} {kind:?} UNet output"), &out.sample, &refs["unet_out"], RTOL, 0.0),
@@ -85,7 +85,7 @@ fn unet_runs_in_half_precision_close_to_f32() {
     // scale holds that with room, and a wrong kernel would be off by the whole scale.
     let refs = references("tiny-sd1");
     let (unet, _) = load_unet(&fixture("tiny-sd1"), Kind::BFloat16);
-    let out = tch::no_grad(|| unet.forward(&refs["unet_sample"].to_kind(Kind::BFloat16), &Tensor::from(500), &refs["unet_encoder_hidden_states"].to_kind(Kind::BFloat16), None));
+    let out = tch::no_grad(|| unet.forward(&refs["unet_sample"].to_kind(Kind::BFloat16), &Tensor::from(500), &refs["unet_encoder_hidden_states"].to_kind(Kind::BFloat16), None, None));
     common::assert_close("bf16 UNet output", &out.sample, &refs["unet_out"], 0.1, 0.0);
 }
 
@@ -103,10 +103,10 @@ fn h_after_a_down_block_is_that_block_s_output_on_both_paths() {
     let levels = unet.config.block_out_channels.len();
     let mut shapes = Vec::new();
     for block in 0..levels {
-        let encoder = tch::no_grad(|| unet.encode_h(sample, &t, context, Some(block)));
-        let full = tch::no_grad(|| unet.forward(sample, &t, context, Some(block)));
+        let encoder = tch::no_grad(|| unet.encode_h(sample, &t, context, None, Some(block)));
+        let full = tch::no_grad(|| unet.forward(sample, &t, context, None, Some(block)));
         assert!(encoder.equal(&full.h), "block {block}: the encoder path's h differs from the full pass's");
-        assert!(full.sample.equal(&tch::no_grad(|| unet.forward(sample, &t, context, None)).sample), "block {block}: the output changed");
+        assert!(full.sample.equal(&tch::no_grad(|| unet.forward(sample, &t, context, None, None)).sample), "block {block}: the output changed");
         let halvings = block.min(levels - 2) as i64 + 1;
         let side = side >> halvings.min(levels as i64 - 1);
         assert_eq!(encoder.size(), [b, unet.config.block_out_channels[block], side, side], "block {block}");

@@ -3,7 +3,7 @@
 //! the question "UNet or DiT?" is answered here and in the loaders, nowhere else.
 use super::dit::DiTTransformer2DModel;
 use super::unet::config::unet_activation_volume;
-use super::unet::UNet2DConditionModel;
+use super::unet::{AddedCondition, UNet2DConditionModel};
 use crate::nn::Linear;
 use anyhow::{bail, ensure, Result};
 use tch::{Kind, Tensor};
@@ -15,23 +15,32 @@ const DIT_VOLUME_PER_TOKEN_CHANNEL_BLOCK: f64 = 0.64 / 0.646 * 7_127_040.0 / (25
 
 /// What the network is conditioned on, per sample along the batch.
 pub enum Condition {
-    /// A text encoder's hidden states [B, L, D] (Stable Diffusion).
+    /// A text encoder's hidden states [B, L, D] (Stable Diffusion 1.x, 2.x).
     Text(Tensor),
+    /// SDXL: both text encoders' hidden states [B, L, D], the second's pooled embedding [B, P] and the six size
+    /// numbers [B, 6] (original size, crop corner, target size).
+    TextTime { states: Tensor, pooled: Tensor, time_ids: Tensor },
     /// Class ids [B], int64 (DiT; the null class is the unconditional branch).
     Class(Tensor),
 }
 
 impl Condition {
     pub fn shallow_clone(&self) -> Self {
+        self.map(&|t| t.shallow_clone())
+    }
+
+    /// The condition with `f` applied to each of its tensors.
+    fn map(&self, f: &dyn Fn(&Tensor) -> Tensor) -> Self {
         match self {
-            Self::Text(t) => Self::Text(t.shallow_clone()),
-            Self::Class(c) => Self::Class(c.shallow_clone()),
+            Self::Text(t) => Self::Text(f(t)),
+            Self::TextTime { states, pooled, time_ids } => Self::TextTime { states: f(states), pooled: f(pooled), time_ids: f(time_ids) },
+            Self::Class(c) => Self::Class(f(c)),
         }
     }
 
     fn tensor(&self) -> &Tensor {
         match self {
-            Self::Text(t) | Self::Class(t) => t,
+            Self::Text(t) | Self::Class(t) | Self::TextTime { states: t, .. } => t,
         }
     }
 
@@ -46,25 +55,33 @@ impl Condition {
 
     /// `n` copies of a one-sample condition (a view, no copy).
     pub fn repeat(&self, n: i64) -> Self {
-        match self {
-            Self::Text(t) => Self::Text(t.expand([n, -1, -1], false)),
-            Self::Class(c) => Self::Class(c.expand([n], false)),
-        }
+        self.map(&|t| {
+            let mut shape = t.size();
+            shape[0] = n;
+            t.expand(shape, false)
+        })
     }
 
     /// `first`'s samples, then `second`'s (both of one family).
     pub fn cat(first: &Self, second: &Self) -> Self {
+        let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 0);
         match (first, second) {
-            (Self::Text(a), Self::Text(b)) => Self::Text(Tensor::cat(&[a, b], 0)),
-            (Self::Class(a), Self::Class(b)) => Self::Class(Tensor::cat(&[a, b], 0)),
+            (Self::Text(a), Self::Text(b)) => Self::Text(cat(a, b)),
+            (Self::TextTime { states: s1, pooled: p1, time_ids: t1 }, Self::TextTime { states: s2, pooled: p2, time_ids: t2 }) => {
+                Self::TextTime { states: cat(s1, s2), pooled: cat(p1, p2), time_ids: cat(t1, t2) }
+            }
+            (Self::Class(a), Self::Class(b)) => Self::Class(cat(a, b)),
             _ => unreachable!("conditions of one model are of one kind"),
         }
     }
 
-    /// A text condition in `kind` (class ids stay integers).
+    /// A text condition in `kind` (class ids stay integers; SDXL's size numbers are read as f32 sinusoids).
     pub fn in_kind(&self, kind: Kind) -> Self {
         match self {
             Self::Text(t) => Self::Text(t.to_kind(kind)),
+            Self::TextTime { states, pooled, time_ids } => {
+                Self::TextTime { states: states.to_kind(kind), pooled: pooled.to_kind(kind), time_ids: time_ids.shallow_clone() }
+            }
             Self::Class(c) => Self::Class(c.shallow_clone()),
         }
     }
@@ -74,10 +91,7 @@ impl Condition {
     }
 
     pub fn to_device(&self, device: tch::Device) -> Self {
-        match self {
-            Self::Text(t) => Self::Text(t.to_device(device)),
-            Self::Class(c) => Self::Class(c.to_device(device)),
-        }
+        self.map(&|t| t.to_device(device))
     }
 }
 
@@ -221,7 +235,11 @@ impl Denoiser {
     pub fn predict(&self, x: &Tensor, timesteps: &Tensor, condition: &Condition) -> Prediction {
         match (&self.network, condition) {
             (Network::UNet(unet), Condition::Text(context)) => {
-                let out = unet.forward(x, timesteps, context, self.h_block);
+                let out = unet.forward(x, timesteps, context, None, self.h_block);
+                Prediction { noise: out.sample, h: out.h }
+            }
+            (Network::UNet(unet), Condition::TextTime { states, pooled, time_ids }) => {
+                let out = unet.forward(x, timesteps, states, Some(AddedCondition { text_embeds: pooled, time_ids }), self.h_block);
                 Prediction { noise: out.sample, h: out.h }
             }
             (Network::DiT(dit), Condition::Class(labels)) => {
@@ -235,7 +253,10 @@ impl Denoiser {
     /// h alone, running only what it depends on.
     pub fn encode_h(&self, x: &Tensor, timesteps: &Tensor, condition: &Condition) -> Tensor {
         match (&self.network, condition) {
-            (Network::UNet(unet), Condition::Text(context)) => unet.encode_h(x, timesteps, context, self.h_block),
+            (Network::UNet(unet), Condition::Text(context)) => unet.encode_h(x, timesteps, context, None, self.h_block),
+            (Network::UNet(unet), Condition::TextTime { states, pooled, time_ids }) => {
+                unet.encode_h(x, timesteps, states, Some(AddedCondition { text_embeds: pooled, time_ids }), self.h_block)
+            }
             (Network::DiT(dit), Condition::Class(labels)) => dit.encode_h(x, timesteps, labels, self.h_block),
             _ => unreachable!("a model's conditions are of its network's kind"),
         }

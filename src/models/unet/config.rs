@@ -96,6 +96,12 @@ pub struct UNetConfigFile {
     pub class_embed_type: Option<String>,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// SDXL's `text_time` conditioning: the width of each size number's sinusoids, and of everything the added
+    /// embedding reads (the pooled text embedding and the six numbers' sinusoids).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<i64>,
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<i64>,
     #[serde(default)]
     pub encoder_hid_dim_type: Option<String>,
     #[serde(default)]
@@ -157,7 +163,20 @@ pub struct UNetConfig {
     pub conv_in_kernel: i64,
     pub conv_out_kernel: i64,
     pub sample_size: Option<i64>,
+    /// SDXL's added conditioning (`addition_embed_type: "text_time"`), where the config asks for it.
+    pub text_time: Option<TextTimeConfig>,
 }
+
+/// SDXL's `text_time` added embedding: sinusoids of width `time_embed_dim` for each of the six size numbers, and
+/// an MLP from the pooled text embedding and those (`input_dim` in all) to the time embedding's width.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TextTimeConfig {
+    pub time_embed_dim: i64,
+    pub input_dim: i64,
+}
+
+/// The size numbers SDXL conditions on: original height and width, crop top and left, target height and width.
+pub const TIME_IDS: i64 = 6;
 
 impl UNetConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -177,7 +196,22 @@ impl UNetConfig {
         }
         let refuse = |set: bool, what: &str| if set { bail!("`{what}` is not supported") } else { Ok(()) };
         refuse(f.class_embed_type.is_some(), "class_embed_type")?;
-        refuse(f.addition_embed_type.is_some(), "addition_embed_type")?;
+        let text_time = match f.addition_embed_type.as_deref() {
+            None => None,
+            Some("text_time") => {
+                let (Some(time_embed_dim), Some(input_dim)) = (f.addition_time_embed_dim, f.projection_class_embeddings_input_dim) else {
+                    bail!("addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim");
+                };
+                if time_embed_dim <= 0 || input_dim <= TIME_IDS * time_embed_dim {
+                    bail!(
+                        "projection_class_embeddings_input_dim {input_dim} leaves no room for a pooled text embedding beside \
+                         {TIME_IDS} x addition_time_embed_dim {time_embed_dim}"
+                    );
+                }
+                Some(TextTimeConfig { time_embed_dim, input_dim })
+            }
+            Some(other) => bail!("addition_embed_type {other:?} is not supported (only SDXL's \"text_time\")"),
+        };
         refuse(f.encoder_hid_dim_type.is_some(), "encoder_hid_dim_type")?;
         refuse(f.time_cond_proj_dim.is_some(), "time_cond_proj_dim")?;
         refuse(f.timestep_post_act.is_some(), "timestep_post_act")?;
@@ -239,6 +273,7 @@ impl UNetConfig {
             conv_in_kernel: f.conv_in_kernel,
             conv_out_kernel: f.conv_out_kernel,
             sample_size: f.sample_size,
+            text_time,
         })
     }
 

@@ -1,4 +1,5 @@
-//! diffusers' UNet2DConditionModel for Stable Diffusion 1.x and 2.x, declared as its lists of blocks.
+//! diffusers' UNet2DConditionModel for Stable Diffusion 1.x, 2.x and XL, declared as its lists of blocks. SDXL's
+//! adds to the time embedding an embedding of the pooled text and the image's size numbers (`text_time`).
 //!
 //! h-space, where DMA aligns trajectories, is the output of `mid_block` (or, asked for, of one down block).
 //! `encode_h` runs only what h depends on (conv_in, the time embedding, the down blocks, the mid block), so
@@ -13,6 +14,7 @@ use crate::weights::WeightPath;
 use anyhow::Result;
 use blocks::{DownBlock, MidBlock, UpBlock};
 pub use config::UNetConfig;
+use config::TIME_IDS;
 use crate::models::embeddings::{timestep_features, TimestepEmbedding};
 use tch::Tensor;
 
@@ -20,11 +22,21 @@ pub struct UNet2DConditionModel {
     pub config: UNetConfig,
     pub conv_in: Conv2d,
     pub time_embedding: TimestepEmbedding,
+    /// SDXL's `add_embedding`, from the pooled text embedding and the size numbers' sinusoids.
+    pub add_embedding: Option<TimestepEmbedding>,
     pub down_blocks: Vec<DownBlock>,
     pub mid_block: MidBlock,
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+}
+
+/// SDXL's added conditioning, per sample: the second text encoder's pooled embedding [B, P] and the six size
+/// numbers [B, 6] (`added_cond_kwargs`' `text_embeds` and `time_ids`).
+#[derive(Clone, Copy)]
+pub struct AddedCondition<'a> {
+    pub text_embeds: &'a Tensor,
+    pub time_ids: &'a Tensor,
 }
 
 /// The UNet's outputs: the noise (or v) prediction and h, the mid-block output.
@@ -40,6 +52,7 @@ impl UNet2DConditionModel {
         let ch = &cfg.block_out_channels;
         let conv_in = Conv2d::load(&p.sub("conv_in"), cfg.in_channels, ch[0], cfg.conv_in_kernel, 1, (cfg.conv_in_kernel - 1) / 2)?;
         let time_embedding = TimestepEmbedding::load(&p.sub("time_embedding"), ch[0], cfg.time_embed_dim())?;
+        let add_embedding = cfg.text_time.map(|tt| TimestepEmbedding::load(&p.sub("add_embedding"), tt.input_dim, cfg.time_embed_dim())).transpose()?;
         let mut down_blocks = Vec::with_capacity(ch.len());
         let mut in_ch = ch[0];
         for i in 0..ch.len() {
@@ -57,6 +70,7 @@ impl UNet2DConditionModel {
             config: cfg.clone(),
             conv_in,
             time_embedding,
+            add_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -84,11 +98,22 @@ impl UNet2DConditionModel {
         out
     }
 
-    /// The time embedding for timesteps given as a scalar or one per sample.
-    fn embed_time(&self, timesteps: &Tensor, batch: i64, like: &Tensor) -> Tensor {
+    /// The time embedding for timesteps given as a scalar or one per sample, plus SDXL's added embedding.
+    fn embed_time(&self, timesteps: &Tensor, batch: i64, like: &Tensor, added: Option<AddedCondition>) -> Tensor {
+        let cfg = &self.config;
         let t = timesteps.to_device(like.device()).expand([batch], false);
-        let features = timestep_features(&t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift);
-        self.time_embedding.forward(&features.to_kind(like.kind()))
+        let features = timestep_features(&t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift);
+        let temb = self.time_embedding.forward(&features.to_kind(like.kind()));
+        match (&self.add_embedding, cfg.text_time, added) {
+            (Some(add_embedding), Some(text_time), Some(added)) => {
+                let time_ids = added.time_ids.to_device(like.device()).reshape([-1]);
+                let sizes = timestep_features(&time_ids, text_time.time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift).reshape([batch, TIME_IDS * text_time.time_embed_dim]);
+                let inputs = Tensor::cat(&[added.text_embeds.to_kind(like.kind()), sizes.to_kind(like.kind())], -1);
+                temb + add_embedding.forward(&inputs)
+            }
+            (None, _, None) => temb,
+            _ => panic!("an SDXL UNet takes the added conditioning, and only an SDXL UNet does"),
+        }
     }
 
     /// conv_in and the down blocks up to `last` (None: all, then the mid block), keeping the skips the up path
@@ -112,9 +137,9 @@ impl UNet2DConditionModel {
     }
 
     /// The full forward pass: the noise prediction for `sample` [B,C,H,W] at `timesteps` (scalar or [B]) given the
-    /// text context [B,L,D], together with h (the mid block's output, or down block `h_block`'s).
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, h_block: Option<usize>) -> UNetOutput {
-        let temb = self.embed_time(timesteps, sample.size()[0], sample);
+    /// text context [B,L,D] (and, for SDXL, the added conditioning), together with h (the mid block's output, or down block `h_block`'s).
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, added: Option<AddedCondition>, h_block: Option<usize>) -> UNetOutput {
+        let temb = self.embed_time(timesteps, sample.size()[0], sample, added);
         let mut skips = Vec::new();
         let (mut x, h) = self.down_path(sample, &temb, context, &mut skips, h_block, None);
         for block in &self.up_blocks {
@@ -126,8 +151,8 @@ impl UNet2DConditionModel {
 
     /// h alone, without the up path (nor the blocks after down block `h_block`): what the alignment loss needs, at
     /// about half the cost of `forward`.
-    pub fn encode_h(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, h_block: Option<usize>) -> Tensor {
-        let temb = self.embed_time(timesteps, sample.size()[0], sample);
+    pub fn encode_h(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, added: Option<AddedCondition>, h_block: Option<usize>) -> Tensor {
+        let temb = self.embed_time(timesteps, sample.size()[0], sample, added);
         // The skips are dropped at once; with autograd they are freed as soon as nothing refers to them.
         self.down_path(sample, &temb, context, &mut Vec::new(), h_block, h_block).1
     }
