@@ -30,8 +30,11 @@ pub fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<DiffusionMo
     if is_dit(dir, index.as_ref()) {
         return dit::load_folder(dir, index.as_ref(), device, kind);
     }
-    if pipeline.starts_with("StableDiffusionXL") {
-        bail!("{}: {pipeline} (SDXL) is not supported yet", dir.display());
+    match pipeline {
+        "StableDiffusionXLPipeline" => return stable_diffusion::load_sdxl_folder(dir, index.as_ref(), device, kind),
+        "" if dir.join("text_encoder_2").is_dir() => return stable_diffusion::load_sdxl_folder(dir, index.as_ref(), device, kind),
+        p if p.starts_with("StableDiffusionXL") => bail!("{}: {pipeline} is not supported (the SDXL refiner and inpainting pipelines are not; give an SDXL base folder, StableDiffusionXLPipeline)", dir.display()),
+        _ => {}
     }
     stable_diffusion::load_folder(dir, index.as_ref(), device, kind)
 }

@@ -21,6 +21,8 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     pub layer_norm_eps: f64,
     pub eos_token_id: i64,
+    /// The width of `text_projection` in a CLIPTextModelWithProjection (SDXL's second text encoder).
+    pub projection_dim: i64,
 }
 
 impl Default for ClipTextConfig {
@@ -35,6 +37,7 @@ impl Default for ClipTextConfig {
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
+            projection_dim: 512,
         }
     }
 }
@@ -197,8 +200,13 @@ impl Encoder {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
+        self.forward_layers(x, causal, self.layers.len())
+    }
+
+    /// The output of the first `count` layers.
+    fn forward_layers(&self, x: &Tensor, causal: bool, count: usize) -> Tensor {
         let mut x = x.shallow_clone();
-        for layer in &self.layers {
+        for layer in &self.layers[..count] {
             x = layer.forward(&x, causal);
         }
         x
@@ -267,11 +275,26 @@ impl ClipTextModel {
     /// As `forward`, from token embeddings [B, L, D] (position embeddings are added here), so that Textual
     /// Inversion can feed learned embeddings and differentiate through the encoder.
     pub fn forward_embeds(&self, token_embeds: &Tensor) -> Tensor {
+        self.final_layer_norm.forward(&self.encoder.forward(&self.with_positions(token_embeds), true))
+    }
+
+    /// Token embeddings [B, L, D] plus the position embeddings.
+    fn with_positions(&self, token_embeds: &Tensor) -> Tensor {
         let len = token_embeds.size()[1];
         let positions = self.embeddings.position_embedding.size()[0];
         assert!(len <= positions, "{len} tokens exceed the text encoder's {positions} positions");
-        let x = token_embeds + self.embeddings.position_embedding.narrow(0, 0, len).unsqueeze(0);
-        self.final_layer_norm.forward(&self.encoder.forward(&x, true))
+        token_embeds + self.embeddings.position_embedding.narrow(0, 0, len).unsqueeze(0)
+    }
+
+    /// SDXL's reading of the encoder, in one pass over token embeddings [B, L, D] (`embed_tokens`): the penultimate layer's output [B, L, D]
+    /// (transformers' `hidden_states[-2]`, without the final layer norm), which conditions the UNet, and the last
+    /// hidden state after the final layer norm [B, L, D], which `pooled` reads.
+    pub fn forward_penultimate(&self, token_embeds: &Tensor) -> (Tensor, Tensor) {
+        let x = self.with_positions(token_embeds);
+        let layers = self.encoder.layers.len();
+        let penultimate = self.encoder.forward_layers(&x, true, layers - 1);
+        let last = self.encoder.layers[layers - 1].forward(&penultimate, true);
+        (penultimate, self.final_layer_norm.forward(&last))
     }
 
     /// The hidden state at each sequence's end token [B, D], as transformers' `pooler_output`: the first position

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod mental_average;
 pub mod model;
 pub mod modes;
+pub mod sdxl;
 pub mod sweep;
 
 pub use model::DiffusionModel;

@@ -6,6 +6,7 @@ use crate::models::denoiser::{Condition, Denoiser};
 use crate::models::dit::labels::ClassLabels;
 use crate::models::tokenizer::Tokenizer;
 use crate::models::vae::AutoencoderKL;
+use crate::pipelines::sdxl::{default_time_ids, SdxlTextEncoders};
 use crate::sampling::guidance::GuidedDenoiser;
 use crate::schedulers::ddim::DdimConfig;
 use anyhow::{bail, Context, Result};
@@ -17,6 +18,8 @@ use tch::{Device, Kind, Tensor};
 pub enum Conditioner {
     /// Stable Diffusion: the tokenizer and CLIP text encoder.
     Text { tokenizer: Tokenizer, text_encoder: ClipTextModel },
+    /// SDXL: two tokenizers and text encoders, the second's pooled projection, and the size conditioning.
+    Sdxl(Box<SdxlTextEncoders>),
     /// A class-conditional model (DiT): the prompt names a class; the empty prompt is the null class.
     Classes(ClassLabels),
 }
@@ -62,6 +65,7 @@ impl DiffusionModel {
     pub fn text(&self, what: &str) -> Result<(&Tokenizer, &ClipTextModel)> {
         match &self.conditioner {
             Conditioner::Text { tokenizer, text_encoder } => Ok((tokenizer, text_encoder)),
+            Conditioner::Sdxl(_) => bail!("{what} is not supported on SDXL yet (it has two text encoders)"),
             Conditioner::Classes(_) => bail!("{what} needs a text encoder; this model ({}) is conditioned on class labels", self.denoiser.family()),
         }
     }
@@ -74,6 +78,10 @@ impl DiffusionModel {
                 let ids = tokenizer.encode(prompt)?;
                 let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device);
                 Ok(Condition::Text(tch::no_grad(|| text_encoder.forward(&ids))))
+            }
+            Conditioner::Sdxl(encoders) => {
+                let [_, height, width] = self.image_shape();
+                encoders.condition(prompt, default_time_ids(height, width), self.device)
             }
             Conditioner::Classes(labels) => {
                 let id = if prompt.trim().is_empty() { labels.classes } else { labels.id_of(prompt)? };
@@ -90,6 +98,11 @@ impl DiffusionModel {
             Conditioner::Text { tokenizer, .. } => {
                 tokenizer.encode(prompt)?;
                 tokenizer.truncation(prompt)
+            }
+            Conditioner::Sdxl(encoders) => {
+                encoders.tokenizer_2.encode(prompt)?;
+                encoders.tokenizer.encode(prompt)?;
+                encoders.tokenizer.truncation(prompt)
             }
             Conditioner::Classes(labels) => {
                 if !prompt.trim().is_empty() {
@@ -120,7 +133,7 @@ impl DiffusionModel {
     pub fn class_prompt(&self, id: i64) -> Result<String> {
         match &self.conditioner {
             Conditioner::Classes(labels) => Ok(labels.display_name(labels.check_id(id)?)),
-            Conditioner::Text { .. } => bail!("this model takes a text --prompt; only class-conditional models (DiT) take a class id"),
+            Conditioner::Text { .. } | Conditioner::Sdxl(_) => bail!("this model takes a text --prompt; only class-conditional models (DiT) take a class id"),
         }
     }
 
