@@ -31,3 +31,14 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
         other => bail!("--dtype {other}: expected f32, f16 or bf16 (or f64)"),
     })
 }
+
+/// The name `parse_kind` reads for `kind`.
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::Half => "f16",
+        Kind::BFloat16 => "bf16",
+        Kind::Double => "f64",
+        _ => "other",
+    }
+}

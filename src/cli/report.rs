@@ -67,6 +67,8 @@ pub fn model_record(source: &ModelSource, model: &DiffusionModel) -> Result<Valu
         "weight_files": weight_files,
         "family": denoiser.family(),
         "hspace": denoiser.hspace_name(),
+        "dtype": dma::device::kind_name(model.kind),
+        "vae_dtype": dma::device::kind_name(model.vae_kind()),
     }))
 }
 

@@ -14,7 +14,7 @@ use tch::Tensor;
 const EPS: f64 = 1e-6;
 
 /// vae/config.json; missing fields take AutoencoderKL's defaults, fields this VAE does not need are ignored
-/// (`force_upcast`, `sample_size`, `latents_mean`/`latents_std`, which SD pipelines do not read either).
+/// (`sample_size`, `latents_mean`/`latents_std`, which SD pipelines do not read either).
 #[derive(Deserialize, Clone, Debug)]
 #[serde(default)]
 pub struct VaeConfig {
@@ -33,6 +33,9 @@ pub struct VaeConfig {
     pub mid_block_add_attention: bool,
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
+    /// Whether the VAE overflows in f16 and SDXL's pipeline decodes in f32 instead (SDXL's own VAE does; the
+    /// community's fp16-fix VAE says false).
+    pub force_upcast: bool,
 }
 
 impl Default for VaeConfig {
@@ -52,6 +55,7 @@ impl Default for VaeConfig {
             shift_factor: None,
             mid_block_add_attention: true,
             use_quant_conv: true,
+            force_upcast: true,
             use_post_quant_conv: true,
         }
     }
@@ -329,6 +333,7 @@ pub struct AutoencoderKL {
     /// Image channels, and image pixels per latent pixel (2 per downsampling stage).
     pub image_channels: i64,
     pub scale: i64,
+    pub force_upcast: bool,
 }
 
 impl AutoencoderKL {
@@ -354,6 +359,7 @@ impl AutoencoderKL {
             shift_factor: cfg.shift_factor.unwrap_or(0.0),
             image_channels: cfg.out_channels,
             scale: 1 << (cfg.block_out_channels.len().saturating_sub(1)),
+            force_upcast: cfg.force_upcast,
         })
     }
 

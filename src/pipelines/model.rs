@@ -185,6 +185,17 @@ impl DiffusionModel {
         }
     }
 
+    /// The dtype the VAE decodes in: the model's, except that an SDXL model in f16 decodes in f32 where its VAE says
+    /// it overflows in f16 (`force_upcast`, as SDXL's pipeline does). Layers compute in their input's dtype.
+    pub fn vae_kind(&self) -> Kind {
+        let upcast = self.kind == Kind::Half && matches!(self.conditioner, Conditioner::Sdxl(_)) && self.vae.as_ref().is_some_and(|v| v.force_upcast);
+        if upcast {
+            Kind::Float
+        } else {
+            self.kind
+        }
+    }
+
     /// The latent shape [C, H, W] for images of the model's native size.
     pub fn latent_shape(&self) -> [i64; 3] {
         let size = self.denoiser.sample_size();
@@ -203,7 +214,7 @@ impl DiffusionModel {
     /// Latents [B,C,H,W] to images in [0,1], [B,C',H',W'], in f32 on the CPU. A pixel-space model's latents are
     /// images in [-1,1].
     pub fn decode(&self, latents: &Tensor) -> Tensor {
-        let latents = latents.to_device(self.device).to_kind(self.kind);
+        let latents = latents.to_device(self.device).to_kind(self.vae_kind());
         let images = match &self.vae {
             Some(vae) => tch::no_grad(|| vae.images_from_latents(&latents)),
             None => (latents / 2.0 + 0.5).clamp(0.0, 1.0),
