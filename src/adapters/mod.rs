@@ -7,6 +7,7 @@ pub mod lora;
 pub mod textual_inversion;
 pub mod training;
 
+use crate::pipelines::model::Conditioner;
 use crate::pipelines::DiffusionModel;
 use crate::weights::read_safetensors;
 use anyhow::{Context, Result};
@@ -40,11 +41,11 @@ impl AdapterKind {
     /// Refuses a kind the model cannot take (Textual Inversion without a text encoder, a class embedding without
     /// classes), so a run fails before it samples.
     pub fn check_fits(self, model: &DiffusionModel) -> Result<()> {
-        let text = model.text("").is_ok();
         let family = model.denoiser.family();
-        match self {
-            Self::Ti if !text => anyhow::bail!("--adapter-kind ti: Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use lora or class-embedding"),
-            Self::ClassEmbedding if text => anyhow::bail!("--adapter-kind class-embedding needs a class-conditional model; this model ({family}) is conditioned on text: use ti or lora"),
+        match (self, &model.conditioner) {
+            (Self::Ti, Conditioner::Classes(_)) => anyhow::bail!("--adapter-kind ti: Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use lora or class-embedding"),
+            (Self::Ti, Conditioner::Sdxl(_)) => anyhow::bail!("--adapter-kind ti: Textual Inversion on SDXL's two text encoders is not supported yet: use lora"),
+            (Self::ClassEmbedding, Conditioner::Text { .. } | Conditioner::Sdxl(_)) => anyhow::bail!("--adapter-kind class-embedding needs a class-conditional model; this model ({family}) is conditioned on text: use ti or lora"),
             _ => Ok(()),
         }
     }
