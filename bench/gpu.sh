@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: on one GPU, in under 10 minutes,
-#   1. the GPU against the CPU on the committed fixtures, SD and DiT (examples/device_agreement.rs: text encoder,
+#   1. the GPU against the CPU on the committed fixtures, SD, SDXL, DiT and the judges (examples/device_agreement.rs: text encoder,
 #      network output, h and the alignment gradient, decoder, a short DMA run; each within its tolerance, else exit 1);
 #   2. alignment-iteration throughput (latent-iterations per second) at SD 1.5 size, random weights, for f32, bf16
 #      and f16 at batch 1, 2, 4, 8, 16, 32;

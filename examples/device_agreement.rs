@@ -1,5 +1,5 @@
-//! A GPU against the CPU on the committed fixtures: each model loaded on both in f32, each part run on the same
-//! inputs, the largest difference relative to the CPU result's largest magnitude. Exits non-zero when a part
+//! A GPU against the CPU on the committed fixtures: each model (SD 1.x, 2.x, XL, DiT, and the judges BLIP-VQA,
+//! ImageReward and DreamSim) loaded on both in f32, each part run on the same inputs, the largest difference relative to the CPU result's largest magnitude. Exits non-zero when a part
 //! differs by more than its tolerance. `bench/gpu.sh` runs it; on the CPU (`--device cpu`) every difference is 0.
 //!
 //! Run: `target/release/examples/device_agreement [cuda|cuda:N|cpu]`
@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         ("tiny-sd2", root.join("tests/fixtures/tiny-sd2"), "a photo of a dog"),
         ("embedded", dma::pipelines::embedded::embedded_model_dir()?, "a sneaker"),
         ("tiny-dit", root.join("tests/fixtures/tiny-dit"), "class 3"),
+        ("tiny-sdxl", root.join("tests/fixtures/tiny-sdxl"), "a photo of a dog"),
     ];
     println!("| model | part | max difference / max magnitude | tolerance | agrees |");
     println!("|---|---|---|---|---|");
@@ -48,8 +49,13 @@ fn main() -> anyhow::Result<()> {
         };
         let (context_cpu, context_gpu) = (cpu.condition(prompt)?, gpu.condition(prompt)?);
         // A class-conditional model's condition is a class id: nothing to compare.
-        if let (Condition::Text(text_cpu), Condition::Text(text_gpu)) = (&context_cpu, &context_gpu) {
-            report("text encoder", relative(text_gpu, text_cpu), PASS);
+        match (&context_cpu, &context_gpu) {
+            (Condition::Text(text_cpu), Condition::Text(text_gpu)) => report("text encoder", relative(text_gpu, text_cpu), PASS),
+            (Condition::TextTime { states: s_cpu, pooled: p_cpu, .. }, Condition::TextTime { states: s_gpu, pooled: p_gpu, .. }) => {
+                report("text encoders", relative(s_gpu, s_cpu), PASS);
+                report("pooled projection", relative(p_gpu, p_cpu), PASS);
+            }
+            _ => {}
         }
         let x = seeded_latents(&cpu, 2, 0);
         let t = Tensor::from(500i64);
@@ -74,6 +80,24 @@ fn main() -> anyhow::Result<()> {
         let dma = |m: &DiffusionModel| run(m, &settings, &init, Some(&align), 0, &|_| {}).map(|r| r.latents);
         report("DMA run (4 steps, 2 aligned)", relative(&dma(&gpu)?, &dma(&cpu)?), RUN);
     }
+    // The judges: BLIP-VQA's answer scores, ImageReward's rewards, DreamSim's embeddings, on the fixtures' images.
+    let images = dma::weights::read_safetensors(&root.join("tests/fixtures/tiny-blip-vqa/reference.safetensors"))?
+        .into_iter()
+        .find(|(k, _)| k == "images")
+        .map(|(_, t)| t)
+        .ok_or_else(|| anyhow::anyhow!("tiny-blip-vqa has no reference images"))?;
+    let mut report = |part: &str, difference: f64| {
+        let agrees = difference <= PASS;
+        failed += usize::from(!agrees);
+        println!("| judges | {part} | {difference:.3e} | {PASS:.0e} | {} |", if agrees { "yes" } else { "NO" });
+    };
+    let values = ["red".to_string(), "blue".to_string(), "black".to_string()];
+    let vqa = |d: Device| dma::models::blip::vqa::BlipVqa::load(&root.join("tests/fixtures/tiny-blip-vqa"), d, Kind::Float)?.answer_log_likelihoods(&images, "what color is the shoe?", &values, 2);
+    report("BLIP-VQA answer scores", relative(&vqa(device)?, &vqa(Device::Cpu)?));
+    let reward = |d: Device| dma::models::blip::image_reward::ImageReward::load(&root.join("tests/fixtures/tiny-image-reward"), d, Kind::Float)?.score(&images, "a red boot", 2);
+    report("ImageReward rewards", relative(&reward(device)?, &reward(Device::Cpu)?));
+    let dreamsim = |d: Device| dma::models::dreamsim::DreamSim::load(&root.join("tests/fixtures/tiny-dreamsim"), d, Kind::Float)?.embed(&images, 2);
+    report("DreamSim embeddings", relative(&dreamsim(device)?, &dreamsim(Device::Cpu)?));
     if failed > 0 {
         anyhow::bail!("{failed} part(s) differ between {device:?} and the CPU by more than their tolerance");
     }

@@ -16,8 +16,9 @@ fn the_gpu_check_parses_and_runs_on_the_cpu() {
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     // Three text models x six parts and the DiT's five (no text encoder), each agreeing: on the CPU against
     // itself, exactly.
-    assert_eq!(stdout.matches("| 0.000e0 | ").count(), 23, "{stdout}");
-    assert_eq!(stdout.matches("| yes |").count(), 23, "{stdout}");
+    assert_eq!(stdout.matches("| 0.000e0 | ").count(), 33, "{stdout}");
+    assert_eq!(stdout.matches("| yes |").count(), 33, "{stdout}");
+    assert!(stdout.contains("| tiny-sdxl | pooled projection |") && stdout.contains("| judges | DreamSim embeddings |"), "{stdout}");
     assert!(stdout.contains("| tiny-dit | DiT output |"), "{stdout}");
     assert!(!stdout.contains("| NO |"));
     for dtype in ["f32", "bf16", "f16"] {
