@@ -14,8 +14,8 @@ fn the_gpu_check_parses_and_runs_on_the_cpu() {
     let output = Command::new(script).args(["--device", "cpu", "--quick"]).env("DMA_GPU_PREBUILT", "1").env("OUT", out.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    // Three text models x six parts and the DiT's five (no text encoder), each agreeing: on the CPU against
-    // itself, exactly.
+    // Three text models x six parts, the DiT's five (no text encoder), SDXL's seven (two text outputs) and the three
+    // judges, each agreeing: on the CPU against itself, exactly.
     assert_eq!(stdout.matches("| 0.000e0 | ").count(), 33, "{stdout}");
     assert_eq!(stdout.matches("| yes |").count(), 33, "{stdout}");
     assert!(stdout.contains("| tiny-sdxl | pooled projection |") && stdout.contains("| judges | DreamSim embeddings |"), "{stdout}");
