@@ -17,7 +17,7 @@ use dma::pipelines::defaults::RunDefaults;
 use dma::checkpoint::NoCheckpoints;
 use dma::distributed::Ranks;
 use dma::pipelines::mental_average::{seeded_mental_average, SamplingSettings};
-use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, DiscoverySettings, Grounding, Modes};
+use dma::pipelines::modes::{cluster_images, discover, prototypes_per_mode, ChainSettings, Describer, Describers, DiscoverySettings, Grounding, Modes};
 use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
 use std::path::PathBuf;
@@ -65,14 +65,14 @@ fn main() -> anyhow::Result<()> {
         let sampling = defaults.sampling(concept.name, seed);
         let plain = DiscoverySettings { samples, clusters: ClusterCount::Auto { max: 8 }, criterion, pca_dims, grounding: None };
         let started = Instant::now();
-        let modes = discover(&model, &sampling, &classifier.embedder, &plain, &|_| {}, &mut NoCheckpoints, Ranks::alone())?;
+        let modes = discover(&model, &sampling, Describers { clip: &classifier.embedder, vqa: None }, &plain, &|_| {}, &mut NoCheckpoints, Ranks::alone())?;
         let c = &modes.clustering;
         println!("\nseed {seed}, by image embedding: {} clusters (BIC {:?}, silhouette {:?}), {:.0} s", c.k, c.bic, c.silhouette, started.elapsed().as_secs_f64());
         let (majority, least_purity) = majority_classes(&classifier, concept, &modes)?;
 
         let values: Vec<String> = concept.classes.iter().map(|&c| class_names()[c].to_string()).collect();
-        let grounded = DiscoverySettings { grounding: Some(Grounding { attribute: "kind".into(), values }), ..plain.clone() };
-        let clustering = cluster_images(&classifier.embedder, &modes.images, &grounded, seed)?;
+        let grounded = DiscoverySettings { grounding: Some(Grounding { attribute: "kind".into(), values, describer: Describer::Clip }), ..plain.clone() };
+        let clustering = cluster_images(Describers { clip: &classifier.embedder, vqa: None }, &modes.images, &grounded, seed)?;
         let grounded_modes = Modes { noise: modes.noise.shallow_clone(), latents: modes.latents.shallow_clone(), images: modes.images.shallow_clone(), clustering };
         let c = &grounded_modes.clustering;
         println!("\nseed {seed}, grounded, --by \"kind: sandal, sneaker, ankle boot\": {} clusters (BIC {:?}, silhouette {:?})", c.k, c.bic, c.silhouette);

@@ -8,7 +8,7 @@ use dma::clustering::{ClusterCount, Criterion};
 use dma::data::{data_dir, Dataset, Rng, Split};
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::pipelines::defaults::RunDefaults;
-use dma::pipelines::modes::{cluster_images, DiscoverySettings};
+use dma::pipelines::modes::{cluster_images, Describers, DiscoverySettings};
 use dma::loaders::ModelSource;
 use std::path::PathBuf;
 use tch::{Device, Tensor};
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         let zero_shot = classifier.classify(&batch)?;
         for criterion in [Criterion::Silhouette, Criterion::Bic] {
             let settings = DiscoverySettings { samples: ids.len() as i64, clusters: ClusterCount::Auto { max: 8 }, criterion, pca_dims, grounding: None };
-            let clustering = cluster_images(&classifier.embedder, &batch, &settings, draw)?;
+            let clustering = cluster_images(Describers { clip: &classifier.embedder, vqa: None }, &batch, &settings, draw)?;
             let least_pure = |classes: &[usize]| {
                 (0..clustering.k)
                     .map(|k| {
