@@ -27,7 +27,8 @@ fn average_eval_compare_and_modes_run_on_an_sdxl_folder() {
     let out = tmp.path().join("average");
     succeeds(dma(&[&["average", "--model", path(&sdxl), "--out", path(&out)][..], &prompt, &FAST].concat()));
     let run = read_json(&out.join("run.json"));
-    assert_eq!((&run["model"]["hspace"], &run["model"]["vae_dtype"]), (&serde_json::json!("mid block"), &serde_json::json!("f32")), "{}", run["model"]);
+    let model = &run["model"];
+    assert_eq!((&model["conditioning"], &model["hspace"], &model["vae_dtype"]), (&serde_json::json!("sdxl"), &serde_json::json!("mid block"), &serde_json::json!("f32")), "{model}");
 
     let out = tmp.path().join("eval");
     let judging = ["--clip", path(&clip), "--repeats", "2", "--samples", "4"];

@@ -66,6 +66,7 @@ pub fn model_record(source: &ModelSource, model: &DiffusionModel) -> Result<Valu
         "source": source.path().display().to_string(),
         "weight_files": weight_files,
         "family": denoiser.family(),
+        "conditioning": model.conditioning_name(),
         "hspace": denoiser.hspace_name(),
         "dtype": dma::device::kind_name(model.kind),
         "vae_dtype": dma::device::kind_name(model.vae_kind()),

@@ -185,6 +185,16 @@ impl DiffusionModel {
         }
     }
 
+    /// What the model is conditioned on, as run.json names it: "text" (SD 1.x, 2.x), "sdxl" (two text encoders and
+    /// the size numbers) or "class labels" (DiT).
+    pub fn conditioning_name(&self) -> &'static str {
+        match self.conditioner {
+            Conditioner::Text { .. } => "text",
+            Conditioner::Sdxl(_) => "sdxl",
+            Conditioner::Classes(_) => "class labels",
+        }
+    }
+
     /// The dtype the VAE decodes in: the model's, except that an SDXL model in f16 decodes in f32 where its VAE says
     /// it overflows in f16 (`force_upcast`, as SDXL's pipeline does). Layers compute in their input's dtype.
     pub fn vae_kind(&self) -> Kind {
