@@ -149,8 +149,13 @@ impl EvalCommon {
         Self { judging: self.judging.resumed(&given.judging, dir), ..self }
     }
 
-    fn judge_paths(&self) -> JudgePaths<'_> {
-        JudgePaths { dreamsim: self.dreamsim.as_deref(), image_reward: self.image_reward.as_deref() }
+    /// The optional judges' paths on rank 0, which alone scores; other ranks load none (their errors, if rank 0's
+    /// load fails, come from `agree`).
+    fn judge_paths(&self, ranks: Ranks) -> JudgePaths<'_> {
+        match ranks.is_root() {
+            true => JudgePaths { dreamsim: self.dreamsim.as_deref(), image_reward: self.image_reward.as_deref() },
+            false => JudgePaths::default(),
+        }
     }
 }
 
@@ -476,7 +481,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
         check_class_ids(model, &args.concepts.class_id)?;
         prompts.iter().try_for_each(|prompt| check_prompt(model, prompt, None))
     })?;
-    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.judge_paths(), &model))?;
+    let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.judge_paths(ranks), &model))?;
     let subjects: Vec<Subject> = prompts.iter().enumerate().map(|(i, p)| Subject { title: p.clone(), prompt: p.clone(), stage: format!("subject-{i}") }).collect();
     let outcomes = evaluate_seeds(&mut run, &model, &judge, &subjects, &settings, judging.quiet)?;
     let seconds = run.seconds();
@@ -526,7 +531,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
             check_class_ids(model, args.class_id.as_slice()).with_context(|| format!("the model {}", source.path().display()))?;
             check_prompt(model, &prompt, Some(source.path()))
         })?;
-        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.judge_paths(), &model))?;
+        let (judge, clip) = agree(ranks, Judge::load(judging.clip.as_deref(), args.common.judge_paths(ranks), &model))?;
         let subject = Subject { title: format!("{}: {prompt}", source.path().display()), prompt: prompt.clone(), stage: format!("subject-{i}") };
         if let Some(mut outcomes) = evaluate_seeds(&mut run, &model, &judge, std::slice::from_ref(&subject), settings, judging.quiet)? {
             evaluated.push((subject, source, outcomes.pop().unwrap_or_default()));
