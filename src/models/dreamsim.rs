@@ -21,8 +21,6 @@ use tch::{Device, Kind, Tensor};
 
 /// DreamSim's input size (`dreamsim_args["img_size"]`).
 const IMAGE_SIZE: i64 = 224;
-/// Every ViT-B has heads of width 64 (768 / 12); the checkpoints store no config.
-const HEAD_WIDTH: i64 = 64;
 const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 const OPENAI_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -54,21 +52,17 @@ impl Backbone {
         }
     }
 
-    /// DINO's ViT as it is; the CLIPs as DreamSim converts them (a layer norm after the positions, every layer
-    /// norm's eps 1e-5, quick GELU for OpenAI's).
-    fn config(self, width: i64, depth: i64, mlp_width: i64, patch_size: i64) -> VitConfig {
-        let clip = !matches!(self, Self::Dino);
-        VitConfig {
-            width,
-            depth,
-            heads: width / HEAD_WIDTH,
-            mlp_width,
-            patch_size,
-            image_size: IMAGE_SIZE,
-            channels: 3,
-            layer_norm_eps: if clip { 1e-5 } else { 1e-6 },
-            activation: if matches!(self, Self::Clip) { VitActivation::QuickGelu } else { VitActivation::Gelu },
-            pre_norm: clip,
+    /// DINO's ViT as its weights give it; the CLIPs as DreamSim converts them (a layer norm after the positions,
+    /// every layer norm's eps 1e-5, quick GELU for OpenAI's).
+    fn config(self, from_weights: VitConfig) -> VitConfig {
+        match self {
+            Self::Dino => from_weights,
+            Self::Clip | Self::OpenClip => VitConfig {
+                layer_norm_eps: 1e-5,
+                activation: if matches!(self, Self::Clip) { VitActivation::QuickGelu } else { VitActivation::Gelu },
+                pre_norm: true,
+                ..from_weights
+            },
         }
     }
 }
@@ -132,20 +126,6 @@ fn merge(tensors: &mut HashMap<String, Tensor>, factors: &Factors, scale: f64, s
     Ok(())
 }
 
-/// A backbone's ViT sizes, read off its weights.
-fn shapes(tensors: &HashMap<String, Tensor>, source: &str) -> Result<(i64, i64, i64, i64)> {
-    let shape = |key: &str| tensors.get(key).map(Tensor::size).with_context(|| format!("{source} is not a DreamSim ViT: it has no `{key}`"));
-    let (cls, patch, fc1) = (shape("cls_token")?, shape("patch_embed.proj.weight")?, shape("blocks.0.mlp.fc1.weight")?);
-    ensure!(cls.len() == 3 && patch.len() == 4 && fc1.len() == 2, "{source}: the ViT's weights have unexpected ranks");
-    let depth = tensors
-        .keys()
-        .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<i64>().ok())
-        .max()
-        .map_or(0, |last| last + 1);
-    ensure!(cls[2] % HEAD_WIDTH == 0, "{source}: a ViT of width {} has no whole number of 64-wide heads", cls[2]);
-    Ok((cls[2], depth, fc1[0], patch[2]))
-}
-
 struct Extractor {
     backbone: Backbone,
     vit: VisionTransformer,
@@ -187,11 +167,11 @@ impl DreamSim {
                 Backbone::Dino => None,
                 _ => Some(tensors.remove("proj").with_context(|| format!("{source} has no projection `proj`"))?),
             };
-            let (width, depth, mlp_width, patch_size) = shapes(&tensors, &source)?;
+            let cfg = backbone.config(VitConfig::from_weights(&tensors, "", &source)?);
+            ensure!(cfg.image_size == IMAGE_SIZE, "{source}: a ViT for {0}x{0} images; DreamSim's take {IMAGE_SIZE}x{IMAGE_SIZE}", cfg.image_size);
             if let Some(proj) = &proj {
-                ensure!(proj.dim() == 2 && proj.size()[0] == width, "{source}: `proj` is {:?}, not [{width}, n]", proj.size());
+                ensure!(proj.dim() == 2 && proj.size()[0] == cfg.width, "{source}: `proj` is {:?}, not [{}, n]", proj.size(), cfg.width);
             }
-            let cfg = backbone.config(width, depth, mlp_width, patch_size);
             let weights = Weights::from_tensors(tensors, source, device, kind);
             // Every weight of a backbone's file must be used: a file of another model fails here.
             let vit = weights.build(|p| VisionTransformer::load(p, &cfg))?;

@@ -6,8 +6,12 @@
 //! stored as `pos_drop`) and, for OpenAI's, the quick GELU.
 use crate::nn::{Conv2d, LayerNorm, Linear};
 use crate::weights::WeightPath;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use std::collections::HashMap;
 use tch::Tensor;
+
+/// The head width of the ViTs whose checkpoints store no config.
+const HEAD_WIDTH: i64 = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VitConfig {
@@ -44,6 +48,41 @@ impl VitActivation {
 impl VitConfig {
     pub fn patches(&self) -> i64 {
         (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// The sizes of a ViT stored under `prefix` in `tensors` by timm's names, for checkpoints that store no config
+    /// (ImageReward's, DreamSim's): width, patch size, channels and image size from the shapes, depth from the
+    /// blocks present, heads of 64 (every ViT-B and ViT-L: 768 / 12, 1024 / 16); timm's layer norms (eps 1e-6),
+    /// GELU, no norm before the blocks.
+    pub fn from_weights(tensors: &HashMap<String, Tensor>, prefix: &str, source: &str) -> Result<Self> {
+        let shape = |name: &str| -> Result<Vec<i64>> {
+            let key = format!("{prefix}{name}");
+            tensors.get(&key).map(Tensor::size).with_context(|| format!("{source} has no ViT weight `{key}`"))
+        };
+        let (cls, patch, pos, fc1) = (shape("cls_token")?, shape("patch_embed.proj.weight")?, shape("pos_embed")?, shape("blocks.0.mlp.fc1.weight")?);
+        ensure!(cls.len() == 3 && patch.len() == 4 && pos.len() == 3 && fc1.len() == 2, "{source}: the ViT's weights have unexpected ranks");
+        let (width, patch_size) = (cls[2], patch[2]);
+        let grid = ((pos[1] - 1) as f64).sqrt().round() as i64;
+        ensure!(grid * grid == pos[1] - 1, "{source}: {} positions are not a square grid plus the class token", pos[1]);
+        ensure!(width % HEAD_WIDTH == 0, "{source}: a ViT of width {width} has no whole number of {HEAD_WIDTH}-wide heads");
+        let blocks = format!("{prefix}blocks.");
+        let depth = tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix(&blocks)?.split('.').next()?.parse::<i64>().ok())
+            .max()
+            .map_or(0, |last| last + 1);
+        Ok(Self {
+            width,
+            depth,
+            heads: width / HEAD_WIDTH,
+            mlp_width: fc1[0],
+            patch_size,
+            image_size: grid * patch_size,
+            channels: patch[1],
+            layer_norm_eps: 1e-6,
+            activation: VitActivation::Gelu,
+            pre_norm: false,
+        })
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -37,6 +37,12 @@ impl SdxlTextEncoders {
     /// The prompt's states [1, L, D1 + D2] and pooled embedding [1, P]; zeros for "" where the pipeline zeroes the
     /// empty prompt.
     pub fn encode(&self, prompt: &str, device: Device) -> Result<(Tensor, Tensor)> {
+        if self.force_zeros_for_empty_prompt && prompt.is_empty() {
+            let options = (self.text_projection.weight.kind(), device);
+            let width = self.text_encoder.hidden_size() + self.text_encoder_2.hidden_size();
+            let states = Tensor::zeros([1, self.tokenizer.max_length() as i64, width], options);
+            return Ok((states, Tensor::zeros([1, self.text_projection.out_features()], options)));
+        }
         let ids = |tokenizer: &Tokenizer| -> Result<Tensor> { Ok(Tensor::from_slice(&tokenizer.encode(prompt)?).unsqueeze(0).to_device(device)) };
         let (ids_1, ids_2) = (ids(&self.tokenizer)?, ids(&self.tokenizer_2)?);
         let (states, pooled) = tch::no_grad(|| {
@@ -45,9 +51,6 @@ impl SdxlTextEncoders {
             let pooled = self.text_projection.forward(&self.text_encoder_2.pooled(&last_2, &ids_2));
             (Tensor::cat(&[states_1, states_2], -1), pooled)
         });
-        if self.force_zeros_for_empty_prompt && prompt.is_empty() {
-            return Ok((states.zeros_like(), pooled.zeros_like()));
-        }
         Ok((states, pooled))
     }
 }

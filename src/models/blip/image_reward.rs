@@ -9,7 +9,7 @@ use crate::loaders::source::hf_cache_snapshot;
 use crate::models::bert::{BertConfig, BlipTextModel};
 use crate::models::image_processor::ImageProcessor;
 use crate::models::tokenizer::WordPieceTokenizer;
-use crate::models::vit::{VisionTransformer, VitActivation, VitConfig};
+use crate::models::vit::{VisionTransformer, VitConfig};
 use crate::nn::Linear;
 use crate::weights::{read_weight_file, Weights};
 use anyhow::{bail, ensure, Context, Result};
@@ -25,10 +25,6 @@ const PROMPT_LENGTH: usize = 35;
 /// The widths of the MLP's layers after the text encoder's (`ImageReward.MLP`); dropouts sit between the first
 /// four, so the linear layers are `layers.0, 2, 4, 6, 7`.
 const MLP_LAYERS: [(usize, i64); 5] = [(0, 1024), (2, 128), (4, 64), (6, 16), (7, 1)];
-/// Every BLIP ViT has heads of width 64 (ViT-B: 768 / 12, ViT-L: 1024 / 16); `ImageReward.pt` stores no config.
-const VIT_HEAD_WIDTH: i64 = 64;
-/// BLIP's `vit.py` builds its layer norms with eps 1e-6.
-const VIT_LAYER_NORM_EPS: f64 = 1e-6;
 const VISION: &str = "blip.visual_encoder";
 const TEXT: &str = "blip.text_encoder";
 
@@ -68,38 +64,6 @@ fn vocabulary(dir: &Path) -> Result<PathBuf> {
     )
 }
 
-/// The ViT's sizes, read off its weights' shapes (`ImageReward.pt` has no config; the package builds ViT-L/16).
-fn vit_config(tensors: &HashMap<String, Tensor>, source: &str) -> Result<VitConfig> {
-    let shape = |name: &str| -> Result<Vec<i64>> {
-        let key = format!("{VISION}.{name}");
-        tensors.get(&key).map(Tensor::size).with_context(|| format!("{source} is not an ImageReward checkpoint: it has no `{key}`"))
-    };
-    let (cls, patch, pos, fc1) = (shape("cls_token")?, shape("patch_embed.proj.weight")?, shape("pos_embed")?, shape("blocks.0.mlp.fc1.weight")?);
-    ensure!(cls.len() == 3 && patch.len() == 4 && pos.len() == 3 && fc1.len() == 2, "{source}: the ViT's weights have unexpected ranks");
-    let (width, patch_size) = (cls[2], patch[2]);
-    let grid = ((pos[1] - 1) as f64).sqrt().round() as i64;
-    ensure!(grid * grid == pos[1] - 1, "{source}: {} positions are not a square grid plus the class token", pos[1]);
-    let block_prefix = format!("{VISION}.blocks.");
-    let depth = tensors
-        .keys()
-        .filter_map(|k| k.strip_prefix(&block_prefix)?.split('.').next()?.parse::<i64>().ok())
-        .max()
-        .map_or(0, |last| last + 1);
-    ensure!(width % VIT_HEAD_WIDTH == 0, "{source}: a ViT of width {width} has no whole number of 64-wide heads");
-    Ok(VitConfig {
-        width,
-        depth,
-        heads: width / VIT_HEAD_WIDTH,
-        mlp_width: fc1[0],
-        patch_size,
-        image_size: grid * patch_size,
-        channels: patch[1],
-        layer_norm_eps: VIT_LAYER_NORM_EPS,
-        activation: VitActivation::Gelu,
-        pre_norm: false,
-    })
-}
-
 impl ImageReward {
     pub fn load(path: &Path, device: Device, kind: Kind) -> Result<Self> {
         let file = checkpoint_file(path)?;
@@ -107,7 +71,8 @@ impl ImageReward {
         let text_config: BertConfig = read_json(&dir.join("med_config.json"))?;
         let tensors: HashMap<String, Tensor> = read_weight_file(&file)?.into_iter().collect();
         let source = file.display().to_string();
-        let vit = vit_config(&tensors, &source)?;
+        // The package builds ViT-L/16 with BLIP's own layer norms (eps 1e-6, timm's).
+        let vit = VitConfig::from_weights(&tensors, &format!("{VISION}."), &source).with_context(|| format!("{source} is not an ImageReward checkpoint"))?;
         let weights = Weights::from_tensors(tensors, source, device, kind);
         let p = weights.root();
         // med_config.json's `encoder_width` is not read: BLIP sets it to the ViT's width when it builds the model.
