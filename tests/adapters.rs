@@ -121,7 +121,7 @@ fn an_adapter_one_percent_off_fails_its_parity_by_orders_of_magnitude() {
     let Adapter::TextualInversion(ti) = Adapter::read(&fixture("adapters/ti/learned_embeds.safetensors")).unwrap() else {
         panic!("the fixture's embedding reads as another kind")
     };
-    let ti = TextualInversion { embedding: &ti.embedding * 1.01, ..ti };
+    let ti = TextualInversion { embeddings: vec![&ti.embeddings[0] * 1.01], ..ti };
     assert_caught("the learned embedding x 1.01", &ti_parity(Some(ti)), 100.0);
 }
 
@@ -144,7 +144,7 @@ fn written_adapters_have_the_fixture_key_names_and_read_back() {
         assert!(max_abs_diff(&layer.down, &read.layers[module].down) == 0.0 && max_abs_diff(&layer.up, &read.layers[module].up) == 0.0);
     }
 
-    let ti = Adapter::TextualInversion(TextualInversion { token: "<x-mode1>".into(), embedding: Tensor::randn([32], (Kind::Float, Device::Cpu)) });
+    let ti = Adapter::TextualInversion(TextualInversion { token: "<x-mode1>".into(), embeddings: vec![Tensor::randn([32], (Kind::Float, Device::Cpu))] });
     let written = ti.write_into(dir.path()).unwrap();
     assert_eq!(written.file_name().unwrap(), "learned_embeds.safetensors");
     assert_eq!(keys(&written), BTreeMap::from([("<x-mode1>".to_string(), vec![1, 32])]), "one [1, D] tensor named by its token, as diffusers saves");
@@ -157,7 +157,7 @@ fn textual_inversion_gradient_matches_finite_differences() {
     let scheduler = DdimScheduler::new(&model.scheduler, 1).unwrap();
     tch::manual_seed(5);
     let row = (Tensor::randn([32], (Kind::Double, Device::Cpu)) * 0.1).set_requires_grad(true);
-    model.add_token("<fd-token>", &row).unwrap();
+    model.add_token("<fd-token>", std::slice::from_ref(&row)).unwrap();
     let ids = Tensor::from_slice(&model.text("the test").unwrap().0.encode("a photo of <fd-token>").unwrap()).unsqueeze(0);
     let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
     let loss = || {
@@ -232,7 +232,7 @@ fn adapters_for_another_model_or_prompt_are_refused_clearly() {
     assert!(error.contains("[32]") && error.contains("[64]"), "a width mismatch names both widths: {error}");
     let error = format!("{:#}", ti.check_prompt("footwear").unwrap_err());
     assert!(error.contains("<tiny-mode0>"), "a prompt without the token names the token: {error}");
-    let taken = TextualInversion { token: "sandal".into(), embedding: Tensor::zeros([64], (Kind::Float, Device::Cpu)) };
+    let taken = TextualInversion { token: "sandal".into(), embeddings: vec![Tensor::zeros([64], (Kind::Float, Device::Cpu))] };
     let error = format!("{:#}", taken.apply(&mut embedded).unwrap_err());
     assert!(error.contains("already in the tokenizer's vocabulary"), "{error}");
 }
@@ -373,7 +373,7 @@ fn class_embeddings_and_tokens_are_refused_by_the_other_family_and_by_other_shap
 /// The learned tensors of an adapter, by name.
 fn learned(adapter: &Adapter) -> Vec<(String, Tensor)> {
     match adapter {
-        Adapter::TextualInversion(ti) => vec![(ti.token.clone(), ti.embedding.shallow_clone())],
+        Adapter::TextualInversion(ti) => ti.embeddings.iter().enumerate().map(|(i, e)| (format!("{}.{i}", ti.token), e.shallow_clone())).collect(),
         Adapter::ClassEmbedding(class) => vec![(class.name.clone(), class.rows.shallow_clone())],
         Adapter::Lora(lora) => lora.layers.iter().flat_map(|(m, l)| [(format!("{m}.A"), l.down.shallow_clone()), (format!("{m}.B"), l.up.shallow_clone())]).collect(),
     }
@@ -420,4 +420,32 @@ fn adapter_training_stopped_midway_resumes_to_exactly_the_uninterrupted_result()
         let refused = train(&mut model, samples, prompt, token, &other, &|_| {}, "adapter", &mut StopAt { dir: tmp.path().join("stopped"), stop_at: None, steps: Vec::new() });
         assert!(format!("{:#}", refused.err().unwrap()).contains("other settings"));
     }
+}
+
+/// SDXL embeddings as they are shared: `clip_l` and `clip_g`, the token from the metadata or else the file's stem
+/// (A1111 and ComfyUI name an embedding by its file); multi-vector embeddings and half files refused by name.
+#[test]
+fn sdxl_embedding_files_are_read_or_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, tensors: &[(&str, Tensor)]| {
+        let path = tmp.path().join(name);
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (*k, t)).collect();
+        dma::weights::write_safetensors(&path, &named).unwrap();
+        path
+    };
+    let row = |n: i64, d: i64| Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+    let Adapter::TextualInversion(ti) = Adapter::read(&write("unaestheticXL.safetensors", &[("clip_l", row(1, 32)), ("clip_g", row(1, 40))])).unwrap() else { panic!() };
+    assert_eq!((ti.token.as_str(), ti.embeddings.len()), ("unaestheticXL", 2));
+    let error = format!("{:#}", Adapter::read(&write("multi.safetensors", &[("clip_l", row(4, 32)), ("clip_g", row(4, 40))])).err().unwrap());
+    assert!(error.contains("4 vectors") && error.contains("clip_l"), "{error}");
+    let error = format!("{:#}", Adapter::read(&write("half.safetensors", &[("clip_l", row(1, 32))])).err().unwrap());
+    assert!(error.contains("`clip_g` is missing"), "{error}");
+    // An SD 1.x embedding on SDXL, and an SDXL one on SD 1.x: the widths say which model each was learned for.
+    let mut sdxl = dma::loaders::load_folder(&fixture("tiny-sdxl"), Device::Cpu, Kind::Float).unwrap();
+    let sd1_embedding = Adapter::read(&fixture("adapters/ti/learned_embeds.safetensors")).unwrap();
+    let error = format!("{:#}", sd1_embedding.apply(&mut sdxl).unwrap_err());
+    assert!(error.contains("[[32]]") && error.contains("[[32], [40]]"), "{error}");
+    let mut sd1 = tiny(Kind::Float);
+    let error = format!("{:#}", Adapter::TextualInversion(ti).apply(&mut sd1).unwrap_err());
+    assert!(error.contains("another model"), "{error}");
 }

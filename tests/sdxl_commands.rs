@@ -1,7 +1,10 @@
 //! The commands on an SDXL folder (the tiny random fixture): `average`, `eval`, `compare` beside an SD 1.x model,
-//! `modes --average` with LoRA; Textual Inversion refused before any work, naming what to use instead.
+//! `modes --average` with LoRA and with Textual Inversion on both encoders, whose embedding `average --adapter`
+//! then takes.
 mod common;
 use common::{fixture, read_json};
+use dma::adapters::Adapter;
+use dma::pipelines::modes::mode_token;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -47,7 +50,16 @@ fn average_eval_compare_and_modes_run_on_an_sdxl_folder() {
     assert!(out.join("mode-0/pytorch_lora_weights.safetensors").is_file() && out.join("modes.png").is_file());
 
     let out = tmp.path().join("ti");
-    let output = dma(&[&["modes", "--model", path(&sdxl), "--adapter-kind", "ti", "--out", path(&out)][..], &modes, &prompt, &FAST].concat());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && !out.exists() && stderr.contains("SDXL") && stderr.contains("lora"), "{stderr}");
+    succeeds(dma(&[&["modes", "--model", path(&sdxl), "--adapter-kind", "ti", "--out", path(&out)][..], &modes, &prompt, &FAST].concat()));
+    let embedding = out.join("mode-0/learned_embeds_sdxl.safetensors");
+    let Adapter::TextualInversion(ti) = Adapter::read(&embedding).unwrap() else { panic!("{} is not an embedding", embedding.display()) };
+    let token = mode_token("a photo of a dog", 0);
+    assert_eq!(ti.token, token);
+    assert_eq!(ti.embeddings.iter().map(|e| e.size()).collect::<Vec<_>>(), [vec![32], vec![40]], "one row per encoder");
+
+    let out = tmp.path().join("with-ti");
+    let with_token = format!("a photo of a dog {token}");
+    let args = ["average", "--model", path(&sdxl), "--adapter", path(&embedding), "--prompt", &with_token, "--quiet", "--out", path(&out)];
+    succeeds(dma(&[&args[..], &FAST].concat()));
+    assert!(out.join("prototype.png").is_file());
 }

@@ -1,11 +1,14 @@
 //! DMA on the tiny random SDXL fixture: the gradient of the h loss (the mid block's output, under SDXL's added
-//! conditioning) against finite differences, and alignment shrinking the spread of h at every aligned step.
+//! conditioning) and of Textual Inversion's loss (through both text encoders) against finite differences, and
+//! alignment shrinking the spread of h at every aligned step.
 mod common;
 use common::fixture;
 use dma::method::hspace::distance_to;
 use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
 use dma::pipelines::DiffusionModel;
+use dma::schedulers::ddim::DdimScheduler;
+use dma::training::diffusion::noise_prediction_loss;
 use tch::{Device, Kind, Tensor};
 
 fn model(kind: Kind) -> DiffusionModel {
@@ -37,4 +40,28 @@ fn every_aligned_step_reduces_the_spread_of_sdxl_h() {
     let result = run(&model, &settings, &init, Some(&align), 2, &|_| {}).unwrap();
     assert_eq!(result.log.len(), 3, "one log entry per aligned step");
     common::assert_every_step_aligns(&result.log);
+}
+
+#[test]
+fn sdxl_textual_inversion_gradient_matches_finite_differences() {
+    let _rng = common::global_rng();
+    let mut model = model(Kind::Double);
+    let scheduler = DdimScheduler::new(&model.scheduler, 1).unwrap();
+    tch::manual_seed(5);
+    // One row per encoder (widths 32 and 40): the loss reaches each through its encoder, the first only through
+    // the states, the second through the states and the pooled projection.
+    let rows: Vec<Tensor> = [32, 40].iter().map(|&d| (Tensor::randn([d], (Kind::Double, Device::Cpu)) * 0.1).set_requires_grad(true)).collect();
+    model.add_token("<fd-token>", &rows).unwrap();
+    let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
+    let loss = || {
+        tch::manual_seed(9);
+        let condition = model.trainable_condition("a photo of <fd-token>").unwrap();
+        noise_prediction_loss(&model.denoiser, &scheduler, &x0, &condition).to_kind(Kind::Double)
+    };
+    let grads = Tensor::run_backward(&[loss()], &rows, false, false);
+    for (row, grad) in rows.iter().zip(&grads) {
+        assert!(grad.abs().max().double_value(&[]) > 0.0, "no gradient reaches the row of width {}", row.size()[0]);
+    }
+    // As for SD's Textual Inversion (tests/adapters.rs).
+    common::check_gradient(&rows, &loss, 1e-6, 1e-5);
 }

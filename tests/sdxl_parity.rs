@@ -1,9 +1,11 @@
 //! SDXL against diffusers' StableDiffusionXLPipeline, on the tiny random pipeline of tests/fixtures/tiny-sdxl (built
 //! by scripts/make_sdxl_fixture.py), through the loader a user's folder goes through: the prompt embeddings of both
 //! text encoders and the pooled projection, the size numbers, the UNet with its added conditioning and h, and a
-//! 10-step CFG DDIM run.
+//! 10-step CFG DDIM run; the same from a single-file checkpoint; Textual Inversion on both encoders.
 mod common;
 use common::{assert_caught, closeness, fixture, reference_json, references, Closeness};
+use dma::adapters::textual_inversion::TextualInversion;
+use dma::adapters::Adapter;
 use dma::loaders::ModelSource;
 use dma::models::denoiser::Condition;
 use dma::pipelines::mental_average::{run, SamplingSettings};
@@ -110,4 +112,74 @@ fn sdxl_vae_decodes_in_f32_in_a_half_precision_model() {
     let image = model.decode(&(&refs["vae_decode_in"] * 0.13025));
     let want = (&refs["vae_decode_out"] / 2.0 + 0.5).clamp(0.0, 1.0);
     closeness("SDXL f16 model's decode", &image, &want, RTOL, 0.0).check();
+}
+
+/// A single-file SDXL checkpoint (tests/fixtures/tiny-sdxl/ldm.safetensors: the folder's weights in Stability's
+/// layout, written by scripts/make_sdxl_single_file_fixture.py and checked there with diffusers'
+/// `StableDiffusionXLPipeline.from_single_file`), with the folder's configs: the same parity as the folder.
+#[test]
+fn sdxl_single_file_matches_diffusers() {
+    let dir = fixture("tiny-sdxl");
+    let file = dir.join("ldm.safetensors");
+    let model = dma::loaders::single_file::load_with_configs(&file, &dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(model.conditioning_name(), "sdxl");
+    assert_eq!(model.info.weight_files, vec![file]);
+    for c in parity(&model, Kind::Float) {
+        c.check();
+    }
+}
+
+/// An SDXL Textual Inversion embedding (tests/fixtures/adapters/ti-sdxl, scripts/make_sdxl_ti_fixture.py) read
+/// from `file` and applied: both tokenizers' ids, the prompt embeddings and the pooled projection against diffusers'
+/// after `load_textual_inversion` on each encoder. The new token's id is above the end token's, so the pooled
+/// output is taken at the token (transformers' argmax rule for SDXL's configs), as the reference records.
+fn ti_parity(adapter: Adapter) -> Vec<Closeness> {
+    let refs = references("adapters/ti-sdxl");
+    let json = reference_json("adapters/ti-sdxl");
+    let mut model = load(Kind::Float);
+    let (plain_states, plain_pooled, _) = text_time(model.condition(json["plain_prompt"].as_str().unwrap()).unwrap());
+    let prompt = json["prompt"].as_str().unwrap();
+    adapter.check_prompt(prompt).unwrap();
+    adapter.apply(&mut model).unwrap();
+    for (i, (tokenizer, _)) in model.text_encoders("the test").unwrap().into_iter().enumerate() {
+        let ids = Tensor::from_slice(&tokenizer.encode(prompt).unwrap()).unsqueeze(0);
+        assert_eq!(ids, refs[&format!("ids_{}", i + 1)], "tokenizer {}'s ids with the token", i + 1);
+    }
+    let (states, pooled, _) = text_time(model.condition(prompt).unwrap());
+    vec![
+        closeness("SDXL prompt_embeds with the learned token", &states, &refs["prompt_embeds"], RTOL, 0.0),
+        closeness("SDXL pooled_prompt_embeds with the learned token", &pooled, &refs["pooled_prompt_embeds"], RTOL, 0.0),
+        closeness("SDXL prompt_embeds without the token", &plain_states, &refs["plain_prompt_embeds"], RTOL, 0.0),
+        closeness("SDXL pooled without the token", &plain_pooled, &refs["plain_pooled_prompt_embeds"], RTOL, 0.0),
+    ]
+}
+
+#[test]
+fn sdxl_textual_inversion_matches_diffusers_in_both_layouts() {
+    let shared = Adapter::read(&fixture("adapters/ti-sdxl/learned_embeds_sdxl.safetensors")).unwrap();
+    let pair = Adapter::read(&fixture("adapters/ti-sdxl/pair/learned_embeds.safetensors")).unwrap();
+    for adapter in [shared, pair] {
+        let Adapter::TextualInversion(ti) = &adapter else { panic!("an embedding reads as another kind") };
+        assert_eq!(ti.token, "<tiny-xl>");
+        for c in ti_parity(adapter) {
+            c.check();
+        }
+    }
+}
+
+/// The second encoder's vector 5% off fails the pooled embedding by orders of magnitude; written and read back,
+/// an embedding is the same bits, token included.
+#[test]
+fn a_wrong_sdxl_embedding_fails_and_a_written_one_reads_back() {
+    let Adapter::TextualInversion(ti) = Adapter::read(&fixture("adapters/ti-sdxl/learned_embeds_sdxl.safetensors")).unwrap() else { panic!() };
+    let off = TextualInversion { token: ti.token.clone(), embeddings: vec![ti.embeddings[0].shallow_clone(), &ti.embeddings[1] * 1.05] };
+    assert_caught("clip_g x 1.05", &ti_parity(Adapter::TextualInversion(off))[1], 100.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let written = Adapter::TextualInversion(ti).write_into(dir.path()).unwrap();
+    assert_eq!(written.file_name().unwrap(), "learned_embeds_sdxl.safetensors");
+    let Adapter::TextualInversion(back) = Adapter::read(&written).unwrap() else { panic!() };
+    let Adapter::TextualInversion(ti) = Adapter::read(&fixture("adapters/ti-sdxl/learned_embeds_sdxl.safetensors")).unwrap() else { panic!() };
+    assert_eq!(back.token, ti.token);
+    assert!(back.embeddings.iter().zip(&ti.embeddings).all(|(a, b)| a.equal(b)));
 }

@@ -7,7 +7,7 @@ use dma::models::tokenizer::Tokenizer;
 use dma::pipelines::DiffusionModel;
 use dma::schedulers::ddim::PredictionType;
 use dma::weights::read_safetensors;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -42,11 +42,15 @@ fn check_conversion(name: &str) {
     let ldm_file = dir.join("ldm.safetensors");
     let configs = Configs::from_folder(&dir).unwrap();
     let converted =
-        convert(read_checkpoint(&ldm_file).unwrap(), &configs.unet, &configs.vae, &configs.text_encoder, &ldm_file)
-            .unwrap();
+        convert(read_checkpoint(&ldm_file).unwrap(), &configs, &ldm_file).unwrap();
     assert_same(&format!("{name} unet"), &converted.unet, &dir.join("unet/diffusion_pytorch_model.safetensors"));
     assert_same(&format!("{name} vae"), &converted.vae, &dir.join("vae/diffusion_pytorch_model.safetensors"));
     assert_same(&format!("{name} text encoder"), &converted.text_encoder, &dir.join("text_encoder/model.safetensors"));
+    if configs.sdxl.is_some() {
+        assert_same(&format!("{name} second text encoder"), &converted.text_encoder_2, &dir.join("text_encoder_2/model.safetensors"));
+    } else {
+        assert!(converted.text_encoder_2.is_empty());
+    }
 }
 
 #[test]
@@ -57,6 +61,49 @@ fn sd1_ldm_converts_to_the_folder_weights() {
 #[test]
 fn sd2_open_clip_ldm_converts_to_the_folder_weights() {
     check_conversion("tiny-sd2");
+}
+
+#[test]
+fn sdxl_ldm_converts_to_the_folder_weights() {
+    check_conversion("tiny-sdxl");
+}
+
+/// SDXL base 1.0 at full size with the built-in configs: every key of Stability's single file (listed, with its
+/// shape and diffusers' names and shapes for it, in tests/fixtures/sdxl-base-ldm-keys.json, which
+/// scripts/make_sdxl_single_file_fixture.py checked against diffusers' own single-file conversion) becomes exactly
+/// diffusers' keys in the right model, in diffusers' shapes; the keys diffusers drops are dropped. The tensors are
+/// zeros broadcast to their shapes, so no memory is spent.
+#[test]
+fn sdxl_base_keys_convert_with_the_builtin_configs() {
+    let text = std::fs::read_to_string(fixture("sdxl-base-ldm-keys.json")).unwrap();
+    let map: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shape = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect() };
+    let zero = |s: &[i64]| Tensor::zeros([1], (Kind::Half, Device::Cpu)).reshape(vec![1; s.len()]).expand(s, false);
+    let mut ldm = HashMap::new();
+    let mut expected: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    for entry in map["entries"].as_array().unwrap() {
+        let [key, ldm_shape, component, diffusers] = entry.as_array().unwrap().as_slice() else { panic!("{entry}") };
+        ldm.insert(key.as_str().unwrap().to_string(), zero(&shape(ldm_shape)));
+        for (name, s) in diffusers.as_object().unwrap() {
+            expected.insert((component.as_str().unwrap().to_string(), name.clone()), shape(s));
+        }
+    }
+    for ignored in map["ignored_keys"].as_array().unwrap() {
+        ldm.insert(ignored[0].as_str().unwrap().to_string(), zero(&shape(&ignored[1])));
+    }
+    let file = Path::new("sd_xl_base_1.0.safetensors");
+    assert_eq!(detect_family(&ldm, file).unwrap(), Family::Sdxl);
+    let configs = Configs::builtin(Family::Sdxl).unwrap();
+    let converted = convert(ldm, &configs, file).unwrap();
+    let parts = [("unet", &converted.unet), ("vae", &converted.vae), ("text_encoder", &converted.text_encoder), ("text_encoder_2", &converted.text_encoder_2)];
+    let got: BTreeMap<(String, String), Vec<i64>> =
+        parts.iter().flat_map(|(part, tensors)| tensors.iter().map(move |(k, t)| ((part.to_string(), k.clone()), t.size()))).collect();
+    let (got_keys, want_keys): (BTreeSet<_>, BTreeSet<_>) = (got.keys().collect(), expected.keys().collect());
+    assert_eq!(got_keys, want_keys, "extra {:?}, missing {:?}", got_keys.difference(&want_keys).take(5).collect::<Vec<_>>(), want_keys.difference(&got_keys).take(5).collect::<Vec<_>>());
+    for (key, want) in &expected {
+        assert_eq!(&got[key], want, "{key:?} has diffusers' shape");
+    }
+    println!("{} LDM keys became {} diffusers keys in diffusers' shapes", map["entries"].as_array().unwrap().len(), expected.len());
 }
 
 /// The UNet and text encoder built from the single file of the fixture folder `dir` (configs from the folder)
@@ -174,7 +221,7 @@ fn sd15_numbering_is_derived_from_the_builtin_config() {
         .collect();
     let configs = Configs::builtin(Family::Sd1).unwrap();
     let converted =
-        convert(ldm, &configs.unet, &configs.vae, &configs.text_encoder, Path::new("sd15.safetensors")).unwrap();
+        convert(ldm, &configs, Path::new("sd15.safetensors")).unwrap();
     let mut renamed: BTreeSet<&String> =
         converted.unet.keys().chain(converted.vae.keys()).chain(converted.text_encoder.keys()).collect();
     for (ldm, diffusers) in cases {
@@ -195,6 +242,18 @@ fn builtin_configs_parse_and_resolve() {
     assert_eq!(sd15.scheduler.prediction_type, PredictionType::Epsilon);
     assert!(!sd15.scheduler.clip_sample && !sd15.scheduler.set_alpha_to_one && sd15.scheduler.steps_offset == 1);
 
+    let sdxl = Configs::builtin(Family::Sdxl).unwrap();
+    assert_eq!(sdxl.unet.block_out_channels, [320, 640, 1280]);
+    assert_eq!((sdxl.unet.cross_attention_dim, sdxl.unet.use_linear_projection), (2048, true));
+    assert_eq!(sdxl.unet.text_time.map(|t| (t.time_embed_dim, t.input_dim)), Some((256, 2816)));
+    let second = sdxl.sdxl.as_ref().expect("SDXL has a second text encoder");
+    let te = &second.text_encoder_2;
+    assert_eq!((te.hidden_size, te.num_hidden_layers, te.num_attention_heads, te.projection_dim), (1280, 32, 20, 1280));
+    assert!(second.force_zeros_for_empty_prompt);
+    assert_eq!(sdxl.scheduler.prediction_type, PredictionType::Epsilon);
+    assert_eq!(&second.tokenizer_2.encode("a cat").unwrap()[..5], &[49406, 320, 2368, 49407, 0], "tokenizer_2 pads with \"!\"");
+    assert_eq!(&sdxl.tokenizer.encode("a cat").unwrap()[..5], &[49406, 320, 2368, 49407, 49407]);
+
     let sd21 = Configs::builtin(Family::Sd2).unwrap();
     assert_eq!(sd21.unet.heads, [5, 10, 20, 20]);
     assert_eq!((sd21.unet.cross_attention_dim, sd21.unet.use_linear_projection), (1024, true));
@@ -210,7 +269,7 @@ fn builtin_configs_parse_and_resolve() {
 
 #[test]
 fn family_is_detected_from_the_keys() {
-    for (name, family) in [("tiny-sd1", Family::Sd1), ("tiny-sd2", Family::Sd2)] {
+    for (name, family) in [("tiny-sd1", Family::Sd1), ("tiny-sd2", Family::Sd2), ("tiny-sdxl", Family::Sdxl)] {
         let file = fixture(name).join("ldm.safetensors");
         assert_eq!(detect_family(&read_checkpoint(&file).unwrap(), &file).unwrap(), family, "{name}");
     }
@@ -237,9 +296,7 @@ fn a_key_outside_the_configs_is_an_error() {
     let file = dir.join("ldm.safetensors");
     let mut configs = Configs::from_folder(&dir).unwrap();
     configs.text_encoder.num_hidden_layers = 1;
-    let err = convert(read_checkpoint(&file).unwrap(), &configs.unet, &configs.vae, &configs.text_encoder, &file)
-        .err()
-        .unwrap();
+    let err = convert(read_checkpoint(&file).unwrap(), &configs, &file).err().unwrap();
     assert!(err.to_string().contains("cond_stage_model.model.transformer.resblocks.2."), "{err}");
 }
 
@@ -249,4 +306,29 @@ fn builtin_tokenizers_pad_as_their_family_does() {
     let sd2 = Configs::builtin(Family::Sd2).unwrap().tokenizer.encode("a cat").unwrap();
     assert_eq!(&sd1[..5], &[49406, 320, 2368, 49407, 49407], "SD 1 pads with <|endoftext|>");
     assert_eq!(&sd2[..5], &[49406, 320, 2368, 49407, 0], "SD 2 pads with \"!\" (id 0)");
+}
+
+#[test]
+fn sdxl_refiner_and_inpainting_single_files_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, keys: &[(&str, &[i64])]| {
+        let path = tmp.path().join(name);
+        let tensors: Vec<(String, Tensor)> = keys.iter().map(|(k, s)| (k.to_string(), Tensor::zeros(*s, (Kind::Float, Device::Cpu)))).collect();
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        dma::weights::write_safetensors(&path, &named).unwrap();
+        path
+    };
+    let unet = |channels: i64| ("model.diffusion_model.input_blocks.0.0.weight", vec![8, channels, 3, 3]);
+    let refiner = write("refiner.safetensors", &[(unet(4).0, &unet(4).1), ("first_stage_model.decoder.conv_in.bias", &[4]), ("conditioner.embedders.0.model.ln_final.weight", &[8])]);
+    let error = format!("{:#}", read_checkpoint(&refiner).unwrap_err());
+    assert!(error.contains("SDXL refiner"), "{error}");
+    let inpainting = write(
+        "inpainting.safetensors",
+        &[(unet(9).0, &unet(9).1), ("first_stage_model.decoder.conv_in.bias", &[4]), ("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", &[8]), ("conditioner.embedders.1.model.ln_final.weight", &[8])],
+    );
+    let error = format!("{:#}", read_checkpoint(&inpainting).unwrap_err());
+    assert!(error.contains("9 input channels") && error.contains("inpainting"), "{error}");
+    let half = write("half.safetensors", &[(unet(4).0, &unet(4).1), ("first_stage_model.decoder.conv_in.bias", &[4]), ("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", &[8])]);
+    let error = format!("{:#}", read_checkpoint(&half).unwrap_err());
+    assert!(error.contains("lacks its text encoders") && error.contains("conditioner.embedders.1.model."), "{error}");
 }

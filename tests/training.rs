@@ -1,7 +1,9 @@
 //! The diffusion trainer: the loss falls on a learnable toy problem, and a run resumed from a checkpoint ends
 //! bit-identical to an uninterrupted one.
 mod common;
-use dma::training::diffusion::{DiffusionTrainer, TrainSettings};
+use dma::models::denoiser::Condition;
+use dma::schedulers::ddim::{DdimConfig, DdimScheduler};
+use dma::training::diffusion::{min_snr_weights, weighted_noise_prediction_loss, DiffusionTrainer, TrainSettings};
 use dma::training::embedded;
 use serde_json::json;
 use std::path::Path;
@@ -26,7 +28,7 @@ fn tiny_model_folder(dir: &Path) {
 }
 
 fn settings(steps: usize) -> TrainSettings {
-    TrainSettings { steps, batch: 4, lr: 3e-3, warmup: 2, weight_decay: 0.0, uncond_prob: 0.0, ema_decay: 0.9, seed: 11, checkpoint_every: 2 }
+    TrainSettings { steps, batch: 4, lr: 3e-3, warmup: 2, weight_decay: 0.0, uncond_prob: 0.0, ema_decay: 0.9, seed: 11, checkpoint_every: 2, min_snr_gamma: None }
 }
 
 /// A fixed toy batch: two kinds of images, each with its own caption.
@@ -112,4 +114,50 @@ fn the_loss_falls_on_a_toy_problem() {
     let late: f64 = losses[100..].iter().sum::<f64>() / 20.0;
     println!("mean loss, first 20 steps {early:.4}, last 20 {late:.4}");
     assert!(late < 0.6 * early, "the loss did not fall: {early} -> {late}");
+}
+
+#[test]
+fn min_snr_weights_follow_the_schedule() {
+    let scheduler = DdimScheduler::new(&serde_json::from_value::<DdimConfig>(embedded::scheduler_config()).unwrap(), 1).unwrap();
+    let timesteps = Tensor::from_slice(&[0i64, 100, 400, 999]);
+    let weights = Vec::<f64>::try_from(min_snr_weights(&scheduler, &timesteps, 5.0)).unwrap();
+    for (w, t) in weights.iter().zip([0i64, 100, 400, 999]) {
+        let alpha = scheduler.alpha_cumprod(t);
+        let snr = alpha / (1.0 - alpha);
+        assert!((w - snr.min(5.0) / snr).abs() < 1e-12, "t {t}: {w}");
+    }
+    // Nearly clean steps count little, noisy ones fully.
+    assert!(weights[0] < 1e-3 && weights[3] == 1.0, "{weights:?}");
+}
+
+#[test]
+fn min_snr_loss_is_the_weighted_mean_of_the_samples_errors() {
+    let _rng = common::global_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    tiny_model_folder(&model);
+    let (images, ids) = batch();
+    let trainer = DiffusionTrainer::new(&model, &tmp.path().join("state"), settings(1), Device::Cpu).unwrap();
+    let scheduler = DdimScheduler::new(&DdimConfig::from_file(&model.join("scheduler/scheduler_config.json")).unwrap(), 1).unwrap();
+    let condition = Condition::Text(trainer.text_encoder.as_ref().unwrap().forward(&ids));
+    let loss = |gamma: Option<f64>| {
+        tch::manual_seed(3);
+        tch::no_grad(|| weighted_noise_prediction_loss(&trainer.denoiser, &scheduler, &images, &condition, gamma)).double_value(&[])
+    };
+    // The same draws, rebuilt from the scheduler and the network.
+    tch::manual_seed(3);
+    let timesteps = Tensor::randint(1000, [4], (Kind::Int64, Device::Cpu));
+    let noise = Tensor::randn(images.size(), (Kind::Float, Device::Cpu));
+    let (noisy, target) = scheduler.training_pair(&images, &noise, &timesteps);
+    let prediction = tch::no_grad(|| trainer.denoiser.predict(&noisy, &timesteps, &condition).noise);
+    let per_sample = Vec::<f64>::try_from((prediction - target).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double)).unwrap();
+    let weights = Vec::<f64>::try_from(min_snr_weights(&scheduler, &timesteps, 2.0)).unwrap();
+    let expected = per_sample.iter().zip(&weights).map(|(e, w)| e * w).sum::<f64>() / 4.0;
+    let plain = per_sample.iter().sum::<f64>() / 4.0;
+    assert!(weights.iter().any(|&w| w < 0.99), "the draws should include a nearly clean step: {weights:?}");
+    let (weighted, unweighted) = (loss(Some(2.0)), loss(None));
+    assert!((weighted - expected).abs() < 1e-5 * expected, "{weighted} against {expected}");
+    assert!((unweighted - plain).abs() < 1e-5 * plain, "{unweighted} against {plain}");
+    // A gamma above every step's SNR weights nothing.
+    assert!((loss(Some(1e12)) - unweighted).abs() < 1e-5 * plain);
 }

@@ -9,7 +9,7 @@ pub mod training;
 
 use crate::pipelines::model::Conditioner;
 use crate::pipelines::DiffusionModel;
-use crate::weights::read_safetensors;
+use crate::weights::read_safetensors_with_metadata;
 use anyhow::{Context, Result};
 use class_embedding::ClassEmbedding;
 use lora::Lora;
@@ -44,7 +44,6 @@ impl AdapterKind {
         let family = model.denoiser.family();
         match (self, &model.conditioner) {
             (Self::Ti, Conditioner::Classes(_)) => anyhow::bail!("--adapter-kind ti: Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use lora or class-embedding"),
-            (Self::Ti, Conditioner::Sdxl(_)) => anyhow::bail!("--adapter-kind ti: Textual Inversion on SDXL's two text encoders is not supported yet: use lora"),
             (Self::ClassEmbedding, Conditioner::Text { .. } | Conditioner::Sdxl(_)) => anyhow::bail!("--adapter-kind class-embedding needs a class-conditional model; this model ({family}) is conditioned on text: use ti or lora"),
             _ => Ok(()),
         }
@@ -59,15 +58,16 @@ pub enum Adapter {
 
 impl Adapter {
     /// Reads an adapter file, telling the kind from its keys: LoRA factors (`unet.*.lora_A.weight`), one tensor
-    /// named `class_embedding.<name>` (a learned class), or one tensor named by a token (Textual Inversion).
+    /// named `class_embedding.<name>` (a learned class), or Textual Inversion (one tensor named by a token, or
+    /// SDXL's `clip_l` and `clip_g`).
     pub fn read(path: &Path) -> Result<Self> {
-        let tensors = read_safetensors(path).with_context(|| format!("cannot read the adapter {}", path.display()))?;
+        let (tensors, metadata) = read_safetensors_with_metadata(path).with_context(|| format!("cannot read the adapter {}", path.display()))?;
         if tensors.iter().any(|(k, _)| k.contains(".lora_A.") || k.contains(".lora_B.")) {
             Ok(Self::Lora(Lora::from_tensors(path, tensors)?))
         } else if tensors.iter().any(|(k, _)| k.starts_with(class_embedding::KEY_PREFIX)) {
             Ok(Self::ClassEmbedding(ClassEmbedding::from_tensors(path, &tensors)?))
         } else {
-            Ok(Self::TextualInversion(TextualInversion::from_tensors(path, &tensors)?))
+            Ok(Self::TextualInversion(TextualInversion::from_tensors(path, &tensors, &metadata)?))
         }
     }
 
@@ -83,7 +83,7 @@ impl Adapter {
     pub fn write_into(&self, dir: &Path) -> Result<PathBuf> {
         let path = match self {
             Self::TextualInversion(ti) => {
-                let path = dir.join(textual_inversion::FILE_NAME);
+                let path = dir.join(ti.file_name());
                 ti.write(&path)?;
                 path
             }

@@ -36,21 +36,33 @@ pub fn prompt_with_token(prompt: &str, token: &str) -> String {
     format!("{prompt} {token}")
 }
 
-/// The initial embedding of a new token: the mean input embedding of the prompt's own tokens (its ids less the
-/// start, end and padding ids, i.e. those of the empty prompt), so training starts at the concept.
-fn initial_embedding(model: &DiffusionModel, prompt: &str) -> Result<Tensor> {
-    let (tokenizer, text_encoder) = model.text("Textual Inversion")?;
-    let specials = tokenizer.encode("")?;
-    let words: Vec<i64> = tokenizer.encode(prompt)?.into_iter().filter(|id| !specials.contains(id)).collect();
-    ensure!(!words.is_empty(), "the prompt {prompt:?} has no tokens to start a Textual Inversion embedding from");
-    let embeds = tch::no_grad(|| text_encoder.embed_tokens(&Tensor::from_slice(&words).unsqueeze(0)));
-    Ok(embeds.get(0).mean_dim(0, false, Kind::Float).to_device(Device::Cpu))
+/// The initial embeddings of a new token, one per text encoder: the mean input embedding of the prompt's own
+/// tokens (its ids less the start, end and padding ids, i.e. those of the empty prompt), so training starts at the
+/// concept.
+fn initial_embeddings(model: &DiffusionModel, prompt: &str) -> Result<Vec<Tensor>> {
+    let mut rows = Vec::new();
+    for (tokenizer, text_encoder) in model.text_encoders("Textual Inversion")? {
+        let specials = tokenizer.encode("")?;
+        let words: Vec<i64> = tokenizer.encode(prompt)?.into_iter().filter(|id| !specials.contains(id)).collect();
+        ensure!(!words.is_empty(), "the prompt {prompt:?} has no tokens to start a Textual Inversion embedding from");
+        let embeds = tch::no_grad(|| text_encoder.embed_tokens(&Tensor::from_slice(&words).unsqueeze(0).to_device(model.device)));
+        rows.push(embeds.get(0).mean_dim(0, false, Kind::Float).to_device(Device::Cpu));
+    }
+    Ok(rows)
 }
 
-/// The text context during training: Textual Inversion differentiates through the text encoder (token ids of
-/// the prompt with the token); LoRA's context never changes.
+/// The names of a Textual Inversion's learned rows in checkpoints: `token` (and SDXL's second encoder's `token_2`).
+fn token_row_name(encoder: usize) -> String {
+    match encoder {
+        0 => "token".to_string(),
+        i => format!("token_{}", i + 1),
+    }
+}
+
+/// The text context during training: Textual Inversion differentiates through the text encoder(s) (the prompt
+/// with the token); LoRA's context never changes.
 enum Conditioning {
-    Learned(Tensor),
+    Learned(String),
     Fixed(Condition),
 }
 
@@ -88,10 +100,14 @@ pub fn train(
     }
     let (params, conditioning) = match settings.kind {
         AdapterKind::Ti => {
-            let row = learnable(&resume, "token", initial_embedding(model, prompt)?, model.device)?;
-            model.add_token(token, &row)?;
-            let ids = model.text("Textual Inversion")?.0.encode(&prompt_with_token(prompt, token))?;
-            (vec![("token".to_string(), row)], Conditioning::Learned(Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device)))
+            let rows = initial_embeddings(model, prompt)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, row)| learnable(&resume, &token_row_name(i), row, model.device))
+                .collect::<Result<Vec<_>>>()?;
+            model.add_token(token, &rows)?;
+            let params: Vec<(String, Tensor)> = rows.into_iter().enumerate().map(|(i, row)| (token_row_name(i), row)).collect();
+            (params, Conditioning::Learned(prompt_with_token(prompt, token)))
         }
         AdapterKind::ClassEmbedding => {
             let rows = model
@@ -125,7 +141,7 @@ pub fn train(
         let picks = Tensor::randint(count, [settings.batch], (Kind::Int64, Device::Cpu)).to_device(samples.device());
         let x0 = samples.index_select(0, &picks).to_device(model.device).to_kind(model.kind);
         let condition = match &conditioning {
-            Conditioning::Learned(ids) => Condition::Text(model.text("Textual Inversion")?.1.forward(ids)),
+            Conditioning::Learned(prompt) => model.trainable_condition(prompt)?,
             Conditioning::Fixed(condition) => condition.shallow_clone(),
         };
         let loss = noise_prediction_loss(&model.denoiser, &scheduler, &x0, &condition);
@@ -140,7 +156,7 @@ pub fn train(
     }
     let learned = |i: usize| params[i].1.detach().to_device(Device::Cpu);
     Ok(match settings.kind {
-        AdapterKind::Ti => Adapter::TextualInversion(TextualInversion { token: token.to_string(), embedding: learned(0) }),
+        AdapterKind::Ti => Adapter::TextualInversion(TextualInversion { token: token.to_string(), embeddings: (0..params.len()).map(learned).collect() }),
         AdapterKind::ClassEmbedding => {
             let rows: Vec<Tensor> = (0..params.len()).map(learned).collect();
             Adapter::ClassEmbedding(ClassEmbedding { name: token.to_string(), rows: Tensor::stack(&rows, 0) })

@@ -45,6 +45,13 @@ impl TrainedNetwork {
         }
     }
 
+    fn default_min_snr_gamma(self) -> Option<f64> {
+        match self {
+            Self::Unet => None,
+            Self::Dit => Some(5.0),
+        }
+    }
+
     /// The model folder and the training state's folder when not given.
     fn default_folders(self) -> (&'static str, &'static str) {
         match self {
@@ -85,6 +92,10 @@ pub struct TrainArgs {
     pub ema_decay: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Min-SNR-gamma loss weighting: each sample's loss times min(SNR, gamma) / SNR (default: none; for --network
+    /// dit 5, which a transformer needs to learn shapes in the time there is; 0 turns it off).
+    #[arg(long)]
+    pub min_snr_gamma: Option<f64>,
     /// Steps between checkpoints (each also exports the model, so it can be tried while training goes on).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
@@ -107,6 +118,11 @@ impl TrainArgs {
             ema_decay: self.ema_decay,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
+            min_snr_gamma: match self.min_snr_gamma {
+                Some(gamma) if gamma == 0.0 => None,
+                Some(gamma) => Some(gamma),
+                None => self.network.default_min_snr_gamma(),
+            },
         }
     }
 }
@@ -299,6 +315,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let settings = args.settings();
     if settings.batch < 1 {
         bail!("--batch must be at least 1");
+    }
+    if let Some(gamma) = args.min_snr_gamma {
+        ensure!(gamma.is_finite() && gamma >= 0.0, "--min-snr-gamma must be a number >= 0 (0 turns the weighting off), not {gamma}");
     }
     let device = dma::device::parse_device(&args.device)?;
     let data = training_data()?;

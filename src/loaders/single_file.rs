@@ -1,13 +1,16 @@
 //! Single-file checkpoints in the original LDM (CompVis / Stability) key layout, as most fine-tunes are published:
 //! the UNet under `model.diffusion_model.`, the VAE under `first_stage_model.`, the text encoder under
-//! `cond_stage_model.` (transformers' CLIP layout for SD 1.x, OpenCLIP's for SD 2.x).
+//! `cond_stage_model.` (transformers' CLIP layout for SD 1.x, OpenCLIP's for SD 2.x), or for SDXL (Stability's
+//! generative-models layout) the two text encoders under `conditioner.embedders.0.` (CLIP) and `.1.` (OpenCLIP).
 //!
 //! The keys are renamed to diffusers' in memory and the models built by the same code as from a diffusers folder, so
 //! a checkpoint loads exactly as its diffusers conversion would. The renaming is derived from the configs (levels,
 //! layers per block, which blocks have attention), not from SD 1.5's numbering, so any UNet the configs describe
 //! converts. Every key must be renamed and then used by a model, or be one of the known non-model keys.
 use crate::models::denoiser::{Denoiser, Network};
+use crate::nn::Linear;
 use crate::pipelines::model::{Conditioner, DiffusionModel, ModelInfo};
+use crate::pipelines::sdxl::SdxlTextEncoders;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::{ClipTokenizer, Tokenizer};
 use crate::models::unet::config::{BlockKind, UNetConfigFile};
@@ -27,6 +30,14 @@ const TEXT: &str = "cond_stage_model.";
 const CLIP: &str = "cond_stage_model.transformer.";
 /// SD 2.x: OpenCLIP's text tower.
 const OPEN_CLIP: &str = "cond_stage_model.model.";
+/// SDXL: both text encoders.
+const SDXL_TEXT: &str = "conditioner.embedders.";
+/// SDXL's first text encoder, transformers' CLIPTextModel.
+const SDXL_CLIP: &str = "conditioner.embedders.0.transformer.";
+/// SDXL's second text encoder, OpenCLIP's text tower with its projection.
+const SDXL_OPEN_CLIP: &str = "conditioner.embedders.1.model.";
+/// The SDXL refiner's only text encoder (OpenCLIP, first in its list).
+const SDXL_REFINER_TEXT: &str = "conditioner.embedders.0.model.";
 
 /// Which built-in configs a checkpoint gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +46,8 @@ pub enum Family {
     Sd1,
     /// SD 2.x: OpenCLIP ViT-H/14 text encoder, 1024-wide context.
     Sd2,
+    /// SDXL base: CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, 2048-wide context, size conditioning.
+    Sdxl,
 }
 
 /// Everything a checkpoint's weights do not say: the models' configs, the scheduler's and the tokenizer.
@@ -44,6 +57,16 @@ pub struct Configs {
     pub vae: VaeConfig,
     pub scheduler: DdimConfig,
     pub tokenizer: Tokenizer,
+    /// SDXL's second text encoder and tokenizer; None for SD 1.x / 2.x.
+    pub sdxl: Option<SdxlConfigs>,
+}
+
+/// What SDXL adds to the configs: the second text encoder (with its projection) and tokenizer, and the pipeline's
+/// `force_zeros_for_empty_prompt`.
+pub struct SdxlConfigs {
+    pub text_encoder_2: ClipTextConfig,
+    pub tokenizer_2: Tokenizer,
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 /// The configs of diffusers' stable-diffusion-v1-5 and stable-diffusion-2-1 repositories, as
@@ -60,15 +83,24 @@ const SD21_CONFIGS: [&str; 4] = [
     include_str!("../../assets/configs/sd21/vae/config.json"),
     include_str!("../../assets/configs/sd21/scheduler/scheduler_config.json"),
 ];
+/// stable-diffusion-xl-base-1.0's, and its second text encoder's.
+const SDXL_CONFIGS: [&str; 4] = [
+    include_str!("../../assets/configs/sdxl/unet/config.json"),
+    include_str!("../../assets/configs/sdxl/text_encoder/config.json"),
+    include_str!("../../assets/configs/sdxl/vae/config.json"),
+    include_str!("../../assets/configs/sdxl/scheduler/scheduler_config.json"),
+];
+const SDXL_TEXT_ENCODER_2_CONFIG: &str = include_str!("../../assets/configs/sdxl/text_encoder_2/config.json");
 
 impl Configs {
-    /// SD 1.5's or SD 2.1's configs. SD 2.1 (768 px) predicts v; SD 2.1-base (512 px) has the same keys but predicts
-    /// the noise, so a 2.1-base checkpoint needs its configs given (`load_with_configs`) or
+    /// SD 1.5's, SD 2.1's or SDXL base 1.0's configs. SD 2.1 (768 px) predicts v; SD 2.1-base (512 px) has the same
+    /// keys but predicts the noise, so a 2.1-base checkpoint needs its configs given (`load_with_configs`) or
     /// `scheduler.prediction_type` set after loading.
     pub fn builtin(family: Family) -> Result<Self> {
         let (name, [unet, text_encoder, vae, scheduler]) = match family {
             Family::Sd1 => ("assets/configs/sd15", SD15_CONFIGS),
             Family::Sd2 => ("assets/configs/sd21", SD21_CONFIGS),
+            Family::Sdxl => ("assets/configs/sdxl", SDXL_CONFIGS),
         };
         // The embedded files are ours; parsing them directly skips only the checks that `from_file` makes at
         // reading time, which the models and the scheduler make again when they are built.
@@ -81,24 +113,46 @@ impl Configs {
             text_encoder: parse(text_encoder, name, "text_encoder/config.json")?,
             vae: parse(vae, name, "vae/config.json")?,
             scheduler: parse(scheduler, name, "scheduler/scheduler_config.json")?,
-            // SD 2.x pads with "!" (id 0), as diffusers' SD 2 tokenizer folders say.
+            // SD 2.x pads with "!" (id 0), as diffusers' SD 2 tokenizer folders say; SDXL's first tokenizer is
+            // SD 1's, its second SD 2's.
             tokenizer: Tokenizer::Clip(match family {
-                Family::Sd1 => ClipTokenizer::openai_default()?,
+                Family::Sd1 | Family::Sdxl => ClipTokenizer::openai_default()?,
                 Family::Sd2 => ClipTokenizer::openai_default_with_pad("!")?,
             }),
+            sdxl: match family {
+                Family::Sdxl => Some(SdxlConfigs {
+                    text_encoder_2: parse(SDXL_TEXT_ENCODER_2_CONFIG, name, "text_encoder_2/config.json")?,
+                    tokenizer_2: Tokenizer::Clip(ClipTokenizer::openai_default_with_pad("!")?),
+                    force_zeros_for_empty_prompt: true,
+                }),
+                _ => None,
+            },
         })
     }
 
-    /// The configs and tokenizer of a diffusers folder (its weights, if any, are not read).
+    /// The configs and tokenizer(s) of a diffusers folder (its weights, if any, are not read); an SDXL folder (one
+    /// with `text_encoder_2`) gives SDXL's.
     pub fn from_folder(dir: &Path) -> Result<Self> {
         let tokenizer_dir = dir.join("tokenizer");
         anyhow::ensure!(tokenizer_dir.is_dir(), "{}: the configs folder has no `tokenizer` folder", dir.display());
+        let sdxl = if dir.join("text_encoder_2").is_dir() {
+            let index = dir.join("model_index.json");
+            let index = if index.is_file() { Some(crate::files::read_json(&index)?) } else { None };
+            Some(SdxlConfigs {
+                text_encoder_2: ClipTextConfig::from_file(&dir.join("text_encoder_2").join("config.json"))?,
+                tokenizer_2: Tokenizer::from_folder(&dir.join("tokenizer_2"))?,
+                force_zeros_for_empty_prompt: super::stable_diffusion::force_zeros_for_empty_prompt(index.as_ref()),
+            })
+        } else {
+            None
+        };
         Ok(Self {
             unet: UNetConfig::from_file(&dir.join("unet").join("config.json"))?,
             text_encoder: ClipTextConfig::from_file(&dir.join("text_encoder").join("config.json"))?,
             vae: VaeConfig::from_file(&dir.join("vae").join("config.json"))?,
             scheduler: DdimConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?,
             tokenizer: Tokenizer::from_folder(&tokenizer_dir)?,
+            sdxl,
         })
     }
 }
@@ -124,17 +178,37 @@ fn build(
     device: Device,
     kind: Kind,
 ) -> Result<DiffusionModel> {
-    let converted = convert(ldm, &configs.unet, &configs.vae, &configs.text_encoder, file)?;
+    let converted = convert(ldm, &configs, file)?;
     let model = |tensors, part: &str| {
         let source = format!("{} ({part}, keys renamed from the LDM layout)", file.display());
         Weights::from_tensors(tensors, source, device, kind)
     };
     let text_encoder = model(converted.text_encoder, "text encoder").build(|p| ClipTextModel::load(p, &configs.text_encoder))?;
+    let conditioner = match configs.sdxl {
+        None => Conditioner::Text { tokenizer: configs.tokenizer, text_encoder },
+        Some(sdxl) => {
+            let (text_encoder_2, text_projection) = model(converted.text_encoder_2, "second text encoder").build(|p| {
+                let encoder = ClipTextModel::load(p, &sdxl.text_encoder_2)?;
+                let cfg = &sdxl.text_encoder_2;
+                Ok((encoder, Linear::load(&p.sub("text_projection"), cfg.hidden_size, cfg.projection_dim, false)?))
+            })?;
+            let encoders = SdxlTextEncoders {
+                tokenizer: configs.tokenizer,
+                text_encoder,
+                tokenizer_2: sdxl.tokenizer_2,
+                text_encoder_2,
+                text_projection,
+                force_zeros_for_empty_prompt: sdxl.force_zeros_for_empty_prompt,
+            };
+            super::stable_diffusion::check_sdxl_widths(&configs.unet, &encoders, file)?;
+            Conditioner::Sdxl(Box::new(encoders))
+        }
+    };
     let unet = model(converted.unet, "UNet").build(|p| UNet2DConditionModel::load(p, &configs.unet))?;
     let vae = model(converted.vae, "VAE").build(|p| AutoencoderKL::load(p, &configs.vae))?;
     let info = ModelInfo::new(file.display().to_string(), vec![file.to_path_buf()]);
     Ok(DiffusionModel {
-        conditioner: Conditioner::Text { tokenizer: configs.tokenizer, text_encoder },
+        conditioner,
         denoiser: Denoiser::new(Network::UNet(unet)),
         vae: Some(vae),
         scheduler: configs.scheduler,
@@ -144,7 +218,7 @@ fn build(
     })
 }
 
-/// Reads a checkpoint and checks that it holds the three models in the LDM layout.
+/// Reads a checkpoint and checks that it holds the three models in the LDM layout (two text encoders for SDXL).
 pub fn read_checkpoint(file: &Path) -> Result<HashMap<String, Tensor>> {
     let ldm: HashMap<String, Tensor> = read_weight_file(file)?.into_iter().collect();
     let has = |prefix: &str| ldm.keys().any(|k| k.starts_with(prefix));
@@ -154,30 +228,39 @@ pub fn read_checkpoint(file: &Path) -> Result<HashMap<String, Tensor>> {
         examples.truncate(3);
         bail!(
             "{} is not a Stable Diffusion checkpoint in the single-file (LDM) layout: expected the UNet under \
-             `{UNET}`, the VAE under `{VAE}` and the text encoder under `{TEXT}`, found keys such as {examples:?}. \
-             (A diffusers model is loaded from its folder; LoRA and embedding files are not models.)",
+             `{UNET}`, the VAE under `{VAE}` and the text encoder under `{TEXT}` (SDXL: `{SDXL_TEXT}`), found keys \
+             such as {examples:?}. (A diffusers model is loaded from its folder; LoRA and embedding files are not \
+             models.)",
             file.display()
         );
     }
-    if !has(VAE) || !has(TEXT) {
-        let sdxl = if has("conditioner.embedders.") {
-            " (its `conditioner.embedders.*` keys suggest SDXL, which is not supported)"
-        } else {
-            ""
-        };
+    if has(SDXL_REFINER_TEXT) {
+        bail!("{}: an SDXL refiner checkpoint (one OpenCLIP text encoder, aesthetic-score conditioning) is not supported: give the base model", file.display());
+    }
+    let sdxl = has(SDXL_TEXT);
+    let text_missing = if sdxl { !(has(SDXL_CLIP) && has(SDXL_OPEN_CLIP)) } else { !has(TEXT) };
+    if !has(VAE) || text_missing {
+        let (text, expected) = if sdxl { ("text encoders", format!("`{SDXL_CLIP}` and `{SDXL_OPEN_CLIP}`")) } else { ("text encoder", format!("`{TEXT}`")) };
         bail!(
             "{}: this single-file checkpoint lacks its {}; a Stable Diffusion checkpoint holds the UNet (`{UNET}`), \
-             the VAE (`{VAE}`) and the text encoder (`{TEXT}`){sdxl}",
+             the VAE (`{VAE}`) and the {text} ({expected})",
             file.display(),
-            if has(VAE) { "text encoder" } else { "VAE" }
+            if has(VAE) { text } else { "VAE" }
         );
+    }
+    let in_channels = ldm.get(&format!("{UNET}input_blocks.0.0.weight")).and_then(|w| w.size().get(1).copied());
+    if let Some(channels) = in_channels.filter(|&c| c != 4) {
+        bail!("{}: the UNet takes {channels} input channels (an inpainting checkpoint?); only text-to-image models (4) are supported", file.display());
     }
     Ok(ldm)
 }
 
-/// SD 1.x or 2.x, from the text encoder's layout, or else from the width of the context the UNet's cross-attention
-/// reads (768 or 1024).
+/// SD 1.x, 2.x or SDXL, from the text encoders' layout, or else from the width of the context the UNet's
+/// cross-attention reads (768 or 1024).
 pub fn detect_family(ldm: &HashMap<String, Tensor>, file: &Path) -> Result<Family> {
+    if ldm.keys().any(|k| k.starts_with(SDXL_TEXT)) {
+        return Ok(Family::Sdxl);
+    }
     if ldm.keys().any(|k| k.starts_with(OPEN_CLIP)) {
         return Ok(Family::Sd2);
     }
@@ -199,25 +282,23 @@ pub fn detect_family(ldm: &HashMap<String, Tensor>, file: &Path) -> Result<Famil
     }
 }
 
-/// The three models' weights under diffusers' key names, as in the `unet/`, `text_encoder/` (with the
-/// `text_model.` prefix) and `vae/` files of a diffusers folder.
+/// The models' weights under diffusers' key names, as in the `unet/`, `text_encoder/` (with the `text_model.`
+/// prefix), `vae/` and, for SDXL, `text_encoder_2/` files of a diffusers folder.
 #[derive(Default)]
 pub struct DiffusersWeights {
     pub unet: HashMap<String, Tensor>,
     pub text_encoder: HashMap<String, Tensor>,
     pub vae: HashMap<String, Tensor>,
+    pub text_encoder_2: HashMap<String, Tensor>,
 }
 
 /// Renames an LDM checkpoint's keys to diffusers', for the models the configs describe. Fails on any key that has
 /// no place in them and is not a known non-model key. Tensors keep their stored dtype.
-pub fn convert(
-    ldm: HashMap<String, Tensor>,
-    unet: &UNetConfig,
-    vae: &VaeConfig,
-    text: &ClipTextConfig,
-    file: &Path,
-) -> Result<DiffusersWeights> {
-    let (unet_rules, vae_rules) = (unet_rules(unet), vae_rules(vae));
+pub fn convert(ldm: HashMap<String, Tensor>, configs: &Configs, file: &Path) -> Result<DiffusersWeights> {
+    let (unet_rules, vae_rules) = (unet_rules(&configs.unet), vae_rules(&configs.vae));
+    let text_layers = configs.text_encoder.num_hidden_layers;
+    // SDXL's second encoder is in the file only when the configs have one, so its keys are unplaced otherwise.
+    let second_layers = configs.sdxl.as_ref().map(|s| s.text_encoder_2.num_hidden_layers);
     let mut out = DiffusersWeights::default();
     let mut unplaced = Vec::new();
     for (key, tensor) in ldm {
@@ -225,10 +306,12 @@ pub fn convert(
             rename(rest, &unet_rules).map(|k| (&mut out.unet, vec![(k, tensor)]))
         } else if let Some(rest) = key.strip_prefix(VAE) {
             rename(rest, &vae_rules).map(|k| (&mut out.vae, vec![vae_tensor(k, tensor)]))
-        } else if let Some(rest) = key.strip_prefix(CLIP) {
+        } else if let Some(rest) = key.strip_prefix(CLIP).or_else(|| key.strip_prefix(SDXL_CLIP)) {
             Some((&mut out.text_encoder, clip_key(rest).map(|k| (k, tensor)).into_iter().collect()))
         } else if let Some(rest) = key.strip_prefix(OPEN_CLIP) {
-            open_clip_keys(rest, tensor, text.num_hidden_layers).map(|renamed| (&mut out.text_encoder, renamed))
+            open_clip_keys(rest, tensor, OpenClipUse::Penultimate(text_layers)).map(|renamed| (&mut out.text_encoder, renamed))
+        } else if let (Some(rest), Some(layers)) = (key.strip_prefix(SDXL_OPEN_CLIP), second_layers) {
+            open_clip_keys(rest, tensor, OpenClipUse::WithProjection(layers)).map(|renamed| (&mut out.text_encoder_2, renamed))
         } else if is_training_state(&key) {
             continue;
         } else {
@@ -344,6 +427,11 @@ fn unet_rules(cfg: &UNetConfig) -> Vec<Rule> {
     rules.renamed("middle_block.2.", "mid_block.resnets.1.", UNET_RESNET);
     rules.same("out.0.", "conv_norm_out.");
     rules.same("out.2.", "conv_out.");
+    if cfg.text_time.is_some() {
+        // SDXL's added embedding (pooled text and size numbers) is the LDM UNet's `label_emb` MLP.
+        rules.same("label_emb.0.0.", "add_embedding.linear_1.");
+        rules.same("label_emb.0.2.", "add_embedding.linear_2.");
+    }
     let levels = cfg.block_out_channels.len();
     let layers = cfg.layers_per_block as usize;
     let mut block = 1;
@@ -440,17 +528,31 @@ const OPEN_CLIP_LAYER: LayerNames = &[
     ("mlp.c_proj", "mlp.fc2"),
 ];
 
-/// SD 2.x's OpenCLIP text tower as transformers' CLIPTextModel. The checkpoint holds the whole tower: SD 2 conditions
-/// on the penultimate layer's output (then ln_final), so the diffusers encoder has one layer fewer and the last
-/// resblock is dropped, as diffusers does; `text_projection` and `logit_scale` serve only CLIP's training, and
-/// `attn_mask` is the causal mask, which the model makes itself. Some(empty) for keys deliberately dropped, None for
-/// keys with no place.
-fn open_clip_keys(rest: &str, tensor: Tensor, layers: i64) -> Option<Vec<(String, Tensor)>> {
+/// How a checkpoint's OpenCLIP text tower is used, with its number of layers in the diffusers model.
+#[derive(Clone, Copy)]
+enum OpenClipUse {
+    /// SD 2.x conditions on the penultimate layer's output (then ln_final), so the diffusers encoder has one layer
+    /// fewer than the checkpoint and the last resblock is dropped, as diffusers does; `text_projection` serves only
+    /// CLIP's training.
+    Penultimate(i64),
+    /// SDXL's second encoder (CLIPTextModelWithProjection): every layer, and `text_projection` for the pooled
+    /// embedding, stored as OpenCLIP multiplies by it ([width, projection], x @ P), i.e. transposed.
+    WithProjection(i64),
+}
+
+/// An OpenCLIP text tower's key as transformers' CLIPTextModel names it. `logit_scale` serves only CLIP's training
+/// and `attn_mask` is the causal mask, which the model makes itself. Some(empty) for keys deliberately dropped, None
+/// for keys with no place.
+fn open_clip_keys(rest: &str, tensor: Tensor, use_: OpenClipUse) -> Option<Vec<(String, Tensor)>> {
     let one = |name: &str| Some(vec![(format!("text_model.{name}"), tensor.shallow_clone())]);
-    match rest {
-        "text_projection" | "logit_scale" | "attn_mask" => return Some(Vec::new()),
-        "token_embedding.weight" => return one("embeddings.token_embedding.weight"),
-        "positional_embedding" => return one("embeddings.position_embedding.weight"),
+    let layers = match use_ {
+        OpenClipUse::Penultimate(layers) | OpenClipUse::WithProjection(layers) => layers,
+    };
+    match (rest, use_) {
+        ("text_projection", OpenClipUse::WithProjection(_)) => return Some(vec![("text_projection.weight".to_string(), tensor.tr())]),
+        ("text_projection" | "logit_scale" | "attn_mask", _) => return Some(Vec::new()),
+        ("token_embedding.weight", _) => return one("embeddings.token_embedding.weight"),
+        ("positional_embedding", _) => return one("embeddings.position_embedding.weight"),
         _ => {}
     }
     if let Some(param) = rest.strip_prefix("ln_final.") {
@@ -458,10 +560,10 @@ fn open_clip_keys(rest: &str, tensor: Tensor, layers: i64) -> Option<Vec<(String
     }
     let (index, inner) = rest.strip_prefix("transformer.resblocks.")?.split_once('.')?;
     let index: i64 = index.parse().ok()?;
-    if index == layers {
+    if index == layers && matches!(use_, OpenClipUse::Penultimate(_)) {
         return Some(Vec::new());
     }
-    if index > layers {
+    if index >= layers {
         return None;
     }
     let prefix = format!("text_model.encoder.layers.{index}");

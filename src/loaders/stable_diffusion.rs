@@ -89,30 +89,18 @@ pub fn load_sdxl_folder(dir: &Path, index: Option<&serde_json::Value>, device: D
     let unet_dir = component(dir, "unet", SDXL)?;
     let unet_config = UNetConfig::from_file(&unet_dir.join("config.json"))?;
     anyhow::ensure!(unet_config.in_channels == 4, "{}: a UNet of {} input channels (an inpainting model?) is not supported", unet_dir.display(), unet_config.in_channels);
-    let text_time = unet_config.text_time.with_context(|| format!("{}: an SDXL UNet needs addition_embed_type \"text_time\"", unet_dir.display()))?;
-    let widths = (text_encoder.hidden_size(), text_encoder_2.hidden_size(), text_projection.out_features());
-    anyhow::ensure!(
-        unet_config.cross_attention_dim == widths.0 + widths.1 && text_time.input_dim == widths.2 + TIME_IDS * text_time.time_embed_dim,
-        "{}: the UNet reads text of width {} and an added input of {}, but the text encoders give {} + {} and a pooled {}",
-        unet_dir.display(),
-        unet_config.cross_attention_dim,
-        text_time.input_dim,
-        widths.0,
-        widths.1,
-        widths.2
-    );
-    let (unet, unet_files) = load_component(&unet_dir, "diffusion_pytorch_model", device, kind, |p| UNet2DConditionModel::load(p, &unet_config))?;
-    let (vae, vae_files) = load_vae(dir, index, SDXL, device, kind)?;
-    let scheduler = DdimConfig::from_file(&component(dir, "scheduler", SDXL)?.join("scheduler_config.json"))?;
     let encoders = SdxlTextEncoders {
         tokenizer,
         text_encoder,
         tokenizer_2,
         text_encoder_2,
         text_projection,
-        // diffusers' default for the pipeline's config, and SDXL base's setting.
-        force_zeros_for_empty_prompt: flag("force_zeros_for_empty_prompt").unwrap_or(true),
+        force_zeros_for_empty_prompt: force_zeros_for_empty_prompt(index),
     };
+    check_sdxl_widths(&unet_config, &encoders, &unet_dir)?;
+    let (unet, unet_files) = load_component(&unet_dir, "diffusion_pytorch_model", device, kind, |p| UNet2DConditionModel::load(p, &unet_config))?;
+    let (vae, vae_files) = load_vae(dir, index, SDXL, device, kind)?;
+    let scheduler = DdimConfig::from_file(&component(dir, "scheduler", SDXL)?.join("scheduler_config.json"))?;
     Ok(DiffusionModel {
         conditioner: Conditioner::Sdxl(Box::new(encoders)),
         denoiser: Denoiser::new(Network::UNet(unet)),
@@ -122,4 +110,28 @@ pub fn load_sdxl_folder(dir: &Path, index: Option<&serde_json::Value>, device: D
         device,
         kind,
     })
+}
+
+/// The SDXL pipeline's `force_zeros_for_empty_prompt` from model_index.json: diffusers' default for the pipeline's
+/// config (true, SDXL base's setting) where it is not given.
+pub(super) fn force_zeros_for_empty_prompt(index: Option<&serde_json::Value>) -> bool {
+    index.and_then(|i| i.get("force_zeros_for_empty_prompt")).and_then(|v| v.as_bool()).unwrap_or(true)
+}
+
+/// An SDXL UNet reads both encoders' states side by side, and the second's pooled projection beside the six size
+/// numbers' sinusoids: the widths must add up (`place` names what was loaded).
+pub(super) fn check_sdxl_widths(unet_config: &UNetConfig, encoders: &SdxlTextEncoders, place: &Path) -> Result<()> {
+    let text_time = unet_config.text_time.with_context(|| format!("{}: an SDXL UNet needs addition_embed_type \"text_time\"", place.display()))?;
+    let widths = (encoders.text_encoder.hidden_size(), encoders.text_encoder_2.hidden_size(), encoders.text_projection.out_features());
+    anyhow::ensure!(
+        unet_config.cross_attention_dim == widths.0 + widths.1 && text_time.input_dim == widths.2 + TIME_IDS * text_time.time_embed_dim,
+        "{}: the UNet reads text of width {} and an added input of {}, but the text encoders give {} + {} and a pooled {}",
+        place.display(),
+        unet_config.cross_attention_dim,
+        text_time.input_dim,
+        widths.0,
+        widths.1,
+        widths.2
+    );
+    Ok(())
 }

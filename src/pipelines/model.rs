@@ -63,10 +63,35 @@ impl ModelInfo {
 impl DiffusionModel {
     /// The tokenizer and text encoder, for what only a text-conditioned model has (`what` names the need).
     pub fn text(&self, what: &str) -> Result<(&Tokenizer, &ClipTextModel)> {
+        match self.text_encoders(what)?.as_slice() {
+            [one] => Ok(*one),
+            _ => bail!("{what} needs the one text encoder of an SD 1.x/2.x model; SDXL has two (text_encoders)"),
+        }
+    }
+
+    /// Every tokenizer and text encoder of a text-conditioned model (SDXL's two), in the order the conditioning
+    /// concatenates them.
+    pub fn text_encoders(&self, what: &str) -> Result<Vec<(&Tokenizer, &ClipTextModel)>> {
         match &self.conditioner {
-            Conditioner::Text { tokenizer, text_encoder } => Ok((tokenizer, text_encoder)),
-            Conditioner::Sdxl(_) => bail!("{what} is not supported on SDXL yet (it has two text encoders)"),
+            Conditioner::Text { tokenizer, text_encoder } => Ok(vec![(tokenizer, text_encoder)]),
+            Conditioner::Sdxl(e) => Ok(vec![(&e.tokenizer, &e.text_encoder), (&e.tokenizer_2, &e.text_encoder_2)]),
             Conditioner::Classes(_) => bail!("{what} needs a text encoder; this model ({}) is conditioned on class labels", self.denoiser.family()),
+        }
+    }
+
+    /// `condition` with gradients through the text encoder(s): Textual Inversion learns a token's embedding
+    /// through it.
+    pub fn trainable_condition(&self, prompt: &str) -> Result<Condition> {
+        match &self.conditioner {
+            Conditioner::Text { tokenizer, text_encoder } => {
+                let ids = Tensor::from_slice(&tokenizer.encode(prompt)?).unsqueeze(0).to_device(self.device);
+                Ok(Condition::Text(text_encoder.forward(&ids)))
+            }
+            Conditioner::Sdxl(encoders) => {
+                let [_, height, width] = self.image_shape();
+                encoders.trainable_condition(prompt, default_time_ids(height, width), self.device)
+            }
+            Conditioner::Classes(_) => bail!("a class-conditional model ({}) has no text encoder to learn through", self.denoiser.family()),
         }
     }
 
@@ -137,20 +162,36 @@ impl DiffusionModel {
         }
     }
 
-    /// Teaches the tokenizer a new token and the text encoder its embedding `row` [D] (Textual Inversion). The row
-    /// is used as given, so one that requires gradients is trained through the text encoder.
-    pub fn add_token(&mut self, token: &str, row: &Tensor) -> Result<i64> {
+    /// Teaches the tokenizer(s) a new token and the text encoder(s) its embedding, one row [D] per encoder
+    /// (Textual Inversion; SDXL has two). The rows are used as given, so rows that require gradients are trained
+    /// through the text encoders.
+    pub fn add_token(&mut self, token: &str, rows: &[Tensor]) -> Result<()> {
         let family = self.denoiser.family();
-        let Conditioner::Text { tokenizer, text_encoder } = &mut self.conditioner else {
-            bail!("Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use a LoRA adapter or a learned class embedding (--adapter-kind lora or class-embedding)");
+        let device = self.device;
+        let mut encoders: Vec<(&mut Tokenizer, &mut ClipTextModel)> = match &mut self.conditioner {
+            Conditioner::Text { tokenizer, text_encoder } => vec![(tokenizer, text_encoder)],
+            Conditioner::Sdxl(e) => {
+                let e = &mut **e;
+                vec![(&mut e.tokenizer, &mut e.text_encoder), (&mut e.tokenizer_2, &mut e.text_encoder_2)]
+            }
+            Conditioner::Classes(_) => bail!("Textual Inversion needs a text encoder; this model ({family}) is conditioned on class labels: use a LoRA adapter or a learned class embedding (--adapter-kind lora or class-embedding)"),
         };
-        let (tokens, rows) = (tokenizer.vocab_size() as i64, text_encoder.vocab_size());
-        anyhow::ensure!(tokens == rows, "the tokenizer has {tokens} ids but the text encoder {rows} embeddings; cannot add a token to both");
-        let width = text_encoder.hidden_size();
-        anyhow::ensure!(row.size() == [width], "the embedding for `{token}` has shape {:?}; this model's text encoder needs [{width}]", row.size());
-        let id = tokenizer.add_new_token(token)?;
-        text_encoder.add_token_embedding(&row.to_device(self.device))?;
-        Ok(id)
+        let widths: Vec<i64> = encoders.iter().map(|(_, e)| e.hidden_size()).collect();
+        let given: Vec<Vec<i64>> = rows.iter().map(|r| r.size()).collect();
+        anyhow::ensure!(
+            given.len() == widths.len() && given.iter().zip(&widths).all(|(g, w)| g.as_slice() == [*w]),
+            "the embedding(s) for `{token}` have shapes {given:?}; this model's text encoder(s) need {:?} (an embedding learned for another model?)",
+            widths.iter().map(|w| vec![*w]).collect::<Vec<_>>()
+        );
+        for (tokenizer, text_encoder) in &encoders {
+            let (tokens, embeddings) = (tokenizer.vocab_size() as i64, text_encoder.vocab_size());
+            anyhow::ensure!(tokens == embeddings, "the tokenizer has {tokens} ids but the text encoder {embeddings} embeddings; cannot add a token to both");
+        }
+        for ((tokenizer, text_encoder), row) in encoders.iter_mut().zip(rows) {
+            tokenizer.add_new_token(token)?;
+            text_encoder.add_token_embedding(&row.to_device(device))?;
+        }
+        Ok(())
     }
 
     /// The label-table rows (one per block) of the class `prompt` names: where a learned class embedding starts.

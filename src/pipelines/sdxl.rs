@@ -29,13 +29,18 @@ pub struct SdxlTextEncoders {
 impl SdxlTextEncoders {
     /// The condition for `prompt`, one sample, for images of `time_ids`' size.
     pub fn condition(&self, prompt: &str, time_ids: [i64; 6], device: Device) -> Result<Condition> {
+        tch::no_grad(|| self.trainable_condition(prompt, time_ids, device))
+    }
+
+    /// `condition` with gradients through both text encoders (Textual Inversion learns through them).
+    pub fn trainable_condition(&self, prompt: &str, time_ids: [i64; 6], device: Device) -> Result<Condition> {
         let (states, pooled) = self.encode(prompt, device)?;
         let time_ids = Tensor::from_slice(&time_ids).to_kind(Kind::Float).unsqueeze(0).to_device(device);
         Ok(Condition::TextTime { states, pooled, time_ids })
     }
 
     /// The prompt's states [1, L, D1 + D2] and pooled embedding [1, P]; zeros for "" where the pipeline zeroes the
-    /// empty prompt.
+    /// empty prompt. Tracks gradients unless called under `no_grad`.
     pub fn encode(&self, prompt: &str, device: Device) -> Result<(Tensor, Tensor)> {
         if self.force_zeros_for_empty_prompt && prompt.is_empty() {
             let options = (self.text_projection.weight.kind(), device);
@@ -45,12 +50,9 @@ impl SdxlTextEncoders {
         }
         let ids = |tokenizer: &Tokenizer| -> Result<Tensor> { Ok(Tensor::from_slice(&tokenizer.encode(prompt)?).unsqueeze(0).to_device(device)) };
         let (ids_1, ids_2) = (ids(&self.tokenizer)?, ids(&self.tokenizer_2)?);
-        let (states, pooled) = tch::no_grad(|| {
-            let (states_1, _) = self.text_encoder.forward_penultimate(&self.text_encoder.embed_tokens(&ids_1));
-            let (states_2, last_2) = self.text_encoder_2.forward_penultimate(&self.text_encoder_2.embed_tokens(&ids_2));
-            let pooled = self.text_projection.forward(&self.text_encoder_2.pooled(&last_2, &ids_2));
-            (Tensor::cat(&[states_1, states_2], -1), pooled)
-        });
-        Ok((states, pooled))
+        let (states_1, _) = self.text_encoder.forward_penultimate(&self.text_encoder.embed_tokens(&ids_1));
+        let (states_2, last_2) = self.text_encoder_2.forward_penultimate(&self.text_encoder_2.embed_tokens(&ids_2));
+        let pooled = self.text_projection.forward(&self.text_encoder_2.pooled(&last_2, &ids_2));
+        Ok((Tensor::cat(&[states_1, states_2], -1), pooled))
     }
 }

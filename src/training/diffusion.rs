@@ -30,6 +30,12 @@ pub struct TrainSettings {
     pub ema_decay: f64,
     pub seed: u64,
     pub checkpoint_every: usize,
+    /// Min-SNR-gamma loss weighting (Hang et al., 2023): each sample's loss is weighted by min(SNR, gamma) / SNR,
+    /// so the many nearly clean timesteps, whose noise is easy to predict and says little about an image's shape,
+    /// stop dominating the gradient; reported to speed up a diffusion transformer's training about 3x. None: the
+    /// plain mean (the embedded UNet's recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_snr_gamma: Option<f64>,
 }
 
 impl TrainSettings {
@@ -115,7 +121,7 @@ impl DiffusionTrainer {
             Some(encoder) => Condition::Text(encoder.forward(&ids)),
             None => Condition::Class(ids),
         };
-        let loss = noise_prediction_loss(&self.denoiser, &self.scheduler, &images, &context);
+        let loss = weighted_noise_prediction_loss(&self.denoiser, &self.scheduler, &images, &context, s.min_snr_gamma);
         self.optimizer.zero_grad();
         loss.backward();
         self.optimizer.clip_grad_norm(1.0);
@@ -155,6 +161,12 @@ impl DiffusionTrainer {
 /// timesteps, the mean squared error of the denoiser's prediction under `condition` (B samples, or one for all).
 /// Draws from libtorch's global generator (seed it first). Adapters are trained and judged by the same loss.
 pub fn noise_prediction_loss(denoiser: &Denoiser, scheduler: &DdimScheduler, x0: &Tensor, condition: &Condition) -> Tensor {
+    weighted_noise_prediction_loss(denoiser, scheduler, x0, condition, None)
+}
+
+/// `noise_prediction_loss` with each sample's squared error weighted by `min_snr_weights` when `min_snr_gamma` is
+/// given (the same random draws either way).
+pub fn weighted_noise_prediction_loss(denoiser: &Denoiser, scheduler: &DdimScheduler, x0: &Tensor, condition: &Condition, min_snr_gamma: Option<f64>) -> Tensor {
     let b = x0.size()[0];
     let train_steps = scheduler.alphas_cumprod().size()[0];
     let timesteps = Tensor::randint(train_steps, [b], (Kind::Int64, Device::Cpu)).to_device(x0.device());
@@ -164,5 +176,21 @@ pub fn noise_prediction_loss(denoiser: &Denoiser, scheduler: &DdimScheduler, x0:
     let prediction = denoiser.predict(&noisy, &timesteps, &condition).noise;
     // At least f32 for the mean of many squares; f64 stays f64 (gradient checks).
     let kind = if prediction.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-    (prediction.to_kind(kind) - target.to_kind(kind)).square().mean(kind)
+    let squared = (prediction.to_kind(kind) - target.to_kind(kind)).square();
+    match min_snr_gamma {
+        None => squared.mean(kind),
+        Some(gamma) => {
+            let per_sample = squared.flatten(1, -1).mean_dim(1, false, kind);
+            let weights = min_snr_weights(scheduler, &timesteps, gamma).to_device(x0.device()).to_kind(kind);
+            (per_sample * weights).mean(kind)
+        }
+    }
+}
+
+/// Min-SNR-gamma weights for noise prediction at `timesteps`: min(SNR, gamma) / SNR with SNR = alpha-bar / (1 -
+/// alpha-bar), i.e. 1 where the noise dominates (SNR <= gamma) and gamma / SNR for the nearly clean steps.
+pub fn min_snr_weights(scheduler: &DdimScheduler, timesteps: &Tensor, gamma: f64) -> Tensor {
+    let alpha = scheduler.alphas_cumprod().to_kind(Kind::Double).index_select(0, &timesteps.to_device(Device::Cpu));
+    let snr = &alpha / (alpha.neg() + 1.0);
+    snr.clamp_max(gamma) / snr
 }

@@ -105,15 +105,23 @@ pub fn read_weight_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Reads every tensor of a safetensors file onto the CPU, keeping its stored dtype.
 /// A truncated or corrupt file is an error naming the file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(read_safetensors_with_metadata(path)?.0)
+}
+
+/// A safetensors file's tensors by name and its free-form metadata.
+pub type TensorsAndMetadata = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+/// `read_safetensors`, with the file's free-form metadata.
+pub fn read_safetensors_with_metadata(path: &Path) -> Result<TensorsAndMetadata> {
     let file = open_plain_file(path, "a safetensors file")?;
     // SAFETY: the map is read-only and dropped before this function returns; tensors are copied out of it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-    Ok(tensors_from_safetensors(&mmap, &path.display().to_string())?.0)
+    tensors_from_safetensors(&mmap, &path.display().to_string())
 }
 
 /// Every tensor of the safetensors bytes `bytes` (named `what` in errors), copied onto the CPU in its stored dtype,
 /// with the file's free-form metadata.
-pub fn tensors_from_safetensors(bytes: &[u8], what: &str) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+pub fn tensors_from_safetensors(bytes: &[u8], what: &str) -> Result<TensorsAndMetadata> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{what} is not a valid safetensors file: {e}"))?;
     let mut out = Vec::with_capacity(st.len());
     for (name, view) in st.tensors() {
