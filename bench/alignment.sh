@@ -3,10 +3,15 @@
 # (random weights, 64x64 latent, f32, CPU): Rust (examples/bench_alignment.rs) against PyTorch/diffusers
 # (bench/torch_alignment.py) on the same machine, alternating, plus the encoder-only speed-up and peak memory.
 #
-#   bench/alignment.sh [--dit] [-r ROUNDS] [-b "1 2 4"] [--no-memory] [--no-timing]
+#   bench/alignment.sh [--dit | --sdxl] [-r ROUNDS] [-b "1 2 4"] [--no-memory] [--no-timing]
 #
 # --dit: the same at DiT-XL/2-256's config (random weights, 32x32x4 latent, class-conditional; h the last of 28
 # transformer blocks' tokens) instead of SD 1.5's UNet.
+# --sdxl: at SDXL base 1.0's UNet config (random weights, 128x128x4 latent, 77x2048 text context, the pooled
+# embedding and size numbers of a 1024 px image; h the mid block's 1280x32x32). Two loaded SDXL processes do not fit
+# in 24 GB beside each other, so the lockstep timing is skipped: the per-process memory runs (batches "1 2", one
+# timed iteration after one of warm-up, Rust and PyTorch alternating which goes first) give the seconds and the
+# ratio, and the largest batch is derived for 24 and 80 GB. Stop other heavy work first (about 30 minutes, 22 GB).
 #
 # Environment (flags win): ROUNDS (default 3): rounds of timing, each one repetition of every mode in Rust and in
 # PyTorch, back to back (the two processes stay loaded and take turns; which goes first alternates);
@@ -23,6 +28,7 @@ cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-3}"
 MEM_BATCHES="${MEM_BATCHES:-1 2 4}"
 MEM_REPS="${MEM_REPS:-2}"
+MEM_WARMUP=0
 BUDGET_GB="${BUDGET_GB:-24}"
 DO_TIMING=1
 DO_MEMORY=1
@@ -30,11 +36,12 @@ NETWORK=sd15-unet
 while [ $# -gt 0 ]; do
   case "$1" in
     --dit) NETWORK=dit-xl-256; shift ;;
+    --sdxl) NETWORK=sdxl-unet; DO_TIMING=0; MEM_REPS=1; MEM_WARMUP=1; MEM_BATCHES="${MEM_BATCHES_SET:-1 2}"; BUDGET_GB="24 80"; shift ;;
     -r|--rounds) ROUNDS="$2"; shift 2 ;;
-    -b|--batches) MEM_BATCHES="$2"; shift 2 ;;
+    -b|--batches) MEM_BATCHES="$2"; MEM_BATCHES_SET="$2"; shift 2 ;;
     --no-memory) DO_MEMORY=0; shift ;;
     --no-timing) DO_TIMING=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +53,9 @@ CACHE="${DMA_CACHE:-$HOME/.cache/dma}"
 if [ "$NETWORK" = dit-xl-256 ]; then
   UNET="${DMA_BENCH_UNET:-$CACHE/bench/dit-xl-256-random-transformer}"
   NET_FLAG=--transformer
+elif [ "$NETWORK" = sdxl-unet ]; then
+  UNET="${DMA_BENCH_UNET:-$CACHE/bench/sdxl-random-unet}"
+  NET_FLAG=--unet
 else
   UNET="${DMA_BENCH_UNET:-$CACHE/bench/sd15-random-unet}"
   NET_FLAG=--unet
@@ -94,7 +104,7 @@ if [ "$DO_MEMORY" = 1 ]; then
     i=$((i + 1))
     if [ $((i % 2)) = 1 ]; then order="rust pytorch"; else order="pytorch rust"; fi
     for impl in $order; do
-      run memory 0 "$impl" --modes enc_fwd_bwd --batch "$b" --reps "$MEM_REPS" --warmup 0 --skip-check
+      run memory 0 "$impl" --modes enc_fwd_bwd --batch "$b" --reps "$MEM_REPS" --warmup "$MEM_WARMUP" --skip-check
     done
   done
 fi
@@ -104,6 +114,7 @@ fi
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.1f GB RAM", $2 * 1024 / 1e9}' /proc/meminfo); torch $(python3 -c 'import torch; print(torch.__version__)'), diffusers $(python3 -c 'import diffusers; print(diffusers.__version__)'); load average before/after: see $LOG."
   echo
-  python3 bench/summarize_alignment.py "$RESULTS" --budget-gb "$BUDGET_GB"
+  # shellcheck disable=SC2086 # one or more budgets
+  python3 bench/summarize_alignment.py "$RESULTS" --budget-gb $BUDGET_GB
 } | tee "$OUT_DIR/alignment-$NETWORK-$STAMP.md"
 log "summary: $OUT_DIR/alignment-$NETWORK-$STAMP.md"

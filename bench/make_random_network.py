@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Builds a network at a published model's size with seeded random weights, and saves it with save_pretrained
 (config.json + diffusion_pytorch_model.safetensors, f32): diffusers' UNet2DConditionModel with the Stable
-Diffusion 1.5 config (about 3.4 GB), or DiTTransformer2DModel with DiT-XL/2-256's (`--network dit-xl-256`, about
-2.7 GB).
+Diffusion 1.5 config (about 3.4 GB) or SDXL base 1.0's (`--network sdxl-unet`, the config the single-file loader
+builds in, assets/configs/sdxl/unet/config.json; about 10.3 GB), or DiTTransformer2DModel with DiT-XL/2-256's
+(`--network dit-xl-256`, about 2.7 GB).
 
 Used by bench/alignment.sh; the folder lives in a cache outside the repository and is reused when present.
 
-    python3 bench/make_random_network.py [--network sd15-unet|dit-xl-256] [--out DIR] [--seed N] [--force]
+    python3 bench/make_random_network.py [--network sd15-unet|sdxl-unet|dit-xl-256] [--out DIR] [--seed N] [--force]
 """
 import argparse
 import json
@@ -59,7 +60,8 @@ DIT_XL_256_CONFIG = dict(
     norm_eps=1e-5,
 )
 
-NETWORKS = {"sd15-unet": "sd15-random-unet", "dit-xl-256": "dit-xl-256-random-transformer"}
+NETWORKS = {"sd15-unet": "sd15-random-unet", "sdxl-unet": "sdxl-random-unet", "dit-xl-256": "dit-xl-256-random-transformer"}
+SDXL_UNET_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets", "configs", "sdxl", "unet", "config.json")
 CACHE = os.path.join(os.environ.get("DMA_CACHE", os.path.expanduser("~/.cache/dma")), "bench")
 
 
@@ -87,6 +89,10 @@ def main():
     torch.manual_seed(args.seed)
     if args.network == "dit-xl-256":
         net = DiTTransformer2DModel(**DIT_XL_256_CONFIG).eval()
+    elif args.network == "sdxl-unet":
+        with open(SDXL_UNET_CONFIG) as f:
+            config = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+        net = UNet2DConditionModel(**config).eval()
     else:
         net = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
     params = sum(p.numel() for p in net.parameters())

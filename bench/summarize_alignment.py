@@ -47,7 +47,7 @@ def fit_line(xs, ys):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
-    ap.add_argument("--budget-gb", type=float, default=24.0, help="memory budget in GB (1e9 bytes)")
+    ap.add_argument("--budget-gb", type=float, nargs="+", default=[24.0], help="memory budget(s) in GB (1e9 bytes)")
     args = ap.parse_args()
     rows = [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]
     pairs = [r for r in rows if r.get("role") == "pair"]
@@ -108,8 +108,8 @@ def main():
         p(f"Peak RSS of the alignment iteration (one process per batch size, {memory[0]['reps']} iteration(s), "
           "VmHWM reset after loading):")
         p("")
-        p("| batch | Rust peak GB | Rust s/iteration | PyTorch peak GB | PyTorch s/iteration |")
-        p("|---|---|---|---|---|")
+        p("| batch | Rust peak GB | Rust s/iteration | PyTorch peak GB | PyTorch s/iteration | Rust/PyTorch s |")
+        p("|---|---|---|---|---|---|")
         batches = sorted({r["batch"] for r in memory})
         mem = {(r["impl"], r["batch"]): r for r in memory}
         for b in batches:
@@ -120,6 +120,8 @@ def main():
                     cells += [f"{r['rss']['peak_bytes'] / GB:.2f}", f"{med(r['times']['enc_fwd_bwd']):.1f}"]
                 else:
                     cells += ["-", "-"]
+            seconds = [med(mem[(impl, b)]["times"]["enc_fwd_bwd"]) if (impl, b) in mem else None for impl in ("rust", "pytorch")]
+            cells.append(f"{seconds[0] / seconds[1]:.3f}" if None not in seconds else "-")
             p(f"| {b} | " + " | ".join(cells) + " |")
         p("")
         for impl in ("rust", "pytorch"):
@@ -128,12 +130,14 @@ def main():
                 continue
             fixed, slope = fit_line([x for x, _ in pts], [y for _, y in pts])
             resid = max(abs(y - (fixed + slope * x)) for x, y in pts)
-            max_batch = int((args.budget_gb * GB - fixed) // slope) if slope > 0 else None
+            largest = ", ".join(
+                f"{budget:g} GB: **{int((budget * GB - fixed) // slope) if slope > 0 else None}**" for budget in args.budget_gb
+            )
             before = [mem[(impl, b)]["rss"]["before_bytes"] for b, _ in pts]
             p(f"- {impl}: fixed part {fixed / GB:.2f} GB, slope {slope / GB:.2f} GB per latent "
               f"(largest residual of the line {resid / GB:.2f} GB; RSS before the iteration "
-              f"{min(before) / GB:.2f}-{max(before) / GB:.2f} GB); derived largest --batch in {args.budget_gb:g} GB ({args.budget_gb:g}e9 bytes): "
-              f"**{max_batch}** (derived from the line, not measured).")
+              f"{min(before) / GB:.2f}-{max(before) / GB:.2f} GB); derived largest --batch ({largest}; GB = 1e9 bytes; "
+              f"derived from the line, not measured).")
         p("")
     print("\n".join(out))
 

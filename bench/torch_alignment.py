@@ -46,11 +46,15 @@ def reset_peak_rss():
         return False
 
 
-def encode_h(unet, sample, timestep, context):
-    """diffusers' UNet2DConditionModel.forward up to and including mid_block (SD 1.x/2.x: no class, addition or
-    adapter embeddings, no attention masks)."""
+def encode_h(unet, sample, timestep, condition):
+    """diffusers' UNet2DConditionModel.forward up to and including mid_block (SD 1.x/2.x and SDXL: no class or
+    adapter embeddings, no attention masks; SDXL's added embedding from `added`)."""
+    context, added = condition
     t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
     emb = unet.time_embedding(t_emb, None)
+    aug_emb = unet.get_aug_embed(emb=emb, encoder_hidden_states=context, added_cond_kwargs=added)
+    if aug_emb is not None:
+        emb = emb + aug_emb
     if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
     x = unet.conv_in(sample)
@@ -87,7 +91,7 @@ def dit_encode_h(transformer, sample, timestep, labels):
 
 
 class Bench:
-    """`condition` is the text context for a UNet, the class ids for a DiT."""
+    """`condition` is (the text context, SDXL's added_cond_kwargs or None) for a UNet, the class ids for a DiT."""
 
     def __init__(self, net, latent, timestep, condition, target):
         self.net, self.latent, self.timestep, self.condition, self.target = net, latent, timestep, condition, target
@@ -110,7 +114,8 @@ class Bench:
             timestep = self.timestep.expand(sample.shape[0])
             out = self.net(sample, timestep=timestep, class_labels=self.condition, return_dict=False)[0]
         else:
-            out = self.net(sample, self.timestep, encoder_hidden_states=self.condition, return_dict=False)[0]
+            context, added = self.condition
+            out = self.net(sample, self.timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
         h, self.captured = self.captured, None
         return out, h
 
@@ -207,8 +212,16 @@ def main():
         condition = torch.randint(c.num_embeds_ada_norm, (b,))
         target = torch.randn(1, (side // c.patch_size) ** 2, c.num_attention_heads * c.attention_head_dim)
     else:
-        condition = torch.randn(b, 77, c.cross_attention_dim)
-        target = torch.randn(1, c.block_out_channels[-1], side // 8, side // 8)
+        context = torch.randn(b, 77, c.cross_attention_dim)
+        added = None
+        if c.addition_embed_type == "text_time":
+            # SDXL: a pooled text embedding, and the size numbers of a whole image of the latent's size.
+            pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+            size = side * 8
+            added = {"text_embeds": torch.randn(b, pooled), "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * b, dtype=torch.float32)}
+        condition = (context, added)
+        h_side = side // 2 ** (len(c.block_out_channels) - 1)
+        target = torch.randn(1, c.block_out_channels[-1], h_side, h_side)
     timestep = torch.tensor(args.timestep)
     bench = Bench(net, latent, timestep, condition, target)
 

@@ -29,6 +29,7 @@ use clap::Parser;
 use dma::method::hspace::distance_to;
 use dma::models::denoiser::{Condition, Denoiser, Network};
 use dma::models::dit::{DiTConfig, DiTTransformer2DModel};
+use dma::models::unet::config::TIME_IDS;
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
 use dma::loaders::source::component_weight_files;
 use dma::weights::Weights;
@@ -230,16 +231,29 @@ fn main() -> Result<()> {
     let load_peak = proc_status_bytes("VmHWM");
 
     // The same draws, in the same order, as bench/torch_alignment.py (same libtorch CPU generator): the latent, the
-    // condition (SD's 77 text tokens, or a DiT's class ids), the target h.
+    // condition (SD's 77 text tokens, with SDXL's pooled embedding and size numbers, or a DiT's class ids), the
+    // target h.
     tch::manual_seed(args.seed);
     let b = args.batch;
     let side = net.sample_size();
     let latent = Tensor::randn([b, net.in_channels(), side, side], (Kind::Float, Device::Cpu));
     let (condition, target) = match &net.network {
         Network::UNet(unet) => {
-            let context = Tensor::randn([b, 77, unet.config.cross_attention_dim], (Kind::Float, Device::Cpu));
-            let last = *unet.config.block_out_channels.last().unwrap();
-            (Condition::Text(context), Tensor::randn([1, last, side / 8, side / 8], (Kind::Float, Device::Cpu)))
+            let c = &unet.config;
+            let states = Tensor::randn([b, 77, c.cross_attention_dim], (Kind::Float, Device::Cpu));
+            let condition = match c.text_time {
+                None => Condition::Text(states),
+                // SDXL: a pooled text embedding, and the size numbers of a whole image of the latent's size.
+                Some(text_time) => {
+                    let pooled = Tensor::randn([b, text_time.input_dim - TIME_IDS * text_time.time_embed_dim], (Kind::Float, Device::Cpu));
+                    let size = side * 8;
+                    let time_ids = Tensor::from_slice(&[size, size, 0, 0, size, size]).to_kind(Kind::Float).unsqueeze(0).repeat([b, 1]);
+                    Condition::TextTime { states, pooled, time_ids }
+                }
+            };
+            let last = *c.block_out_channels.last().unwrap();
+            let h_side = side >> (c.block_out_channels.len() - 1);
+            (condition, Tensor::randn([1, last, h_side, h_side], (Kind::Float, Device::Cpu)))
         }
         Network::DiT(dit) => {
             let c = &dit.config;
