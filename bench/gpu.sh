@@ -5,11 +5,15 @@
 #   2. alignment-iteration throughput (latent-iterations per second) at SD 1.5 size, random weights, for f32, bf16
 #      and f16 at batch 1, 2, 4, 8, 16, 32;
 #   3. the wall time and counted passes of one DMA run at Stable Diffusion's defaults on that model
-#      (2 and 3: examples/gpu_bench.rs).
+#      (2 and 3: examples/gpu_bench.rs);
+#   4. the half-precision alignment gradient at SDXL base's size (random weights, 128x128 latents, h 1280x32x32):
+#      cosine of f16's and bf16's against f32's (examples/half_gradients.rs; BENCHMARKS.md "Half-precision
+#      alignment gradients" has SD 1.5's from a CPU, where SDXL's f16 would take hours).
 #
 #   bench/gpu.sh [--device cuda|cuda:N|cpu] [--quick]
 #
-# --quick: the tiny fixture instead of SD 1.5, batches 1 and 2, a 3-step DMA run (the CPU path the tests run).
+# --quick: the tiny fixtures instead of SD 1.5 and SDXL, batches 1 and 2, a 3-step DMA run (the CPU path the tests
+# run).
 # libtorch: a python3 whose torch is 2.11.0 where there is one (the lent GPU machines, which cannot download), else
 # the project's own (scripts/env.sh). The examples: built with cargo where there is one (DMA_GPU_PREBUILT=1 skips
 # that), else those in target/release/examples, built on another machine and carried along. The tables go to
@@ -23,7 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench/gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,10 +41,10 @@ else
   source scripts/env.sh
 fi
 if [ "${DMA_GPU_PREBUILT:-0}" != 1 ] && command -v cargo >/dev/null; then
-  cargo build --release --quiet --example device_agreement --example gpu_bench
+  cargo build --release --quiet --example device_agreement --example gpu_bench --example half_gradients
 fi
 BIN=target/release/examples
-for example in device_agreement gpu_bench; do
+for example in device_agreement gpu_bench half_gradients; do
   [ -x "$BIN/$example" ] || { echo "bench/gpu.sh: no $BIN/$example: build it (cargo build --release --example $example) or carry it" >&2; exit 1; }
 done
 
@@ -57,4 +61,10 @@ if [ "$QUICK" = 1 ]; then
   "$BIN/gpu_bench" --device "$DEVICE" --model tests/fixtures/tiny-sd1 --batches 1,2 --iters 2 --latents 2 --dma-steps 3 --dma-iters 2 | report
 else
   "$BIN/gpu_bench" --device "$DEVICE" | report
+fi
+echo "## 4. Half-precision alignment gradients at SDXL size (cosine against f32)" | report
+if [ "$QUICK" = 1 ]; then
+  "$BIN/half_gradients" --device "$DEVICE" --config tests/fixtures/tiny-sdxl/unet/config.json | report
+else
+  "$BIN/half_gradients" --device "$DEVICE" --config assets/configs/sdxl/unet/config.json | report
 fi

@@ -1,7 +1,8 @@
 //! How well the alignment gradient survives half precision: the gradient of one alignment iteration with respect
 //! to the latent, with the UNet in f16 and in bf16, against the same gradient with the UNet in f32 (cosine
 //! similarity), on a UNet with seeded random weights built from a diffusers config (default: SD 1.5's, 64x64
-//! latents, h 1280x8x8).
+//! latents, h 1280x8x8; SDXL base's, `assets/configs/sdxl/unet/config.json`, has 128x128 latents and h 1280x32x32,
+//! 16 times the elements, with a random pooled embedding and the size numbers of a 1024 px image).
 //!
 //! The weights are rounded to values f16 and bf16 both hold exactly (`exact_in_half`), so every precision runs the
 //! same model and only the arithmetic differs; the `weights` line says how much rounding an f32 checkpoint's
@@ -15,7 +16,7 @@
 //!
 //! ```text
 //! cargo run --release --example half_gradients -- [--config assets/configs/sd15/unet/config.json] \
-//!     [--kinds f16,bf16] [--latents 2] [--seed 0] [--timestep 951] [--threads N]
+//!     [--kinds f16,bf16] [--latents 2] [--seed 0] [--timestep 951] [--threads N] [--device cpu|cuda]
 //! ```
 //! Prints one JSON line for f32, one for the weights' rounding and one per half precision.
 use anyhow::{bail, Result};
@@ -23,6 +24,7 @@ use clap::Parser;
 use dma::method::alignment::loss_and_gradient;
 use dma::method::hspace::{distance_to, HSpace};
 use dma::models::denoiser::{Condition, Denoiser, Network};
+use dma::models::unet::config::TIME_IDS;
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
 use dma::weights::Weights;
 use serde_json::json;
@@ -50,6 +52,9 @@ struct Args {
     timestep: i64,
     #[arg(long)]
     threads: Option<i32>,
+    /// cpu, cuda or cuda:N (f16 on a CPU is slow: SD 1.5's batch of 2 took 13-32 minutes on 2 cores).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// `w` rounded to bf16, with magnitudes below f16's smallest normal (6.1e-5) set to zero: values with bf16's 8
@@ -103,27 +108,38 @@ fn main() -> Result<()> {
     let config = UNetConfig::from_file(&args.config)?;
     let size = config.sample_size.unwrap_or(64);
     let t = args.timestep;
+    let device = dma::device::parse_device(&args.device)?;
 
     let start = Instant::now();
     tch::manual_seed(args.seed);
-    let fresh = Weights::initialise("random UNet".into(), Device::Cpu, Kind::Float);
+    let fresh = Weights::initialise("random UNet".into(), device, Kind::Float);
     UNet2DConditionModel::load(&fresh.root(), &config)?;
     let original: HashMap<String, Tensor> = fresh.named_tensors().into_iter().map(|(k, w)| (k, w.detach())).collect();
     drop(fresh);
     let exact: HashMap<String, Tensor> = original.iter().map(|(k, w)| (k.clone(), exact_in_half(w))).collect();
     let model = |weights: &HashMap<String, Tensor>, kind: Kind| {
         let shared = weights.iter().map(|(k, w)| (k.clone(), w.shallow_clone())).collect();
-        UNet2DConditionModel::load(&Weights::from_tensors(shared, "random UNet".into(), Device::Cpu, kind).root(), &config).map(|u| Denoiser::new(Network::UNet(u)))
+        UNet2DConditionModel::load(&Weights::from_tensors(shared, "random UNet".into(), device, kind).root(), &config).map(|u| Denoiser::new(Network::UNet(u)))
     };
     let build_s = start.elapsed().as_secs_f64();
 
-    let latents = Tensor::randn([args.latents, config.in_channels, size, size], (Kind::Float, Device::Cpu));
-    let context = exact_in_half(&Tensor::randn([1, 77, config.cross_attention_dim], (Kind::Float, Device::Cpu)));
+    let latents = Tensor::randn([args.latents, config.in_channels, size, size], (Kind::Float, Device::Cpu)).to_device(device);
+    let states = exact_in_half(&Tensor::randn([1, 77, config.cross_attention_dim], (Kind::Float, Device::Cpu))).to_device(device);
+    // SDXL: a pooled text embedding and the size numbers of a whole image of the latent's size (VAE factor 8).
+    let added = config.text_time.map(|tt| {
+        let pooled = exact_in_half(&Tensor::randn([1, tt.input_dim - TIME_IDS * tt.time_embed_dim], (Kind::Float, Device::Cpu))).to_device(device);
+        let px = size * 8;
+        (pooled, Tensor::from_slice(&[px, px, 0, 0, px, px]).to_kind(Kind::Float).unsqueeze(0).to_device(device))
+    });
+    let condition = |kind: Kind| match &added {
+        None => Condition::Text(states.to_kind(kind)),
+        Some((pooled, time_ids)) => Condition::TextTime { states: states.to_kind(kind), pooled: pooled.to_kind(kind), time_ids: time_ids.shallow_clone() },
+    };
     // Row 0: the start of a step; row 1: the target 90% of the way to latent 0's h, so its loss is 100x lower.
     let x = latents.narrow(0, 0, 1).repeat([2, 1, 1, 1]);
     let (targets, h32, losses32, grad32, f32_s) = {
         let unet = model(&exact, Kind::Float)?;
-        let hspace = HSpace::new(&unet, Condition::Text(context.shallow_clone()), Kind::Float, args.latents);
+        let hspace = HSpace::new(&unet, condition(Kind::Float), Kind::Float, args.latents);
         let h = hspace.h_all(&latents, t);
         let target = h.mean_dim(0, true, Kind::Float);
         let own = h.narrow(0, 0, 1);
@@ -138,13 +154,13 @@ fn main() -> Result<()> {
     let h_grad_rms: Vec<f64> = losses32.iter().map(|l| 2.0 * l.sqrt() / h_numel).collect();
     println!(
         "{}",
-        json!({"kind": "f32", "config": args.config, "latent_shape": &x.size()[1..], "h_elements": h32.numel(), "h_rms": h_rms,
+        json!({"kind": "f32", "config": args.config, "device": args.device, "latent_shape": &x.size()[1..], "h_elements": h32.numel(), "h_rms": h_rms,
             "build_s": build_s, "seconds": f32_s, "loss": points(&losses32), "h_grad_rms": points(&h_grad_rms),
             "latent_grad_rms": points(&rms(&grad32))})
     );
     {
         let unet = model(&original, Kind::Float)?;
-        let hspace = HSpace::new(&unet, Condition::Text(context.shallow_clone()), Kind::Float, 2);
+        let hspace = HSpace::new(&unet, condition(Kind::Float), Kind::Float, 2);
         let (_, grad) = loss_and_gradient(&hspace, &x, &targets, t);
         println!("{}", json!({"weights": "f32 as initialised vs rounded (exact_in_half)", "cosine": points(&row_cosines(&grad, &grad32))}));
     }
@@ -152,7 +168,7 @@ fn main() -> Result<()> {
 
     for (name, kind) in kinds {
         let unet = model(&exact, kind)?;
-        let hspace = HSpace::new(&unet, Condition::Text(context.to_kind(kind)), kind, 2);
+        let hspace = HSpace::new(&unet, condition(kind), kind, 2);
         let t0 = Instant::now();
         let (before, h) = gradient_before(&hspace, &x, &targets, t);
         // Rounding noise of this precision's own h (row 0, latent 0 as in f32), relative to h's RMS.

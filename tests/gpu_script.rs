@@ -25,6 +25,7 @@ fn the_gpu_check_parses_and_runs_on_the_cpu() {
         assert!(stdout.contains(&format!("| {dtype} | 2 |")), "throughput of {dtype} at batch 2: {stdout}");
     }
     assert!(stdout.contains("One DMA run at the defaults") && stdout.contains("encoder_backward"), "{stdout}");
+    assert!(stdout.contains("## 4. Half-precision") && stdout.matches("\"cosine_vs_f32\"").count() == 2, "f16 and bf16 at SDXL's (tiny) size: {stdout}");
     let report = std::fs::read_to_string(out.path().join("gpu-check.txt")).unwrap();
     assert!(report.contains("## 1. The device against the CPU") && report.contains("One DMA run"), "{report}");
 }

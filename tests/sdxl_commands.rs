@@ -1,4 +1,5 @@
-//! The commands on an SDXL folder (the tiny random fixture): `average`, `eval`, `compare` beside an SD 1.x model,
+//! The commands on an SDXL folder (the tiny random fixture): `average`, `sample` from its single file, `eval`,
+//! `compare` beside an SD 1.x model,
 //! `modes --average` with LoRA and with Textual Inversion on both encoders, whose embedding `average --adapter`
 //! then takes.
 mod common;
@@ -32,6 +33,13 @@ fn average_eval_compare_and_modes_run_on_an_sdxl_folder() {
     let run = read_json(&out.join("run.json"));
     let model = &run["model"];
     assert_eq!((&model["conditioning"], &model["hspace"], &model["vae_dtype"]), (&serde_json::json!("sdxl"), &serde_json::json!("mid block"), &serde_json::json!("f32")), "{model}");
+
+    // A single-file SDXL checkpoint, with the folder's configs (the built-in ones are SDXL base's full size).
+    let out = tmp.path().join("sample");
+    let single = sdxl.join("ldm.safetensors");
+    succeeds(dma(&["sample", "--model", path(&single), "--config", path(&sdxl), "--num", "2", "--steps", "2", "--prompt", "a photo of a dog", "--quiet", "--out", path(&out)]));
+    let run = read_json(&out.join("run.json"));
+    assert_eq!(run["model"]["conditioning"], serde_json::json!("sdxl"), "{}", run["model"]);
 
     let out = tmp.path().join("eval");
     let judging = ["--clip", path(&clip), "--repeats", "2", "--samples", "4"];
