@@ -25,8 +25,9 @@ pub struct ModelArgs {
     /// f32, f16, bf16 (or f64, for checks).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// For a single-file checkpoint: take the configs and tokenizer from this diffusers folder instead of the
-    /// built-in SD 1.5 / SD 2.1 ones (e.g. SD 2.1-base, which predicts epsilon, or an inpainting model).
+    /// For a single-file checkpoint: take the configs and tokenizer(s) from this diffusers folder instead of the
+    /// built-in SD 1.5 / SD 2.1 / SDXL base ones (e.g. SD 2.1-base, which predicts epsilon, or a fine-tune whose
+    /// configs differ).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where h (the space DMA aligns in) is read: after this block instead of the family's default. A DiT's

@@ -2,16 +2,14 @@
 //! condition, and read h, where DMA aligns trajectories. The sampler, the method and the pipelines see only this;
 //! the question "UNet or DiT?" is answered here and in the loaders, nowhere else.
 use super::dit::DiTTransformer2DModel;
-use super::unet::config::unet_activation_volume;
 use super::unet::{AddedCondition, UNet2DConditionModel};
 use crate::nn::Linear;
 use anyhow::{bail, ensure, Result};
 use tch::{Kind, Tensor};
 
-/// A DiT's activation volume per token, channel and block, in SD 1.5's units: DiT-XL/2-256's alignment iteration
-/// keeps 0.64 GB per latent in f32 (BENCHMARKS.md, "Alignment iteration (DiT-XL/2-256 config, CPU)") where SD 1.5's
-/// keeps 0.646 GB for a volume of 7,127,040; 256 tokens x 1152 x 28 blocks then make 0.855 units each.
-const DIT_VOLUME_PER_TOKEN_CHANNEL_BLOCK: f64 = 0.64 / 0.646 * 7_127_040.0 / (256.0 * 1152.0 * 28.0);
+/// The f32 bytes a DiT's alignment iteration keeps per token, channel and block run: DiT-XL/2-256 keeps 0.64 GB per
+/// latent (BENCHMARKS.md, "Alignment iteration (DiT-XL/2-256 config, CPU)") over 256 tokens x 1152 x 28 blocks.
+const DIT_BYTES_PER_TOKEN_CHANNEL_BLOCK: f64 = 0.64e9 / (256.0 * 1152.0 * 28.0);
 
 /// What the network is conditioned on, per sample along the batch.
 pub enum Condition {
@@ -205,16 +203,16 @@ impl Denoiser {
         Ok(())
     }
 
-    /// The activation volume one latent of `size` [height, width] keeps for a backward pass through h's path, in
-    /// the units memory estimates scale SD 1.5's measurement by (`unet_activation_volume`). For a DiT: tokens x
-    /// width x blocks run, times `DIT_VOLUME_PER_TOKEN_CHANNEL_BLOCK`, calibrated on DiT-XL/2-256.
-    pub fn activation_volume(&self, [height, width]: [i64; 2]) -> f64 {
+    /// The f32 bytes one latent of `size` [height, width] keeps for a backward pass through h's path
+    /// (`UNetConfig::encoder_activation_bytes`; for a DiT, tokens x width x blocks run times
+    /// `DIT_BYTES_PER_TOKEN_CHANNEL_BLOCK`), what memory estimates count per latent of a batch.
+    pub fn activation_bytes(&self, [height, width]: [i64; 2]) -> f64 {
         match &self.network {
-            Network::UNet(unet) => unet_activation_volume(&unet.config.block_out_channels, unet.config.layers_per_block, [height, width]),
+            Network::UNet(unet) => unet.config.encoder_activation_bytes([height, width]),
             Network::DiT(dit) => {
                 let tokens = (height / dit.config.patch_size) * (width / dit.config.patch_size);
                 let blocks = dit.h_block(self.h_block) + 1;
-                (tokens * dit.config.width() * blocks as i64) as f64 * DIT_VOLUME_PER_TOKEN_CHANNEL_BLOCK
+                (tokens * dit.config.width() * blocks as i64) as f64 * DIT_BYTES_PER_TOKEN_CHANNEL_BLOCK
             }
         }
     }

@@ -5,30 +5,23 @@
 //! UNet's forward and backward) for `dma modes --average`. Everything is counted in f64, so no count, however
 //! large, overflows on the way to its refusal.
 //!
-//! The per-latent figures are scaled from those measured on SD 1.5 at 64x64 latents in f32: 0.65 GB per latent of
-//! an alignment iteration and 1.90 GB per sample of a training step (BENCHMARKS.md "Peak memory of one alignment
-//! iteration"), in proportion to the encoder's activation volume (channels x pixels summed over the down blocks,
-//! times the layers per block) and to the dtype's width.
-use crate::models::unet::config::unet_activation_volume;
+//! The per-latent figure of an alignment iteration is the network's own count (`Denoiser::activation_bytes`:
+//! resnets and transformer layers of the encoder half, fitted to SD 1.5 and SDXL; a DiT's tokens and blocks) in
+//! proportion to the dtype's width; a training step's is that times what SD 1.5's measurements gave (1.90 GB per
+//! sample against 0.65 GB per latent, BENCHMARKS.md "Peak memory of one alignment iteration").
 use super::DiffusionModel;
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
-/// Measured on SD 1.5: bytes per latent of one alignment iteration, and what libtorch and the process need beside
-/// the weights (3.95 GB fixed less 3.44 GB of weights).
-const SD15_BYTES_PER_LATENT: f64 = 0.646e9;
-/// Measured on SD 1.5 in the same way: bytes per sample of one training step's forward and backward.
-const SD15_TRAINING_BYTES_PER_SAMPLE: f64 = 1.904e9;
+/// Measured on SD 1.5: a training step's bytes per sample (the whole UNet's forward and backward) over an
+/// alignment iteration's per latent (1.904 GB / 0.646 GB).
+const TRAINING_OVER_ALIGNMENT: f64 = 1.904 / 0.646;
+/// What libtorch and the process need beside the weights (SD 1.5: 3.95 GB fixed less 3.44 GB of weights).
 const RUNTIME_BYTES: f64 = 0.51e9;
 /// Refuse only what clearly does not fit: the estimate is a line fitted to three points.
 const MARGIN: f64 = 1.25;
 /// A run may say how much memory to assume instead of asking the system (for tests, or to leave room).
 pub const LIMIT_VARIABLE: &str = "DMA_MEMORY_LIMIT";
-
-/// SD 1.5's (block widths 320/640/1280/1280, 2 layers per block, 64x64 latents): what the measurement was of.
-fn sd15_volume() -> f64 {
-    unet_activation_volume(&[320, 640, 1280, 1280], 2, [64, 64])
-}
 
 fn dtype_bytes(kind: Kind) -> f64 {
     match kind {
@@ -54,10 +47,11 @@ impl Work {
         }
     }
 
-    fn sd15_bytes(self) -> f64 {
+    /// A batch element's bytes over an alignment iteration's latent.
+    fn factor(self) -> f64 {
         match self {
-            Work::Alignment => SD15_BYTES_PER_LATENT,
-            Work::Training => SD15_TRAINING_BYTES_PER_SAMPLE,
+            Work::Alignment => 1.0,
+            Work::Training => TRAINING_OVER_ALIGNMENT,
         }
     }
 }
@@ -69,8 +63,7 @@ pub fn estimate(model: &DiffusionModel, work: Work, latents: [i64; 4]) -> (f64, 
     let weights: f64 = model.info.weight_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len() as f64).sum();
     let [count, channels, height, width] = latents.map(|n| n as f64);
     let bytes = dtype_bytes(model.kind);
-    let volume = model.denoiser.activation_volume([latents[2], latents[3]]);
-    let per_latent = work.sd15_bytes() * volume / sd15_volume() * bytes / 4.0;
+    let per_latent = model.denoiser.activation_bytes([latents[2], latents[3]]) * work.factor() * bytes / 4.0;
     let h = model.denoiser.h_elements([latents[2], latents[3]]) * bytes;
     let [image_channels, image_height, image_width] = model.image_shape().map(|n| n as f64);
     let [_, native_height, native_width] = model.latent_shape().map(|n| n as f64);
@@ -156,19 +149,25 @@ pub fn check_fits(model: &DiffusionModel, work: Work, batch: i64, latents: [i64;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::unet::UNetConfig;
+
+    fn config(name: &str) -> UNetConfig {
+        UNetConfig::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/configs").join(name).join("unet/config.json")).unwrap()
+    }
 
     #[test]
-    fn activations_scale_with_width_and_area() {
-        let sd15 = [320, 640, 1280, 1280];
-        // Ratios of integer counts in float64: exact to about 1e-16.
-        // Half the side (SD 1.5 at 256 px), a quarter of the activations; twice the layers, 3/2 of them.
-        assert!((unet_activation_volume(&sd15, 2, [32, 32]) / sd15_volume() - 0.25).abs() < 1e-12);
-        assert!((unet_activation_volume(&sd15, 5, [64, 64]) / sd15_volume() - 2.0).abs() < 1e-12);
-        // A wide image: twice the width, twice the activations.
-        assert!((unet_activation_volume(&sd15, 2, [64, 128]) / sd15_volume() - 2.0).abs() < 1e-12);
-        // The embedded model (32/64/128, 2 layers, 32x32): a small fraction of SD 1.5's.
-        let embedded = unet_activation_volume(&[32, 64, 128], 2, [32, 32]) / sd15_volume();
-        assert!((embedded - 172_032.0 / 7_127_040.0).abs() < 1e-12, "{embedded}");
+    fn activations_match_the_measurements_and_scale_with_area() {
+        let (sd15, sdxl) = (config("sd15"), config("sdxl"));
+        let relative = |got: f64, want: f64| (got / want - 1.0).abs();
+        // The two measurements the coefficients were fitted to (to their 5 significant digits).
+        assert!(relative(sd15.encoder_activation_bytes([64, 64]), 0.646e9) < 1e-4);
+        assert!(relative(sdxl.encoder_activation_bytes([128, 128]), 6.30e9) < 1e-4);
+        // Half the side (SD 1.5 at 256 px), a quarter; a wide image, twice.
+        assert!(relative(sd15.encoder_activation_bytes([32, 32]), sd15.encoder_activation_bytes([64, 64]) / 4.0) < 1e-12);
+        assert!(relative(sd15.encoder_activation_bytes([64, 128]), sd15.encoder_activation_bytes([64, 64]) * 2.0) < 1e-12);
+        // SDXL at 512 px (64x64 latents) keeps a quarter of its 1024 px figure, still more than SD 1.5 at 512 px.
+        let sdxl_512 = sdxl.encoder_activation_bytes([64, 64]);
+        assert!(relative(sdxl_512, 6.30e9 / 4.0) < 1e-4 && sdxl_512 > 2.0 * 0.646e9, "{sdxl_512}");
     }
 
     #[test]

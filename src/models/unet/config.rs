@@ -283,17 +283,37 @@ impl UNetConfig {
     }
 }
 
-/// The encoder's activation volume per latent of `height` x `width`, in channel-pixels: each down block's width
-/// times its resolution (halved after every block but the last) times its layers (what memory estimates scale by).
-pub fn unet_activation_volume(block_out_channels: &[i64], layers_per_block: i64, [height, width]: [i64; 2]) -> f64 {
-    let (mut height, mut width) = (height as f64, width as f64);
-    let mut volume = 0.0;
-    for (i, &channels) in block_out_channels.iter().enumerate() {
-        volume += channels as f64 * height * width * (layers_per_block + 1) as f64;
-        if i + 1 < block_out_channels.len() {
-            height = (height / 2.0).ceil();
-            width = (width / 2.0).ceil();
+/// Bytes (f32) one latent of an alignment iteration keeps for the backward pass, per element (channels x pixels) of
+/// each resnet's output and of each transformer layer's: the two coefficients that make the encoder-half count
+/// below equal what was measured on SD 1.5 at 64x64 (0.646 GB per latent) and on SDXL base at 128x128 (6.30 GB)
+/// (BENCHMARKS.md, "Peak memory of one alignment iteration" and "Alignment iteration (SDXL base config, CPU)"). A
+/// transformer layer keeps about six times a resnet's (attention's projections, GEGLU's 8x-wide feed-forward);
+/// counting channel-pixels alone, as before SDXL, put SDXL at 2.5 GB.
+const RESNET_BYTES_PER_ELEMENT: f64 = 18.777;
+const TRANSFORMER_LAYER_BYTES_PER_ELEMENT: f64 = 118.58;
+
+impl UNetConfig {
+    /// The f32 bytes one latent of `height` x `width` keeps through an alignment iteration (the encoder half's
+    /// forward and backward): each down block's resnets and transformer layers at its resolution (halved after
+    /// every block but the last), and the mid block's two resnets and transformer of the last block's depth.
+    pub fn encoder_activation_bytes(&self, [height, width]: [i64; 2]) -> f64 {
+        let (mut height, mut width) = (height as f64, width as f64);
+        let (mut resnets, mut transformer_layers) = (0.0, 0.0);
+        let levels = self.block_out_channels.len();
+        for (i, &channels) in self.block_out_channels.iter().enumerate() {
+            let elements = channels as f64 * height * width;
+            resnets += self.layers_per_block as f64 * elements;
+            if self.down_blocks[i] == BlockKind::CrossAttn {
+                transformer_layers += (self.layers_per_block * self.transformer_layers[i]) as f64 * elements;
+            }
+            if i + 1 < levels {
+                height = (height / 2.0).ceil();
+                width = (width / 2.0).ceil();
+            }
         }
+        let mid = *self.block_out_channels.last().unwrap_or(&0) as f64 * height * width;
+        resnets += 2.0 * mid;
+        transformer_layers += *self.transformer_layers.last().unwrap_or(&0) as f64 * mid;
+        RESNET_BYTES_PER_ELEMENT * resnets + TRANSFORMER_LAYER_BYTES_PER_ELEMENT * transformer_layers
     }
-    volume
 }
