@@ -49,10 +49,15 @@ impl SdxlTextEncoders {
             return Ok((states, Tensor::zeros([1, self.text_projection.out_features()], options)));
         }
         let ids = |tokenizer: &Tokenizer| -> Result<Tensor> { Ok(Tensor::from_slice(&tokenizer.encode(prompt)?).unsqueeze(0).to_device(device)) };
-        let (ids_1, ids_2) = (ids(&self.tokenizer)?, ids(&self.tokenizer_2)?);
-        let (states_1, _) = self.text_encoder.forward_penultimate(&self.text_encoder.embed_tokens(&ids_1));
-        let (states_2, last_2) = self.text_encoder_2.forward_penultimate(&self.text_encoder_2.embed_tokens(&ids_2));
-        let pooled = self.text_projection.forward(&self.text_encoder_2.pooled(&last_2, &ids_2));
-        Ok((Tensor::cat(&[states_1, states_2], -1), pooled))
+        Ok(self.encode_ids(&ids(&self.tokenizer)?, &ids(&self.tokenizer_2)?))
+    }
+
+    /// `encode` from the two tokenizers' ids [B, L]: both encoders' penultimate states side by side, and the second's
+    /// pooled output through its projection.
+    pub fn encode_ids(&self, ids_1: &Tensor, ids_2: &Tensor) -> (Tensor, Tensor) {
+        let (states_1, _) = self.text_encoder.forward_penultimate(&self.text_encoder.embed_tokens(ids_1));
+        let (states_2, last_2) = self.text_encoder_2.forward_penultimate(&self.text_encoder_2.embed_tokens(ids_2));
+        let pooled = self.text_projection.forward(&self.text_encoder_2.pooled(&last_2, ids_2));
+        (Tensor::cat(&[states_1, states_2], -1), pooled)
     }
 }
