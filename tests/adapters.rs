@@ -82,7 +82,7 @@ fn ti_parity(ti: Option<TextualInversion>) -> Closeness {
     let prompt = json["prompt"].as_str().unwrap();
     adapter.check_prompt(prompt).unwrap();
     adapter.apply(&mut model).unwrap();
-    let ids = model.text("the test").unwrap().0.encode(prompt).unwrap();
+    let ids = model.text_encoders("the test").unwrap()[0].0.encode(prompt).unwrap();
     assert_eq!(Tensor::from_slice(&ids).unsqueeze(0), refs["ti_ids"], "token ids with the added token");
     let hidden = common::text_condition(&model, prompt);
     closeness("text encoder output with the learned token", &hidden, &refs["ti_hidden"], TEXT_RTOL, 0.0)
@@ -158,11 +158,11 @@ fn textual_inversion_gradient_matches_finite_differences() {
     tch::manual_seed(5);
     let row = (Tensor::randn([32], (Kind::Double, Device::Cpu)) * 0.1).set_requires_grad(true);
     model.add_token("<fd-token>", std::slice::from_ref(&row)).unwrap();
-    let ids = Tensor::from_slice(&model.text("the test").unwrap().0.encode("a photo of <fd-token>").unwrap()).unsqueeze(0);
+    let ids = Tensor::from_slice(&model.text_encoders("the test").unwrap()[0].0.encode("a photo of <fd-token>").unwrap()).unsqueeze(0);
     let x0 = Tensor::randn([2, 4, 16, 16], (Kind::Double, Device::Cpu));
     let loss = || {
         tch::manual_seed(9);
-        let context = Condition::Text(model.text("the test").unwrap().1.forward(&ids));
+        let context = Condition::Text(model.text_encoders("the test").unwrap()[0].1.forward(&ids));
         noise_prediction_loss(&model.denoiser, &scheduler, &x0, &context).to_kind(Kind::Double)
     };
     // float64 central differences at step 1e-6: truncation ~1e-12, rounding ~1e-16 / 1e-6 of the loss, relative;

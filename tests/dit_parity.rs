@@ -172,7 +172,7 @@ fn class_names_resolve_as_dit_pipeline_s_and_bad_ones_are_refused() {
     assert_eq!(model.class_prompt(5).unwrap(), "great white shark");
     assert_eq!(model.class_prompt(999).unwrap(), "class 999");
     assert!(model.class_prompt(1000).unwrap_err().to_string().contains("classes 0 to 999"));
-    let Err(err) = model.text("Textual Inversion") else { panic!("a DiT has no text encoder") };
+    let Err(err) = model.text_encoders("Textual Inversion") else { panic!("a DiT has no text encoder") };
     assert!(err.to_string().contains("conditioned on class labels"), "{err}");
 }
 

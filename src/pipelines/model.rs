@@ -61,14 +61,6 @@ impl ModelInfo {
 }
 
 impl DiffusionModel {
-    /// The tokenizer and text encoder, for what only a text-conditioned model has (`what` names the need).
-    pub fn text(&self, what: &str) -> Result<(&Tokenizer, &ClipTextModel)> {
-        match self.text_encoders(what)?.as_slice() {
-            [one] => Ok(*one),
-            _ => bail!("{what} needs the one text encoder of an SD 1.x/2.x model; SDXL has two (text_encoders)"),
-        }
-    }
-
     /// Every tokenizer and text encoder of a text-conditioned model (SDXL's two), in the order the conditioning
     /// concatenates them.
     pub fn text_encoders(&self, what: &str) -> Result<Vec<(&Tokenizer, &ClipTextModel)>> {
@@ -99,19 +91,11 @@ impl DiffusionModel {
     /// (the empty prompt: the null class, guidance's unconditional branch).
     pub fn condition(&self, prompt: &str) -> Result<Condition> {
         match &self.conditioner {
-            Conditioner::Text { tokenizer, text_encoder } => {
-                let ids = tokenizer.encode(prompt)?;
-                let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device);
-                Ok(Condition::Text(tch::no_grad(|| text_encoder.forward(&ids))))
-            }
-            Conditioner::Sdxl(encoders) => {
-                let [_, height, width] = self.image_shape();
-                encoders.condition(prompt, default_time_ids(height, width), self.device)
-            }
             Conditioner::Classes(labels) => {
                 let id = if prompt.trim().is_empty() { labels.classes } else { labels.id_of(prompt)? };
                 Ok(Condition::Class(Tensor::from_slice(&[id]).to_device(self.device)))
             }
+            Conditioner::Text { .. } | Conditioner::Sdxl(_) => tch::no_grad(|| self.trainable_condition(prompt)),
         }
     }
 

@@ -27,12 +27,8 @@ pub struct SdxlTextEncoders {
 }
 
 impl SdxlTextEncoders {
-    /// The condition for `prompt`, one sample, for images of `time_ids`' size.
-    pub fn condition(&self, prompt: &str, time_ids: [i64; 6], device: Device) -> Result<Condition> {
-        tch::no_grad(|| self.trainable_condition(prompt, time_ids, device))
-    }
-
-    /// `condition` with gradients through both text encoders (Textual Inversion learns through them).
+    /// The condition for `prompt`, one sample, for images of `time_ids`' size, with gradients through both text
+    /// encoders unless called under `no_grad` (Textual Inversion learns through them).
     pub fn trainable_condition(&self, prompt: &str, time_ids: [i64; 6], device: Device) -> Result<Condition> {
         let (states, pooled) = self.encode(prompt, device)?;
         let time_ids = Tensor::from_slice(&time_ids).to_kind(Kind::Float).unsqueeze(0).to_device(device);
