@@ -10,7 +10,8 @@ use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, Sampl
 use dma::pipelines::defaults::RunDefaults;
 use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
-use std::path::PathBuf;
+use dma::training::embedded::Network;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind};
 
@@ -21,9 +22,9 @@ fn embedded_dir() -> PathBuf {
 /// DMA on the embedded model for `class`'s first caption at the model's sampling defaults (8 latents, 6 aligned
 /// steps of at most 15 iterations):
 /// the spread of h shrinks at every aligned step; returns the prototype image.
-fn embedded_prototype(model: &DiffusionModel, class: usize) -> tch::Tensor {
+fn embedded_prototype(model: &DiffusionModel, dir: &Path, class: usize) -> tch::Tensor {
     let prompt = class_captions(class)[0].clone();
-    let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
+    let defaults = RunDefaults::for_source(&ModelSource::Folder(dir.to_path_buf())).unwrap();
     let settings = SamplingSettings { batch: 8, ..defaults.sampling(&prompt, 0) };
     let align = AlignSettings { align_steps: 6, iters: 15, lr: 2e-2, tol: 0.01, window: 5, ..AlignSettings::paper(HBranch::Cond) };
     let mut result = run(model, &settings, &seeded_latents(model, 8, 0), Some(&align), 0, &|_| {}).unwrap();
@@ -35,54 +36,84 @@ fn embedded_prototype(model: &DiffusionModel, class: usize) -> tch::Tensor {
     model.decode(&result.latents.narrow(0, index, 1))
 }
 
-fn embedded_model() -> DiffusionModel {
-    dma::loaders::load(&ModelSource::Folder(embedded_dir()), Device::Cpu, Kind::Float).unwrap()
+fn load(dir: &Path) -> DiffusionModel {
+    dma::loaders::load(&ModelSource::Folder(dir.to_path_buf()), Device::Cpu, Kind::Float).unwrap()
+}
+
+/// The embedded DiT, trained on the same images with the classes and broad concepts as its labels.
+fn embedded_dit_dir() -> PathBuf {
+    embedded_dir().join("dit")
 }
 
 #[test]
 fn dma_on_the_embedded_model_shrinks_the_spread_of_h_at_every_aligned_step() {
     let _rng = common::global_rng();
-    let model = embedded_model();
+    let model = load(&embedded_dir());
     for class in [7, 17] {
         // "a sneaker", "the digit seven"
-        let prototype = embedded_prototype(&model, class);
+        let prototype = embedded_prototype(&model, &embedded_dir(), class);
         assert_eq!(prototype.size(), [1, 1, 32, 32]);
+    }
+}
+
+/// DMA on the model in `dir` gives, for a sneaker and a seven, a prototype the embedded CLIP puts in that class
+/// (and the spread of h falls at each aligned step).
+fn assert_prototypes_have_their_class(dir: &Path) {
+    let model = load(dir);
+    let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
+    let names = class_names();
+    for class in [7, 17] {
+        let predicted = classifier.classify(&embedded_prototype(&model, dir, class)).unwrap()[0];
+        assert_eq!(names[predicted], names[class], "{}: the prototype of class {} looks like a {}", dir.display(), names[class], names[predicted]);
     }
 }
 
 #[test]
 fn the_embedded_prototype_has_the_prompts_class() {
     let _rng = common::global_rng();
-    let model = embedded_model();
-    let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
-    let names = class_names();
-    for class in [7, 17] {
-        let predicted = classifier.classify(&embedded_prototype(&model, class)).unwrap()[0];
-        assert_eq!(names[predicted], names[class], "the prototype of class {} looks like a {}", names[class], names[predicted]);
-    }
+    assert_prototypes_have_their_class(&embedded_dir());
 }
 
 #[test]
-fn the_main_command_runs_without_a_model_argument() {
+fn the_embedded_dit_prototype_has_the_prompts_class() {
     let _rng = common::global_rng();
+    assert_prototypes_have_their_class(&embedded_dit_dir());
+}
+
+/// `dma average --prompt footwear` with `model_flag` (none, or e.g. `--model embedded-dit`) runs on the binary's
+/// own copy of the embedded model folder `dir` (unpacked into the cache) with that folder's defaults; `weights` is
+/// the network's weight file inside `dir`.
+fn assert_main_command_runs_on(model_flag: &[&str], dir: &Path, weights: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let output = Command::new(env!("CARGO_BIN_EXE_dma"))
         .args(["average", "--prompt", "footwear", "--latents", "4", "--iters", "5", "--quiet", "--out"])
         .arg(&out)
+        .args(model_flag)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
-    // The binary's own copy of models/embedded, unpacked into the cache: the same weights.
     assert!(run["model"]["source"].as_str().unwrap().contains("embedded-model-"), "{}", run["model"]["source"]);
     let shipped: Vec<String> = run["model"]["weight_files"].as_array().unwrap().iter().map(|f| f["sha256"].as_str().unwrap().to_string()).collect();
-    let unet = dma::pipelines::model::sha256_file(&embedded_dir().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    assert!(shipped.contains(&unet), "the run used the repository's embedded UNet");
-    let defaults = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
+    let network = dma::pipelines::model::sha256_file(&dir.join(weights)).unwrap();
+    assert!(shipped.contains(&network), "the run used the repository's {weights} in {}", dir.display());
+    let defaults = RunDefaults::for_source(&ModelSource::Folder(dir.to_path_buf())).unwrap();
     assert_eq!(run["sampling"]["guidance"], defaults.guidance, "the embedded model's own defaults apply");
     assert_eq!(run["sampling"]["use_clipped_model_output"], true);
     assert!(out.join("prototype.png").is_file());
+}
+
+#[test]
+fn the_main_command_runs_without_a_model_argument() {
+    let _rng = common::global_rng();
+    assert_main_command_runs_on(&[], &embedded_dir(), "unet/diffusion_pytorch_model.safetensors");
+}
+
+#[test]
+fn the_embedded_dit_runs_by_name() {
+    let _rng = common::global_rng();
+    assert_main_command_runs_on(&["--model", "embedded-dit"], &embedded_dit_dir(), "transformer/diffusion_pytorch_model.safetensors");
 }
 
 #[test]
@@ -144,9 +175,11 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
     }
 }
 
-/// `dma train` writes dma_defaults.json from the recipe; the committed file must say the same.
+/// `dma train` writes dma_defaults.json from the recipe; the committed files must say the same.
 #[test]
 fn the_committed_run_defaults_are_the_recipe_s() {
-    let committed = RunDefaults::for_source(&ModelSource::Folder(embedded_dir())).unwrap();
-    assert_eq!(committed, dma::training::embedded::run_defaults());
+    for (dir, network) in [(embedded_dir(), Network::Unet), (embedded_dit_dir(), Network::Dit)] {
+        let committed = RunDefaults::for_source(&ModelSource::Folder(dir.clone())).unwrap();
+        assert_eq!(committed, dma::training::embedded::run_defaults(network), "{}", dir.display());
+    }
 }

@@ -15,8 +15,9 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelArgs {
-    /// A diffusers folder, a Hugging Face repo id in the local cache, or a single-file .safetensors checkpoint.
-    /// Without it, the small model embedded in the project.
+    /// A diffusers folder, a Hugging Face repo id in the local cache, or a single-file .safetensors checkpoint;
+    /// `embedded` or `embedded-dit` for the small models that ship with the project (the UNet model, the DiT),
+    /// unless a file or folder of that name exists. Without it, the embedded UNet model.
     #[arg(long)]
     pub model: Option<String>,
     /// cpu, cuda or cuda:N.
@@ -42,6 +43,15 @@ pub struct ModelArgs {
     pub flag: &'static str,
 }
 
+/// The names `--model` takes for the embedded models, and their folders inside the embedded model's.
+const EMBEDDED_NAMES: [(&str, &str); 2] = [("embedded", ""), ("embedded-dit", "dit")];
+
+/// The embedded model's sub-folder `spec` names, if it is one of `EMBEDDED_NAMES` and no path of that name exists.
+fn embedded_folder(spec: &str) -> Option<&'static str> {
+    let (_, folder) = EMBEDDED_NAMES.iter().find(|(name, _)| *name == spec)?;
+    (!Path::new(spec).exists()).then_some(*folder)
+}
+
 fn model_flag() -> &'static str {
     "--model"
 }
@@ -49,7 +59,11 @@ fn model_flag() -> &'static str {
 impl ModelArgs {
     pub fn source(&self) -> Result<ModelSource> {
         match &self.model {
-            Some(spec) => ModelSource::resolve(spec).context(self.flag),
+            Some(spec) => match embedded_folder(spec) {
+                Some("") => Ok(ModelSource::Folder(embedded_model_dir()?)),
+                Some(folder) => Ok(ModelSource::Folder(embedded_model_dir()?.join(folder))),
+                None => ModelSource::resolve(spec).context(self.flag),
+            },
             None => Ok(ModelSource::Folder(embedded_model_dir()?)),
         }
     }

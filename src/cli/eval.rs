@@ -173,7 +173,7 @@ pub struct EvalArgs {
 #[derive(Args, Debug, Serialize, Deserialize)]
 pub struct CompareArgs {
     /// The models, comma-separated (diffusers folders, Hugging Face repo ids in the local cache, or single-file
-    /// checkpoints; `embedded` for the embedded model).
+    /// checkpoints; `embedded` and `embedded-dit` for the embedded models).
     #[arg(long, value_delimiter = ',', required_unless_present = "resume")]
     pub models: Vec<String>,
     /// cpu, cuda or cuda:N.
@@ -508,7 +508,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
-        .map(|m| ModelArgs { model: (m != "embedded").then(|| m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, hspace_block: None, flag: "--models" })
+        .map(|m| ModelArgs { model: Some(m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, hspace_block: None, flag: "--models" })
         .collect();
     let resolve = || -> Result<_> {
         let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;

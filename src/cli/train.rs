@@ -14,57 +14,17 @@ use dma::files::{write_atomic, write_json};
 use dma::models::tokenizer::{Tokenizer, WordTokenizer};
 use dma::training::clip::{ClipTrainSettings, ClipTrainer};
 use dma::training::diffusion::{DiffusionTrainer, TrainSettings};
-use dma::training::embedded;
+use dma::training::embedded::{self, Network};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 /// Longest caption in tokens, start and end tokens included.
 const MAX_CAPTION_TOKENS: usize = 16;
 
-/// The network `dma train` trains.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
-pub enum TrainedNetwork {
-    /// The embedded Stable Diffusion: a CLIP text encoder and a UNet, conditioned on captions.
-    Unet,
-    /// The embedded DiT: a class-conditional transformer whose labels are the 20 kinds and the broad concepts.
-    Dit,
-}
-
-impl TrainedNetwork {
-    fn default_steps(self) -> usize {
-        match self {
-            Self::Unet => 5000,
-            Self::Dit => 4000,
-        }
-    }
-
-    fn default_batch(self) -> i64 {
-        match self {
-            Self::Unet => 64,
-            Self::Dit => 128,
-        }
-    }
-
-    fn default_min_snr_gamma(self) -> Option<f64> {
-        match self {
-            Self::Unet => None,
-            Self::Dit => Some(5.0),
-        }
-    }
-
-    /// The model folder and the training state's folder when not given.
-    fn default_folders(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Unet => ("models/embedded", "train/embedded"),
-            Self::Dit => ("models/embedded/dit", "train/embedded-dit"),
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "unet")]
-    pub network: TrainedNetwork,
+    pub network: Network,
     /// The model folder to create (configs and tokenizer) and to export the averaged weights into (default
     /// models/embedded, for --network dit models/embedded/dit).
     #[arg(long)]
@@ -129,28 +89,28 @@ impl TrainArgs {
 
 /// Writes the configs, run defaults and tokenizer (or class names) of a new embedded model folder; an existing
 /// folder is kept as it is (only its run defaults are added when missing).
-fn create_model_folder(dir: &Path, network: TrainedNetwork) -> Result<()> {
+fn create_model_folder(dir: &Path, network: Network) -> Result<()> {
     let defaults = dir.join(dma::pipelines::defaults::FILE);
     if !defaults.is_file() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_json(&defaults, &embedded::run_defaults())?;
+        write_json(&defaults, &embedded::run_defaults(network))?;
     }
     let network_folder = match network {
-        TrainedNetwork::Unet => "unet",
-        TrainedNetwork::Dit => "transformer",
+        Network::Unet => "unet",
+        Network::Dit => "transformer",
     };
     if dir.join("model_index.json").is_file() {
         ensure!(dir.join(network_folder).is_dir(), "{}: the model folder has no `{network_folder}` folder, so --network {} cannot train it (another --model-out?)", dir.display(), format!("{network:?}").to_lowercase());
         return Ok(());
     }
     let files = match network {
-        TrainedNetwork::Unet => {
+        Network::Unet => {
             let tokenizer = WordTokenizer::from_words(&vocabulary(), MAX_CAPTION_TOKENS)?;
             tokenizer.save(&dir.join("tokenizer"))?;
             let text = embedded::text_encoder_config(tokenizer.vocab_size(), MAX_CAPTION_TOKENS, tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id());
             vec![("unet/config.json", embedded::unet_config()), ("text_encoder/config.json", text), ("model_index.json", embedded::model_index())]
         }
-        TrainedNetwork::Dit => {
+        Network::Dit => {
             let names: Vec<Vec<String>> = (0..NUM_LABELS).map(label_names).collect();
             vec![("transformer/config.json", embedded::dit_config(NUM_LABELS)), ("model_index.json", embedded::dit_model_index(&names))]
         }
@@ -326,8 +286,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let state = args.state.clone().unwrap_or_else(|| state.into());
     create_model_folder(&model_out, args.network)?;
     let conditioning = match args.network {
-        TrainedNetwork::Unet => Conditioning::Captions(Tokenizer::from_folder(&model_out.join("tokenizer"))?),
-        TrainedNetwork::Dit => Conditioning::Labels,
+        Network::Unet => Conditioning::Captions(Tokenizer::from_folder(&model_out.join("tokenizer"))?),
+        Network::Dit => Conditioning::Labels,
     };
     let mut trainer = DiffusionTrainer::new(&model_out, &state, settings.clone(), device)?;
     training_loop(

@@ -112,7 +112,13 @@ pub fn dit_model_index(id2label: &[Vec<String>]) -> Value {
 /// clipped x0 keeps the step consistent (without it, guidance 1.5 already turns thin digits into blobs). With it,
 /// guidance 4.5 is where every class's samples are recognisably that class (models/embedded/README.md). For
 /// `dma modes`: adapters train for 400 steps of 8 samples so the whole chain for "footwear" fits in minutes.
-pub fn run_defaults() -> RunDefaults {
+pub fn run_defaults(network: Network) -> RunDefaults {
+    match network {
+        Network::Unet | Network::Dit => unet_run_defaults(),
+    }
+}
+
+fn unet_run_defaults() -> RunDefaults {
     RunDefaults {
         // The mean of many, align few (BENCHMARKS.md "Cost-quality frontier", 8 concepts x 5 seeds): the first
         // aligned step's target is the mean h of 256 latents, 16 of them are optimised, 80 Adam iterations in that
@@ -176,4 +182,44 @@ pub fn clip_preprocessor_config() -> Value {
         "image_std": [0.5],
         "resample": 3
     })
+}
+
+/// The network `dma train` trains.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Network {
+    /// The embedded Stable Diffusion: a CLIP text encoder and a UNet, conditioned on captions.
+    Unet,
+    /// The embedded DiT: a class-conditional transformer whose labels are the 20 kinds and the broad concepts.
+    Dit,
+}
+
+impl Network {
+    pub fn default_steps(self) -> usize {
+        match self {
+            Self::Unet => 5000,
+            Self::Dit => 4000,
+        }
+    }
+
+    pub fn default_batch(self) -> i64 {
+        match self {
+            Self::Unet => 64,
+            Self::Dit => 128,
+        }
+    }
+
+    pub fn default_min_snr_gamma(self) -> Option<f64> {
+        match self {
+            Self::Unet => None,
+            Self::Dit => Some(5.0),
+        }
+    }
+
+    /// The model folder and the training state's folder when not given.
+    pub fn default_folders(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unet => ("models/embedded", "train/embedded"),
+            Self::Dit => ("models/embedded/dit", "train/embedded-dit"),
+        }
+    }
 }
