@@ -3,9 +3,10 @@
 //! one's purity by the embedded CLIP's zero-shot classes, with and without grounding (`--by`); then the whole
 //! chain (one adapter per cluster, DMA per cluster): each mode's prototype's class, the prototype without
 //! clustering, each adapter's held-out noise-prediction loss against the base prompt, and the wall time.
-//! Run: `cargo run --release --example modes_quality -- [SAMPLES] [ti|lora|none] [SEEDS] [PCA_DIMS]
-//! [ADAPTER_STEPS] [silhouette|bic]` (defaults: the model's sample count, ti, 0, the model's PCA width and adapter
-//! steps, silhouette). SEEDS is one seed or a range such as 0-7; several seeds end with a summary table.
+//! Run: `cargo run --release --example modes_quality -- [SAMPLES] [ti|lora|class-embedding|none] [SEEDS]
+//! [PCA_DIMS|-] [ADAPTER_STEPS|-] [silhouette|bic] [MODEL]` (defaults: the model's sample count, ti, 0, the model's
+//! PCA width and adapter steps, silhouette, models/embedded; `models/embedded/dit` measures the embedded DiT, with
+//! lora or class-embedding). SEEDS is one seed or a range such as 0-7; several seeds end with a summary table.
 use clap::ValueEnum;
 use dma::adapters::AdapterKind;
 use dma::clustering::{ClusterCount, Criterion};
@@ -37,28 +38,27 @@ struct SeedResult {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
+    let embedded = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
+    let model_dir = args.get(7).map_or(embedded.clone(), PathBuf::from);
     let source = ModelSource::Folder(model_dir.clone());
     let defaults = RunDefaults::for_source(&source)?;
     let samples: i64 = args.get(1).map_or(Ok(defaults.mode_samples), |s| s.parse())?;
     let kind = match args.get(2).map_or("ti", String::as_str) {
         "none" => None,
-        "lora" => Some(AdapterKind::Lora),
-        "ti" => Some(AdapterKind::Ti),
-        other => anyhow::bail!("adapter kind {other:?}: expected ti, lora or none"),
+        other => Some(AdapterKind::from_str(other, true).map_err(|e| anyhow::anyhow!("adapter kind {other:?}: {e} (or none)"))?),
     };
     let seeds: Vec<u64> = match args.get(3).map(|s| s.split_once('-')) {
         None => vec![0],
         Some(Some((first, last))) => (first.parse()?..=last.parse()?).collect(),
         Some(None) => vec![args[3].parse()?],
     };
-    let pca_dims: usize = args.get(4).map_or(Ok(defaults.pca_dims), |s| s.parse())?;
+    let pca_dims: usize = args.get(4).filter(|s| *s != "-").map_or(Ok(defaults.pca_dims), |s| s.parse())?;
     let adapter_steps: Option<usize> = args.get(5).filter(|s| *s != "-").map(|s| s.parse()).transpose()?;
     let criterion = args.get(6).map_or(Ok(Criterion::Silhouette), |s| Criterion::from_str(s, true).map_err(anyhow::Error::msg))?;
     let mut model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
-    let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
+    let classifier = ZeroShot::embedded(&embedded.join("clip"), Device::Cpu)?;
     let concept = broad_concepts().iter().find(|c| c.name == "footwear").expect("the embedded captions have footwear");
-    println!("embedded model, \"{}\", {samples} samples, PCA {pca_dims} dims, clusters auto by {criterion:?}", concept.name);
+    println!("{}, \"{}\", {samples} samples, PCA {pca_dims} dims, clusters auto by {criterion:?}", model_dir.display(), concept.name);
 
     let mut results = Vec::new();
     for &seed in &seeds {

@@ -6,11 +6,13 @@ use std::ops::{Add, AddAssign, Sub};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Passes {
-    /// Through the UNet's encoder half (down blocks and mid block: up to h), forward only.
+    /// Through the network up to h (a UNet's down blocks and mid block; a DiT's blocks up to the one h is read
+    /// after), forward only.
     pub encoder_forward: u64,
-    /// Through the encoder half, forward and backward (one alignment iteration of one latent).
+    /// Through the network up to h, forward and backward (one alignment iteration of one latent).
     pub encoder_backward: u64,
-    /// Through the whole UNet while sampling, one per latent and guidance branch.
+    /// Through the whole network (UNet or DiT; the name is kept, as run.json records it) while sampling, one per
+    /// latent and guidance branch.
     pub unet_forward: u64,
 }
 

@@ -389,6 +389,39 @@ fn model_training_killed_or_interrupted_resumes_to_the_same_weights() {
 }
 
 #[test]
+fn model_training_stops_where_asked_and_resumes_to_train_longer() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    succeeded(&dma(&train_args(&reference)));
+    let with = |dir: &Path, extra: &[&str]| [train_args(dir), extra.iter().map(|s| s.to_string()).collect()].concat();
+    // --stop-at splits the run at a step; the rest gives the same weights as the run in one go.
+    let split = tmp.path().join("split");
+    succeeded(&dma(&with(&split, &["--stop-at", "7"])));
+    assert_eq!(read_json(&split.join("state/checkpoint.json"))["step"], 7);
+    succeeded(&dma(&train_args(&split)));
+    same_results(&split.join("model"), &reference.join("model"), "--stop-at");
+    let refused = dma(&with(&split, &["--stop-at", "3"]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--stop-at 3") && stderr.contains("already at step 20"), "{stderr}");
+
+    // A run of 10 steps resumed with --steps 20 trains 10 more, its learning rate on the 20-step schedule.
+    let longer = tmp.path().join("longer");
+    let steps = |n: &str| with(&longer, &["--warmup", "2"]).into_iter().map(|a| if a == "20" { n.to_string() } else { a }).collect::<Vec<_>>();
+    succeeded(&dma(&steps("10")));
+    succeeded(&dma(&steps("20")));
+    let logged: Vec<String> = std::fs::read_to_string(longer.join("state/loss.csv")).unwrap().lines().skip(1).map(|l| l.rsplit(',').next().unwrap().to_string()).collect();
+    let schedule = |total: usize, step: usize| format!("{:.3e}", dma::training::cosine_lr(1e-3, 2, total, step));
+    let expected: Vec<String> = (0..20).map(|step| schedule(if step < 10 { 10 } else { 20 }, step)).collect();
+    assert_eq!(logged, expected);
+    assert_ne!(schedule(10, 5), schedule(20, 5), "the two schedules differ where the test reads them");
+    // Not shorter than the step reached.
+    let refused = dma(&steps("5"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("at step 20, past --steps 5"), "{stderr}");
+}
+
+#[test]
 fn plain_sampling_killed_midway_resumes_to_the_same_samples() {
     let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();

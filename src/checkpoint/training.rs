@@ -4,7 +4,7 @@ use super::files::{self as checkpoint_files, RECORD};
 use crate::files::read_json;
 use crate::optim::AdamW;
 use crate::weights::{read_safetensors, Weights};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -40,12 +40,34 @@ impl Resume {
     /// Opens the checkpoint in `dir`, if one was completed there; one made with other settings (compared as their
     /// JSON, as the record keeps them) is refused.
     pub fn open(dir: &Path, settings: &impl Serialize) -> Result<Self> {
+        Self::open_allowing(dir, settings, &[])
+    }
+
+    /// A training run's checkpoint: as `open`, except that the run's length (`steps`, a field of `settings`) may
+    /// differ from the checkpoint's, so that a run can be resumed to train longer (its learning-rate schedule then
+    /// runs to the new end from the step reached), or to end sooner, though not before that step.
+    pub fn open_training(dir: &Path, settings: &impl Serialize, steps: usize) -> Result<Self> {
+        let resume = Self::open_allowing(dir, settings, &["steps"])?;
+        ensure!(resume.step <= steps, "{}: the checkpoint is at step {}, past --steps {steps}", dir.display(), resume.step);
+        Ok(resume)
+    }
+
+    /// As `open`, but the settings named in `may_change` (top-level keys of their JSON) may differ from the
+    /// checkpoint's.
+    fn open_allowing(dir: &Path, settings: &impl Serialize, may_change: &[&str]) -> Result<Self> {
         let source = dir.display().to_string();
         if !dir.join(RECORD).is_file() {
             return Ok(Self::fresh(&source));
         }
         let record: Record<Value> = read_json(&dir.join(RECORD))?;
-        if record.settings != serde_json::to_value(settings)? {
+        let without = |value: &Value| {
+            let mut value = value.clone();
+            if let Some(fields) = value.as_object_mut() {
+                fields.retain(|key, _| !may_change.contains(&key.as_str()));
+            }
+            value
+        };
+        if without(&record.settings) != without(&serde_json::to_value(settings)?) {
             bail!(
                 "{source}: the checkpoint was made with other settings ({}); resume with the same ones or use a new folder",
                 record.settings

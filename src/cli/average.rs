@@ -70,7 +70,7 @@ pub struct SamplerArgs {
     /// Classifier-free guidance scale [default: 7, or the model's].
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// Latents per UNet call; lower it when memory runs short (results do not depend on it) [default: 8, or the
+    /// Latents per network call; lower it when memory runs short (results do not depend on it) [default: 8, or the
     /// model's].
     #[arg(long)]
     pub batch: Option<i64>,

@@ -33,9 +33,14 @@ pub struct TrainArgs {
     /// train/embedded-dit).
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Optimisation steps (default 5000; for --network dit 4000).
+    /// Optimisation steps (default 5000; for --network dit 4000). Resuming with more trains longer: the learning
+    /// rate's cosine decay then runs from the step reached to the new end.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Stop after this step, with a checkpoint, as Ctrl-C would there (to split a run, or to change --steps at a
+    /// step that can be given again).
+    #[arg(long)]
+    pub stop_at: Option<usize>,
     /// Images per step (default 64; for --network dit 128: a transformer learns these images more slowly than a UNet).
     #[arg(long)]
     pub batch: Option<i64>,
@@ -222,16 +227,20 @@ impl Trainer for ClipTrainer {
     }
 }
 
-/// Trains until `steps`, checkpointing (and exporting) every `every` steps and at the end, with the loss log.
+/// Trains until `steps` (or `stop_at`), checkpointing (and exporting) every `every` steps and at the end, with the
+/// loss log.
 fn training_loop(
     trainer: &mut impl Trainer,
     next_batch: impl Fn(usize) -> Result<CaptionedBatch>,
-    (steps, every): (usize, usize),
+    (steps, every, stop_at): (usize, usize, Option<usize>),
     (state, model_out): (&Path, &Path),
     quiet: bool,
 ) -> Result<()> {
     if steps == 0 || every == 0 {
         bail!("--steps and --checkpoint-every must be at least 1");
+    }
+    if let Some(at) = stop_at {
+        ensure!(at > trainer.step(), "--stop-at {at}: the run in {} is already at step {}", state.display(), trainer.step());
     }
     std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
     let log_path = state.join("loss.csv");
@@ -249,12 +258,18 @@ fn training_loop(
         log.push(format!("{},{loss:.6},{:.3e}", step + 1, trainer.lr_at(step)));
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
-        let stop = stop_requested();
+        let asked = stop_at == Some(step + 1);
+        let stop = asked || stop_requested();
         if (step + 1) % every == 0 || step + 1 == steps || stop {
             // The log first: a run killed between the two writes resumes from the older checkpoint and reads
             // the log only up to that checkpoint's step; the other order would lose this step's line.
             write_atomic(&log_path, format!("step,loss,lr\n{}\n", log.join("\n")).as_bytes())?;
             trainer.save(state, model_out)?;
+        }
+        if asked && step + 1 < steps {
+            bar.finish_and_clear();
+            eprintln!("stopped after step {} of {steps} as --stop-at asked (checkpoint in {}); run the same command without it to continue", step + 1, state.display());
+            return Ok(());
         }
         if stop && step + 1 < steps {
             bar.abandon();
@@ -293,7 +308,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     training_loop(
         &mut trainer,
         |step| captioned_batch(&data, &conditioning, settings.seed, step, settings.batch, settings.uncond_prob),
-        (settings.steps, settings.checkpoint_every),
+        (settings.steps, settings.checkpoint_every, args.stop_at),
         (&state, &model_out),
         args.quiet,
     )
@@ -309,8 +324,12 @@ pub struct TrainClipArgs {
     pub model_out: PathBuf,
     #[arg(long, default_value = "train/embedded-clip")]
     pub state: PathBuf,
+    /// Optimisation steps; resuming with more trains longer.
     #[arg(long, default_value_t = 8000)]
     pub steps: usize,
+    /// Stop after this step, with a checkpoint, as Ctrl-C would there.
+    #[arg(long)]
+    pub stop_at: Option<usize>,
     #[arg(long, default_value_t = 128)]
     pub batch: i64,
     #[arg(long, default_value_t = 1e-3)]
@@ -363,7 +382,7 @@ pub fn train_clip(args: TrainClipArgs) -> Result<()> {
     training_loop(
         &mut trainer,
         |step| captioned_batch(&data, &conditioning, settings.seed, step, settings.batch, 0.0),
-        (settings.steps, settings.checkpoint_every),
+        (settings.steps, settings.checkpoint_every, args.stop_at),
         (&args.state, &args.model_out),
         args.quiet,
     )

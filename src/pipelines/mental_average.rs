@@ -22,7 +22,7 @@ pub struct SamplingSettings {
     pub steps: usize,
     pub guidance: f64,
     pub seed: u64,
-    /// Latents per UNet call.
+    /// Latents per network call.
     pub batch: i64,
     /// DDIM re-derives the noise from the clipped x0 (matters only where the scheduler clips, i.e. pixel space).
     #[serde(default)]

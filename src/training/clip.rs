@@ -47,7 +47,7 @@ impl ClipTrainer {
     pub fn new(model_dir: &Path, train_dir: &Path, settings: ClipTrainSettings, device: Device) -> Result<Self> {
         let config = ClipConfig::from_file(&model_dir.join("config.json"))?;
         let processor = ImageProcessor::load(model_dir, config.vision_config.image_size, config.vision_config.num_channels)?;
-        let resume = Resume::open(train_dir, &settings)?;
+        let resume = Resume::open_training(train_dir, &settings, settings.steps)?;
         tch::manual_seed(settings.seed as i64);
         let weights = resume.weights("clip", device);
         let model = weights.build(|p| ClipModel::new(p, &config, processor))?;

@@ -73,7 +73,7 @@ impl DiffusionTrainer {
     /// with other settings), else freshly initialised from the seed.
     pub fn new(model_dir: &Path, train_dir: &Path, settings: TrainSettings, device: Device) -> Result<Self> {
         let scheduler = DdimScheduler::new(&DdimConfig::from_file(&model_dir.join("scheduler/scheduler_config.json"))?, 1)?;
-        let resume = Resume::open(train_dir, &settings)?;
+        let resume = Resume::open_training(train_dir, &settings, settings.steps)?;
         tch::manual_seed(settings.seed as i64);
         let mut components = Vec::new();
         let (text_encoder, network) = if model_dir.join("transformer").is_dir() {

@@ -106,8 +106,8 @@ pub fn dit_model_index(id2label: &[Vec<String>]) -> Value {
     })
 }
 
-/// What `dma average` uses on this model unless told otherwise: a mental average in under a minute on two CPU
-/// cores (16 latents, at most 30 Adam iterations per aligned step; the model is small, so that suffices). In pixel
+/// What `dma average` uses on an embedded model unless told otherwise: a mental average in under a minute on two
+/// CPU cores (the alignment schedule: see `unet_run_defaults`). In pixel
 /// space DDIM clips its prediction of x0, and guidance pushes x0 past the clip; re-deriving the noise from the
 /// clipped x0 keeps the step consistent (without it, guidance 1.5 already turns thin digits into blobs). With it,
 /// guidance 4.5 is where every class's samples are recognisably that class (models/embedded/README.md). For
