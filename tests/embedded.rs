@@ -40,22 +40,6 @@ fn load(dir: &Path) -> DiffusionModel {
     dma::loaders::load(&ModelSource::Folder(dir.to_path_buf()), Device::Cpu, Kind::Float).unwrap()
 }
 
-/// The embedded DiT, trained on the same images with the classes and broad concepts as its labels.
-fn embedded_dit_dir() -> PathBuf {
-    embedded_dir().join("dit")
-}
-
-#[test]
-fn dma_on_the_embedded_model_shrinks_the_spread_of_h_at_every_aligned_step() {
-    let _rng = common::global_rng();
-    let model = load(&embedded_dir());
-    for class in [7, 17] {
-        // "a sneaker", "the digit seven"
-        let prototype = embedded_prototype(&model, &embedded_dir(), class);
-        assert_eq!(prototype.size(), [1, 1, 32, 32]);
-    }
-}
-
 /// DMA on the model in `dir` gives, for a sneaker and a seven, a prototype the embedded CLIP puts in that class
 /// (and the spread of h falls at each aligned step).
 fn assert_prototypes_have_their_class(dir: &Path) {
@@ -72,12 +56,6 @@ fn assert_prototypes_have_their_class(dir: &Path) {
 fn the_embedded_prototype_has_the_prompts_class() {
     let _rng = common::global_rng();
     assert_prototypes_have_their_class(&embedded_dir());
-}
-
-#[test]
-fn the_embedded_dit_prototype_has_the_prompts_class() {
-    let _rng = common::global_rng();
-    assert_prototypes_have_their_class(&embedded_dit_dir());
 }
 
 /// `dma average --prompt footwear` with `model_flag` (none, or e.g. `--model embedded-dit`) runs on the binary's
@@ -108,12 +86,6 @@ fn assert_main_command_runs_on(model_flag: &[&str], dir: &Path, weights: &str) {
 fn the_main_command_runs_without_a_model_argument() {
     let _rng = common::global_rng();
     assert_main_command_runs_on(&[], &embedded_dir(), "unet/diffusion_pytorch_model.safetensors");
-}
-
-#[test]
-fn the_embedded_dit_runs_by_name() {
-    let _rng = common::global_rng();
-    assert_main_command_runs_on(&["--model", "embedded-dit"], &embedded_dit_dir(), "transformer/diffusion_pytorch_model.safetensors");
 }
 
 #[test]
@@ -178,7 +150,7 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
 /// `dma train` writes dma_defaults.json from the recipe; the committed files must say the same.
 #[test]
 fn the_committed_run_defaults_are_the_recipe_s() {
-    for (dir, network) in [(embedded_dir(), Network::Unet), (embedded_dit_dir(), Network::Dit)] {
+    for (dir, network) in [(embedded_dir(), Network::Unet)] {
         let committed = RunDefaults::for_source(&ModelSource::Folder(dir.clone())).unwrap();
         assert_eq!(committed, dma::training::embedded::run_defaults(network), "{}", dir.display());
     }
