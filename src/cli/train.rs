@@ -33,7 +33,7 @@ pub struct TrainArgs {
     /// train/embedded-dit).
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Optimisation steps (default 5000; for --network dit 4000). Resuming with more trains longer: the learning
+    /// Optimisation steps (default 5000; for --network dit 6000). Resuming with more trains longer: the learning
     /// rate's cosine decay then runs from the step reached to the new end.
     #[arg(long)]
     pub steps: Option<usize>,

@@ -197,7 +197,7 @@ impl Network {
     pub fn default_steps(self) -> usize {
         match self {
             Self::Unet => 5000,
-            Self::Dit => 4000,
+            Self::Dit => 6000,
         }
     }
 
