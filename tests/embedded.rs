@@ -36,6 +36,11 @@ fn embedded_prototype(model: &DiffusionModel, dir: &Path, class: usize) -> tch::
     model.decode(&result.latents.narrow(0, index, 1))
 }
 
+/// The embedded DiT, trained on the same images with the classes and broad concepts as its labels.
+fn embedded_dit_dir() -> PathBuf {
+    embedded_dir().join("dit")
+}
+
 fn load(dir: &Path) -> DiffusionModel {
     dma::loaders::load(&ModelSource::Folder(dir.to_path_buf()), Device::Cpu, Kind::Float).unwrap()
 }
@@ -56,6 +61,12 @@ fn assert_prototypes_have_their_class(dir: &Path) {
 fn the_embedded_prototype_has_the_prompts_class() {
     let _rng = common::global_rng();
     assert_prototypes_have_their_class(&embedded_dir());
+}
+
+#[test]
+fn the_embedded_dit_prototype_has_the_prompts_class() {
+    let _rng = common::global_rng();
+    assert_prototypes_have_their_class(&embedded_dit_dir());
 }
 
 /// `dma average --prompt footwear` with `model_flag` (none, or e.g. `--model embedded-dit`) runs on the binary's
@@ -86,6 +97,32 @@ fn assert_main_command_runs_on(model_flag: &[&str], dir: &Path, weights: &str) {
 fn the_main_command_runs_without_a_model_argument() {
     let _rng = common::global_rng();
     assert_main_command_runs_on(&[], &embedded_dir(), "unet/diffusion_pytorch_model.safetensors");
+}
+
+#[test]
+fn the_embedded_dit_runs_by_name() {
+    let _rng = common::global_rng();
+    assert_main_command_runs_on(&["--model", "embedded-dit"], &embedded_dit_dir(), "transformer/diffusion_pytorch_model.safetensors");
+}
+
+/// `compare --models embedded,embedded-dit`: the two shipped families side by side, each from the binary's own copy.
+#[test]
+fn the_two_embedded_models_compare_by_name() {
+    let _rng = common::global_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_dma"))
+        .args(["compare", "--models", "embedded,embedded-dit", "--prompt", "a sneaker", "--seeds", "1", "--samples", "4", "--latents", "4", "--iters", "2", "--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let models = run["models"].as_array().unwrap();
+    let families: Vec<&str> = models.iter().map(|m| m["model"]["family"].as_str().unwrap()).collect();
+    assert_eq!(families, ["UNet", "DiT"]);
+    let sources: Vec<&str> = models.iter().map(|m| m["model"]["source"].as_str().unwrap()).collect();
+    assert!(sources.iter().all(|s| s.contains("embedded-model-")) && sources[1].ends_with("dit"), "{sources:?}");
 }
 
 #[test]
@@ -150,7 +187,7 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
 /// `dma train` writes dma_defaults.json from the recipe; the committed files must say the same.
 #[test]
 fn the_committed_run_defaults_are_the_recipe_s() {
-    for (dir, network) in [(embedded_dir(), Network::Unet)] {
+    for (dir, network) in [(embedded_dir(), Network::Unet), (embedded_dit_dir(), Network::Dit)] {
         let committed = RunDefaults::for_source(&ModelSource::Folder(dir.clone())).unwrap();
         assert_eq!(committed, dma::training::embedded::run_defaults(network), "{}", dir.display());
     }

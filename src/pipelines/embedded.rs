@@ -1,5 +1,5 @@
-//! The embedded model travels inside the `dma` binary (about 10 MB: models/embedded/ without its training logs,
-//! listed by build.rs), so an installed or copied binary runs without the source tree. The loaders read folders,
+//! The embedded models travel inside the `dma` binary (about 15 MB: models/embedded/ with the DiT in dit/, without
+//! the training logs, listed by build.rs), so an installed or copied binary runs without the source tree. The loaders read folders,
 //! so on first use the files are written once into a folder named by their content hash in the cache
 //! (`$DMA_CACHE`, else `~/.cache/dma`, else the system's temporary folder), whole or not at all.
 use anyhow::{Context, Result};
