@@ -10,7 +10,6 @@ use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, Sampl
 use dma::pipelines::defaults::RunDefaults;
 use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
-use dma::training::embedded::Network;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind};
@@ -187,8 +186,8 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
 /// `dma train` writes dma_defaults.json from the recipe; the committed files must say the same.
 #[test]
 fn the_committed_run_defaults_are_the_recipe_s() {
-    for (dir, network) in [(embedded_dir(), Network::Unet), (embedded_dit_dir(), Network::Dit)] {
+    for dir in [embedded_dir(), embedded_dit_dir()] {
         let committed = RunDefaults::for_source(&ModelSource::Folder(dir.clone())).unwrap();
-        assert_eq!(committed, dma::training::embedded::run_defaults(network), "{}", dir.display());
+        assert_eq!(committed, dma::training::embedded::run_defaults(), "{}", dir.display());
     }
 }
