@@ -81,7 +81,7 @@ fn assert_main_command_runs_on(model_flag: &[&str], dir: &Path, weights: &str) {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run = common::read_json(&out.join("run.json"));
     assert!(run["model"]["source"].as_str().unwrap().contains("embedded-model-"), "{}", run["model"]["source"]);
     let shipped: Vec<String> = run["model"]["weight_files"].as_array().unwrap().iter().map(|f| f["sha256"].as_str().unwrap().to_string()).collect();
     let network = dma::pipelines::model::sha256_file(&dir.join(weights)).unwrap();
@@ -116,7 +116,7 @@ fn the_two_embedded_models_compare_by_name() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run = common::read_json(&out.join("run.json"));
     let models = run["models"].as_array().unwrap();
     let families: Vec<&str> = models.iter().map(|m| m["model"]["family"].as_str().unwrap()).collect();
     assert_eq!(families, ["UNet", "DiT"]);

@@ -109,8 +109,8 @@ pub fn dit_model_index(id2label: &[Vec<String>]) -> Value {
 /// What `dma average` uses on an embedded model unless told otherwise: a mental average in under a minute on two
 /// CPU cores, on either network (the DiT keeps the UNet model's recipe: 52 s, BENCHMARKS.md "The embedded DiT
 /// at step 6000"). In pixel space DDIM clips its prediction of x0, and guidance pushes x0 past the clip;
-/// re-deriving the noise from the clipped x0 keeps the step consistent (without it, guidance 1.5 already turns thin digits into blobs). With it,
-/// guidance 4.5 is where every class's samples are recognisably that class (models/embedded/README.md). For
+/// re-deriving the noise from the clipped x0 keeps the step consistent (without it, guidance 1.5 already turns
+/// thin digits into blobs). With it, guidance 4.5 is where every class's samples are recognisably that class (models/embedded/README.md). For
 /// `dma modes`: adapters train for 400 steps of 8 samples so the whole chain for "footwear" fits in minutes.
 pub fn run_defaults() -> RunDefaults {
     RunDefaults {
