@@ -1,6 +1,6 @@
 //! Every command on a DiT folder, end to end on the tiny DiT (its 16x16 images embedded by the tiny CLIP): `eval`
-//! scores every method on two classes, `compare` two models, and `modes --average` learns a class embedding per
-//! mode whose file `average --adapter` takes back. (`average` and `sample` by class name and id: tests/dit_parity.rs.)
+//! scores every method on two classes, `compare` two models, and `modes --average` learns a LoRA or a class
+//! embedding per mode whose file `average --adapter` takes back. (`average` and `sample` by class name and id: tests/dit_parity.rs.)
 mod common;
 use common::fixture;
 use std::path::{Path, PathBuf};
@@ -57,18 +57,24 @@ fn eval_compare_and_modes_run_on_a_dit_folder() {
     // The same settings through `eval`: compare's figures are eval's DMA row for that class.
     let eval_dma = results(&eval).into_iter().find(|r| r.0 == "class 3" && r.1 == "dma").unwrap();
     assert_eq!(rows[0].2, eval_dma.2);
+    let block1 = tmp.path().join("compare-block1");
+    dma(&["compare", "--models", &models, "--clip", path(&clip), "--prompt", "class 3", "--seeds", "2", "--samples", "4", "--hspace-block", "1"], &block1);
+    assert_ne!(results(&block1)[0].2, rows[0].2, "--hspace-block reaches the compared models: h after block 1, not the last");
 
-    let modes = tmp.path().join("modes");
-    let chain = ["--prompt", "class 3", "--samples", "16", "--average", "--adapter-kind", "class-embedding", "--adapter-steps", "20"];
-    dma(&[&["modes"], &model[..], &chain[..]].concat(), &modes);
-    let clusters: serde_json::Value = common::read_json(&modes.join("clusters.json"));
-    let first = &clusters["clusters"][0];
-    assert_eq!(first["prompt"], "<class-3-mode0>", "a mode's prototype is its learned class's");
-    let adapter: PathBuf = modes.join(first["adapter"].as_str().unwrap());
-    assert_eq!(adapter.file_name().unwrap(), "learned_class.safetensors");
-    let held_out = &first["held_out_loss"];
-    assert!(held_out["adapted"].as_f64().unwrap() < held_out["base"].as_f64().unwrap(), "the class embedding fits its mode: {held_out}");
-    let again = tmp.path().join("again");
-    dma(&["average", "--model", path(&dit), "--adapter", path(&adapter), "--prompt", "<class-3-mode0>"], &again);
-    assert!(again.join("prototype.png").is_file());
+    // Both adapter kinds a DiT takes: LoRA on the attention projections (the default) and a learned class.
+    for (kind, file, mode_prompt) in [("lora", "pytorch_lora_weights.safetensors", "class 3"), ("class-embedding", "learned_class.safetensors", "<class-3-mode0>")] {
+        let modes = tmp.path().join(format!("modes-{kind}"));
+        let chain = ["--prompt", "class 3", "--samples", "16", "--average", "--adapter-kind", kind, "--adapter-steps", "20"];
+        dma(&[&["modes"], &model[..], &chain[..]].concat(), &modes);
+        let clusters: serde_json::Value = common::read_json(&modes.join("clusters.json"));
+        let first = &clusters["clusters"][0];
+        assert_eq!(first["prompt"], mode_prompt, "{kind}: the prompt a mode's prototype is drawn with");
+        let adapter: PathBuf = modes.join(first["adapter"].as_str().unwrap());
+        assert_eq!(adapter.file_name().unwrap(), file, "{kind}");
+        let held_out = &first["held_out_loss"];
+        assert!(held_out["adapted"].as_f64().unwrap() < held_out["base"].as_f64().unwrap(), "{kind}: the adapter fits its mode: {held_out}");
+        let again = tmp.path().join(format!("again-{kind}"));
+        dma(&["average", "--model", path(&dit), "--adapter", path(&adapter), "--prompt", mode_prompt], &again);
+        assert!(again.join("prototype.png").is_file(), "{kind}");
+    }
 }

@@ -214,3 +214,39 @@ fn dma_average_runs_on_a_dit_folder_and_refuses_bad_classes() {
         assert!(!out.exists(), "{args:?}: the refused run left {}", out.display());
     }
 }
+
+/// `dma sample` on a DiT folder by class name; and a DiT folder without class names (no `id2label`, as a user's own
+/// training may save it): a name is refused with the way out (--class-id), which then works.
+#[test]
+fn dma_sample_runs_on_a_dit_folder_and_one_without_class_names_takes_class_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = |model: &Path, class: [&str; 2], out: &str| {
+        let out = tmp.path().join(out);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dma"))
+            .args(["sample", "--num", "2", "--steps", "2", "--quiet", "--model"])
+            .arg(model)
+            .args(class)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string(), out)
+    };
+    let (ok, stderr, out) = sample(&fixture("tiny-dit"), ["--prompt", "UMBRELLA"], "named");
+    assert!(ok, "{stderr}");
+    let record: serde_json::Value = common::read_json(&out.join("run.json"));
+    assert_eq!((record["model"]["family"].as_str(), record["sampling"]["prompt"].as_str()), (Some("DiT"), Some("UMBRELLA")));
+    assert!(out.join("grid.png").is_file() && !out.join("prototype.png").exists(), "samples, no prototype");
+
+    let unnamed = tmp.path().join("unnamed-dit");
+    common::copy_dir(&fixture("tiny-dit"), &unnamed);
+    let mut index: serde_json::Value = common::read_json(&unnamed.join("model_index.json"));
+    index.as_object_mut().unwrap().remove("id2label").expect("the fixture names its classes");
+    std::fs::write(unnamed.join("model_index.json"), serde_json::to_string(&index).unwrap()).unwrap();
+    let (ok, stderr, out) = sample(&unnamed, ["--prompt", "umbrella"], "refused");
+    assert!(!ok && stderr.contains("has no class names") && stderr.contains("--class-id N") && stderr.lines().count() == 1, "{stderr}");
+    assert!(!out.exists(), "the refused run left {}", out.display());
+    let (ok, stderr, out) = sample(&unnamed, ["--class-id", "7"], "by-id");
+    assert!(ok, "{stderr}");
+    assert_eq!(common::read_json(&out.join("run.json"))["sampling"]["prompt"], "class 7");
+}

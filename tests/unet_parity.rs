@@ -110,7 +110,11 @@ fn h_after_a_down_block_is_that_block_s_output_on_both_paths() {
         let halvings = block.min(levels - 2) as i64 + 1;
         let side = side >> halvings.min(levels as i64 - 1);
         assert_eq!(encoder.size(), [b, unet.config.block_out_channels[block], side, side], "block {block}");
+        // What memory estimates count per latent (`pipelines/memory.rs`) is what the block gives.
+        assert_eq!(unet.config.h_elements([sample.size()[2], sample.size()[3]], Some(block)), (encoder.numel() as i64 / b) as f64, "block {block}");
         shapes.push(encoder.size());
     }
     assert_ne!(shapes[0], shapes[levels - 1]);
+    let mid = tch::no_grad(|| unet.encode_h(sample, &t, context, None, None));
+    assert_eq!(unet.config.h_elements([side, side], None), (mid.numel() as i64 / b) as f64, "the mid block");
 }

@@ -20,7 +20,7 @@ pub struct Start {
     pub first_step: usize,
     /// The latents about to be denoised at `first_step`, [K,C,H,W].
     pub latents: Tensor,
-    /// The alignment log and trajectory frames of the steps already done, and the sampler's UNet passes in them.
+    /// The alignment log and trajectory frames of the steps already done, and the sampler's network passes in them.
     pub log: Vec<StepLog>,
     pub frames: Vec<(usize, i64, Tensor)>,
     pub unet_passes: u64,
@@ -66,7 +66,7 @@ pub struct StepState<'a> {
     pub latents: &'a Tensor,
     pub log: &'a [StepLog],
     pub frames: &'a [(usize, i64, Tensor)],
-    /// The sampler's UNet passes so far.
+    /// The sampler's network passes so far.
     pub unet_passes: u64,
     /// How many latents the run started with.
     pub run_latents: i64,
@@ -81,7 +81,7 @@ struct Record {
     log: Vec<StepLog>,
     /// (step, timestep) of each trajectory frame, stored as `frame<i>` tensors.
     frames: Vec<(usize, i64)>,
-    /// The sampler's UNet passes so far, and how many latents the run started with (both absent from checkpoints
+    /// The sampler's network passes so far, and how many latents the run started with (both absent from checkpoints
     /// written before passes were counted, when every run kept all its latents).
     #[serde(default)]
     unet_passes: Option<u64>,
@@ -131,7 +131,7 @@ pub fn load(dir: &Path, steps: usize) -> Result<Option<Start>> {
         Some(passes) => passes,
         None => {
             // Written before passes were counted, when every step sampled and optimised all of a run's latents: two
-            // UNet passes per latent and step; per aligned step 2 encoder forward passes per latent (target, check),
+            // Network passes per latent and step; per aligned step 2 encoder forward passes per latent (target, check),
             // and its iterations' forward and backward.
             for step in &mut log {
                 let (k, iterations) = (rows as u64, (step.iterations_mean * rows as f64).round() as u64);

@@ -182,6 +182,10 @@ pub struct CompareArgs {
     /// f32, f16, bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Where h is read in every model: after this block instead of its family's default (as for `average`).
+    #[arg(long)]
+    #[serde(default)]
+    pub hspace_block: Option<usize>,
     /// The concept (required, except with --resume or --class-id).
     #[arg(long, required_unless_present_any = ["resume", "class_id"])]
     pub prompt: Option<String>,
@@ -508,7 +512,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
     let model_args: Vec<ModelArgs> = args
         .models
         .iter()
-        .map(|m| ModelArgs { model: Some(m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, hspace_block: None, flag: "--models" })
+        .map(|m| ModelArgs { model: Some(m.clone()), device: args.device.clone(), dtype: args.dtype.clone(), config: None, hspace_block: args.hspace_block, flag: "--models" })
         .collect();
     let resolve = || -> Result<_> {
         let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;

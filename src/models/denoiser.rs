@@ -217,14 +217,11 @@ impl Denoiser {
         }
     }
 
-    /// The elements of one latent's h at latent size [height, width] (the mid block's output; a DiT's tokens).
+    /// The elements of one latent's h at latent size [height, width] (where `--hspace-block` reads it: a UNet's
+    /// mid block or down block; a DiT's tokens x width after any block).
     pub fn h_elements(&self, [height, width]: [i64; 2]) -> f64 {
         match &self.network {
-            Network::UNet(unet) => {
-                let channels = &unet.config.block_out_channels;
-                let halvings = 2f64.powi(channels.len().saturating_sub(1) as i32);
-                *channels.last().unwrap_or(&0) as f64 * (height as f64 / halvings).ceil() * (width as f64 / halvings).ceil()
-            }
+            Network::UNet(unet) => unet.config.h_elements([height, width], self.h_block),
             Network::DiT(dit) => ((height / dit.config.patch_size) * (width / dit.config.patch_size) * dit.config.width()) as f64,
         }
     }

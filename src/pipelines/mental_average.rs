@@ -114,7 +114,7 @@ struct RunHooks<'a, 'b> {
     recorder: TrajectoryRecorder,
     steps: usize,
     progress: &'a dyn Fn(u64),
-    /// The sampler's UNet passes, counted by the denoiser (this rank's).
+    /// The sampler's network passes, counted by the denoiser (this rank's).
     unet_passes: &'a PassCounter,
     run_latents: i64,
     ranks: Ranks,
