@@ -33,8 +33,8 @@ pub struct TrainArgs {
     /// train/embedded-dit).
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Optimisation steps (default 5000; for --network dit 6000). Resuming with more trains longer: the learning
-    /// rate's cosine decay then runs from the step reached to the new end.
+    /// Optimisation steps (default 5000; for --network dit 9000). Resuming with another count moves the end: the
+    /// learning rate's cosine decay then runs from the step reached to the new end.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Stop after this step, with a checkpoint, as Ctrl-C would there (to split a run, or to change --steps at a
