@@ -176,22 +176,20 @@ fn class_names_resolve_as_dit_pipeline_s_and_bad_ones_are_refused() {
     assert!(err.to_string().contains("conditioned on class labels"), "{err}");
 }
 
+/// Runs `dma ARGS --quiet --out <tmp>/<out>`: whether it succeeded, its stderr, and the output folder.
+fn dma(args: &[&str], tmp: &Path, out: &str) -> (bool, String, std::path::PathBuf) {
+    let out = tmp.join(out);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dma")).args(args).arg("--quiet").arg("--out").arg(&out).output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string(), out)
+}
+
 /// The command line on a DiT folder: a class by name or by --class-id, h after another block, the run record; and
 /// each bad input one error naming it, with nothing written.
 #[test]
 fn dma_average_runs_on_a_dit_folder_and_refuses_bad_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let dit = fixture("tiny-dit");
-    let run = |args: &[&str], out: &str| {
-        let out = tmp.path().join(out);
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dma"))
-            .args(["average", "--latents", "4", "--iters", "5", "--quiet", "--out"])
-            .arg(&out)
-            .args(args)
-            .output()
-            .unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string(), out)
-    };
+    let run = |args: &[&str], out: &str| dma(&[&["average", "--latents", "4", "--iters", "5"], args].concat(), tmp.path(), out);
     let model = dit.to_str().unwrap();
     let (ok, stderr, out) = run(&["--model", model, "--class-id", "7", "--hspace-block", "1"], "by-id");
     assert!(ok, "{stderr}");
@@ -221,16 +219,7 @@ fn dma_average_runs_on_a_dit_folder_and_refuses_bad_classes() {
 fn dma_sample_runs_on_a_dit_folder_and_one_without_class_names_takes_class_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let sample = |model: &Path, class: [&str; 2], out: &str| {
-        let out = tmp.path().join(out);
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dma"))
-            .args(["sample", "--num", "2", "--steps", "2", "--quiet", "--model"])
-            .arg(model)
-            .args(class)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string(), out)
+        dma(&[&["sample", "--num", "2", "--steps", "2", "--model", model.to_str().unwrap()], &class[..]].concat(), tmp.path(), out)
     };
     let (ok, stderr, out) = sample(&fixture("tiny-dit"), ["--prompt", "UMBRELLA"], "named");
     assert!(ok, "{stderr}");

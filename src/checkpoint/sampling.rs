@@ -131,7 +131,7 @@ pub fn load(dir: &Path, steps: usize) -> Result<Option<Start>> {
         Some(passes) => passes,
         None => {
             // Written before passes were counted, when every step sampled and optimised all of a run's latents: two
-            // Network passes per latent and step; per aligned step 2 encoder forward passes per latent (target, check),
+            // network passes per latent and step; per aligned step 2 encoder forward passes per latent (target, check),
             // and its iterations' forward and backward.
             for step in &mut log {
                 let (k, iterations) = (rows as u64, (step.iterations_mean * rows as f64).round() as u64);

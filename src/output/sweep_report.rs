@@ -120,9 +120,9 @@ pub fn sweep_markdown(concepts: &[ConceptSweep], points: &[SweepPoint]) -> Strin
         "Consistency: mean pairwise CLIP cosine distance between the prototypes of different seeds. Representativeness: \
          CLIP cosine distance from a prototype to the mean embedding of the concept's samples. Both: lower is better. \
          Sharpness: variance of the Laplacian, over the samples'. One class: every seed's prototype of one zero-shot \
-         class. Costs are per DMA run (one seed): passes of one latent through the network's path to h (a UNet's encoder \
-         half, a DiT's blocks up to h; forward only / forward and backward), through the whole network while sampling (both guidance branches), and the seconds the \
-         aligned steps took on this machine.\n\n",
+         class. Costs are per DMA run (one seed): passes of one latent through the network's path to h (a UNet's \
+         encoder half, a DiT's blocks up to h; forward only / forward and backward), through the whole network while \
+         sampling (both guidance branches), and the seconds the aligned steps took on this machine.\n\n",
     );
     if concepts.len() > 1 {
         let _ = writeln!(out, "## Mean over {} concepts\n", concepts.len());

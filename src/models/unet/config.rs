@@ -293,19 +293,19 @@ const RESNET_BYTES_PER_ELEMENT: f64 = 18.777;
 const TRANSFORMER_LAYER_BYTES_PER_ELEMENT: f64 = 118.58;
 
 impl UNetConfig {
-    /// The f32 bytes one latent of `height` x `width` keeps through an alignment iteration (the encoder half's
-    /// forward and backward): each down block's resnets and transformer layers at its resolution (halved after
-    /// every block but the last), and the mid block's two resnets and transformer of the last block's depth.
     /// The elements of one latent's h at latent size [height, width]: the output of down block `h_block` (its
     /// downsampler included, so halved once per block run, but never past the last level) or, for None, the mid
     /// block's (the last level's width and size).
     pub fn h_elements(&self, [height, width]: [i64; 2], h_block: Option<usize>) -> f64 {
         let levels = self.block_out_channels.len();
-        let block = h_block.unwrap_or(levels - 1).min(levels - 1);
+        let block = h_block.unwrap_or(levels - 1);
         let halvings = 2f64.powi((block + 1).min(levels - 1) as i32);
         self.block_out_channels[block] as f64 * (height as f64 / halvings).ceil() * (width as f64 / halvings).ceil()
     }
 
+    /// The f32 bytes one latent of `height` x `width` keeps through an alignment iteration (the encoder half's
+    /// forward and backward): each down block's resnets and transformer layers at its resolution (halved after
+    /// every block but the last), and the mid block's two resnets and transformer of the last block's depth.
     pub fn encoder_activation_bytes(&self, [height, width]: [i64; 2]) -> f64 {
         let (mut height, mut width) = (height as f64, width as f64);
         let (mut resnets, mut transformer_layers) = (0.0, 0.0);
