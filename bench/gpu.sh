@@ -10,10 +10,12 @@
 #      cosine of f16's and bf16's against f32's (examples/half_gradients.rs; BENCHMARKS.md "Half-precision
 #      alignment gradients" has SD 1.5's from a CPU, where SDXL's f16 would take hours).
 #
-#   bench/gpu.sh [--device cuda|cuda:N|cpu] [--quick]
+#   bench/gpu.sh [--device cuda|cuda:N|cpu] [--quick] [--dma-iters N]
 #
 # --quick: the tiny fixtures instead of SD 1.5 and SDXL, batches 1 and 2, a 3-step DMA run (the CPU path the tests
-# run).
+# run). --dma-iters N: at most N Adam iterations per aligned step in part 3 (the defaults' 300 at K 32 are up to
+# 96,000 latent-iterations, minutes even on a GPU, where a lease is short); the passes it prints scale the time.
+# Every part runs even when an earlier one fails; the exit status is 1 if any failed.
 # libtorch: a python3 whose torch is 2.11.0 where there is one (the lent GPU machines, which cannot download), else
 # the project's own (scripts/env.sh). The examples: built with cargo where there is one (DMA_GPU_PREBUILT=1 skips
 # that), else those in target/release/examples, built on another machine and carried along. The tables go to
@@ -23,11 +25,13 @@ cd "$(dirname "$0")/.."
 
 DEVICE=cuda
 QUICK=0
+DMA_ITERS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --dma-iters) DMA_ITERS=(--dma-iters "$2"); shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench/gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,21 +54,29 @@ done
 
 REPORT="${OUT:+$OUT/gpu-check.txt}"
 report() { if [ -n "$REPORT" ]; then tee -a "$REPORT"; else cat; fi; }
+FAILED=()
+# One part: its title, then its output and errors in the report; a failure is noted and the next part runs.
+part() {
+  local title="$1"; shift
+  echo "## $title" | report
+  "$@" 2>&1 | report || { FAILED+=("$title"); echo "(failed: $title)" | report; }
+}
 {
-  echo "# bench/gpu.sh --device $DEVICE$([ $QUICK = 1 ] && echo ' --quick'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "# bench/gpu.sh --device $DEVICE$([ $QUICK = 1 ] && echo ' --quick') ${DMA_ITERS[*]}, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  echo "## 1. The device against the CPU"
 } | report
-"$BIN/device_agreement" "$DEVICE" | report
-echo "## 2-3. Alignment throughput and one DMA run" | report
+part "1. The device against the CPU" "$BIN/device_agreement" "$DEVICE"
 if [ "$QUICK" = 1 ]; then
-  "$BIN/gpu_bench" --device "$DEVICE" --model tests/fixtures/tiny-sd1 --batches 1,2 --iters 2 --latents 2 --dma-steps 3 --dma-iters 2 | report
+  part "2-3. Alignment throughput and one DMA run" \
+    "$BIN/gpu_bench" --device "$DEVICE" --model tests/fixtures/tiny-sd1 --batches 1,2 --iters 2 --latents 2 --dma-steps 3 --dma-iters 2
+  SDXL_CONFIG=tests/fixtures/tiny-sdxl/unet/config.json
 else
-  "$BIN/gpu_bench" --device "$DEVICE" | report
+  part "2-3. Alignment throughput and one DMA run" "$BIN/gpu_bench" --device "$DEVICE" "${DMA_ITERS[@]}"
+  SDXL_CONFIG=assets/configs/sdxl/unet/config.json
 fi
-echo "## 4. Half-precision alignment gradients at SDXL size (cosine against f32)" | report
-if [ "$QUICK" = 1 ]; then
-  "$BIN/half_gradients" --device "$DEVICE" --config tests/fixtures/tiny-sdxl/unet/config.json | report
-else
-  "$BIN/half_gradients" --device "$DEVICE" --config assets/configs/sdxl/unet/config.json | report
+part "4. Half-precision alignment gradients at SDXL size (cosine against f32)" \
+  "$BIN/half_gradients" --device "$DEVICE" --config "$SDXL_CONFIG"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "bench/gpu.sh: failed: ${FAILED[*]}" | report
+  exit 1
 fi
