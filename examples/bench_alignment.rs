@@ -31,7 +31,7 @@ use dma::models::denoiser::{Condition, Denoiser, Network};
 use dma::models::dit::{DiTConfig, DiTTransformer2DModel};
 use dma::models::unet::config::TIME_IDS;
 use dma::models::unet::{UNet2DConditionModel, UNetConfig};
-use dma::loaders::source::component_weight_files;
+use dma::hub::component_weight_files;
 use dma::weights::Weights;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;

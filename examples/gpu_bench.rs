@@ -5,6 +5,7 @@
 //!
 //! Run: `target/release/examples/gpu_bench [--device cuda] [--model DIR] [--dtypes f32,bf16,f16]
 //! [--batches 1,2,4,8,16,32] [--iters 5] [--latents K]`
+use dma::loaders::run_defaults;
 use anyhow::{Context, Result};
 use clap::Parser;
 use dma::device::{parse_device, parse_kind};
@@ -133,7 +134,7 @@ fn main() -> Result<()> {
     }
     let sd = model(&args, &random, device, Kind::Float)?;
     let defaults = match &args.model {
-        Some(dir) => RunDefaults::for_source(&ModelSource::Folder(dir.clone()))?,
+        Some(dir) => run_defaults(&ModelSource::Folder(dir.clone()))?,
         None => RunDefaults::default(),
     };
     let latents = args.latents.unwrap_or(defaults.latents);

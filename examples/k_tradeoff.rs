@@ -4,7 +4,7 @@
 //! (defaults: the embedded model, "a sneaker", 1,2,4,8,16,32,64, 3 seeds; K = 1 is plain sampling); other settings are the model's defaults.
 use dma::distributed::Ranks;
 use dma::method::HBranch;
-use dma::pipelines::defaults::RunDefaults;
+use dma::loaders::run_defaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
 use dma::loaders::ModelSource;
 use std::time::Instant;
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let ks: Vec<i64> = args.get(3).map_or("1,2,4,8,16,32,64", |s| s.as_str()).split(',').map(|k| k.parse()).collect::<Result<_, _>>()?;
     let seeds: u64 = args.get(4).map_or(Ok(3), |s| s.parse())?;
     let source = ModelSource::resolve(&model_spec)?;
-    let defaults = RunDefaults::for_source(&source)?;
+    let defaults = run_defaults(&source)?;
     let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let align = defaults.align(HBranch::Cond);
     println!("model {model_spec}, prompt {prompt:?}, {seeds} seeds per K, {align:?}");

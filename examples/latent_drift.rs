@@ -7,7 +7,7 @@
 //! (defaults: the embedded model, "footwear,a bag,a sneaker", 16, 3); other settings are the model's defaults.
 use dma::evaluation::sharpness::laplacian_variance;
 use dma::method::{Alignment, HBranch};
-use dma::pipelines::defaults::RunDefaults;
+use dma::loaders::run_defaults;
 use dma::pipelines::mental_average::seeded_latents;
 use dma::loaders::ModelSource;
 use dma::sampling::{sample, StepHooks};
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let seeds: u64 = args.get(4).map_or(Ok(3), |s| s.parse())?;
     let keep_norm = args.get(5).is_some_and(|s| s == "keep-norm");
     let source = ModelSource::resolve(&model_spec)?;
-    let defaults = RunDefaults::for_source(&source)?;
+    let defaults = run_defaults(&source)?;
     let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let align = dma::method::AlignSettings { keep_norm, ..defaults.align(HBranch::Cond) };
     println!("model {model_spec}, K {k}, {seeds} seeds, {align:?}");

@@ -7,6 +7,7 @@
 //! [PCA_DIMS|-] [ADAPTER_STEPS|-] [silhouette|bic] [MODEL]` (defaults: the model's sample count, ti, 0, the model's
 //! PCA width and adapter steps, silhouette, models/embedded; `models/embedded/dit` measures the embedded DiT, with
 //! lora or class-embedding). SEEDS is one seed or a range such as 0-7; several seeds end with a summary table.
+use dma::loaders::run_defaults;
 use clap::ValueEnum;
 use dma::adapters::AdapterKind;
 use dma::clustering::{ClusterCount, Criterion};
@@ -41,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let embedded = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
     let model_dir = args.get(7).map_or(embedded.clone(), PathBuf::from);
     let source = ModelSource::Folder(model_dir.clone());
-    let defaults = RunDefaults::for_source(&source)?;
+    let defaults = run_defaults(&source)?;
     let samples: i64 = args.get(1).map_or(Ok(defaults.mode_samples), |s| s.parse())?;
     let kind = match args.get(2).map_or("ti", String::as_str) {
         "none" => None,

@@ -4,13 +4,13 @@
 //! Writes one figure, a row per prompt: prototype | pixel average | six samples, each enlarged to 128 pixels.
 //! Run: `cargo run --release --example prototype_vs_average -- [SAMPLES] [FIGURE.png] ["PROMPT;PROMPT;..."]`
 //! (defaults: 100, none, five prompts of the embedded model).
+use dma::loaders::run_defaults;
 use dma::distributed::Ranks;
 use dma::data::class_names;
 use dma::evaluation::sharpness::laplacian_variance;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::HBranch;
 use dma::output::images::{enlarge_to, grid, png_bytes};
-use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
 use dma::loaders::ModelSource;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
     let source = ModelSource::Folder(model_dir.clone());
-    let defaults = RunDefaults::for_source(&source)?;
+    let defaults = run_defaults(&source)?;
     let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;
     let names = class_names();

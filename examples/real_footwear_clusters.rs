@@ -7,7 +7,7 @@
 use dma::clustering::{ClusterCount, Criterion};
 use dma::data::{data_dir, Dataset, Rng, Split};
 use dma::evaluation::zero_shot::ZeroShot;
-use dma::pipelines::defaults::RunDefaults;
+use dma::loaders::run_defaults;
 use dma::pipelines::modes::{cluster_images, Describers, DiscoverySettings};
 use dma::loaders::ModelSource;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ const PER_KIND: usize = 33;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
-    let defaults = RunDefaults::for_source(&ModelSource::Folder(model_dir.clone()))?;
+    let defaults = run_defaults(&ModelSource::Folder(model_dir.clone()))?;
     let draws: u64 = args.get(1).map_or(Ok(8), |s| s.parse())?;
     let pca_dims: usize = args.get(2).map_or(Ok(defaults.pca_dims), |s| s.parse())?;
     let classifier = ZeroShot::embedded(&model_dir.join("clip"), Device::Cpu)?;

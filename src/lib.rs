@@ -18,6 +18,7 @@ pub mod clustering;
 pub mod checkpoint;
 pub mod distributed;
 pub mod files;
+pub mod hub;
 pub mod method;
 pub mod passes;
 pub mod stop;

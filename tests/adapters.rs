@@ -4,6 +4,7 @@
 //! held-out samples; training stopped midway resumes to exactly the same adapter; adapters made for another model
 //! are refused.
 mod common;
+use dma::loaders::run_defaults;
 use common::{assert_caught, check_gradient, closeness, fixture, max_abs_diff, references, Closeness};
 use dma::adapters::class_embedding::ClassEmbedding;
 use dma::adapters::lora::{Lora, LoraLayer};
@@ -13,7 +14,6 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::checkpoint::sampling::{Start, StepState};
 use dma::checkpoint::training::{self as checkpoint, Resume, TrainingState};
 use dma::checkpoint::{Checkpoints, NoCheckpoints};
-use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::mental_average::{run, seeded_latents};
 use dma::loaders::ModelSource;
 use dma::models::denoiser::Condition;
@@ -207,7 +207,7 @@ fn lora_gradient_matches_finite_differences_and_trains_nothing_else() {
 fn a_textual_inversion_adapter_lowers_the_held_out_loss_of_its_mode() {
     let _rng = common::global_rng();
     let source = ModelSource::Folder(embedded_dir());
-    let defaults = RunDefaults::for_source(&source).unwrap();
+    let defaults = run_defaults(&source).unwrap();
     let mut model = dma::loaders::load(&source, Device::Cpu, Kind::Float).unwrap();
     // One mode of "footwear", sandals, drawn from the class prompt: 24 to learn from, 8 held out.
     let sandals = run(&model, &defaults.sampling("a sandal", 3), &seeded_latents(&model, 32, 3), None, 0, &|_| {}).unwrap().latents;

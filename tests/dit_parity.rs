@@ -2,7 +2,7 @@
 mod common;
 use common::{assert_caught, closeness, fixture, fixture_with_edited_tensor, references, Closeness};
 use dma::models::dit::{DiTConfig, DiTTransformer2DModel};
-use dma::loaders::source::component_weight_files;
+use dma::hub::component_weight_files;
 use dma::weights::Weights;
 use std::path::Path;
 use tch::{Device, Kind};

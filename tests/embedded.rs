@@ -1,13 +1,13 @@
 //! The embedded model as a user meets it: `dma average` with no --model, the prototype of its class, and clear
 //! errors for words it does not know and for a broken model folder.
 mod common;
+use dma::loaders::run_defaults;
 use dma::distributed::Ranks;
 use dma::data::captions::class_captions;
 use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, SamplingSettings};
-use dma::pipelines::defaults::RunDefaults;
 use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ fn embedded_dir() -> PathBuf {
 /// the spread of h shrinks at every aligned step; returns the prototype image.
 fn embedded_prototype(model: &DiffusionModel, dir: &Path, class: usize) -> tch::Tensor {
     let prompt = class_captions(class)[0].clone();
-    let defaults = RunDefaults::for_source(&ModelSource::Folder(dir.to_path_buf())).unwrap();
+    let defaults = run_defaults(&ModelSource::Folder(dir.to_path_buf())).unwrap();
     let settings = SamplingSettings { batch: 8, ..defaults.sampling(&prompt, 0) };
     let align = AlignSettings { align_steps: 6, iters: 15, lr: 2e-2, tol: 0.01, window: 5, ..AlignSettings::paper(HBranch::Cond) };
     let mut result = run(model, &settings, &seeded_latents(model, 8, 0), Some(&align), 0, &|_| {}).unwrap();
@@ -86,7 +86,7 @@ fn assert_main_command_runs_on(model_flag: &[&str], dir: &Path, weights: &str) {
     let shipped: Vec<String> = run["model"]["weight_files"].as_array().unwrap().iter().map(|f| f["sha256"].as_str().unwrap().to_string()).collect();
     let network = dma::pipelines::model::sha256_file(&dir.join(weights)).unwrap();
     assert!(shipped.contains(&network), "the run used the repository's {weights} in {}", dir.display());
-    let defaults = RunDefaults::for_source(&ModelSource::Folder(dir.to_path_buf())).unwrap();
+    let defaults = run_defaults(&ModelSource::Folder(dir.to_path_buf())).unwrap();
     assert_eq!(run["sampling"]["guidance"], defaults.guidance, "the embedded model's own defaults apply");
     assert_eq!(run["sampling"]["use_clipped_model_output"], true);
     assert!(out.join("prototype.png").is_file());
@@ -187,7 +187,7 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
 #[test]
 fn the_committed_run_defaults_are_the_recipe_s() {
     for dir in [embedded_dir(), embedded_dit_dir()] {
-        let committed = RunDefaults::for_source(&ModelSource::Folder(dir.clone())).unwrap();
+        let committed = run_defaults(&ModelSource::Folder(dir.clone())).unwrap();
         assert_eq!(committed, dma::training::embedded::run_defaults(), "{}", dir.display());
     }
 }

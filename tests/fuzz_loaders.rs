@@ -13,7 +13,7 @@ use common::fixture;
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::pipelines::mental_average::read_latents;
 use dma::models::tokenizer::Tokenizer;
-use dma::pipelines::defaults::RunDefaults;
+use dma::loaders::run_defaults;
 use dma::loaders::{single_file, ModelSource};
 use dma::weights::{read_safetensors, write_safetensors};
 use std::collections::BTreeMap;
@@ -445,7 +445,7 @@ fn the_embedded_model_s_word_tokenizer_and_defaults_never_panic() {
     let embedded = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/embedded");
     let tmp = tempfile::tempdir().unwrap();
     let tokenizer: fn(&Path) -> anyhow::Result<()> = |dir| Tokenizer::from_folder(&dir.join("tokenizer")).map(|_| ());
-    let defaults: fn(&Path) -> anyhow::Result<()> = |dir| RunDefaults::for_source(&ModelSource::Folder(dir.to_path_buf())).map(|_| ());
+    let defaults: fn(&Path) -> anyhow::Result<()> = |dir| run_defaults(&ModelSource::Folder(dir.to_path_buf())).map(|_| ());
     for (i, (file, load, min_share)) in [
         // Measured 52% / 50% (60 / 500 cases, as for the configs above).
         ("tokenizer/tokenizer.json", tokenizer, 0.4),

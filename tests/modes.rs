@@ -8,7 +8,7 @@ use dma::distributed::Ranks;
 use dma::data::captions::broad_concepts;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::checkpoint::NoCheckpoints;
-use dma::pipelines::defaults::RunDefaults;
+use dma::loaders::run_defaults;
 use dma::pipelines::modes::{discover, Describer, Describers, DiscoverySettings, Grounding};
 use dma::loaders::ModelSource;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ fn bad_adapters_for_dma_average_fail_clearly() {
 fn footwear_clusters_into_its_three_kinds() {
     let _rng = common::global_rng();
     let source = ModelSource::Folder(embedded_dir());
-    let defaults = RunDefaults::for_source(&source).unwrap();
+    let defaults = run_defaults(&source).unwrap();
     let model = dma::loaders::load(&source, Device::Cpu, Kind::Float).unwrap();
     let classifier = ZeroShot::embedded(&embedded_dir().join("clip"), Device::Cpu).unwrap();
     let footwear = broad_concepts().iter().find(|c| c.name == "footwear").unwrap();

@@ -1,4 +1,5 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
+use dma::loaders::run_defaults;
 use super::common::{check_class_ids, check_prompt, class_prompt, out_dir, progress_bar, ModelArgs};
 use super::job::agree;
 use super::run::{Resumed, Run};
@@ -299,7 +300,7 @@ pub fn average(args: AverageArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
     let common = &args.common;
     let resolve = || -> Result<_> {
         let source = common.model.source()?;
-        let mut defaults = RunDefaults::for_source(&source)?;
+        let mut defaults = run_defaults(&source)?;
         // An adapter is read and checked against the prompt before anything long starts.
         let adapter = args.adapter.as_deref().map(|path| -> Result<Adapter> {
             let adapter = Adapter::read(path)?;
@@ -335,7 +336,7 @@ pub fn sample(args: SampleArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()
     let common = &args.common;
     let resolve = || -> Result<_> {
         let source = common.model.source()?;
-        let settings = common.settings(&RunDefaults::for_source(&source)?, "--num", args.num)?;
+        let settings = common.settings(&run_defaults(&source)?, "--num", args.num)?;
         Ok((source, settings))
     };
     let (source, settings) = agree(ranks, resolve())?;

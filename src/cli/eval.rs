@@ -1,5 +1,6 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
+use dma::loaders::run_defaults;
 use super::average::{AlignArgs, SamplerArgs};
 use super::common::{check_class_ids, check_clip, check_prompt, class_prompt, clip_dir, out_dir, progress_bar, ModelArgs};
 use super::job::agree;
@@ -472,7 +473,7 @@ pub fn eval(args: EvalArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
     let resolve = || -> Result<_> {
         let prompts = args.concepts.read()?;
         let source = args.model.source()?;
-        let settings = args.common.settings(&RunDefaults::for_source(&source)?, &Method::ALL)?;
+        let settings = args.common.settings(&run_defaults(&source)?, &Method::ALL)?;
         Ok((prompts, source, settings))
     };
     let (prompts, source, settings) = agree(ranks, resolve())?;
@@ -517,7 +518,7 @@ pub fn compare(args: CompareArgs, matches: &ArgMatches, ranks: Ranks) -> Result<
     let resolve = || -> Result<_> {
         let sources = model_args.iter().map(ModelArgs::source).collect::<Result<Vec<ModelSource>>>()?;
         // Each model's own defaults; the flags given apply to all of them.
-        let settings = sources.iter().map(|s| args.common.settings(&RunDefaults::for_source(s)?, &[Method::Dma])).collect::<Result<Vec<_>>>()?;
+        let settings = sources.iter().map(|s| args.common.settings(&run_defaults(s)?, &[Method::Dma])).collect::<Result<Vec<_>>>()?;
         Ok((sources, settings))
     };
     let (sources, settings) = agree(ranks, resolve())?;

@@ -1,5 +1,6 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
+use dma::loaders::run_defaults;
 use super::average::{AlignArgs, SamplingArgs};
 use super::common::{check_class_ids, check_prompt, load_clip, progress_bar};
 use super::job::agree;
@@ -22,7 +23,6 @@ use dma::adapters::AdapterKind;
 use dma::clustering::{ClusterCount, Criterion};
 use dma::files::{write_atomic, write_json};
 use dma::output::images::{enlarge_to, grid, png_bytes, square_grid};
-use dma::pipelines::defaults::RunDefaults;
 use dma::pipelines::memory::{self, Work};
 use dma::pipelines::mental_average::seeded_mental_average;
 use dma::pipelines::mental_average::alignment_work;
@@ -220,7 +220,7 @@ fn resolve(args: &ModesArgs) -> Result<(ModelSource, SamplingSettings, Discovery
         bail!("--init-latents does not apply to `dma modes`: its samples are drawn from --seed");
     }
     let source = common.model.source()?;
-    let defaults = RunDefaults::for_source(&source)?;
+    let defaults = run_defaults(&source)?;
     let samples = args.samples.unwrap_or(defaults.mode_samples);
     let settings = common.settings(&defaults, "--samples", samples)?;
     args.clusters.validate(samples.max(0) as usize).with_context(|| format!("--clusters with --samples {samples}"))?;

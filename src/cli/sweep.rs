@@ -1,6 +1,7 @@
 //! `dma sweep`: DMA's cost-quality frontier on the user's own model. Each --sweep KEY=V1,V2,... is an axis over one
 //! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
 //! scores DMA, with its cost counted in network passes.
+use dma::loaders::run_defaults;
 use super::average::{AlignArgs, SamplerArgs};
 use super::common::{check_class_ids, check_prompt, out_dir, ModelArgs};
 use super::eval::{ConceptArgs, Judge, JudgePaths, JudgingArgs};
@@ -167,7 +168,7 @@ pub fn run(args: SweepArgs, matches: &ArgMatches, ranks: Ranks) -> Result<()> {
     let resolve = || -> Result<_> {
         let prompts = args.concepts.read()?;
         let source = args.model.source()?;
-        let defaults = RunDefaults::for_source(&source)?;
+        let defaults = run_defaults(&source)?;
         let sampling = args.sampler.settings(&defaults, "", judging.seed)?;
         let points = points(&args.align, &axes(&args.sweep)?, &args.point, &defaults, sampling.steps)?;
         Ok((prompts, source, sampling, points, judging.samples(&defaults)?, judging.seeds(false)?))

@@ -1,5 +1,6 @@
 //! Building a `DiffusionModel` from disk: where a model comes from (`source`: a folder, a Hugging Face repo id in
-//! the local cache, a single file), and one module per family for diffusers folders.
+//! the local cache, a single file), one module per family for diffusers folders, and the run defaults a folder
+//! recommends (`run_defaults`).
 pub mod dit;
 pub mod single_file;
 pub mod source;
@@ -7,10 +8,11 @@ pub mod stable_diffusion;
 
 use crate::files::read_json;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::pipelines::defaults::{RunDefaults, DIT_GUIDANCE, FILE as DEFAULTS_FILE};
 use crate::pipelines::model::DiffusionModel;
 use crate::weights::{WeightPath, Weights};
 use anyhow::{bail, Result};
-use source::component_weight_files;
+use crate::hub::component_weight_files;
 pub use source::ModelSource;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -37,6 +39,16 @@ pub fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<DiffusionMo
         _ => {}
     }
     stable_diffusion::load_folder(dir, index.as_ref(), device, kind)
+}
+
+/// The run defaults a model recommends: its folder's dma_defaults.json over the paper's; a DiT folder without the
+/// file samples with DiTPipeline's guidance, 4.
+pub fn run_defaults(source: &ModelSource) -> Result<RunDefaults> {
+    match source {
+        ModelSource::Folder(dir) if dir.join(DEFAULTS_FILE).is_file() => read_json(&dir.join(DEFAULTS_FILE)),
+        ModelSource::Folder(dir) if is_dit_folder(dir)? => Ok(RunDefaults { guidance: DIT_GUIDANCE, ..RunDefaults::default() }),
+        _ => Ok(RunDefaults::default()),
+    }
 }
 
 /// Whether the folder `dir` holds a DiT pipeline.

@@ -1,18 +1,15 @@
 //! Run settings a model folder may recommend in `dma_defaults.json`. The embedded model does (it is small and
 //! runs on a CPU in under a minute with fewer latents and iterations); whatever the file leaves out, and every
-//! model without the file, gets the paper's settings.
+//! model without the file, gets the paper's settings (`loaders::run_defaults` reads a model's).
 use super::mental_average::SamplingSettings;
-use crate::loaders::ModelSource;
 use crate::adapters::training::AdapterTraining;
 use crate::adapters::AdapterKind;
-use crate::files::read_json;
 use crate::method::{AlignSettings, HBranch};
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "dma_defaults.json";
 /// DiTPipeline's default guidance scale.
-const DIT_GUIDANCE: f64 = 4.0;
+pub const DIT_GUIDANCE: f64 = 4.0;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -87,16 +84,6 @@ impl Default for RunDefaults {
 }
 
 impl RunDefaults {
-    /// The defaults for a model: its folder's dma_defaults.json over the paper's; a DiT folder without the file
-    /// samples with DiTPipeline's guidance, 4.
-    pub fn for_source(source: &ModelSource) -> Result<Self> {
-        match source {
-            ModelSource::Folder(dir) if dir.join(FILE).is_file() => read_json(&dir.join(FILE)),
-            ModelSource::Folder(dir) if crate::loaders::is_dit_folder(dir)? => Ok(Self { guidance: DIT_GUIDANCE, ..Self::default() }),
-            _ => Ok(Self::default()),
-        }
-    }
-
     /// Sampling settings for `prompt` from `seed` with these defaults.
     pub fn sampling(&self, prompt: &str, seed: u64) -> SamplingSettings {
         SamplingSettings {

@@ -5,7 +5,7 @@
 //! uncased vocabulary (`vocab.txt` beside it, else bert-base-uncased in the Hugging Face cache, which the package's
 //! tokenizer downloads).
 use crate::files::read_json;
-use crate::loaders::source::hf_cache_snapshot;
+use crate::hub::hf_cache_snapshot;
 use crate::models::bert::{BertConfig, BlipTextModel};
 use crate::models::image_processor::ImageProcessor;
 use crate::models::tokenizer::WordPieceTokenizer;

@@ -4,7 +4,7 @@
 //! as BLIP ranks candidates for VQA: the log-probability of the answer's tokens and the closing `[SEP]` after the
 //! decoder's start token `[DEC]`.
 use crate::files::read_json;
-use crate::loaders::source::component_weight_files;
+use crate::hub::component_weight_files;
 use crate::models::bert::{sequence_log_likelihood, BertConfig, BlipTextModel, LmHead};
 use crate::models::image_processor::ImageProcessor;
 use crate::models::tokenizer::WordPieceTokenizer;
