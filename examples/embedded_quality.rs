@@ -7,10 +7,10 @@
 //! the embedded DiT, whose labels take the same prompts; 0 samples measures the CLIP model only). Class c is
 //! sampled from seed SEED_BASE + c and "footwear" from SEED_BASE + 1000: settings are chosen on other seeds than
 //! the reported figures' (the README's sweep used base 5000).
-use dma::loaders::run_defaults;
 use dma::data::captions::{broad_concepts, class_captions};
 use dma::data::{class_names, data_dir, Dataset, Split, NUM_CLASSES};
 use dma::evaluation::zero_shot::ZeroShot;
+use dma::loaders::run_defaults;
 use dma::output::images::{grid, png_bytes};
 use dma::pipelines::mental_average::{run, seeded_latents, SamplingSettings};
 use dma::loaders::ModelSource;

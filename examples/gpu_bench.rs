@@ -5,11 +5,11 @@
 //!
 //! Run: `target/release/examples/gpu_bench [--device cuda] [--model DIR] [--dtypes f32,bf16,f16]
 //! [--batches 1,2,4,8,16,32] [--iters 5] [--latents K]`
-use dma::loaders::run_defaults;
 use anyhow::{Context, Result};
 use clap::Parser;
 use dma::device::{parse_device, parse_kind};
 use dma::distributed::Ranks;
+use dma::loaders::run_defaults;
 use dma::method::{alignment::loss_and_gradient, HBranch};
 use dma::models::clip_text::ClipTextModel;
 use dma::models::denoiser::{Denoiser, Network};

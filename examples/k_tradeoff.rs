@@ -3,8 +3,8 @@
 //! against the run time. Run: `cargo run --release --example k_tradeoff -- [MODEL] [PROMPT] [K,K,...] [R]`
 //! (defaults: the embedded model, "a sneaker", 1,2,4,8,16,32,64, 3 seeds; K = 1 is plain sampling); other settings are the model's defaults.
 use dma::distributed::Ranks;
-use dma::method::HBranch;
 use dma::loaders::run_defaults;
+use dma::method::HBranch;
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};
 use dma::loaders::ModelSource;
 use std::time::Instant;

@@ -6,8 +6,8 @@
 //! Run: `cargo run --release --example latent_drift -- [MODEL] [PROMPT,PROMPT,...] [K] [SEEDS] [keep-norm]`
 //! (defaults: the embedded model, "footwear,a bag,a sneaker", 16, 3); other settings are the model's defaults.
 use dma::evaluation::sharpness::laplacian_variance;
-use dma::method::{Alignment, HBranch};
 use dma::loaders::run_defaults;
+use dma::method::{Alignment, HBranch};
 use dma::pipelines::mental_average::seeded_latents;
 use dma::loaders::ModelSource;
 use dma::sampling::{sample, StepHooks};

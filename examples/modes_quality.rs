@@ -7,13 +7,13 @@
 //! [PCA_DIMS|-] [ADAPTER_STEPS|-] [silhouette|bic] [MODEL]` (defaults: the model's sample count, ti, 0, the model's
 //! PCA width and adapter steps, silhouette, models/embedded; `models/embedded/dit` measures the embedded DiT, with
 //! lora or class-embedding). SEEDS is one seed or a range such as 0-7; several seeds end with a summary table.
-use dma::loaders::run_defaults;
 use clap::ValueEnum;
 use dma::adapters::AdapterKind;
 use dma::clustering::{ClusterCount, Criterion};
 use dma::data::captions::{broad_concepts, BroadConcept};
 use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
+use dma::loaders::run_defaults;
 use dma::method::HBranch;
 use dma::pipelines::defaults::RunDefaults;
 use dma::checkpoint::NoCheckpoints;

@@ -4,11 +4,11 @@
 //! Writes one figure, a row per prompt: prototype | pixel average | six samples, each enlarged to 128 pixels.
 //! Run: `cargo run --release --example prototype_vs_average -- [SAMPLES] [FIGURE.png] ["PROMPT;PROMPT;..."]`
 //! (defaults: 100, none, five prompts of the embedded model).
-use dma::loaders::run_defaults;
 use dma::distributed::Ranks;
 use dma::data::class_names;
 use dma::evaluation::sharpness::laplacian_variance;
 use dma::evaluation::zero_shot::ZeroShot;
+use dma::loaders::run_defaults;
 use dma::method::HBranch;
 use dma::output::images::{enlarge_to, grid, png_bytes};
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents};

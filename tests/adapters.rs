@@ -4,7 +4,6 @@
 //! held-out samples; training stopped midway resumes to exactly the same adapter; adapters made for another model
 //! are refused.
 mod common;
-use dma::loaders::run_defaults;
 use common::{assert_caught, check_gradient, closeness, fixture, max_abs_diff, references, Closeness};
 use dma::adapters::class_embedding::ClassEmbedding;
 use dma::adapters::lora::{Lora, LoraLayer};
@@ -14,6 +13,7 @@ use dma::adapters::{Adapter, AdapterKind};
 use dma::checkpoint::sampling::{Start, StepState};
 use dma::checkpoint::training::{self as checkpoint, Resume, TrainingState};
 use dma::checkpoint::{Checkpoints, NoCheckpoints};
+use dma::loaders::run_defaults;
 use dma::pipelines::mental_average::{run, seeded_latents};
 use dma::loaders::ModelSource;
 use dma::models::denoiser::Condition;

@@ -1,11 +1,11 @@
 //! The embedded model as a user meets it: `dma average` with no --model, the prototype of its class, and clear
 //! errors for words it does not know and for a broken model folder.
 mod common;
-use dma::loaders::run_defaults;
 use dma::distributed::Ranks;
 use dma::data::captions::class_captions;
 use dma::data::class_names;
 use dma::evaluation::zero_shot::ZeroShot;
+use dma::loaders::run_defaults;
 use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, SamplingSettings};
 use dma::loaders::ModelSource;

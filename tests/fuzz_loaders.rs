@@ -11,9 +11,9 @@
 mod common;
 use common::fixture;
 use dma::evaluation::clip_embedder::ClipEmbedder;
+use dma::loaders::run_defaults;
 use dma::pipelines::mental_average::read_latents;
 use dma::models::tokenizer::Tokenizer;
-use dma::loaders::run_defaults;
 use dma::loaders::{single_file, ModelSource};
 use dma::weights::{read_safetensors, write_safetensors};
 use std::collections::BTreeMap;

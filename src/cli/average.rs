@@ -1,5 +1,4 @@
 //! `dma average` and `dma sample`: the same guided DDIM sampler, with and without DMA's alignment.
-use dma::loaders::run_defaults;
 use super::common::{check_class_ids, check_prompt, class_prompt, out_dir, progress_bar, ModelArgs};
 use super::job::agree;
 use super::run::{Resumed, Run};
@@ -11,6 +10,7 @@ use super::report::{write_outputs, RunOutputs};
 use super::resume::Resumable;
 use dma::checkpoint::sampling::Start;
 use dma::checkpoint::Checkpoints;
+use dma::loaders::run_defaults;
 use dma::pipelines::memory::{self, Work};
 use serde_json::json;
 use anyhow::{bail, Context, Result};

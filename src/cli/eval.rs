@@ -1,6 +1,5 @@
 //! `dma eval` and `dma compare`: every method on every concept (or every model on one concept), over several
 //! seeds, with results.csv, results.json, a markdown table in the shape of the paper's Table 1, and report.html.
-use dma::loaders::run_defaults;
 use super::average::{AlignArgs, SamplerArgs};
 use super::common::{check_class_ids, check_clip, check_prompt, class_prompt, clip_dir, out_dir, progress_bar, ModelArgs};
 use super::job::agree;
@@ -15,6 +14,7 @@ use dma::data::class_names;
 use dma::evaluation::clip_embedder::ClipEmbedder;
 use dma::evaluation::zero_shot::ZeroShot;
 use dma::files::{write_atomic, write_json};
+use dma::loaders::run_defaults;
 use dma::output::images::png_bytes;
 use dma::output::report_html::{report_html, Section};
 use dma::output::tables::{results_csv, results_markdown};

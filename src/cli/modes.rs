@@ -1,6 +1,5 @@
 //! `dma modes`: the modes of a multimodal concept (clusters of its samples in CLIP space), and with --average one
 //! prototype per mode through a per-mode adapter, next to the prototype of the whole concept.
-use dma::loaders::run_defaults;
 use super::average::{AlignArgs, SamplingArgs};
 use super::common::{check_class_ids, check_prompt, load_clip, progress_bar};
 use super::job::agree;
@@ -8,6 +7,7 @@ use super::report::{model_record, png_text, write_samples};
 use super::resume::Resumable;
 use super::run::{Item, Run};
 use dma::distributed::{Parcel, Ranks, Share};
+use dma::loaders::run_defaults;
 use dma::method::AlignSettings;
 use dma::output::OutDir;
 use dma::pipelines::mental_average::{SamplingResult, SamplingSettings};

@@ -1,7 +1,6 @@
 //! `dma sweep`: DMA's cost-quality frontier on the user's own model. Each --sweep KEY=V1,V2,... is an axis over one
 //! of DMA's flags (or `schedule`); every combination runs on every concept and seed and is scored as `dma eval`
 //! scores DMA, with its cost counted in network passes.
-use dma::loaders::run_defaults;
 use super::average::{AlignArgs, SamplerArgs};
 use super::common::{check_class_ids, check_prompt, out_dir, ModelArgs};
 use super::eval::{ConceptArgs, Judge, JudgePaths, JudgingArgs};
@@ -10,6 +9,7 @@ use super::report::{model_record, png_text, subject_folder};
 use super::resume::Resumable;
 use super::run::{Item, Run};
 use dma::distributed::Ranks;
+use dma::loaders::run_defaults;
 use dma::output::OutDir;
 use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
