@@ -33,7 +33,7 @@ pub struct TrainArgs {
     /// train/embedded-dit).
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Optimisation steps (default 5000; for --network dit 9000). Resuming with another count moves the end: the
+    /// Optimisation steps (default 5000; for --network dit 10000). Resuming with another count moves the end: the
     /// learning rate's cosine decay then runs from the step reached to the new end.
     #[arg(long)]
     pub steps: Option<usize>,

@@ -191,7 +191,7 @@ impl Network {
     pub fn default_steps(self) -> usize {
         match self {
             Self::Unet => 5000,
-            Self::Dit => 9000,
+            Self::Dit => 10000,
         }
     }
 
