@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         report("alignment loss", relative(&loss_gpu, &loss_cpu), PASS);
         report("alignment gradient", relative(&grad_gpu, &grad_cpu), PASS);
         report("decoder", relative(&gpu.decode(&x.to_device(device)), &cpu.decode(&x)), PASS);
-        let settings = SamplingSettings { prompt: prompt.to_string(), steps: 4, guidance: 5.0, seed: 0, batch: 4, use_clipped_model_output: false };
+        let settings = SamplingSettings { prompt: prompt.to_string(), steps: 4, guidance: 5.0, seed: 0, batch: 4, use_clipped_model_output: false, guidance_interval: None };
         let align = AlignSettings { align_steps: 2, iters: 5, tol: 0.0, ..AlignSettings::paper(HBranch::Cond) };
         let init = seeded_latents(&cpu, 4, 0);
         let dma = |m: &DiffusionModel| run(m, &settings, &init, Some(&align), 0, &|_| {}).map(|r| r.latents);

@@ -3,8 +3,9 @@
 //! settings the zero-shot classifier assigns to the prompt's class; and how "footwear" samples split into its three
 //! kinds. Writes a grid of samples per class (one row per class) for the README.
 //! Run: `cargo run --release --example embedded_quality -- [SAMPLES_PER_CLASS] [GRID.png|-] [GUIDANCE|-] [SEED_BASE]
-//! [MODEL]` (defaults 100, none, the model's default guidance, 0, models/embedded; `models/embedded/dit` measures
-//! the embedded DiT, whose labels take the same prompts; 0 samples measures the CLIP model only). Class c is
+//! [MODEL] [GUIDANCE_INTERVAL|-]` (defaults 100, none, the model's default guidance, 0, models/embedded, the
+//! model's interval; `models/embedded/dit` measures the embedded DiT, whose labels take the same prompts; 0 samples
+//! measures the CLIP model only; the interval is FROM,TO or `all`, as `--guidance-interval`). Class c is
 //! sampled from seed SEED_BASE + c and "footwear" from SEED_BASE + 1000: settings are chosen on other seeds than
 //! the reported figures' (the README's sweep used base 5000).
 use dma::data::captions::{broad_concepts, class_captions};
@@ -25,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     let seed_base: u64 = args.get(4).map_or(Ok(0), |s| s.parse())?;
     let embedded = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/embedded"));
     let model_dir = args.get(5).map_or(embedded.clone(), PathBuf::from);
+    let interval = args.get(6).filter(|i| *i != "-");
     let names = class_names();
     let classifier = ZeroShot::embedded(&embedded.join("clip"), Device::Cpu)?;
 
@@ -51,13 +53,16 @@ fn main() -> anyhow::Result<()> {
     let source = ModelSource::Folder(model_dir.clone());
     let mut defaults = run_defaults(&source)?;
     defaults.guidance = guidance.unwrap_or(defaults.guidance);
+    if let Some(interval) = interval {
+        defaults.guidance_interval = if interval == "all" { None } else { Some(interval.parse()?) };
+    }
     let model = dma::loaders::load(&source, Device::Cpu, Kind::Float)?;
     let sample = |prompt: &str, seed: u64, n: i64| -> anyhow::Result<Tensor> {
         let settings = SamplingSettings { batch: 50, ..defaults.sampling(prompt, seed) };
         Ok(model.decode(&run(&model, &settings, &seeded_latents(&model, n, seed), None, 0, &|_| {})?.latents))
     };
     println!("\nmodel: {}", model_dir.display());
-    println!("\n{per_class} samples per class (prompt = the class's first caption, guidance {}, {} steps, seeds from {seed_base}): share the zero-shot classifier assigns to the prompt's class", defaults.guidance, defaults.steps);
+    println!("\n{per_class} samples per class (prompt = the class's first caption, guidance {} at timesteps {}, {} steps, seeds from {seed_base}): share the zero-shot classifier assigns to the prompt's class", defaults.guidance, defaults.guidance_interval.map_or("all".into(), |i| format!("{}..={}", i.from, i.to)), defaults.steps);
     println!("| class | prompt | agreement |\n|---|---|---|");
     let mut rows = Vec::new();
     for c in 0..NUM_CLASSES {

@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             let settings = defaults.sampling(prompt, seed);
             let scheduler = settings.scheduler(&model)?;
             let (cond, uncond) = model.guidance_conditions(prompt)?;
-            let denoiser = model.guided(&cond, &uncond, settings.guidance, settings.batch);
+            let denoiser = model.guided(&cond, &uncond, settings.guidance, settings.guidance_interval, settings.batch);
             let mut denoise = |x: &Tensor, t: i64| Ok(denoiser.predict(x, t));
             let init = seeded_latents(&model, k, seed);
             let mut plain = Statistics::default();

@@ -154,10 +154,22 @@ fn nonsense_flag_values() {
         (&["--dtype", "f8"][..], "--dtype"),
         (&["--device", "tpu"][..], "--device"),
         (&["--batch", "0"][..], "--batch"),
+        (&["--guidance-interval", "600,0"][..], "--guidance-interval"),
+        (&["--guidance-interval", "0-600"][..], "--guidance-interval"),
+        (&["--guidance-interval", "0,six hundred"][..], "--guidance-interval"),
     ] {
         let err = fails(model, flags, tmp.path());
         assert_mentions(&err, &[expected]);
     }
+}
+
+#[test]
+fn run_defaults_with_an_impossible_guidance_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy(tmp.path());
+    std::fs::write(model.join("dma_defaults.json"), r#"{"guidance_interval": [600, 0]}"#).unwrap();
+    let err = fails(model.to_str().unwrap(), &[], tmp.path());
+    assert_mentions(&err, &["dma_defaults.json", "guidance interval", "600,0"]);
 }
 
 #[test]

@@ -126,6 +126,7 @@ fn dit_pipeline_parity(guidance_factor: f64) -> Vec<Closeness> {
             seed: 0,
             batch: 1,
             use_clipped_model_output: false,
+            guidance_interval: None,
         };
         let start = refs["pipeline_start_latents"].narrow(0, row as i64, 1);
         let result = dma::pipelines::mental_average::run(&model, &settings, &start, None, 0, &|_| {}).unwrap();

@@ -12,7 +12,7 @@ fn model() -> DiffusionModel {
 }
 
 fn settings(batch: i64) -> SamplingSettings {
-    SamplingSettings { prompt: "a photo of a dog".into(), steps: 6, guidance: 7.0, seed: 3, batch, use_clipped_model_output: false }
+    SamplingSettings { prompt: "a photo of a dog".into(), steps: 6, guidance: 7.0, seed: 3, batch, use_clipped_model_output: false, guidance_interval: None }
 }
 
 fn align() -> AlignSettings {
@@ -57,6 +57,7 @@ fn zero_aligned_steps_is_plain_ddim() {
         seed: 0,
         batch: 2,
         use_clipped_model_output: false,
+        guidance_interval: None,
     };
     let init = Tensor::cat(&[&refs["pipeline_init_latents"], &seeded_latents(&model, 1, 5)], 0);
     let no_align = AlignSettings { align_steps: 0, ..align() };

@@ -10,6 +10,7 @@ use dma::method::{AlignSettings, HBranch};
 use dma::pipelines::mental_average::{prototype_index, run, seeded_latents, SamplingSettings};
 use dma::loaders::ModelSource;
 use dma::pipelines::DiffusionModel;
+use dma::training::embedded::Network;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind};
@@ -88,6 +89,7 @@ fn assert_main_command_runs_on(model_flag: &[&str], dir: &Path, weights: &str) {
     assert!(shipped.contains(&network), "the run used the repository's {weights} in {}", dir.display());
     let defaults = run_defaults(&ModelSource::Folder(dir.to_path_buf())).unwrap();
     assert_eq!(run["sampling"]["guidance"], defaults.guidance, "the embedded model's own defaults apply");
+    assert_eq!(run["sampling"]["guidance_interval"], serde_json::to_value(defaults.guidance_interval).unwrap());
     assert_eq!(run["sampling"]["use_clipped_model_output"], true);
     assert!(out.join("prototype.png").is_file());
 }
@@ -186,8 +188,8 @@ fn an_embedded_model_folder_with_a_corrupt_weights_file_fails_clearly() {
 /// `dma train` writes dma_defaults.json from the recipe; the committed files must say the same.
 #[test]
 fn the_committed_run_defaults_are_the_recipe_s() {
-    for dir in [embedded_dir(), embedded_dit_dir()] {
+    for (dir, network) in [(embedded_dir(), Network::Unet), (embedded_dit_dir(), Network::Dit)] {
         let committed = run_defaults(&ModelSource::Folder(dir.clone())).unwrap();
-        assert_eq!(committed, dma::training::embedded::run_defaults(), "{}", dir.display());
+        assert_eq!(committed, dma::training::embedded::run_defaults(network), "{}", dir.display());
     }
 }

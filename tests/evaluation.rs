@@ -22,7 +22,7 @@ fn tiny_model() -> DiffusionModel {
 }
 
 fn tiny_sampling(seed: u64) -> SamplingSettings {
-    SamplingSettings { prompt: "a photo of a dog".into(), steps: 4, guidance: 7.0, seed, batch: 4, use_clipped_model_output: false }
+    SamplingSettings { prompt: "a photo of a dog".into(), steps: 4, guidance: 7.0, seed, batch: 4, use_clipped_model_output: false, guidance_interval: None }
 }
 
 #[test]

@@ -28,6 +28,7 @@ fn pipeline_parity(dir: &std::path::Path, guidance_factor: f64) -> Vec<Closeness
         seed: 0,
         batch: 1,
         use_clipped_model_output: false,
+        guidance_interval: None,
     };
     let result = run(&model, &settings, &refs["pipeline_init_latents"], None, 0, &|_| {}).unwrap();
     let image = model.decode(&result.latents);

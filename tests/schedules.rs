@@ -19,7 +19,7 @@ fn model() -> DiffusionModel {
 }
 
 fn sampling(batch: i64) -> SamplingSettings {
-    SamplingSettings { prompt: "a photo of a dog".into(), steps: 3, guidance: 7.0, seed: 3, batch, use_clipped_model_output: false }
+    SamplingSettings { prompt: "a photo of a dog".into(), steps: 3, guidance: 7.0, seed: 3, batch, use_clipped_model_output: false, guidance_interval: None }
 }
 
 /// Every iteration run (tol 0), so the counts are exact.

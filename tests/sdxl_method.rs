@@ -34,7 +34,7 @@ fn sdxl_hspace_loss_gradient_matches_finite_differences() {
 fn every_aligned_step_reduces_the_spread_of_sdxl_h() {
     let _rng = common::global_rng();
     let model = model(Kind::Float);
-    let settings = SamplingSettings { prompt: "a photo of a dog".into(), steps: 6, guidance: 5.0, seed: 3, batch: 6, use_clipped_model_output: false };
+    let settings = SamplingSettings { prompt: "a photo of a dog".into(), steps: 6, guidance: 5.0, seed: 3, batch: 6, use_clipped_model_output: false, guidance_interval: None };
     let align = AlignSettings { align_steps: 3, iters: 15, lr: 2e-2, tol: 0.0, window: 5, ..AlignSettings::paper(HBranch::Cond) };
     let init = seeded_latents(&model, 6, 3);
     let result = run(&model, &settings, &init, Some(&align), 2, &|_| {}).unwrap();

@@ -98,6 +98,7 @@ fn sdxl_pipeline_matches_diffusers() {
         seed: 0,
         batch: 1,
         use_clipped_model_output: false,
+        guidance_interval: None,
     };
     let result = run(&model, &settings, &refs["ddim_init_latents"], None, 0, &|_| {}).unwrap();
     closeness("SDXL final latents", &result.latents, &refs["ddim_latents"], RUN_RTOL, 0.0).check();

@@ -79,6 +79,10 @@ pub struct SamplerArgs {
     /// matters for schedulers with clip_sample, i.e. pixel-space models) [default: false, or the model's].
     #[arg(long)]
     pub use_clipped_model_output: Option<bool>,
+    /// Guidance only at the timesteps FROM..=TO of the model's training schedule (e.g. 0,600 of 0..999; the
+    /// conditional prediction alone elsewhere, one pass instead of two), or `all` [default: all, or the model's].
+    #[arg(long, value_name = "FROM,TO|all")]
+    pub guidance_interval: Option<String>,
 }
 
 impl SamplerArgs {
@@ -91,6 +95,11 @@ impl SamplerArgs {
             guidance: self.guidance.unwrap_or(defaults.guidance),
             batch: self.batch.unwrap_or(defaults.batch),
             use_clipped_model_output: self.use_clipped_model_output.unwrap_or(defaults.use_clipped_model_output),
+            guidance_interval: match self.guidance_interval.as_deref() {
+                None => defaults.guidance_interval,
+                Some("all") => None,
+                Some(text) => Some(text.parse().context("--guidance-interval")?),
+            },
             ..defaults
         };
         if settings.steps == 0 {

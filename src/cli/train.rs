@@ -98,7 +98,7 @@ fn create_model_folder(dir: &Path, network: Network) -> Result<()> {
     let defaults = dir.join(dma::pipelines::defaults::FILE);
     if !defaults.is_file() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_json(&defaults, &embedded::run_defaults())?;
+        write_json(&defaults, &embedded::run_defaults(network))?;
     }
     let network_folder = match network {
         Network::Unet => "unet",

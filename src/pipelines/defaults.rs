@@ -5,6 +5,7 @@ use super::mental_average::SamplingSettings;
 use crate::adapters::training::AdapterTraining;
 use crate::adapters::AdapterKind;
 use crate::method::{AlignSettings, HBranch};
+use crate::sampling::guidance::GuidanceInterval;
 use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "dma_defaults.json";
@@ -35,6 +36,9 @@ pub struct RunDefaults {
     pub keep_norm: bool,
     pub batch: i64,
     pub use_clipped_model_output: bool,
+    /// Where guidance applies (`[FROM, TO]` timesteps); unset, at every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_interval: Option<GuidanceInterval>,
     /// `dma modes`: samples drawn and clustered, and the principal components the mixture is fitted in.
     pub mode_samples: i64,
     pub pca_dims: usize,
@@ -70,6 +74,7 @@ impl Default for RunDefaults {
             keep_norm: false,
             batch: 8,
             use_clipped_model_output: false,
+            guidance_interval: None,
             mode_samples: 100,
             pca_dims: 4,
             ti_steps: 3000,
@@ -93,6 +98,7 @@ impl RunDefaults {
             seed,
             batch: self.batch,
             use_clipped_model_output: self.use_clipped_model_output,
+            guidance_interval: self.guidance_interval,
         }
     }
 

@@ -8,6 +8,7 @@ use crate::method::hspace::distances_over;
 use crate::method::{AlignSettings, Alignment, HBranch, StepLog};
 use crate::passes::{PassCounter, Passes};
 use crate::stop::status_of;
+use crate::sampling::guidance::GuidanceInterval;
 use crate::sampling::{sample_from, StepHooks, TrajectoryRecorder};
 use crate::schedulers::ddim::DdimScheduler;
 use crate::weights::read_safetensors;
@@ -27,6 +28,9 @@ pub struct SamplingSettings {
     /// DDIM re-derives the noise from the clipped x0 (matters only where the scheduler clips, i.e. pixel space).
     #[serde(default)]
     pub use_clipped_model_output: bool,
+    /// The timesteps at which guidance applies; None: every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_interval: Option<GuidanceInterval>,
 }
 
 impl SamplingSettings {
@@ -215,11 +219,10 @@ pub fn run_from(
     }
     let scheduler = settings.scheduler(model)?;
     let (cond, uncond) = model.guidance_conditions(&settings.prompt)?;
-    let denoiser = model.guided(&cond, &uncond, settings.guidance, settings.batch);
-    // Both guidance branches run for every latent: two passes each.
+    let denoiser = model.guided(&cond, &uncond, settings.guidance, settings.guidance_interval, settings.batch);
     let unet_passes = PassCounter::default();
     let mut denoise = |x: &Tensor, t: i64| {
-        unet_passes.add(Passes { unet_forward: 2 * x.size()[0] as u64, ..Passes::default() });
+        unet_passes.add(Passes { unet_forward: denoiser.branches_at(t) * x.size()[0] as u64, ..Passes::default() });
         Ok(denoiser.predict(x, t))
     };
     // The steps before a checkpoint were counted by the run that wrote it.

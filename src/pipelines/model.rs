@@ -7,7 +7,7 @@ use crate::models::dit::labels::ClassLabels;
 use crate::models::tokenizer::Tokenizer;
 use crate::models::vae::AutoencoderKL;
 use crate::pipelines::sdxl::{default_time_ids, SdxlTextEncoders};
-use crate::sampling::guidance::GuidedDenoiser;
+use crate::sampling::guidance::{GuidanceInterval, GuidedDenoiser};
 use crate::schedulers::ddim::DdimConfig;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -127,9 +127,10 @@ impl DiffusionModel {
         Ok((self.condition(prompt)?, self.condition("")?))
     }
 
-    /// Classifier-free guidance of this model's denoiser between `cond` and `uncond`, `batch` latents per call.
-    pub fn guided<'a>(&'a self, cond: &'a Condition, uncond: &'a Condition, guidance: f64, batch: i64) -> GuidedDenoiser<'a> {
-        GuidedDenoiser { denoiser: &self.denoiser, cond, uncond, kind: self.kind, guidance, batch }
+    /// Classifier-free guidance of this model's denoiser between `cond` and `uncond` (at the timesteps of
+    /// `interval`; None: at all), `batch` latents per call.
+    pub fn guided<'a>(&'a self, cond: &'a Condition, uncond: &'a Condition, guidance: f64, interval: Option<GuidanceInterval>, batch: i64) -> GuidedDenoiser<'a> {
+        GuidedDenoiser { denoiser: &self.denoiser, cond, uncond, kind: self.kind, guidance, interval, batch }
     }
 
     /// The path to h under `condition`, `batch` latents per call.

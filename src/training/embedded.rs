@@ -1,6 +1,7 @@
 //! The embedded model's recipe: a miniature Stable Diffusion in pixel space (32x32 grayscale, no VAE), with the
 //! same UNet and CLIP text encoder code as Stable Diffusion, configured small.
 use crate::pipelines::defaults::RunDefaults;
+use crate::sampling::guidance::GuidanceInterval;
 use serde_json::{json, Value};
 
 /// h-space is the mid block's output: 128 channels at 8x8.
@@ -106,14 +107,17 @@ pub fn dit_model_index(id2label: &[Vec<String>]) -> Value {
     })
 }
 
-/// What `dma average` uses on an embedded model unless told otherwise: a mental average in under a minute on two
-/// CPU cores, on either network (the DiT keeps the UNet model's recipe: 52 s, BENCHMARKS.md "The embedded DiT
+/// What `dma average` uses on an embedded model of `network` unless told otherwise: a mental average in under a
+/// minute on two CPU cores (the DiT keeps the UNet model's alignment recipe: 52 s, BENCHMARKS.md "The embedded DiT
 /// at step 6000"). In pixel space DDIM clips its prediction of x0, and guidance pushes x0 past the clip;
 /// re-deriving the noise from the clipped x0 keeps the step consistent (without it, guidance 1.5 already turns
-/// thin digits into blobs). With it, guidance 4.5 is where every class's samples are recognisably that class (models/embedded/README.md). For
-/// `dma modes`: adapters train for 400 steps of 8 samples so the whole chain for "footwear" fits in minutes.
-pub fn run_defaults() -> RunDefaults {
-    RunDefaults {
+/// thin digits into blobs). With it, guidance 4.5 is where every class of the UNet model's samples is recognisably
+/// that class (models/embedded/README.md). The DiT guides only below timestep 600, more strongly: guidance at the
+/// highest noise levels bleached its shirts and drew every "footwear" sample to sneakers and boots
+/// (models/embedded/dit/README.md "Quality"). For `dma modes`: adapters train for 400 steps of 8 samples so the
+/// whole chain for "footwear" fits in minutes.
+pub fn run_defaults(network: Network) -> RunDefaults {
+    let unet = RunDefaults {
         // The mean of many, align few (BENCHMARKS.md "Cost-quality frontier", 8 concepts x 5 seeds): the first
         // aligned step's target is the mean h of 256 latents, 16 of them are optimised, 80 Adam iterations in that
         // step and 8 in each later one, no early stop, each latent kept at its norm. Against the earlier 16
@@ -136,6 +140,10 @@ pub fn run_defaults() -> RunDefaults {
         lora_lr: 1e-3,
         adapter_batch: 8,
         ..RunDefaults::default()
+    };
+    match network {
+        Network::Unet => unet,
+        Network::Dit => RunDefaults { guidance: 10.0, guidance_interval: Some(GuidanceInterval { from: 0, to: 600 }), ..unet },
     }
 }
 

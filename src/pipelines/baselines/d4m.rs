@@ -23,7 +23,7 @@ pub fn d4m(model: &DiffusionModel, sampling: &SamplingSettings, baselines: &Base
         return Ok(centre); // strength 0: nothing is redrawn
     };
     let (cond, uncond) = model.guidance_conditions(&sampling.prompt)?;
-    let denoiser = model.guided(&cond, &uncond, baselines.d4m_guidance, sampling.batch);
+    let denoiser = model.guided(&cond, &uncond, baselines.d4m_guidance, None, sampling.batch);
     let noised = scheduler.add_noise(&centre, &noise, start);
     sample_from(&scheduler, first, noised, &mut |x, t| Ok(denoiser.predict(x, t)), &mut NoHooks)
 }

@@ -12,7 +12,7 @@ use tch::Tensor;
 pub fn mgd3(model: &DiffusionModel, sampling: &SamplingSettings, baselines: &BaselineSettings, mode: &Tensor, seed: u64) -> Result<Tensor> {
     let scheduler = sampling.scheduler(model)?;
     let (cond, uncond) = model.guidance_conditions(&sampling.prompt)?;
-    let denoiser = model.guided(&cond, &uncond, sampling.guidance, sampling.batch);
+    let denoiser = model.guided(&cond, &uncond, sampling.guidance, sampling.guidance_interval, sampling.batch);
     let steps = (scheduler.timesteps().len() as f64 * baselines.mgd3_fraction).round() as usize;
     let guidance = ModeGuidance { scheduler: &scheduler, mode: mode.to_device(model.device), scale: baselines.mgd3_scale, steps };
     let noise = seeded_latents(model, 1, seed).to_device(model.device).to_kind(model.latent_kind());
