@@ -141,6 +141,24 @@ fn a_grounding_value_the_clip_cannot_read_fails_before_sampling() {
     assert!(stderr.contains("`red`") && stderr.contains("--by"), "{stderr}");
 }
 
+/// A mode with fewer members than `--optimise` (6 samples in 2 clusters: one has at most 3 of the 4 asked for)
+/// optimises all of them, as `dma average` caps a model's --optimise at its latents.
+#[test]
+fn a_mode_smaller_than_optimise_optimises_all_its_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (model, clip) = (fixture("tiny-sd1"), fixture("tiny-clip"));
+    let output = dma(&[
+        "modes", "--model", model.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--prompt", "a photo of a dog", "--samples", "6",
+        "--steps", "2", "--adapter-steps", "2", "--adapter-batch", "2", "--latents", "6", "--optimise", "4", "--align-steps", "1",
+        "--iters", "2", "--clusters", "2", "--average", "--quiet", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let modes = read_json(&out.join("run.json"))["chain"]["modes"].as_array().unwrap().clone();
+    let sizes: Vec<usize> = modes.iter().map(|m| m["started_from_samples"].as_array().unwrap().len()).collect();
+    assert!(sizes.iter().any(|&n| n < 4), "a mode smaller than --optimise: {sizes:?}");
+}
+
 #[test]
 fn bad_adapters_for_dma_average_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();

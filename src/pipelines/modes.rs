@@ -276,6 +276,8 @@ pub fn prototype_of_mode(
 
     let started_from: Vec<i64> = modes.members(k).into_iter().take(chain.latents.max(0) as usize).collect();
     let init = modes.noise.index_select(0, &Tensor::from_slice(&started_from).to_device(modes.noise.device()));
+    // A small mode can have fewer members than --optimise asks to optimise: then all of them are.
+    let align = &AlignSettings { optimised: align.optimised.map(|m| m.min(started_from.len() as i64)), ..align.clone() };
     phase(format!("mode {}/{}: mental average", k + 1, modes.clustering.k), alignment_work(align, &mode_sampling, started_from.len() as i64));
     let average = mental_average_from(model, &mode_sampling, align, &init, progress, (&format!("mode-{k}/average"), checkpoints), Ranks::alone());
     lora::remove(model);
